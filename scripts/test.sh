@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The project's test command (CI runs it through .ci/run): installs the Debian tools the
+# tests drive (a real registry, skopeo, restic, podman, ...) when missing, prepares the
+# Python venv with oras-py, then runs rustfmt, clippy and the whole test suite.
+# Extra arguments go to `cargo test`, e.g. `scripts/test.sh -p wsr-format testing::`.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$(pwd)
+
+ORAS_VERSION=0.2.43
+
+section() { printf '\n==> %s\n' "$*"; }
+
+have() {
+    # Root's PATH has the sbin dirs; a developer's may not (runc lives in /usr/sbin).
+    command -v "$1" >/dev/null 2>&1 || [[ -x /usr/sbin/$1 || -x /sbin/$1 ]]
+}
+
+section "Checking system tools"
+# binary:Debian package. The tests start these as subprocesses.
+tools=(
+    docker-registry:docker-registry # the CNCF distribution registry under test
+    htpasswd:apache2-utils          # bcrypt htpasswd for the auth registry
+    openssl:openssl                 # self-signed TLS leaf for the TLS registry
+    curl:curl
+    skopeo:skopeo                   # independent OCI client for interop checks
+    restic:restic
+    zstd:zstd
+    pigz:pigz
+    busybox:busybox-static          # payload of the from-scratch test images
+    podman:podman
+    buildah:buildah
+    runc:runc                       # podman's default crun fails in this container
+)
+missing=()
+for entry in "${tools[@]}"; do
+    have "${entry%%:*}" || missing+=("${entry#*:}")
+done
+PYTHON=${PYTHON:-python3}
+if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    missing+=(python3 python3-venv)
+    PYTHON=/usr/bin/python3
+fi
+
+if ((${#missing[@]})); then
+    if [[ $(id -u) -eq 0 ]] && have apt-get; then
+        echo "installing missing Debian packages: ${missing[*]}"
+        apt-get update
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+    else
+        echo "missing tools; install these Debian packages and rerun:" >&2
+        echo "  sudo apt-get install -y --no-install-recommends ${missing[*]}" >&2
+        exit 1
+    fi
+fi
+for tool in cargo rustfmt cargo-clippy; do
+    if ! have "$tool"; then
+        echo "$tool not found: install the Rust toolchain with the rustfmt and clippy components" >&2
+        exit 1
+    fi
+done
+echo "all tools present"
+
+section "Python venv with oras-py $ORAS_VERSION (target/pyenv)"
+VENV=$ROOT/target/pyenv
+# A venv breaks when the interpreter it points at goes away; rebuild it then.
+if ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
+    rm -rf "$VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('oras') != '$ORAS_VERSION')" >/dev/null 2>&1; then
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "oras==$ORAS_VERSION"
+fi
+export WSR_PYTHON=$VENV/bin/python
+"$WSR_PYTHON" -c "import oras, importlib.metadata as m; print('WSR_PYTHON=$WSR_PYTHON oras', m.version('oras'))"
+
+section "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+section "cargo clippy --workspace --all-targets --locked -- -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+section "cargo test --workspace --locked $*"
+cargo test --workspace --locked "$@"

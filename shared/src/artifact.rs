@@ -1,0 +1,152 @@
+//! The two artifact shapes: building their manifests, and recognising what a manifest holds.
+
+use crate::manifest::{Annotations, Descriptor, Manifest};
+use crate::media::{self, annotation};
+
+/// What a manifest is, as far as restore is concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Artifact {
+    /// wsr's own format: config, data layers (in order), file index.
+    Native { config: Descriptor, layers: Vec<Descriptor>, index: Descriptor },
+    /// One tar layer (gzip, zstd or plain): upstream DWO backups and compatible artifacts.
+    Tarball { layer: Descriptor, dwo: bool },
+}
+
+/// Why a manifest is not a backup we can read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ArtifactError {
+    #[error(
+        "artifact has type {0:?}, a newer wsr format than this wsr reads (application/vnd.wsr.backup.v1); upgrade wsr"
+    )]
+    UnsupportedVersion(String),
+    #[error("not a workspace backup: {0}")]
+    Unrecognised(String),
+}
+
+const TAR_LAYER_TYPES: [&str; 3] = [media::LAYER_TAR, media::LAYER_TAR_GZIP, media::LAYER_TAR_ZSTD];
+const TAR_TITLE_SUFFIXES: [&str; 5] = [".tar.gz", ".tgz", ".tar.zst", ".tar", ".tar.zstd"];
+
+/// Classifies a manifest.
+pub fn classify(manifest: &Manifest) -> Result<Artifact, ArtifactError> {
+    let artifact_type = manifest.artifact_type.as_deref().unwrap_or(&manifest.config.media_type);
+    if artifact_type == media::NATIVE_ARTIFACT_TYPE || manifest.config.media_type == media::NATIVE_CONFIG {
+        let (index, layers) = manifest
+            .layers
+            .split_last()
+            .filter(|(index, _)| index.media_type == media::NATIVE_INDEX)
+            .ok_or_else(|| ArtifactError::Unrecognised("native artifact without a file index as its last layer".into()))?;
+        if let Some(bad) = layers.iter().find(|l| l.media_type != media::LAYER_TAR_ZSTD) {
+            return Err(ArtifactError::Unrecognised(format!("native artifact with a layer of type {:?}", bad.media_type)));
+        }
+        return Ok(Artifact::Native { config: manifest.config.clone(), layers: layers.to_vec(), index: index.clone() });
+    }
+    if artifact_type.starts_with("application/vnd.wsr.backup.v") {
+        return Err(ArtifactError::UnsupportedVersion(artifact_type.to_owned()));
+    }
+    match manifest.layers.as_slice() {
+        [layer]
+            if TAR_LAYER_TYPES.contains(&layer.media_type.as_str())
+                || layer.annotation(annotation::TITLE).is_some_and(|t| TAR_TITLE_SUFFIXES.iter().any(|s| t.ends_with(s))) =>
+        {
+            Ok(Artifact::Tarball { layer: layer.clone(), dwo: artifact_type == media::DWO_ARTIFACT_TYPE })
+        }
+        layers => Err(ArtifactError::Unrecognised(format!(
+            "expected one tar layer or a wsr native artifact, found {} layer(s) of type(s) {:?} (artifactType {:?})",
+            layers.len(),
+            layers.iter().map(|l| l.media_type.as_str()).collect::<Vec<_>>(),
+            artifact_type
+        ))),
+    }
+}
+
+/// Manifest annotations shared by both formats.
+pub fn workspace_annotations(name: Option<&str>, namespace: Option<&str>, id: Option<&str>, created: &str) -> Annotations {
+    let mut a = Annotations::new();
+    a.insert(annotation::CREATED.into(), created.into());
+    if let Some(n) = name {
+        a.insert(annotation::DW_NAME.into(), n.into());
+    }
+    if let Some(n) = namespace {
+        a.insert(annotation::DW_NAMESPACE.into(), n.into());
+    }
+    if let Some(i) = id {
+        a.insert(annotation::DW_ID.into(), i.into());
+    }
+    a
+}
+
+/// The `dwo` manifest: as `oras push --artifact-type … devworkspace-backup.tar.gz` writes it.
+pub fn dwo_manifest(layer: Descriptor, annotations: Annotations) -> Manifest {
+    let mut layer = layer;
+    layer.media_type = media::LAYER_TAR.into();
+    layer.annotations = Some([(annotation::TITLE.to_owned(), media::DWO_LAYER_TITLE.to_owned())].into());
+    Manifest {
+        schema_version: 2,
+        media_type: Some(media::MANIFEST_V1.into()),
+        artifact_type: Some(media::DWO_ARTIFACT_TYPE.into()),
+        config: Descriptor::empty_config(),
+        layers: vec![layer],
+        annotations: Some(annotations),
+    }
+}
+
+/// The native manifest: data layers in order, then the file index.
+pub fn native_manifest(config: Descriptor, layers: Vec<Descriptor>, index: Descriptor, annotations: Annotations) -> Manifest {
+    let mut all = layers;
+    all.push(index);
+    Manifest {
+        schema_version: 2,
+        media_type: Some(media::MANIFEST_V1.into()),
+        artifact_type: Some(media::NATIVE_ARTIFACT_TYPE.into()),
+        config,
+        layers: all,
+        annotations: Some(annotations),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+
+    fn desc(media_type: &str, data: &[u8]) -> Descriptor {
+        Descriptor::new(media_type, Digest::of(data), data.len() as u64)
+    }
+
+    #[test]
+    fn native_and_dwo_manifests_classify_as_built() {
+        let config = desc(media::NATIVE_CONFIG, b"{}");
+        let layers = vec![desc(media::LAYER_TAR_ZSTD, b"a"), desc(media::LAYER_TAR_ZSTD, b"b")];
+        let index = desc(media::NATIVE_INDEX, b"i");
+        let m = native_manifest(config.clone(), layers.clone(), index.clone(), workspace_annotations(Some("w"), Some("n"), None, "t"));
+        let decoded = Manifest::from_bytes(&m.to_bytes()).unwrap();
+        assert_eq!(classify(&decoded), Ok(Artifact::Native { config, layers, index }));
+
+        let d = dwo_manifest(desc("ignored", b"tgz"), workspace_annotations(Some("w"), Some("n"), None, "t"));
+        let json: serde_json::Value = serde_json::from_slice(&d.to_bytes()).unwrap();
+        assert_eq!(json["artifactType"], media::DWO_ARTIFACT_TYPE);
+        assert_eq!(json["config"]["mediaType"], media::EMPTY_CONFIG);
+        assert_eq!(json["config"]["digest"], media::EMPTY_CONFIG_DIGEST);
+        assert_eq!(json["layers"][0]["mediaType"], media::LAYER_TAR);
+        assert_eq!(json["layers"][0]["annotations"][annotation::TITLE], "devworkspace-backup.tar.gz");
+        assert_eq!(json["annotations"]["devworkspace.name"], "w");
+        assert!(matches!(classify(&d), Ok(Artifact::Tarball { dwo: true, .. })));
+    }
+
+    #[test]
+    fn foreign_single_layer_tarballs_are_accepted_and_others_rejected() {
+        let mut m = dwo_manifest(desc("x", b"t"), Annotations::new());
+        m.artifact_type = None;
+        m.config = desc(media::UNKNOWN_CONFIG, b"{}");
+        m.layers[0].media_type = "application/octet-stream".into(); // title still ends in .tar.gz
+        assert!(matches!(classify(&m), Ok(Artifact::Tarball { dwo: false, .. })));
+        m.layers[0].annotations = None;
+        assert!(classify(&m).unwrap_err().to_string().contains("application/octet-stream"));
+        m.layers[0].media_type = media::LAYER_TAR_ZSTD.into();
+        assert!(classify(&m).is_ok());
+        m.layers.push(m.layers[0].clone());
+        assert!(matches!(classify(&m), Err(ArtifactError::Unrecognised(_))));
+        m.artifact_type = Some("application/vnd.wsr.backup.v2".into());
+        assert!(matches!(classify(&m), Err(ArtifactError::UnsupportedVersion(_))));
+    }
+}

@@ -1,0 +1,367 @@
+//! The `native` format's documents: the config blob, the file index, and the layering rule that
+//! decides which entries share a layer. FORMAT.md §Native is the normative text.
+
+use crate::codec::EntryKind;
+use crate::digest::Digest;
+use serde::{Deserialize, Serialize};
+use std::io::{self, BufRead, Read, Write};
+
+/// The format version this code writes. Readers accept any minor of the same major.
+pub const FORMAT_VERSION: &str = "1.0";
+const FORMAT_MAJOR: u32 = 1;
+
+/// The config blob (`application/vnd.wsr.backup.config.v1+json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupConfig {
+    /// `MAJOR.MINOR`. A reader must refuse an unknown major.
+    pub format_version: String,
+    /// RFC 3339 UTC time the backup started.
+    pub created: String,
+    /// The program that wrote it, e.g. `wsr-backup 0.1.0`.
+    pub tool: String,
+    pub workspace: WorkspaceInfo,
+    /// The directory that was backed up, as seen by the backup process.
+    pub source_path: String,
+    pub totals: Totals,
+    /// The layering target size in bytes (see [`LayerCutter`]); kept so a re-backup cuts at the
+    /// same places.
+    pub layer_target: u64,
+    /// One record per data layer, in manifest order.
+    pub layers: Vec<LayerInfo>,
+    /// Entries that were not backed up, and why (`--skip-unreadable`, sockets, devices).
+    #[serde(default)]
+    pub skipped: Vec<SkippedEntry>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub hardlinks: u64,
+    /// Sum of regular file sizes.
+    pub bytes: u64,
+}
+
+impl Totals {
+    pub fn entries(&self) -> u64 {
+        self.files + self.dirs + self.symlinks + self.hardlinks
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerInfo {
+    /// Digest of the compressed blob (as in the manifest).
+    pub digest: Digest,
+    /// Digest of the uncompressed tar stream.
+    pub diff_id: Digest,
+    /// Length of the uncompressed tar stream.
+    pub tar_size: u64,
+    /// Number of entries in the layer.
+    pub entries: u64,
+    /// Digest over the metadata of the layer's entries (see FORMAT.md); equal fingerprints let a
+    /// re-backup reuse the layer without reading file contents.
+    pub fingerprint: Digest,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedEntry {
+    pub path: RawPath,
+    pub reason: String,
+}
+
+/// Why a config cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "backup was written in format {found}, but this wsr reads format {FORMAT_MAJOR}.x only; upgrade wsr to restore it"
+    )]
+    UnsupportedVersion { found: String },
+    #[error("backup config is not valid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl BackupConfig {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("config serialises")
+    }
+
+    /// Parses a config, checking the version first so that a future major with a different
+    /// shape gets the version error, not a JSON one.
+    pub fn from_bytes(bytes: &[u8]) -> Result<BackupConfig, ConfigError> {
+        #[derive(Deserialize)]
+        struct VersionOnly {
+            format_version: String,
+        }
+        let v: VersionOnly = serde_json::from_slice(bytes)?;
+        let major = v.format_version.split('.').next().and_then(|m| m.parse::<u32>().ok());
+        if major != Some(FORMAT_MAJOR) {
+            return Err(ConfigError::UnsupportedVersion { found: v.format_version });
+        }
+        Ok(serde_json::from_slice(bytes)?)
+    }
+}
+
+/// A file name as bytes. Serialised as a JSON string when it is UTF-8, and as `{"b64": …}`
+/// otherwise, so non-UTF-8 names survive the index.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RawPath(pub Vec<u8>);
+
+impl Serialize for RawPath {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(&self.0) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => {
+                use base64::Engine;
+                let mut m = std::collections::BTreeMap::new();
+                m.insert("b64", base64::engine::general_purpose::STANDARD.encode(&self.0));
+                m.serialize(s)
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawPath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Text(String),
+            Bytes { b64: String },
+        }
+        match Repr::deserialize(d)? {
+            Repr::Text(t) => Ok(RawPath(t.into_bytes())),
+            Repr::Bytes { b64 } => {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map(RawPath)
+                    .map_err(serde::de::Error::custom)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for RawPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", String::from_utf8_lossy(&self.0))
+    }
+}
+
+/// One line of the file index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    pub path: RawPath,
+    #[serde(rename = "type")]
+    pub kind: EntryKind,
+    /// Permission bits as stored in the archive.
+    pub mode: u32,
+    /// Seconds since the epoch, as stored in the archive.
+    pub mtime: i64,
+    /// Content length of regular files; 0 otherwise.
+    pub size: u64,
+    /// `sha256:` digest of a regular file's content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<Digest>,
+    /// Symlink target or hard-link source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<RawPath>,
+    /// Position of the data layer holding the entry (0-based, manifest order).
+    pub layer: u32,
+}
+
+/// Writes the index as zstd-compressed JSON lines. Single-threaded zstd level 3: the index
+/// must be deterministic and is small.
+pub fn write_index(entries: &[IndexEntry]) -> io::Result<Vec<u8>> {
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3)?;
+    for e in entries {
+        serde_json::to_writer(&mut enc, e)?;
+        enc.write_all(b"\n")?;
+    }
+    enc.finish()
+}
+
+/// Reads an index written by [`write_index`].
+pub fn read_index(compressed: impl Read) -> io::Result<Vec<IndexEntry>> {
+    let reader = io::BufReader::new(zstd::stream::read::Decoder::new(compressed)?);
+    let mut out = Vec::new();
+    for (n, line) in reader.lines().enumerate() {
+        let line = line?;
+        if line.is_empty() {
+            continue;
+        }
+        let entry = serde_json::from_str(&line).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("file index line {}: {e}", n + 1))
+        })?;
+        out.push(entry);
+    }
+    Ok(out)
+}
+
+/// Decides layer boundaries over the canonical entry order.
+///
+/// An entry of tar weight `w` (512-byte header plus padded data) ends a layer when the layer has
+/// reached `max`, or when it has reached `min` and `H(path) * target < w * 2^64`, where `H` is
+/// the first 8 bytes of SHA-256(path) read big-endian. Boundaries therefore depend only on the
+/// entries near them: adding, removing or changing one file moves at most the boundaries of its
+/// own layer, and every other layer keeps its bytes and so its digest.
+#[derive(Clone, Debug)]
+pub struct LayerCutter {
+    target: u64,
+    current: u64,
+}
+
+/// Smallest and largest layering targets, in bytes.
+pub const MIN_LAYER_TARGET: u64 = 1 << 20;
+pub const MAX_LAYER_TARGET: u64 = 64 << 20;
+
+impl LayerCutter {
+    pub fn new(target: u64) -> LayerCutter {
+        LayerCutter { target: target.clamp(MIN_LAYER_TARGET, MAX_LAYER_TARGET), current: 0 }
+    }
+
+    pub fn target(&self) -> u64 {
+        self.target
+    }
+
+    /// The target for a tree of `total_weight` bytes: about 64 layers, a power of two. A
+    /// previous target is kept while it still gives 8 to 512 layers, so boundaries don't move
+    /// when the workspace merely grows a little.
+    pub fn choose_target(total_weight: u64, previous: Option<u64>) -> u64 {
+        if let Some(prev) = previous
+            && (MIN_LAYER_TARGET..=MAX_LAYER_TARGET).contains(&prev)
+            && prev.is_power_of_two()
+        {
+            let layers = total_weight / prev;
+            if (8..=512).contains(&layers) || (prev == MIN_LAYER_TARGET && layers < 8) || (prev == MAX_LAYER_TARGET && layers > 512) {
+                return prev;
+            }
+        }
+        (total_weight / 64).next_power_of_two().clamp(MIN_LAYER_TARGET, MAX_LAYER_TARGET)
+    }
+
+    /// Adds an entry; returns true when the layer ends after it.
+    pub fn push(&mut self, path: &[u8], weight: u64) -> bool {
+        self.current += weight;
+        let (min, max) = (self.target / 4, self.target * 4);
+        let cut = self.current >= max || (self.current >= min && path_hash(path) as u128 * self.target as u128 <= (weight as u128) << 64);
+        if cut {
+            self.current = 0;
+        }
+        cut
+    }
+}
+
+/// Tar weight of an entry: its 512-byte header plus its data padded to 512 bytes.
+pub fn tar_weight(size: u64) -> u64 {
+    512 + size.div_ceil(512) * 512
+}
+
+fn path_hash(path: &[u8]) -> u64 {
+    use sha2::Digest as _;
+    let h = sha2::Sha256::digest(path);
+    u64::from_be_bytes(h[..8].try_into().expect("8 bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_config() -> BackupConfig {
+        BackupConfig {
+            format_version: FORMAT_VERSION.into(),
+            created: "2026-11-25T00:00:00Z".into(),
+            tool: "wsr-backup test".into(),
+            workspace: WorkspaceInfo { name: Some("ws".into()), namespace: Some("ns".into()), id: None },
+            source_path: "/projects".into(),
+            totals: Totals { files: 1, dirs: 1, symlinks: 0, hardlinks: 0, bytes: 3 },
+            layer_target: MIN_LAYER_TARGET,
+            layers: vec![],
+            skipped: vec![SkippedEntry { path: RawPath(b"sock\xff".to_vec()), reason: "socket".into() }],
+        }
+    }
+
+    #[test]
+    fn config_round_trips_and_rejects_unknown_major() {
+        let c = sample_config();
+        assert_eq!(BackupConfig::from_bytes(&c.to_bytes()).unwrap(), c);
+        let minor = String::from_utf8(c.to_bytes()).unwrap().replace("\"1.0\"", "\"1.7\"");
+        assert!(BackupConfig::from_bytes(minor.as_bytes()).is_ok());
+        let err = BackupConfig::from_bytes(br#"{"format_version":"2.0","whatever":1}"#).unwrap_err();
+        assert!(err.to_string().contains("format 2.0") && err.to_string().contains("upgrade wsr"), "{err}");
+        assert!(matches!(BackupConfig::from_bytes(br#"{"format_version":"x"}"#), Err(ConfigError::UnsupportedVersion { .. })));
+    }
+
+    #[test]
+    fn index_round_trips_non_utf8_names() {
+        let entries = vec![
+            IndexEntry {
+                path: RawPath(b"caf\xe9".to_vec()),
+                kind: EntryKind::File,
+                mode: 0o644,
+                mtime: 1,
+                size: 2,
+                sha256: Some(Digest::of(b"hi")),
+                link: None,
+                layer: 0,
+            },
+            IndexEntry {
+                path: RawPath(b"ln".to_vec()),
+                kind: EntryKind::Symlink,
+                mode: 0o777,
+                mtime: 1,
+                size: 0,
+                sha256: None,
+                link: Some(RawPath(b"caf\xe9".to_vec())),
+                layer: 1,
+            },
+        ];
+        let bytes = write_index(&entries).unwrap();
+        assert_eq!(write_index(&entries).unwrap(), bytes, "deterministic");
+        assert_eq!(read_index(&bytes[..]).unwrap(), entries);
+    }
+
+    fn cuts(paths: &[String], target: u64) -> Vec<usize> {
+        let mut c = LayerCutter::new(target);
+        paths.iter().enumerate().filter(|(_, p)| c.push(p.as_bytes(), tar_weight(10_000))).map(|(i, _)| i).collect()
+    }
+
+    #[test]
+    fn boundaries_are_local_to_a_change() {
+        let paths: Vec<String> = (0..5000).map(|i| format!("src/module{:05}/file.rs", i)).collect();
+        let before = cuts(&paths, MIN_LAYER_TARGET);
+        // ~10.5 KB per entry, 1 MiB target: about 100 entries per layer.
+        assert!((25..=100).contains(&before.len()), "{}", before.len());
+        // Insert one file in the middle: boundaries before it are unchanged, after it shift by one.
+        let mut inserted = paths.clone();
+        inserted.insert(2500, "src/module02499/new.rs".into());
+        let after = cuts(&inserted, MIN_LAYER_TARGET);
+        let same_before = before.iter().filter(|&&i| i < 2400).count();
+        assert_eq!(&after[..same_before], &before[..same_before]);
+        let shifted: Vec<usize> = before.iter().filter(|&&i| i > 2600).map(|i| i + 1).collect();
+        assert!(after.ends_with(&shifted));
+    }
+
+    #[test]
+    fn target_is_sticky_within_a_range() {
+        assert_eq!(LayerCutter::choose_target(100 << 20, None), 2 << 20);
+        assert_eq!(LayerCutter::choose_target(1 << 30, None), 16 << 20);
+        assert_eq!(LayerCutter::choose_target(10 << 20, None), MIN_LAYER_TARGET);
+        assert_eq!(LayerCutter::choose_target(1 << 40, None), MAX_LAYER_TARGET);
+        // 150 MB would choose 4 MiB fresh, but 2 MiB from the previous backup still gives 75 layers.
+        assert_eq!(LayerCutter::choose_target(150 << 20, Some(2 << 20)), 2 << 20);
+        // Grown 100x: re-chosen.
+        assert_eq!(LayerCutter::choose_target(10 << 30, Some(2 << 20)), 64 << 20);
+        assert_eq!(LayerCutter::choose_target(100 << 20, Some(3 << 20)), 2 << 20);
+    }
+}

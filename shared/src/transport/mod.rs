@@ -1,0 +1,243 @@
+//! Where artifacts live: one `Store` API over an OCI distribution registry and an OCI image
+//! layout directory (the embedded default, no server needed).
+//!
+//! A `Store` is bound to one repository. Blobs are pushed as streams with the digest computed
+//! on the fly; manifests are pushed by digest and tagged separately, so callers can publish in
+//! the safe order (blobs, manifest, tags). Transient failures (connect errors, 5xx, 429) are
+//! retried with backoff for idempotent requests; streamed uploads report them via
+//! [`TransportError::is_transient`] so the caller can regenerate the stream and retry.
+
+mod auth;
+mod layout;
+mod registry;
+
+pub use auth::{Credentials, resolve_auth_file};
+pub use layout::LayoutStore;
+pub use registry::RegistryStore;
+
+use crate::digest::Digest;
+use crate::reference::{Repository, Target};
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use std::path::PathBuf;
+use tokio::sync::mpsc;
+
+/// Connection options, named as oras names them.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectOptions {
+    /// Use plain HTTP instead of HTTPS.
+    pub plain_http: bool,
+    /// Skip TLS certificate verification.
+    pub insecure: bool,
+    /// An extra trusted CA certificate (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// A docker `config.json`; when `None`, `REGISTRY_AUTH_FILE`, then `DOCKER_CONFIG`, then
+    /// `~/.docker/config.json` are consulted.
+    pub auth_file: Option<PathBuf>,
+}
+
+/// What a store will be used for (decides the token scope).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Pull,
+    Push,
+}
+
+/// A stream of blob bytes. Not yet verified: consumers hash what they read.
+pub type BlobStream = BoxStream<'static, Result<Bytes, TransportError>>;
+
+/// Transport failures. Messages say what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("{registry}: authentication failed ({detail}); check the credentials in the auth file")]
+    Unauthorized { registry: String, detail: String },
+    #[error(
+        "{registry}: the registry requires authentication; give --auth-file (or set REGISTRY_AUTH_FILE) with credentials for it"
+    )]
+    AuthRequired { registry: String },
+    #[error("{registry}: access denied ({detail})")]
+    Forbidden { registry: String, detail: String },
+    #[error("not found: {what}")]
+    NotFound { what: String },
+    #[error(
+        "{registry}: TLS verification failed ({detail}); pass --ca-file with the registry's CA certificate, or --insecure to skip verification"
+    )]
+    Tls { registry: String, detail: String },
+    #[error("{registry}: cannot connect ({detail}); is the registry running and reachable? (use --plain-http for an HTTP-only registry)")]
+    Connect { registry: String, detail: String },
+    #[error("{registry}: server error {status} on {what}: {detail}")]
+    Server { registry: String, status: u16, what: String, detail: String },
+    #[error("{registry}: unexpected response {status} on {what}: {detail}")]
+    Protocol { registry: String, status: u16, what: String, detail: String },
+    #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
+    DigestMismatch { what: String, expected: Digest, actual: Digest },
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("{0}")]
+    Config(String),
+    #[error("the data stream being uploaded failed: {0}")]
+    Source(std::io::Error),
+}
+
+impl TransportError {
+    /// Worth retrying: the same request may succeed later.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            TransportError::Connect { .. } => true,
+            TransportError::Server { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+
+    /// A missing manifest, tag or blob.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, TransportError::NotFound { .. })
+    }
+
+    /// An authentication or authorisation failure.
+    pub fn is_auth(&self) -> bool {
+        matches!(self, TransportError::Unauthorized { .. } | TransportError::AuthRequired { .. } | TransportError::Forbidden { .. })
+    }
+}
+
+pub type Result<T, E = TransportError> = std::result::Result<T, E>;
+
+/// A repository's storage, remote or on disk.
+pub enum Store {
+    Registry(RegistryStore),
+    Layout(LayoutStore),
+}
+
+impl Store {
+    /// Connects to (or, for a layout pushed to, creates) the repository. For registries this
+    /// authenticates and checks the credentials once, so auth errors surface here.
+    pub async fn open(repository: &Repository, options: &ConnectOptions, access: Access) -> Result<Store> {
+        Ok(match repository {
+            Repository::Registry { host, path } => {
+                Store::Registry(RegistryStore::connect(host, path, options, access).await?)
+            }
+            Repository::Layout { dir } => Store::Layout(LayoutStore::open(dir, access == Access::Push).await?),
+        })
+    }
+
+    pub fn repository(&self) -> Repository {
+        match self {
+            Store::Registry(r) => r.repository(),
+            Store::Layout(l) => l.repository(),
+        }
+    }
+
+    pub async fn blob_exists(&self, digest: &Digest) -> Result<bool> {
+        match self {
+            Store::Registry(r) => r.blob_exists(digest).await,
+            Store::Layout(l) => l.blob_exists(digest).await,
+        }
+    }
+
+    /// Pushes a small blob held in memory, unless it already exists. Returns whether bytes were sent.
+    pub async fn push_blob_bytes(&self, bytes: Bytes) -> Result<bool> {
+        let digest = Digest::of(&bytes);
+        if self.blob_exists(&digest).await? {
+            return Ok(false);
+        }
+        match self {
+            Store::Registry(r) => r.push_blob_bytes(bytes, &digest).await?,
+            Store::Layout(l) => l.push_blob_bytes(bytes, &digest).await?,
+        }
+        Ok(true)
+    }
+
+    /// Pushes a blob whose bytes arrive through `chunks`; returns its digest and size, computed
+    /// while streaming. An `Err` item aborts the upload with [`TransportError::Source`].
+    pub async fn push_blob_stream(&self, chunks: mpsc::Receiver<std::io::Result<Bytes>>) -> Result<(Digest, u64)> {
+        match self {
+            Store::Registry(r) => r.push_blob_stream(chunks).await,
+            Store::Layout(l) => l.push_blob_stream(chunks).await,
+        }
+    }
+
+    /// Streams a blob. The caller must verify the digest of what it reads.
+    pub async fn fetch_blob(&self, digest: &Digest) -> Result<BlobStream> {
+        match self {
+            Store::Registry(r) => r.fetch_blob(digest).await,
+            Store::Layout(l) => l.fetch_blob(digest).await,
+        }
+    }
+
+    /// Fetches a small blob into memory and verifies its digest.
+    pub async fn fetch_blob_bytes(&self, digest: &Digest, max_size: u64) -> Result<Vec<u8>> {
+        use futures_util::StreamExt;
+        let mut stream = self.fetch_blob(digest).await?;
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk?);
+            if out.len() as u64 > max_size {
+                return Err(TransportError::Config(format!("blob {digest} is larger than the {max_size} bytes expected")));
+            }
+        }
+        let actual = Digest::of(&out);
+        if &actual != digest {
+            return Err(TransportError::DigestMismatch { what: format!("blob {digest}"), expected: digest.clone(), actual });
+        }
+        Ok(out)
+    }
+
+    /// Stores a manifest under its digest (no tag). Returns the digest.
+    pub async fn push_manifest(&self, manifest: &[u8], media_type: &str) -> Result<Digest> {
+        let digest = Digest::of(manifest);
+        match self {
+            Store::Registry(r) => r.put_manifest(manifest, media_type, &Target::Digest(digest.clone())).await?,
+            Store::Layout(l) => l.put_manifest(manifest, media_type, None).await?,
+        }
+        Ok(digest)
+    }
+
+    /// Points `tag` at a manifest already stored (re-sends the same bytes, which registries
+    /// treat as tagging).
+    pub async fn tag_manifest(&self, manifest: &[u8], media_type: &str, tag: &str) -> Result<()> {
+        match self {
+            Store::Registry(r) => r.put_manifest(manifest, media_type, &Target::Tag(tag.to_owned())).await,
+            Store::Layout(l) => l.put_manifest(manifest, media_type, Some(tag)).await,
+        }
+    }
+
+    /// Fetches a manifest by tag or digest; returns its digest (computed from the bytes, and
+    /// checked against the requested digest) and bytes.
+    pub async fn fetch_manifest(&self, target: &Target) -> Result<(Digest, Vec<u8>)> {
+        let bytes = match self {
+            Store::Registry(r) => r.get_manifest(target).await?,
+            Store::Layout(l) => l.get_manifest(target).await?,
+        };
+        let digest = Digest::of(&bytes);
+        if let Target::Digest(want) = target
+            && want != &digest
+        {
+            return Err(TransportError::DigestMismatch { what: "manifest".into(), expected: want.clone(), actual: digest });
+        }
+        Ok((digest, bytes))
+    }
+
+    pub async fn list_tags(&self) -> Result<Vec<String>> {
+        match self {
+            Store::Registry(r) => r.list_tags().await,
+            Store::Layout(l) => l.list_tags().await,
+        }
+    }
+
+    /// Deletes a manifest (and so every tag pointing at it) by digest.
+    pub async fn delete_manifest(&self, digest: &Digest) -> Result<()> {
+        match self {
+            Store::Registry(r) => r.delete_manifest(digest).await,
+            Store::Layout(l) => l.delete_manifest(digest).await,
+        }
+    }
+}
+
+/// Lists the repositories below a registry path (`HOST[/PREFIX]` via the catalog API, or every
+/// layout directory below `oci:DIR`).
+pub async fn list_repositories(registry_path: &Repository, options: &ConnectOptions) -> Result<Vec<Repository>> {
+    match registry_path {
+        Repository::Registry { host, path } => registry::list_repositories(host, path, options).await,
+        Repository::Layout { dir } => layout::list_layouts(dir).await,
+    }
+}
