@@ -1,1 +1,110 @@
-//! placeholder
+//! wsr-backup: the backup engine. It walks a workspace directory, archives it deterministically,
+//! and publishes it to a registry or OCI layout in the `native` (incremental tar+zstd layers) or
+//! `dwo` (one gzip tarball, as upstream DWO writes) format.
+//!
+//! It owns the walk, the layering and reuse decisions, the streaming archive-and-upload
+//! pipeline, the publish order (blobs, manifest by digest, time-stamped tag, moving tag last) and
+//! retention. It must not unpack or restore anything, talk to Kubernetes, or print: the binary
+//! renders progress from [`Progress`] and the [`BackupReport`].
+
+mod archive;
+mod publish;
+pub mod walk;
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use wsr_format::reference::Reference;
+use wsr_format::transport::{ConnectOptions, TransportError};
+
+pub use publish::run;
+
+/// Artifact format to write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Native,
+    Dwo,
+}
+
+/// Everything a backup needs. No `Default`: every choice is explicit at the call site.
+#[derive(Clone, Debug)]
+pub struct BackupOptions {
+    pub source: PathBuf,
+    /// Repository and moving tag (usually `latest`).
+    pub to: Reference,
+    pub format: Format,
+    pub workspace: Option<String>,
+    pub namespace: Option<String>,
+    pub workspace_id: Option<String>,
+    /// Compression level (zstd 1–19 for native, gzip 1–9 for dwo).
+    pub level: i32,
+    /// zstd worker threads (≥ 1; the output does not depend on it).
+    pub workers: u32,
+    /// Keep this many time-stamped backups; older ones are deleted after a successful publish.
+    pub keep: Option<usize>,
+    pub skip_unreadable: bool,
+    /// Ignore the previous backup: archive every layer again.
+    pub full: bool,
+    pub connect: ConnectOptions,
+}
+
+/// Live counters for progress display.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub total_entries: AtomicU64,
+    pub total_bytes: AtomicU64,
+    pub entries: AtomicU64,
+    pub bytes: AtomicU64,
+    pub uploaded: AtomicU64,
+}
+
+/// What a backup did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BackupReport {
+    /// `repository@digest` of the published manifest.
+    pub reference: String,
+    pub digest: String,
+    pub format: Format,
+    /// Tags written, moving tag last.
+    pub tags: Vec<String>,
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub hardlinks: u64,
+    /// Bytes of regular-file content.
+    pub bytes: u64,
+    /// Compressed size of the data layers.
+    pub stored_bytes: u64,
+    /// Bytes actually sent (new blobs, config, index, manifest).
+    pub uploaded_bytes: u64,
+    pub layers: usize,
+    pub reused_layers: usize,
+    pub skipped: Vec<String>,
+    /// Manifests deleted by `--keep`.
+    pub pruned: Vec<String>,
+    pub duration_s: f64,
+}
+
+/// Why a backup failed. Each variant maps to a documented exit code in the binary.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("cannot read source {path}")]
+    Source { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not readable by this user (uid {uid}); fix its permissions or pass --skip-unreadable", uid = unsafe_uid())]
+    Unreadable { path: PathBuf },
+    #[error("{path} changed size while being backed up; back up a stopped workspace, or retry")]
+    Changed { path: PathBuf },
+    #[error("archiving failed: {0}")]
+    Archive(std::io::Error),
+    #[error("the upload stopped before the archive was complete")]
+    UploadStopped,
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn unsafe_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}

@@ -1,1 +1,432 @@
-fn main() {}
+//! `wsr-restore`: restore, list, inspect and verify workspace backups; `init` is the
+//! init-container mode. A thin shell over the `wsr_restore` library.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use wsr_format::reference::{Reference, Target, parse_registry_path, workspace_reference};
+use wsr_format::transport::{ConnectOptions, TransportError, apply_oras_extra_args};
+use wsr_restore::{Progress, RestoreError, RestoreOptions};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  done (init: also when the target was not empty and nothing was restored)
+  1  unexpected internal error
+  2  invalid arguments or environment
+  3  target problem (not empty without --force, not writable, no space)
+  4  registry unreachable or TLS verification failed
+  5  authentication or authorisation failed
+  6  backup not found, unreadable, or failed verification";
+
+/// Restore a workspace backup into an empty directory, verified and atomically.
+///
+/// Reads wsr native backups and upstream DWO backups (any single-layer gzip/zstd tar artifact).
+/// Every blob digest is checked; native backups are also checked layer by layer and file by
+/// file against their index. The tree is unpacked into a hidden staging directory inside the
+/// target and moved into place only once complete: an interrupted restore leaves the target
+/// as it was, and a rerun completes it.
+#[derive(Parser, Debug)]
+#[command(name = "wsr-restore", version, after_help = EXIT_CODES, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    restore: RestoreArgs,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct Common {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Progress display: bars on a terminal, periodic log lines otherwise.
+    #[arg(long, value_enum, default_value = "auto", global = true)]
+    progress: ProgressArg,
+    /// Print the result as one JSON object on the last line of stdout.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct ConnectArgs {
+    /// Use plain HTTP instead of HTTPS.
+    #[arg(long, global = true)]
+    plain_http: bool,
+    /// Skip TLS certificate verification.
+    #[arg(long, global = true)]
+    insecure: bool,
+    /// Trust this CA certificate (PEM) in addition to the system roots.
+    #[arg(long, value_name = "FILE", global = true)]
+    ca_file: Option<PathBuf>,
+    /// Docker config.json with credentials (default: REGISTRY_AUTH_FILE, then DOCKER_CONFIG, then ~/.docker).
+    #[arg(long, value_name = "FILE", global = true)]
+    auth_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct RestoreArgs {
+    /// Backup to restore: HOST[:PORT]/PATH[:TAG|@DIGEST] or oci:DIR[:TAG|@DIGEST].
+    #[arg(long, value_name = "REF", conflicts_with_all = ["registry"])]
+    from: Option<String>,
+    /// Registry path for the DWO convention <registry>/<namespace>/<workspace> (with --namespace, --workspace).
+    #[arg(long, value_name = "PATH")]
+    registry: Option<String>,
+    #[arg(long, value_name = "NS")]
+    namespace: Option<String>,
+    #[arg(long, value_name = "NAME")]
+    workspace: Option<String>,
+    /// Tag to restore with --registry (default latest).
+    #[arg(long, value_name = "TAG", conflicts_with = "digest")]
+    tag: Option<String>,
+    /// Digest to restore with --registry.
+    #[arg(long, value_name = "DIGEST")]
+    digest: Option<String>,
+    /// Target directory (created if missing; must be empty unless --force).
+    #[arg(long, value_name = "DIR")]
+    to: Option<PathBuf>,
+    /// Restore only these paths (relative to the workspace root).
+    #[arg(long, value_name = "PATH", num_args = 1..)]
+    paths: Option<Vec<String>>,
+    /// Move the target's existing content to a time-stamped sibling, then restore. Nothing is deleted.
+    #[arg(long)]
+    force: bool,
+    /// Refuse backups that would expand beyond this many bytes (free space always bounds it).
+    #[arg(long, value_name = "BYTES")]
+    max_size: Option<u64>,
+    /// Layers fetched and unpacked in parallel.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    parallel: usize,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List backups below a registry path: workspace, namespace, tags, created, size, format.
+    List {
+        /// Registry path (HOST[:PORT][/PREFIX] or oci:DIR).
+        #[arg(long, value_name = "PATH")]
+        registry: String,
+        #[arg(long, value_name = "NS")]
+        namespace: Option<String>,
+        #[arg(long, value_name = "NAME")]
+        workspace: Option<String>,
+    },
+    /// Show a backup's manifest, config and totals.
+    Inspect {
+        /// HOST[:PORT]/PATH[:TAG|@DIGEST] or oci:DIR[:TAG|@DIGEST].
+        reference: String,
+    },
+    /// Download and verify a backup completely (blobs, layers, every file) without writing files.
+    Verify {
+        reference: String,
+        #[arg(long, value_name = "N", default_value_t = 4)]
+        parallel: usize,
+    },
+    /// Init-container mode with upstream DWO's environment (BACKUP_IMAGE, PROJECTS_ROOT,
+    /// REGISTRY_AUTH_FILE, ORAS_EXTRA_ARGS; WSR_RESTORE_OPTIONAL=true to start empty on failure).
+    /// A non-empty PROJECTS_ROOT is left alone without contacting the registry.
+    Init,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum ProgressArg {
+    Auto,
+    Always,
+    Never,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging();
+    let json = cli.common.json;
+    let code = match run(cli) {
+        Ok(Output::Json(value, text)) => {
+            if json {
+                println!("{value}");
+            } else {
+                println!("{text}");
+            }
+            0
+        }
+        Err(e) => {
+            let code = exit_code(&e);
+            let message = format!("{e:#}");
+            eprintln!("wsr-restore: error: {message}");
+            write_termination_log(&message);
+            code
+        }
+    };
+    std::process::exit(code);
+}
+
+enum Output {
+    Json(serde_json::Value, String),
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+fn connect_options(args: &ConnectArgs) -> ConnectOptions {
+    ConnectOptions { plain_http: args.plain_http, insecure: args.insecure, ca_file: args.ca_file.clone(), auth_file: args.auth_file.clone() }
+}
+
+fn run(cli: Cli) -> anyhow::Result<Output> {
+    let connect = connect_options(&cli.common.connect);
+    match cli.command {
+        None => {
+            let options = restore_options(&cli.restore, connect)?;
+            do_restore(&options, cli.common.progress)
+        }
+        Some(Command::Init) => init(connect, cli.common.progress),
+        Some(Command::List { registry, namespace, workspace }) => {
+            let path = parse_registry_path(&registry)?;
+            let rows = runtime()?.block_on(wsr_restore::list(&path, namespace.as_deref(), workspace.as_deref(), &connect))?;
+            let mut text = format!("{:<20} {:<28} {:>5} {:<21} {:>10} {:>10} {:<7}\n", "NAMESPACE", "WORKSPACE", "TAGS", "CREATED", "SIZE", "DATA", "FORMAT");
+            for r in &rows {
+                text.push_str(&format!(
+                    "{:<20} {:<28} {:>5} {:<21} {:>10} {:>10} {:<7}{}\n",
+                    r.namespace,
+                    r.workspace,
+                    r.tags.len(),
+                    r.created.as_deref().unwrap_or("-"),
+                    r.size.map(human).unwrap_or_else(|| "-".into()),
+                    r.bytes.map(human).unwrap_or_else(|| "-".into()),
+                    r.format.as_deref().unwrap_or("-"),
+                    r.error.as_ref().map(|e| format!("  error: {e}")).unwrap_or_default()
+                ));
+            }
+            if rows.is_empty() {
+                text.push_str("(no backups found)\n");
+            }
+            Ok(Output::Json(serde_json::json!({ "backups": rows }), text.trim_end().to_owned()))
+        }
+        Some(Command::Inspect { reference }) => {
+            let reference: Reference = reference.parse()?;
+            let inspection = runtime()?.block_on(wsr_restore::inspect(&reference, &connect))?;
+            let value = serde_json::to_value(&inspection)?;
+            Ok(Output::Json(value.clone(), serde_json::to_string_pretty(&value)?))
+        }
+        Some(Command::Verify { reference, parallel }) => {
+            let reference: Reference = reference.parse()?;
+            let progress = Arc::new(Progress::default());
+            let reporter = spawn_progress(progress.clone(), cli.common.progress);
+            let report = runtime()?.block_on(wsr_restore::verify(&reference, &connect, parallel, progress));
+            reporter.finish();
+            let report = report?;
+            let text = format!(
+                "verified {} ({} format): {} files, {} dirs, {} symlinks, {} hard links, {}; {} layers, file index {}",
+                report.reference,
+                report.format,
+                report.files,
+                report.dirs,
+                report.symlinks,
+                report.hardlinks,
+                human(report.bytes),
+                report.layers,
+                if report.verified_index { "checked" } else { "not present (tarball format: blob digest checked)" }
+            );
+            Ok(Output::Json(serde_json::to_value(&report)?, text))
+        }
+    }
+}
+
+fn restore_options(args: &RestoreArgs, connect: ConnectOptions) -> anyhow::Result<RestoreOptions> {
+    let from = match (&args.from, &args.registry) {
+        (Some(from), _) => from.parse::<Reference>()?,
+        (None, Some(registry)) => {
+            let (Some(ns), Some(ws)) = (&args.namespace, &args.workspace) else {
+                anyhow::bail!(UsageError("--registry needs --namespace and --workspace".into()));
+            };
+            let mut r = workspace_reference(&parse_registry_path(registry)?, ns, ws)?;
+            if let Some(tag) = &args.tag {
+                r.target = Target::Tag(tag.clone());
+            }
+            if let Some(digest) = &args.digest {
+                r.target = Target::Digest(digest.parse()?);
+            }
+            r
+        }
+        (None, None) => anyhow::bail!(UsageError("give --from REF (or --registry with --namespace and --workspace) and --to DIR; see --help".into())),
+    };
+    let to = args.to.clone().ok_or_else(|| UsageError("--to DIR is required".into()))?;
+    Ok(RestoreOptions { from, to, paths: args.paths.clone(), force: args.force, max_size: args.max_size, parallel: args.parallel, connect })
+}
+
+fn do_restore(options: &RestoreOptions, progress_mode: ProgressArg) -> anyhow::Result<Output> {
+    let progress = Arc::new(Progress::default());
+    let reporter = spawn_progress(progress.clone(), progress_mode);
+    let result = runtime()?.block_on(wsr_restore::restore(options, progress));
+    reporter.finish();
+    let report = result?;
+    let mut text = format!(
+        "restored {} ({} format) into {}: {} files, {} dirs, {} symlinks, {} hard links, {} in {:.1}s (downloaded {})",
+        report.reference,
+        report.format,
+        report.target.as_deref().unwrap_or("-"),
+        report.files,
+        report.dirs,
+        report.symlinks,
+        report.hardlinks,
+        human(report.bytes),
+        report.duration_s,
+        human(report.downloaded_bytes)
+    );
+    if let Some(aside) = &report.moved_aside {
+        text.push_str(&format!("\nprevious content moved to {aside}"));
+    }
+    for s in &report.skipped {
+        text.push_str(&format!("\nskipped: {s}"));
+    }
+    Ok(Output::Json(serde_json::to_value(&report)?, text))
+}
+
+/// The init container: checks the target first, without any network access.
+fn init(mut connect: ConnectOptions, progress: ProgressArg) -> anyhow::Result<Output> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let root = PathBuf::from(var("PROJECTS_ROOT").ok_or_else(|| UsageError("PROJECTS_ROOT is required in init mode".into()))?);
+    let existing = wsr_restore::target::user_entries(&root)?;
+    if !existing.is_empty() && wsr_restore::target::completed_staging(&root)?.is_none() {
+        let text = format!("PROJECTS_ROOT '{}' is not empty ({} entries); skipping restore", root.display(), existing.len());
+        tracing::info!("{text}");
+        return Ok(Output::Json(serde_json::json!({ "skipped": true, "reason": "target not empty", "target": root }), text));
+    }
+    let image = var("BACKUP_IMAGE").ok_or_else(|| UsageError("BACKUP_IMAGE is required in init mode".into()))?;
+    if let Some(file) = var("REGISTRY_AUTH_FILE") {
+        connect.auth_file = Some(file.into());
+    }
+    if let Some(extra) = var("ORAS_EXTRA_ARGS") {
+        apply_oras_extra_args(&mut connect, &extra).map_err(UsageError)?;
+    }
+    let options = RestoreOptions { from: image.parse()?, to: root.clone(), paths: None, force: false, max_size: None, parallel: 4, connect };
+    match do_restore(&options, progress) {
+        Ok(out) => Ok(out),
+        Err(e) if var("WSR_RESTORE_OPTIONAL").as_deref() == Some("true") => {
+            tracing::warn!("RESTORE FAILED; starting with an empty {} because WSR_RESTORE_OPTIONAL=true: {e:#}", root.display());
+            Ok(Output::Json(
+                serde_json::json!({ "skipped": true, "reason": format!("{e:#}"), "target": root }),
+                format!("WARNING: restore failed, workspace starts empty: {e:#}"),
+            ))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[derive(Debug)]
+struct UsageError(String);
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for UsageError {}
+
+fn exit_code(e: &anyhow::Error) -> i32 {
+    if e.downcast_ref::<UsageError>().is_some()
+        || e.downcast_ref::<wsr_format::reference::InvalidReference>().is_some()
+        || e.downcast_ref::<wsr_format::digest::InvalidDigest>().is_some()
+    {
+        return 2;
+    }
+    match e.downcast_ref::<RestoreError>() {
+        Some(RestoreError::Invalid(_)) => 6,
+        Some(RestoreError::NotEmpty { .. } | RestoreError::Target { .. } | RestoreError::MoveAside { .. } | RestoreError::NoSpace { .. }) => 3,
+        Some(RestoreError::Transport(t)) => transport_exit_code(t),
+        Some(RestoreError::Unpack(wsr_format::unpack::UnpackError::Io { .. } | wsr_format::unpack::UnpackError::TooLarge { .. })) => 3,
+        Some(RestoreError::Unpack(_) | RestoreError::Corrupt(_)) => 6,
+        None => 1,
+    }
+}
+
+fn transport_exit_code(t: &TransportError) -> i32 {
+    match t {
+        TransportError::Connect { .. } | TransportError::Tls { .. } => 4,
+        t if t.is_auth() => 5,
+        TransportError::Config(_) => 2,
+        _ => 6,
+    }
+}
+
+/// Kubernetes shows `/dev/termination-log` as the container's termination message.
+fn write_termination_log(message: &str) {
+    let line: String = message.lines().next().unwrap_or_default().chars().take(1024).collect();
+    let _ = std::fs::OpenOptions::new().write(true).truncate(true).open("/dev/termination-log").and_then(|mut f| {
+        use std::io::Write;
+        writeln!(f, "{line}")
+    });
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WSR_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+fn human(bytes: u64) -> String {
+    indicatif::HumanBytes(bytes).to_string()
+}
+
+struct Reporter {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Reporter {
+    fn finish(mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// An indicatif bar on a terminal; otherwise a log line every 10 s, so init-container logs show
+/// restore progress.
+fn spawn_progress(progress: Arc<Progress>, mode: ProgressArg) -> Reporter {
+    if mode == ProgressArg::Never {
+        return Reporter { stop: None, thread: None };
+    }
+    let tty = mode == ProgressArg::Always || std::io::stderr().is_terminal();
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let bar = tty.then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}")
+                    .expect("valid template"),
+            );
+            bar
+        });
+        let tick = if tty { Duration::from_millis(200) } else { Duration::from_secs(10) };
+        loop {
+            let done = stopped.recv_timeout(tick) != Err(std::sync::mpsc::RecvTimeoutError::Timeout);
+            let (entries, total_entries) = (progress.entries.load(Ordering::Relaxed), progress.total_entries.load(Ordering::Relaxed));
+            let (bytes, total_bytes) = (progress.bytes.load(Ordering::Relaxed), progress.total_bytes.load(Ordering::Relaxed));
+            let downloaded = progress.downloaded.load(Ordering::Relaxed);
+            match &bar {
+                Some(bar) => {
+                    bar.set_length(total_bytes.max(bytes));
+                    bar.set_position(bytes);
+                    bar.set_message(format!("{entries}/{total_entries} entries, downloaded {}", human(downloaded)));
+                }
+                None if !done => tracing::info!(
+                    "progress: {entries}/{total_entries} entries, {}/{} restored, {} downloaded",
+                    human(bytes),
+                    human(total_bytes),
+                    human(downloaded)
+                ),
+                None => {}
+            }
+            if done {
+                if let Some(bar) = bar {
+                    bar.finish_and_clear();
+                }
+                return;
+            }
+        }
+    });
+    Reporter { stop: Some(stop), thread: Some(thread) }
+}

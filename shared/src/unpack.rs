@@ -37,7 +37,7 @@ pub enum UnpackError {
     Mismatch { path: String, what: String },
     #[error("corrupt archive: {0}")]
     Corrupt(io::Error),
-    #[error("{path}: {source}")]
+    #[error("cannot write {path}")]
     Io { path: String, source: io::Error },
 }
 
@@ -99,7 +99,11 @@ pub struct Unpacker {
     options: UnpackOptions,
     expected: Option<HashMap<Vec<u8>, IndexEntry>>,
     state: Mutex<State>,
+    on_entry: Option<EntryCallback>,
 }
+
+/// Called after each restored entry with its content size (for progress display).
+pub type EntryCallback = Box<dyn Fn(u64) + Send + Sync>;
 
 /// Normalises an archive path: strips `./` and redundant slashes; rejects absolute paths, `..`,
 /// NUL and over-long names. `Ok(None)` is the archive root itself.
@@ -164,7 +168,13 @@ impl Unpacker {
         });
         let mut state = State::default();
         state.nodes.insert(Vec::new(), Node::Dir);
-        Unpacker { root: root.to_owned(), options, expected, state: Mutex::new(state) }
+        Unpacker { root: root.to_owned(), options, expected, state: Mutex::new(state), on_entry: None }
+    }
+
+    /// Reports each restored entry to `callback`.
+    pub fn on_entry(mut self, callback: EntryCallback) -> Unpacker {
+        self.on_entry = Some(callback);
+        self
     }
 
     fn full(&self, path: &[u8]) -> PathBuf {
@@ -177,11 +187,17 @@ impl Unpacker {
     }
 
     /// Unpacks every entry of one tar stream.
-    pub fn unpack_tar(&self, reader: impl Read) -> Result<(), UnpackError> {
+    /// The reader is borrowed so the caller can drain what follows the end-of-archive marker
+    /// (padding), which still counts towards the stream's digest.
+    pub fn unpack_tar<R: Read>(&self, reader: &mut R) -> Result<(), UnpackError> {
         let mut archive = tar::Archive::new(reader);
         for entry in archive.entries().map_err(UnpackError::Corrupt)? {
             let entry = entry.map_err(UnpackError::Corrupt)?;
+            let size = entry.size();
             self.unpack_entry(entry)?;
+            if let Some(callback) = &self.on_entry {
+                callback(size);
+            }
         }
         Ok(())
     }

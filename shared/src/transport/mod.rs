@@ -71,7 +71,8 @@ pub enum TransportError {
     Protocol { registry: String, status: u16, what: String, detail: String },
     #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
     DigestMismatch { what: String, expected: Digest, actual: Digest },
-    #[error("{what}: {source}")]
+    /// Display is `what`; the cause is the error's `source()` (printed by error chains).
+    #[error("{what}")]
     Io { what: String, source: std::io::Error },
     #[error("{0}")]
     Config(String),
@@ -239,5 +240,49 @@ pub async fn list_repositories(registry_path: &Repository, options: &ConnectOpti
     match registry_path {
         Repository::Registry { host, path } => registry::list_repositories(host, path, options).await,
         Repository::Layout { dir } => layout::list_layouts(dir).await,
+    }
+}
+
+/// Applies upstream's `ORAS_EXTRA_ARGS` (a word-split string appended to `oras` commands) to
+/// `options`. Understands `--insecure`, `--plain-http` and `--ca-file F` / `--ca-file=F`; anything
+/// else is an error naming it, rather than being silently ignored.
+pub fn apply_oras_extra_args(options: &mut ConnectOptions, extra: &str) -> Result<(), String> {
+    let mut words = extra.split_whitespace();
+    while let Some(word) = words.next() {
+        match word {
+            "--insecure" => options.insecure = true,
+            "--plain-http" => options.plain_http = true,
+            "--ca-file" => {
+                let file = words.next().ok_or("ORAS_EXTRA_ARGS: --ca-file needs a file name")?;
+                options.ca_file = Some(file.into());
+            }
+            w if w.starts_with("--ca-file=") => options.ca_file = Some(w["--ca-file=".len()..].into()),
+            other => {
+                return Err(format!(
+                    "ORAS_EXTRA_ARGS: unsupported option {other:?}; wsr understands --insecure, --plain-http and --ca-file FILE"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oras_extra_args_are_understood_or_rejected_by_name() {
+        let mut o = ConnectOptions::default();
+        apply_oras_extra_args(&mut o, "  --insecure --plain-http --ca-file /c.pem ").unwrap();
+        assert!(o.insecure && o.plain_http);
+        assert_eq!(o.ca_file.as_deref(), Some(std::path::Path::new("/c.pem")));
+        let mut o = ConnectOptions::default();
+        apply_oras_extra_args(&mut o, "--ca-file=/x").unwrap();
+        assert_eq!(o.ca_file.as_deref(), Some(std::path::Path::new("/x")));
+        apply_oras_extra_args(&mut o, "").unwrap();
+        let err = apply_oras_extra_args(&mut o, "--insecure --debug").unwrap_err();
+        assert!(err.contains("\"--debug\""), "{err}");
+        assert!(apply_oras_extra_args(&mut o, "--ca-file").is_err());
     }
 }

@@ -1,0 +1,152 @@
+//! Walking the source tree into the canonical entry list: depth-first, children sorted by name
+//! bytes, symlinks never followed, hard links detected by (device, inode).
+
+use crate::BackupError;
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use wsr_format::codec::EntryKind;
+
+/// One entry of the source tree.
+#[derive(Clone, Debug)]
+pub struct SourceEntry {
+    /// Path relative to the source root, `/`-separated.
+    pub rel: Vec<u8>,
+    pub kind: EntryKind,
+    pub mode: u32,
+    pub mtime: i64,
+    pub mtime_nsec: i64,
+    /// Content length of regular files; 0 otherwise.
+    pub size: u64,
+    /// Symlink target, or the first path of the hard-link group.
+    pub link: Option<Vec<u8>>,
+}
+
+/// The walk's result.
+#[derive(Debug, Default)]
+pub struct Tree {
+    pub entries: Vec<SourceEntry>,
+    /// Entries left out, with the reason (special files; unreadable ones with `--skip-unreadable`).
+    pub skipped: Vec<(Vec<u8>, String)>,
+}
+
+pub fn full_path(root: &Path, rel: &[u8]) -> PathBuf {
+    root.join(OsStr::from_bytes(rel))
+}
+
+fn readable(path: &Path, dir: bool) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return false };
+    let mode = if dir { libc::R_OK | libc::X_OK } else { libc::R_OK };
+    // SAFETY: `c` is a valid NUL-terminated path.
+    unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), mode, libc::AT_EACCESS) == 0 }
+}
+
+/// Walks `root`. Unreadable files and directories are an error naming them, unless
+/// `skip_unreadable`, which records them in [`Tree::skipped`] instead.
+pub fn walk(root: &Path, skip_unreadable: bool) -> Result<Tree, BackupError> {
+    let meta = fs::metadata(root).map_err(|source| BackupError::Source { path: root.to_owned(), source })?;
+    if !meta.is_dir() {
+        return Err(BackupError::Source {
+            path: root.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
+        });
+    }
+    if !readable(root, true) {
+        return Err(BackupError::Unreadable { path: root.to_owned() });
+    }
+    let mut tree = Tree::default();
+    let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
+    walk_dir(root, &[], skip_unreadable, &mut tree, &mut links)?;
+    Ok(tree)
+}
+
+fn walk_dir(
+    root: &Path,
+    rel_dir: &[u8],
+    skip_unreadable: bool,
+    tree: &mut Tree,
+    links: &mut HashMap<(u64, u64), Vec<u8>>,
+) -> Result<(), BackupError> {
+    let dir = full_path(root, rel_dir);
+    let io = |source| BackupError::Source { path: dir.clone(), source };
+    let mut names: Vec<Vec<u8>> = fs::read_dir(&dir)
+        .map_err(io)?
+        .map(|e| e.map(|e| e.file_name().as_bytes().to_vec()))
+        .collect::<Result<_, _>>()
+        .map_err(io)?;
+    names.sort_unstable();
+    for name in names {
+        let rel = if rel_dir.is_empty() { name } else { [rel_dir, b"/", &name].concat() };
+        let path = full_path(root, &rel);
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            // Vanished between readdir and lstat: it is simply not part of the backup.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(BackupError::Source { path, source }),
+        };
+        let ft = meta.file_type();
+        let mut entry = SourceEntry {
+            rel: rel.clone(),
+            kind: EntryKind::File,
+            mode: meta.mode() & 0o7777,
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+            size: 0,
+            link: None,
+        };
+        if ft.is_dir() {
+            if !readable(&path, true) {
+                if skip_unreadable {
+                    tree.skipped.push((rel, "unreadable directory".into()));
+                    continue;
+                }
+                return Err(BackupError::Unreadable { path });
+            }
+            entry.kind = EntryKind::Dir;
+            tree.entries.push(entry);
+            walk_dir(root, &rel, skip_unreadable, tree, links)?;
+        } else if ft.is_symlink() {
+            let target = fs::read_link(&path).map_err(|source| BackupError::Source { path: path.clone(), source })?;
+            entry.kind = EntryKind::Symlink;
+            entry.link = Some(target.as_os_str().as_bytes().to_vec());
+            tree.entries.push(entry);
+        } else if ft.is_file() {
+            if !readable(&path, false) {
+                if skip_unreadable {
+                    tree.skipped.push((rel, "unreadable file".into()));
+                    continue;
+                }
+                return Err(BackupError::Unreadable { path });
+            }
+            if meta.nlink() > 1 {
+                if let Some(first) = links.get(&(meta.dev(), meta.ino())) {
+                    entry.kind = EntryKind::Hardlink;
+                    entry.link = Some(first.clone());
+                    tree.entries.push(entry);
+                    continue;
+                }
+                links.insert((meta.dev(), meta.ino()), rel.clone());
+            }
+            entry.size = meta.len();
+            tree.entries.push(entry);
+        } else {
+            let what = if ft_is(&meta, libc::S_IFSOCK) {
+                "socket"
+            } else if ft_is(&meta, libc::S_IFIFO) {
+                "FIFO"
+            } else {
+                "device node"
+            };
+            tracing::warn!(path = %String::from_utf8_lossy(&rel), "skipping {what}");
+            tree.skipped.push((rel, format!("{what} not backed up")));
+        }
+    }
+    Ok(())
+}
+
+fn ft_is(meta: &fs::Metadata, kind: libc::mode_t) -> bool {
+    meta.mode() & libc::S_IFMT == kind
+}

@@ -1,0 +1,318 @@
+//! Reading artifacts: resolving a manifest, loading the native config and file index, streaming
+//! layers through digest checks and decompression into the unpacker (several at once), and the
+//! `list` / `inspect` reports.
+
+use crate::{Progress, RestoreError};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use std::io::{self, BufReader, Read};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::sync::mpsc;
+use wsr_format::artifact::{self, Artifact};
+use wsr_format::codec::Compression;
+use wsr_format::digest::{Digest, HashingReader};
+use wsr_format::manifest::{Descriptor, Manifest};
+use wsr_format::media::{self, annotation};
+use wsr_format::native::{self, BackupConfig, IndexEntry};
+use wsr_format::reference::{Repository, Target};
+use wsr_format::transport::{Access, ConnectOptions, Store, TransportError, list_repositories};
+use wsr_format::unpack::Unpacker;
+
+/// A resolved artifact with its native documents loaded.
+pub struct Opened {
+    pub digest: Digest,
+    pub manifest: Manifest,
+    pub artifact: Artifact,
+    pub config: Option<BackupConfig>,
+    pub index: Option<Vec<IndexEntry>>,
+}
+
+impl Opened {
+    pub fn format_name(&self) -> &'static str {
+        match &self.artifact {
+            Artifact::Native { .. } => "native",
+            Artifact::Tarball { dwo: true, .. } => "dwo",
+            Artifact::Tarball { dwo: false, .. } => "tarball",
+        }
+    }
+
+    fn data_layers(&self) -> Vec<&Descriptor> {
+        match &self.artifact {
+            Artifact::Native { layers, .. } => layers.iter().collect(),
+            Artifact::Tarball { layer, .. } => vec![layer],
+        }
+    }
+}
+
+/// Fetches the manifest at `target` and, for native artifacts, the config and file index.
+pub async fn open_artifact(store: &Store, target: &Target) -> Result<Opened, RestoreError> {
+    let (digest, bytes) = store.fetch_manifest(target).await?;
+    let manifest = Manifest::from_bytes(&bytes).map_err(|e| RestoreError::Corrupt(format!("manifest {digest} is not a valid OCI manifest: {e}")))?;
+    let artifact = artifact::classify(&manifest).map_err(|e| RestoreError::Invalid(e.to_string()))?;
+    let (config, index) = match &artifact {
+        Artifact::Native { config, layers, index } => {
+            let config_bytes = store.fetch_blob_bytes(&config.digest, 64 << 20).await?;
+            let config = BackupConfig::from_bytes(&config_bytes).map_err(|e| RestoreError::Invalid(e.to_string()))?;
+            if config.layers.len() != layers.len() || config.layers.iter().zip(layers).any(|(c, l)| c.digest != l.digest) {
+                return Err(RestoreError::Corrupt(format!("manifest {digest}: config and manifest list different layers")));
+            }
+            let index_bytes = store.fetch_blob_bytes(&index.digest, index.size.max(1)).await?;
+            let entries = native::read_index(&index_bytes[..]).map_err(|e| RestoreError::Corrupt(format!("file index: {e}")))?;
+            if entries.len() as u64 != config.totals.entries() {
+                return Err(RestoreError::Corrupt(format!(
+                    "file index has {} entries, config says {}",
+                    entries.len(),
+                    config.totals.entries()
+                )));
+            }
+            (Some(config), Some(entries))
+        }
+        Artifact::Tarball { .. } => (None, None),
+    };
+    Ok(Opened { digest, manifest, artifact, config, index })
+}
+
+/// Layer positions to fetch: all, or (with a selection and an index) those holding a selected
+/// entry or the target of a selected hard link.
+pub fn layers_to_fetch(opened: &Opened, selection: Option<&[Vec<u8>]>) -> Vec<usize> {
+    let all: Vec<usize> = (0..opened.data_layers().len()).collect();
+    let (Some(selection), Some(index)) = (selection, &opened.index) else { return all };
+    let selected = |p: &[u8]| selection.iter().any(|s| p == s.as_slice() || (p.starts_with(s) && p.get(s.len()) == Some(&b'/')));
+    let layer_of: std::collections::HashMap<&[u8], u32> = index.iter().map(|e| (e.path.0.as_slice(), e.layer)).collect();
+    let mut wanted = std::collections::BTreeSet::new();
+    for e in index.iter().filter(|e| selected(&e.path.0)) {
+        wanted.insert(e.layer as usize);
+        if e.kind == wsr_format::codec::EntryKind::Hardlink
+            && let Some(&l) = e.link.as_ref().and_then(|t| layer_of.get(t.0.as_slice()))
+        {
+            wanted.insert(l as usize);
+        }
+    }
+    wanted.into_iter().collect()
+}
+
+/// Streams the chosen layers into the unpacker, `parallel` at a time.
+pub async fn unpack_layers(
+    store: &Arc<Store>,
+    opened: &Opened,
+    positions: &[usize],
+    unpacker: Arc<Unpacker>,
+    parallel: usize,
+    progress: &Arc<Progress>,
+) -> Result<(), RestoreError> {
+    let layers = opened.data_layers();
+    let jobs = positions.iter().map(|&i| {
+        let descriptor = layers[i].clone();
+        let diff_id = opened.config.as_ref().map(|c| (c.layers[i].diff_id.clone(), c.layers[i].tar_size));
+        let (store, unpacker, progress) = (store.clone(), unpacker.clone(), progress.clone());
+        async move { unpack_layer(&store, descriptor, diff_id, unpacker, progress).await }
+    });
+    let mut results = futures_util::stream::iter(jobs).buffer_unordered(parallel);
+    while let Some(result) = results.next().await {
+        result?;
+    }
+    Ok(())
+}
+
+/// A `Read` over chunks arriving from the download task.
+struct ChunkReader {
+    rx: mpsc::Receiver<Result<Bytes, TransportError>>,
+    current: Bytes,
+    error: Arc<std::sync::Mutex<Option<TransportError>>>,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                None => return Ok(0),
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(e)) => {
+                    let msg = e.to_string();
+                    *self.error.lock().unwrap() = Some(e);
+                    return Err(io::Error::other(msg));
+                }
+            }
+        }
+        let n = out.len().min(self.current.len());
+        out[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+async fn unpack_layer(
+    store: &Store,
+    descriptor: Descriptor,
+    diff_id: Option<(Digest, u64)>,
+    unpacker: Arc<Unpacker>,
+    progress: Arc<Progress>,
+) -> Result<(), RestoreError> {
+    let mut stream = store.fetch_blob(&descriptor.digest).await?;
+    let (tx, rx) = mpsc::channel(8);
+    let download_error = Arc::new(std::sync::Mutex::new(None));
+    let reader = ChunkReader { rx, current: Bytes::new(), error: download_error.clone() };
+    let desc = descriptor.clone();
+    let unpacking = tokio::task::spawn_blocking(move || -> Result<(), RestoreError> {
+        let mut compressed = HashingReader::new(reader);
+        let decoder = Compression::decoder(BufReader::with_capacity(256 * 1024, &mut compressed)).map_err(corrupt(&desc))?;
+        let mut tar = HashingReader::new(decoder);
+        unpacker.unpack_tar(&mut tar)?;
+        // Whatever follows the end-of-archive marker still belongs to the digests.
+        io::copy(&mut tar, &mut io::sink()).map_err(corrupt(&desc))?;
+        let (decoder, tar_digest, tar_size) = tar.finish();
+        drop(decoder);
+        io::copy(&mut compressed, &mut io::sink()).map_err(corrupt(&desc))?;
+        let (_, digest, size) = compressed.finish();
+        if digest != desc.digest || size != desc.size {
+            return Err(TransportError::DigestMismatch { what: format!("layer blob ({size} bytes)"), expected: desc.digest.clone(), actual: digest }.into());
+        }
+        if let Some((want, want_size)) = diff_id
+            && (want != tar_digest || want_size != tar_size)
+        {
+            return Err(RestoreError::Corrupt(format!(
+                "layer {}: uncompressed digest {tar_digest} ({tar_size} bytes) differs from the config's {want} ({want_size} bytes)",
+                desc.digest
+            )));
+        }
+        Ok(())
+    });
+    let downloading = async {
+        while let Some(chunk) = stream.next().await {
+            if let Ok(c) = &chunk {
+                progress.downloaded.fetch_add(c.len() as u64, Ordering::Relaxed);
+            }
+            let failed = chunk.is_err();
+            if tx.send(chunk).await.is_err() || failed {
+                break;
+            }
+        }
+        drop(tx);
+    };
+    let ((), unpacked) = tokio::join!(downloading, unpacking);
+    let unpacked = unpacked.expect("unpack task");
+    if let Some(e) = download_error.lock().unwrap().take() {
+        return Err(e.into());
+    }
+    unpacked
+}
+
+fn corrupt(desc: &Descriptor) -> impl FnOnce(io::Error) -> RestoreError + '_ {
+    move |e| RestoreError::Corrupt(format!("layer {}: {e}", desc.digest))
+}
+
+/// Everything `inspect` shows.
+#[derive(Debug, serde::Serialize)]
+pub struct Inspection {
+    pub reference: String,
+    pub digest: String,
+    pub format: String,
+    pub manifest: serde_json::Value,
+    pub config: Option<serde_json::Value>,
+    pub layers: usize,
+    pub stored_bytes: u64,
+    pub index_entries: Option<usize>,
+}
+
+pub async fn inspect(reference: &wsr_format::reference::Reference, connect: &ConnectOptions) -> Result<Inspection, RestoreError> {
+    let store = Store::open(&reference.repository, connect, Access::Pull).await?;
+    let opened = open_artifact(&store, &reference.target).await?;
+    Ok(Inspection {
+        reference: format!("{}@{}", reference.repository, opened.digest),
+        digest: opened.digest.to_string(),
+        format: opened.format_name().into(),
+        manifest: serde_json::to_value(&opened.manifest).expect("manifest to JSON"),
+        config: opened.config.as_ref().map(|c| serde_json::to_value(c).expect("config to JSON")),
+        layers: opened.data_layers().len(),
+        stored_bytes: opened.data_layers().iter().map(|l| l.size).sum(),
+        index_entries: opened.index.as_ref().map(Vec::len),
+    })
+}
+
+/// One row of `list`.
+#[derive(Debug, serde::Serialize)]
+pub struct ListRow {
+    pub repository: String,
+    pub namespace: String,
+    pub workspace: String,
+    pub tags: Vec<String>,
+    /// Creation time of the newest backup (the `latest` tag, else the newest tag).
+    pub created: Option<String>,
+    /// Compressed size of its layers.
+    pub size: Option<u64>,
+    /// Uncompressed size, when recorded (native).
+    pub bytes: Option<u64>,
+    pub format: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Lists backups below a registry path, optionally only one namespace and/or workspace.
+pub async fn list(
+    registry_path: &Repository,
+    namespace: Option<&str>,
+    workspace: Option<&str>,
+    connect: &ConnectOptions,
+) -> Result<Vec<ListRow>, RestoreError> {
+    let prefix_len = match registry_path {
+        Repository::Registry { path, .. } => path.split('/').filter(|s| !s.is_empty()).count(),
+        Repository::Layout { dir } => dir.components().count(),
+    };
+    let mut rows = Vec::new();
+    for repo in list_repositories(registry_path, connect).await? {
+        let parts: Vec<String> = match &repo {
+            Repository::Registry { path, .. } => path.split('/').skip(prefix_len).map(str::to_owned).collect(),
+            Repository::Layout { dir } => dir.components().skip(prefix_len).map(|c| c.as_os_str().to_string_lossy().into_owned()).collect(),
+        };
+        let [ns, ws] = parts.as_slice() else { continue };
+        if namespace.is_some_and(|n| n != ns) || workspace.is_some_and(|w| w != ws) {
+            continue;
+        }
+        rows.push(describe(&repo, ns, ws, connect).await);
+    }
+    rows.sort_by(|a, b| (&a.namespace, &a.workspace).cmp(&(&b.namespace, &b.workspace)));
+    Ok(rows)
+}
+
+async fn describe(repo: &Repository, ns: &str, ws: &str, connect: &ConnectOptions) -> ListRow {
+    let mut row = ListRow {
+        repository: repo.to_string(),
+        namespace: ns.into(),
+        workspace: ws.into(),
+        tags: vec![],
+        created: None,
+        size: None,
+        bytes: None,
+        format: None,
+        error: None,
+    };
+    let result: Result<(), RestoreError> = async {
+        let store = Store::open(repo, connect, Access::Pull).await?;
+        let mut tags = store.list_tags().await?;
+        tags.sort();
+        let newest = if tags.iter().any(|t| t == media::LATEST_TAG) { Some(media::LATEST_TAG.to_owned()) } else { tags.last().cloned() };
+        row.tags = tags;
+        if let Some(tag) = newest {
+            let (_, bytes) = store.fetch_manifest(&Target::Tag(tag)).await?;
+            let manifest = Manifest::from_bytes(&bytes).map_err(|e| RestoreError::Corrupt(e.to_string()))?;
+            row.created = manifest.annotation(annotation::CREATED).map(str::to_owned);
+            row.bytes = manifest.annotation(annotation::WSR_BYTES).and_then(|b| b.parse().ok());
+            match artifact::classify(&manifest) {
+                Ok(Artifact::Native { layers, .. }) => {
+                    row.size = Some(layers.iter().map(|l| l.size).sum());
+                    row.format = Some("native".into());
+                }
+                Ok(Artifact::Tarball { layer, dwo }) => {
+                    row.size = Some(layer.size);
+                    row.format = Some(if dwo { "dwo" } else { "tarball" }.into());
+                }
+                Err(e) => row.error = Some(e.to_string()),
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        row.error = Some(e.to_string());
+    }
+    row
+}
