@@ -93,7 +93,6 @@ pub struct Archived {
 pub fn archive(
     root: &Path,
     entries: &[SourceEntry],
-    layer: u32,
     codec: Codec,
     out: ChunkSender,
     progress: &Progress,
@@ -102,7 +101,7 @@ pub fn archive(
     let result = match codec {
         Codec::Zstd { level, workers } => {
             let enc = zstd_encoder(compressed, level, workers).map_err(BackupError::Archive)?;
-            write_tar(root, entries, layer, HashingWriter::new(enc), false, None, progress).and_then(|(tar, index)| {
+            write_tar(root, entries, HashingWriter::new(enc), false, None, progress).and_then(|(tar, index)| {
                 let (enc, diff_id, tar_size) = tar.finish();
                 let compressed = enc.finish().map_err(BackupError::Archive)?;
                 Ok((compressed, diff_id, tar_size, index))
@@ -110,7 +109,7 @@ pub fn archive(
         }
         Codec::Gzip { level, root_mode, root_mtime } => {
             let enc = gzip_encoder(compressed, level);
-            write_tar(root, entries, layer, HashingWriter::new(enc), true, Some((root_mode, root_mtime)), progress).and_then(
+            write_tar(root, entries, HashingWriter::new(enc), true, Some((root_mode, root_mtime)), progress).and_then(
                 |(tar, index)| {
                     let (enc, diff_id, tar_size) = tar.finish();
                     let compressed = enc.finish().map_err(BackupError::Archive)?;
@@ -132,7 +131,6 @@ pub fn archive(
 fn write_tar<W: Write>(
     root: &Path,
     entries: &[SourceEntry],
-    layer: u32,
     out: HashingWriter<W>,
     dot_prefix: bool,
     root_entry: Option<(u32, i64)>,
@@ -172,7 +170,6 @@ fn write_tar<W: Write>(
             size: e.size,
             sha256,
             link: e.link.clone().map(RawPath),
-            layer,
         });
     }
     Ok((tar.finish().map_err(BackupError::Archive)?, index))

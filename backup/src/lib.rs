@@ -77,6 +77,8 @@ pub struct BackupReport {
     pub stored_bytes: u64,
     /// Bytes actually sent (new blobs, config, index, manifest).
     pub uploaded_bytes: u64,
+    /// The part of `uploaded_bytes` that is data-layer content.
+    pub uploaded_layer_bytes: u64,
     pub layers: usize,
     pub reused_layers: usize,
     pub skipped: Vec<String>,

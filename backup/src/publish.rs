@@ -21,7 +21,7 @@ use wsr_format::codec::EntryKind;
 use wsr_format::digest::Digest;
 use wsr_format::manifest::{Descriptor, Manifest};
 use wsr_format::media::{self, annotation};
-use wsr_format::native::{self, BackupConfig, IndexEntry, LayerCutter, LayerInfo, RawPath, SkippedEntry, Totals, WorkspaceInfo};
+use wsr_format::native::{self, BackupConfig, LayerCutter, LayerInfo, RawPath, SkippedEntry, Totals, WorkspaceInfo};
 use wsr_format::reference::Target;
 use wsr_format::transport::{Access, Store, TransportError};
 
@@ -59,7 +59,8 @@ pub async fn run(options: &BackupOptions, progress: Arc<Progress>) -> Result<Bac
         }
         Format::Dwo => dwo_backup(options, &store, tree.entries, annotations, &progress).await?,
     };
-    uploaded += progress.uploaded.load(Ordering::Relaxed);
+    let uploaded_layer_bytes = progress.uploaded.load(Ordering::Relaxed);
+    uploaded += uploaded_layer_bytes;
 
     // Publish: manifest by digest, then the immutable tag, then the moving tag.
     let manifest_bytes = plan.manifest.to_bytes();
@@ -88,6 +89,7 @@ pub async fn run(options: &BackupOptions, progress: Arc<Progress>) -> Result<Bac
         bytes: totals.bytes,
         stored_bytes: plan.stored_bytes,
         uploaded_bytes: uploaded + plan.small_uploaded,
+        uploaded_layer_bytes,
         layers: plan.layers,
         reused_layers: plan.reused,
         skipped,
@@ -161,11 +163,12 @@ fn fingerprint(entries: &[SourceEntry]) -> Digest {
     format!("sha256:{}", hex::encode(h.finalize())).parse().expect("valid digest")
 }
 
-/// The previous native backup at the moving tag, if any and readable.
+/// The previous native backup at the moving tag, if any and readable: its config and the
+/// descriptors of its data and index layers.
 struct Previous {
     config: BackupConfig,
-    index_by_layer: Vec<Vec<IndexEntry>>,
-    compressed_sizes: Vec<u64>,
+    layers: Vec<Descriptor>,
+    indexes: Vec<Descriptor>,
 }
 
 async fn load_previous(store: &Store, tag: &str) -> Option<Previous> {
@@ -176,20 +179,15 @@ async fn load_previous(store: &Store, tag: &str) -> Option<Previous> {
             Err(e) => return Err(e.to_string()),
         };
         let manifest = Manifest::from_bytes(&bytes).map_err(|e| e.to_string())?;
-        let Ok(Artifact::Native { config, layers, index }) = artifact::classify(&manifest) else { return Ok(None) };
+        let Ok(Artifact::Native { config, layers, indexes }) = artifact::classify(&manifest) else { return Ok(None) };
         let config_bytes = store.fetch_blob_bytes(&config.digest, 64 << 20).await.map_err(|e| e.to_string())?;
         let config = BackupConfig::from_bytes(&config_bytes).map_err(|e| e.to_string())?;
-        let index_bytes = store.fetch_blob_bytes(&index.digest, 4 << 30).await.map_err(|e| e.to_string())?;
-        let entries = native::read_index(&index_bytes[..]).map_err(|e| e.to_string())?;
-        if config.layers.len() != layers.len() || config.layers.iter().zip(&layers).any(|(c, m)| c.digest != m.digest) {
+        let consistent = config.layers.len() == layers.len()
+            && config.layers.iter().zip(&layers).zip(&indexes).all(|((c, l), i)| c.digest == l.digest && c.index == i.digest);
+        if !consistent {
             return Err("config and manifest disagree on layers".into());
         }
-        let mut index_by_layer = vec![Vec::new(); layers.len()];
-        for e in entries {
-            let slot = index_by_layer.get_mut(e.layer as usize).ok_or("index entry names a missing layer")?;
-            slot.push(e);
-        }
-        Ok(Some(Previous { config, index_by_layer, compressed_sizes: layers.iter().map(|l| l.size).collect() }))
+        Ok(Some(Previous { config, layers, indexes }))
     }
     .await;
     match result {
@@ -223,19 +221,18 @@ async fn native_backup(
 
     let mut layer_infos = Vec::with_capacity(ranges.len());
     let mut descriptors = Vec::with_capacity(ranges.len());
-    let mut index = Vec::with_capacity(tree.entries.len());
+    let mut index_descriptors = Vec::with_capacity(ranges.len());
     let mut reused = 0;
+    let mut small_uploaded = 0;
     for (i, range) in ranges.iter().enumerate() {
-        let layer = i as u32;
         let fp = fingerprint(&entries[range.clone()]);
         if let (Some(prev), Some(&j)) = (&previous, reusable.get(&fp)) {
             let info = &prev.config.layers[j];
-            if prev.index_by_layer[j].len() == range.len() && store.blob_exists(&info.digest).await? {
-                index.extend(prev.index_by_layer[j].iter().cloned().map(|mut e| {
-                    e.layer = layer;
-                    e
-                }));
-                descriptors.push(Descriptor::new(media::LAYER_TAR_ZSTD, info.digest.clone(), prev.compressed_sizes[j]));
+            // The blobs of the manifest the moving tag points at are kept by the registry, so reuse
+            // needs no request at all.
+            if info.entries == range.len() as u64 {
+                descriptors.push(prev.layers[j].clone());
+                index_descriptors.push(prev.indexes[j].clone());
                 layer_infos.push(info.clone());
                 progress.entries.fetch_add(range.len() as u64, Ordering::Relaxed);
                 progress.bytes.fetch_add(entries[range.clone()].iter().map(|e| e.size).sum(), Ordering::Relaxed);
@@ -244,24 +241,24 @@ async fn native_backup(
             }
         }
         let codec = Codec::Zstd { level: options.level, workers: options.workers };
-        let archived = upload_layer(store, &options.source, &entries, range.clone(), layer, codec, progress).await?;
+        let archived = upload_layer(store, &options.source, &entries, range.clone(), i as u32, codec, progress).await?;
+        let index_bytes = Bytes::from(native::write_index(&archived.index).map_err(BackupError::Archive)?);
+        let index_digest = Digest::of(&index_bytes);
+        index_descriptors.push(Descriptor::new(media::NATIVE_INDEX, index_digest.clone(), index_bytes.len() as u64));
+        if store.push_blob_bytes(index_bytes.clone()).await? {
+            small_uploaded += index_bytes.len() as u64;
+        }
         descriptors.push(Descriptor::new(media::LAYER_TAR_ZSTD, archived.compressed.clone(), archived.compressed_size));
         layer_infos.push(LayerInfo {
             digest: archived.compressed,
             diff_id: archived.diff_id,
             tar_size: archived.tar_size,
             entries: range.len() as u64,
+            index: index_digest,
             fingerprint: fp,
         });
-        index.extend(archived.index);
     }
 
-    let index_bytes = Bytes::from(native::write_index(&index).map_err(BackupError::Archive)?);
-    let index_desc = Descriptor::new(media::NATIVE_INDEX, Digest::of(&index_bytes), index_bytes.len() as u64);
-    let mut small_uploaded = 0;
-    if store.push_blob_bytes(index_bytes.clone()).await? {
-        small_uploaded += index_bytes.len() as u64;
-    }
     let config = BackupConfig {
         format_version: native::FORMAT_VERSION.into(),
         created: created.into(),
@@ -281,7 +278,7 @@ async fn native_backup(
     let stored_bytes = descriptors.iter().map(|d| d.size).sum();
     let layers = descriptors.len();
     Ok(Plan {
-        manifest: artifact::native_manifest(config_desc, descriptors, index_desc, annotations),
+        manifest: artifact::native_manifest(config_desc, descriptors, index_descriptors, annotations),
         layers,
         reused,
         stored_bytes,
@@ -302,15 +299,13 @@ async fn dwo_backup(
     let entries: Arc<[SourceEntry]> = entries.into();
     let archived = upload_layer(store, &options.source, &entries, 0..n, 0, codec, progress).await?;
     let layer = Descriptor::new(media::LAYER_TAR, archived.compressed.clone(), archived.compressed_size);
-    if store.push_blob_bytes(Bytes::from_static(b"{}")).await? {
-        progress.uploaded.fetch_add(2, Ordering::Relaxed);
-    }
+    let small_uploaded = if store.push_blob_bytes(Bytes::from_static(b"{}")).await? { 2 } else { 0 };
     Ok(Plan {
         manifest: artifact::dwo_manifest(layer, annotations),
         layers: 1,
         reused: 0,
         stored_bytes: archived.compressed_size,
-        small_uploaded: 0,
+        small_uploaded,
     })
 }
 
@@ -331,7 +326,7 @@ async fn upload_layer(
         let (tx, rx) = mpsc::channel(4);
         let (root2, entries2, range2, progress2): (PathBuf, _, _, _) = (root.to_owned(), entries.clone(), range.clone(), progress.clone());
         let archiving = tokio::task::spawn_blocking(move || {
-            archive(&root2, &entries2[range2], layer, codec, ChunkSender::new(tx), &progress2)
+            archive(&root2, &entries2[range2], codec, ChunkSender::new(tx), &progress2)
         });
         let (uploaded, archived) = tokio::join!(store.push_blob_stream(rx), archiving);
         let archived = archived.expect("archive task");
@@ -343,11 +338,10 @@ async fn upload_layer(
                 progress.uploaded.fetch_add(size, Ordering::Relaxed);
                 return Ok(archived);
             }
-            // The archive side failed for its own reasons (source problem): report that.
-            (_, Err(e)) if !matches!(e, BackupError::UploadStopped) => return Err(e),
-            (Err(TransportError::Source(_)), Err(e)) => return Err(e),
+            // The archive side failed on its own (a source problem) and aborted the upload.
+            (Err(TransportError::Source(_)), Err(e)) | (Ok(_), Err(e)) => return Err(e),
+            // The upload failed; the archive side only saw its consumer go away.
             (Err(t), _) => t.into(),
-            (Ok(_), Err(e)) => return Err(e),
         };
         let transient = matches!(&error, BackupError::Transport(t) if t.is_transient());
         if !transient || attempt == UPLOAD_ATTEMPTS {

@@ -25,7 +25,10 @@ pub struct Opened {
     pub manifest: Manifest,
     pub artifact: Artifact,
     pub config: Option<BackupConfig>,
+    /// The file index of every layer, concatenated in layer order (native only).
     pub index: Option<Vec<IndexEntry>>,
+    /// For each index entry, the position of its layer.
+    pub layer_of: Vec<usize>,
 }
 
 impl Opened {
@@ -51,14 +54,25 @@ pub async fn open_artifact(store: &Store, target: &Target) -> Result<Opened, Res
     let manifest = Manifest::from_bytes(&bytes).map_err(|e| RestoreError::Corrupt(format!("manifest {digest} is not a valid OCI manifest: {e}")))?;
     let artifact = artifact::classify(&manifest).map_err(|e| RestoreError::Invalid(e.to_string()))?;
     let (config, index) = match &artifact {
-        Artifact::Native { config, layers, index } => {
+        Artifact::Native { config, layers, indexes } => {
             let config_bytes = store.fetch_blob_bytes(&config.digest, 64 << 20).await?;
             let config = BackupConfig::from_bytes(&config_bytes).map_err(|e| RestoreError::Invalid(e.to_string()))?;
-            if config.layers.len() != layers.len() || config.layers.iter().zip(layers).any(|(c, l)| c.digest != l.digest) {
+            let consistent = config.layers.len() == layers.len()
+                && config.layers.iter().zip(layers).zip(indexes).all(|((c, l), i)| c.digest == l.digest && c.index == i.digest);
+            if !consistent {
                 return Err(RestoreError::Corrupt(format!("manifest {digest}: config and manifest list different layers")));
             }
-            let index_bytes = store.fetch_blob_bytes(&index.digest, index.size.max(1)).await?;
-            let entries = native::read_index(&index_bytes[..]).map_err(|e| RestoreError::Corrupt(format!("file index: {e}")))?;
+            let mut entries = Vec::with_capacity(config.totals.entries() as usize);
+            let mut layer_of = Vec::with_capacity(entries.capacity());
+            for (position, (index, info)) in indexes.iter().zip(&config.layers).enumerate() {
+                let bytes = store.fetch_blob_bytes(&index.digest, index.size.max(1)).await?;
+                let layer_entries = native::read_index(&bytes[..]).map_err(|e| RestoreError::Corrupt(format!("file index {}: {e}", index.digest)))?;
+                if layer_entries.len() as u64 != info.entries {
+                    return Err(RestoreError::Corrupt(format!("file index {} lists {} entries, config says {}", index.digest, layer_entries.len(), info.entries)));
+                }
+                layer_of.extend(std::iter::repeat_n(position, layer_entries.len()));
+                entries.extend(layer_entries);
+            }
             if entries.len() as u64 != config.totals.entries() {
                 return Err(RestoreError::Corrupt(format!(
                     "file index has {} entries, config says {}",
@@ -66,11 +80,12 @@ pub async fn open_artifact(store: &Store, target: &Target) -> Result<Opened, Res
                     config.totals.entries()
                 )));
             }
-            (Some(config), Some(entries))
+            (Some(config), Some((entries, layer_of)))
         }
         Artifact::Tarball { .. } => (None, None),
     };
-    Ok(Opened { digest, manifest, artifact, config, index })
+    let (index, layer_of) = index.unzip();
+    Ok(Opened { digest, manifest, artifact, config, index, layer_of: layer_of.unwrap_or_default() })
 }
 
 /// Layer positions to fetch: all, or (with a selection and an index) those holding a selected
@@ -79,14 +94,15 @@ pub fn layers_to_fetch(opened: &Opened, selection: Option<&[Vec<u8>]>) -> Vec<us
     let all: Vec<usize> = (0..opened.data_layers().len()).collect();
     let (Some(selection), Some(index)) = (selection, &opened.index) else { return all };
     let selected = |p: &[u8]| selection.iter().any(|s| p == s.as_slice() || (p.starts_with(s) && p.get(s.len()) == Some(&b'/')));
-    let layer_of: std::collections::HashMap<&[u8], u32> = index.iter().map(|e| (e.path.0.as_slice(), e.layer)).collect();
+    let layer_by_path: std::collections::HashMap<&[u8], usize> =
+        index.iter().zip(&opened.layer_of).map(|(e, &l)| (e.path.0.as_slice(), l)).collect();
     let mut wanted = std::collections::BTreeSet::new();
-    for e in index.iter().filter(|e| selected(&e.path.0)) {
-        wanted.insert(e.layer as usize);
+    for (e, &layer) in index.iter().zip(&opened.layer_of).filter(|(e, _)| selected(&e.path.0)) {
+        wanted.insert(layer);
         if e.kind == wsr_format::codec::EntryKind::Hardlink
-            && let Some(&l) = e.link.as_ref().and_then(|t| layer_of.get(t.0.as_slice()))
+            && let Some(&l) = e.link.as_ref().and_then(|t| layer_by_path.get(t.0.as_slice()))
         {
-            wanted.insert(l as usize);
+            wanted.insert(l);
         }
     }
     wanted.into_iter().collect()

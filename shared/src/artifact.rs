@@ -6,8 +6,9 @@ use crate::media::{self, annotation};
 /// What a manifest is, as far as restore is concerned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Artifact {
-    /// wsr's own format: config, data layers (in order), file index.
-    Native { config: Descriptor, layers: Vec<Descriptor>, index: Descriptor },
+    /// wsr's own format: config, data layers (in order), and one file-index blob per data
+    /// layer (same order).
+    Native { config: Descriptor, layers: Vec<Descriptor>, indexes: Vec<Descriptor> },
     /// One tar layer (gzip, zstd or plain): upstream DWO backups and compatible artifacts.
     Tarball { layer: Descriptor, dwo: bool },
 }
@@ -30,15 +31,17 @@ const TAR_TITLE_SUFFIXES: [&str; 5] = [".tar.gz", ".tgz", ".tar.zst", ".tar", ".
 pub fn classify(manifest: &Manifest) -> Result<Artifact, ArtifactError> {
     let artifact_type = manifest.artifact_type.as_deref().unwrap_or(&manifest.config.media_type);
     if artifact_type == media::NATIVE_ARTIFACT_TYPE || manifest.config.media_type == media::NATIVE_CONFIG {
-        let (index, layers) = manifest
-            .layers
-            .split_last()
-            .filter(|(index, _)| index.media_type == media::NATIVE_INDEX)
-            .ok_or_else(|| ArtifactError::Unrecognised("native artifact without a file index as its last layer".into()))?;
-        if let Some(bad) = layers.iter().find(|l| l.media_type != media::LAYER_TAR_ZSTD) {
-            return Err(ArtifactError::Unrecognised(format!("native artifact with a layer of type {:?}", bad.media_type)));
+        let n = manifest.layers.len() / 2;
+        let (layers, indexes) = manifest.layers.split_at(n);
+        let well_formed = manifest.layers.len() % 2 == 0
+            && layers.iter().all(|l| l.media_type == media::LAYER_TAR_ZSTD)
+            && indexes.iter().all(|l| l.media_type == media::NATIVE_INDEX);
+        if !well_formed {
+            return Err(ArtifactError::Unrecognised(
+                "native artifact must list N tar+zstd data layers followed by their N file-index blobs".into(),
+            ));
         }
-        return Ok(Artifact::Native { config: manifest.config.clone(), layers: layers.to_vec(), index: index.clone() });
+        return Ok(Artifact::Native { config: manifest.config.clone(), layers: layers.to_vec(), indexes: indexes.to_vec() });
     }
     if artifact_type.starts_with("application/vnd.wsr.backup.v") {
         return Err(ArtifactError::UnsupportedVersion(artifact_type.to_owned()));
@@ -90,10 +93,10 @@ pub fn dwo_manifest(layer: Descriptor, annotations: Annotations) -> Manifest {
     }
 }
 
-/// The native manifest: data layers in order, then the file index.
-pub fn native_manifest(config: Descriptor, layers: Vec<Descriptor>, index: Descriptor, annotations: Annotations) -> Manifest {
+/// The native manifest: data layers in order, then their file indexes in the same order.
+pub fn native_manifest(config: Descriptor, layers: Vec<Descriptor>, indexes: Vec<Descriptor>, annotations: Annotations) -> Manifest {
     let mut all = layers;
-    all.push(index);
+    all.extend(indexes);
     Manifest {
         schema_version: 2,
         media_type: Some(media::MANIFEST_V1.into()),
@@ -117,10 +120,13 @@ mod tests {
     fn native_and_dwo_manifests_classify_as_built() {
         let config = desc(media::NATIVE_CONFIG, b"{}");
         let layers = vec![desc(media::LAYER_TAR_ZSTD, b"a"), desc(media::LAYER_TAR_ZSTD, b"b")];
-        let index = desc(media::NATIVE_INDEX, b"i");
-        let m = native_manifest(config.clone(), layers.clone(), index.clone(), workspace_annotations(Some("w"), Some("n"), None, "t"));
+        let indexes = vec![desc(media::NATIVE_INDEX, b"i"), desc(media::NATIVE_INDEX, b"j")];
+        let m = native_manifest(config.clone(), layers.clone(), indexes.clone(), workspace_annotations(Some("w"), Some("n"), None, "t"));
         let decoded = Manifest::from_bytes(&m.to_bytes()).unwrap();
-        assert_eq!(classify(&decoded), Ok(Artifact::Native { config, layers, index }));
+        assert_eq!(classify(&decoded), Ok(Artifact::Native { config: config.clone(), layers: layers.clone(), indexes: indexes.clone() }));
+        let mut odd = m.clone();
+        odd.layers.pop();
+        assert!(classify(&odd).is_err());
 
         let d = dwo_manifest(desc("ignored", b"tgz"), workspace_annotations(Some("w"), Some("n"), None, "t"));
         let json: serde_json::Value = serde_json::from_slice(&d.to_bytes()).unwrap();

@@ -69,6 +69,8 @@ pub struct LayerInfo {
     pub tar_size: u64,
     /// Number of entries in the layer.
     pub entries: u64,
+    /// Digest of the layer's file-index blob (the index layer at the same position).
+    pub index: Digest,
     /// Digest over the metadata of the layer's entries (see FORMAT.md); equal fingerprints let a
     /// re-backup reuse the layer without reading file contents.
     pub fingerprint: Digest,
@@ -176,12 +178,10 @@ pub struct IndexEntry {
     /// Symlink target or hard-link source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<RawPath>,
-    /// Position of the data layer holding the entry (0-based, manifest order).
-    pub layer: u32,
 }
 
-/// Writes the index as zstd-compressed JSON lines. Single-threaded zstd level 3: the index
-/// must be deterministic and is small.
+/// Writes one layer's file index as zstd-compressed JSON lines. Single-threaded zstd level 3:
+/// the index must be deterministic (an unchanged layer's index blob is reused as is).
 pub fn write_index(entries: &[IndexEntry]) -> io::Result<Vec<u8>> {
     let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3)?;
     for e in entries {
@@ -211,10 +211,12 @@ pub fn read_index(compressed: impl Read) -> io::Result<Vec<IndexEntry>> {
 /// Decides layer boundaries over the canonical entry order.
 ///
 /// An entry of tar weight `w` (512-byte header plus padded data) ends a layer when the layer has
-/// reached `max`, or when it has reached `min` and `H(path) * target < w * 2^64`, where `H` is
-/// the first 8 bytes of SHA-256(path) read big-endian. Boundaries therefore depend only on the
-/// entries near them: adding, removing or changing one file moves at most the boundaries of its
-/// own layer, and every other layer keeps its bytes and so its digest.
+/// reached `max = 4 * target`, or when it has reached `min = target / 4` and
+/// `H(path) * target < c * 2^64`, where `H` is the first 8 bytes of SHA-256(path) read
+/// big-endian and `c` is `w` rounded up to a power of two (so that editing a file rarely changes
+/// whether it ends a layer). Boundaries therefore depend only on the entries near them: adding,
+/// removing or changing one file moves at most the boundaries of its own layer, and every other
+/// layer keeps its bytes and so its digest.
 #[derive(Clone, Debug)]
 pub struct LayerCutter {
     target: u64,
@@ -234,7 +236,7 @@ impl LayerCutter {
         self.target
     }
 
-    /// The target for a tree of `total_weight` bytes: about 64 layers, a power of two. A
+    /// The target for a tree of `total_weight` bytes: 64 to 128 layers, a power of two. A
     /// previous target is kept while it still gives 8 to 512 layers, so boundaries don't move
     /// when the workspace merely grows a little.
     pub fn choose_target(total_weight: u64, previous: Option<u64>) -> u64 {
@@ -247,14 +249,14 @@ impl LayerCutter {
                 return prev;
             }
         }
-        (total_weight / 64).next_power_of_two().clamp(MIN_LAYER_TARGET, MAX_LAYER_TARGET)
+        (total_weight / 128).next_power_of_two().clamp(MIN_LAYER_TARGET, MAX_LAYER_TARGET)
     }
 
     /// Adds an entry; returns true when the layer ends after it.
     pub fn push(&mut self, path: &[u8], weight: u64) -> bool {
         self.current += weight;
         let (min, max) = (self.target / 4, self.target * 4);
-        let cut = self.current >= max || (self.current >= min && path_hash(path) as u128 * self.target as u128 <= (weight as u128) << 64);
+        let cut = self.current >= max || (self.current >= min && path_hash(path) as u128 * (self.target as u128) < (weight.next_power_of_two() as u128) << 64);
         if cut {
             self.current = 0;
         }
@@ -313,7 +315,6 @@ mod tests {
                 size: 2,
                 sha256: Some(Digest::of(b"hi")),
                 link: None,
-                layer: 0,
             },
             IndexEntry {
                 path: RawPath(b"ln".to_vec()),
@@ -323,7 +324,6 @@ mod tests {
                 size: 0,
                 sha256: None,
                 link: Some(RawPath(b"caf\xe9".to_vec())),
-                layer: 1,
             },
         ];
         let bytes = write_index(&entries).unwrap();
@@ -354,14 +354,15 @@ mod tests {
 
     #[test]
     fn target_is_sticky_within_a_range() {
-        assert_eq!(LayerCutter::choose_target(100 << 20, None), 2 << 20);
-        assert_eq!(LayerCutter::choose_target(1 << 30, None), 16 << 20);
+        assert_eq!(LayerCutter::choose_target(100 << 20, None), 1 << 20);
+        assert_eq!(LayerCutter::choose_target(1 << 30, None), 8 << 20);
         assert_eq!(LayerCutter::choose_target(10 << 20, None), MIN_LAYER_TARGET);
         assert_eq!(LayerCutter::choose_target(1 << 40, None), MAX_LAYER_TARGET);
-        // 150 MB would choose 4 MiB fresh, but 2 MiB from the previous backup still gives 75 layers.
-        assert_eq!(LayerCutter::choose_target(150 << 20, Some(2 << 20)), 2 << 20);
+        // 300 MB would choose 4 MiB fresh, but 2 MiB from the previous backup still gives 150 layers.
+        assert_eq!(LayerCutter::choose_target(300 << 20, Some(2 << 20)), 2 << 20);
+        assert_eq!(LayerCutter::choose_target(300 << 20, None), 4 << 20);
         // Grown 100x: re-chosen.
-        assert_eq!(LayerCutter::choose_target(10 << 30, Some(2 << 20)), 64 << 20);
-        assert_eq!(LayerCutter::choose_target(100 << 20, Some(3 << 20)), 2 << 20);
+        assert_eq!(LayerCutter::choose_target(20 << 30, Some(2 << 20)), 64 << 20);
+        assert_eq!(LayerCutter::choose_target(100 << 20, Some(3 << 20)), 1 << 20);
     }
 }

@@ -1,0 +1,5 @@
+//! scenarios: end-to-end round trips and benchmarks over the real binaries, engines, registry
+//! and peers. The library part holds what tests and the `scenarios` binary share: the sample
+//! workspace with every entry kind, and tree snapshots for byte- and metadata-exact comparison.
+
+pub mod sample;

@@ -1,0 +1,119 @@
+//! Helpers shared by the scenario tests: running the engines in-process against a registry or
+//! layout, and comparing trees.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+use wsr_backup::{BackupOptions, BackupReport, Format};
+use wsr_format::reference::Reference;
+use wsr_format::testing::{RegistryKind, TestRegistry};
+use wsr_format::transport::ConnectOptions;
+use wsr_restore::{RestoreOptions, RestoreReport};
+
+pub fn connect_for(registry: &TestRegistry) -> ConnectOptions {
+    ConnectOptions {
+        plain_http: registry.kind() == RegistryKind::Plain,
+        insecure: false,
+        ca_file: registry.ca_file().map(Path::to_owned),
+        auth_file: registry.auth_file().map(Path::to_owned),
+    }
+}
+
+pub fn backup_options(
+    source: &Path,
+    to: &str,
+    format: Format,
+    connect: ConnectOptions,
+) -> BackupOptions {
+    BackupOptions {
+        source: source.to_owned(),
+        to: to.parse().expect("valid reference"),
+        format,
+        workspace: Some("ws".into()),
+        namespace: Some("ns".into()),
+        workspace_id: Some("workspace0123".into()),
+        level: if format == Format::Native { 3 } else { 1 },
+        workers: 2,
+        keep: None,
+        skip_unreadable: false,
+        full: false,
+        connect,
+    }
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+pub fn backup(options: &BackupOptions) -> Result<BackupReport, wsr_backup::BackupError> {
+    runtime().block_on(wsr_backup::run(options, Arc::default()))
+}
+
+pub fn restore(
+    from: &str,
+    to: &Path,
+    connect: ConnectOptions,
+) -> Result<RestoreReport, wsr_restore::RestoreError> {
+    let options = RestoreOptions {
+        from: from.parse::<Reference>().expect("valid reference"),
+        to: to.to_owned(),
+        paths: None,
+        force: false,
+        max_size: None,
+        parallel: 4,
+        connect,
+    };
+    runtime().block_on(wsr_restore::restore(&options, Arc::default()))
+}
+
+/// The snapshot of a source tree as a restore should reproduce it: special files are not backed up.
+pub fn expected_snapshot(source: &Path) -> Vec<String> {
+    scenarios::sample::snapshot(source)
+        .expect("snapshot")
+        .into_iter()
+        .filter(|l| !l.contains(" special "))
+        .collect()
+}
+
+pub fn assert_same_tree(source: &Path, restored: &Path) {
+    let want = expected_snapshot(source);
+    let got = scenarios::sample::snapshot(restored).expect("snapshot");
+    if want != got {
+        let missing: Vec<_> = want.iter().filter(|l| !got.contains(l)).collect();
+        let extra: Vec<_> = got.iter().filter(|l| !want.contains(l)).collect();
+        panic!(
+            "trees differ\nmissing from restore: {missing:#?}\nunexpected in restore: {extra:#?}"
+        );
+    }
+}
+
+/// A temp dir whose read-only subdirectories are made removable on drop.
+pub struct Dir(pub tempfile::TempDir);
+
+impl Dir {
+    pub fn new() -> Dir {
+        Dir(tempfile::tempdir().expect("tempdir"))
+    }
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        scenarios::sample::make_removable(self.0.path());
+    }
+}
+
+/// The sample workspace in a fresh temp dir.
+pub fn sample(with_fifo: bool) -> Dir {
+    let dir = Dir::new();
+    let src = dir.path().join("projects");
+    std::fs::create_dir(&src).unwrap();
+    scenarios::sample::write_sample(&src, with_fifo).expect("sample tree");
+    dir
+}
