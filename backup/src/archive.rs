@@ -28,7 +28,11 @@ pub struct ChunkSender {
 
 impl ChunkSender {
     pub fn new(tx: mpsc::Sender<io::Result<Bytes>>) -> Self {
-        ChunkSender { buf: BytesMut::with_capacity(CHUNK), tx, finished: false }
+        ChunkSender {
+            buf: BytesMut::with_capacity(CHUNK),
+            tx,
+            finished: false,
+        }
     }
 
     fn send(&mut self) -> io::Result<()> {
@@ -37,7 +41,9 @@ impl ChunkSender {
         }
         let chunk = self.buf.split().freeze();
         self.buf.reserve(CHUNK);
-        self.tx.blocking_send(Ok(chunk)).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "upload stopped"))
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "upload stopped"))
     }
 
     /// Sends what is buffered; dropping the sender then ends the stream.
@@ -53,7 +59,9 @@ impl Drop for ChunkSender {
     /// of stream that would commit a truncated blob.
     fn drop(&mut self) {
         if !self.finished {
-            let _ = self.tx.blocking_send(Err(io::Error::other("archiving stopped before the end")));
+            let _ = self
+                .tx
+                .blocking_send(Err(io::Error::other("archiving stopped before the end")));
         }
     }
 }
@@ -77,7 +85,11 @@ pub enum Codec {
     /// Native layers: plain relative names, zstd.
     Zstd { level: i32, workers: u32 },
     /// `dwo`: `./` names with a root entry, gzip.
-    Gzip { level: u32, root_mode: u32, root_mtime: i64 },
+    Gzip {
+        level: u32,
+        root_mode: u32,
+        root_mtime: i64,
+    },
 }
 
 /// What archiving one layer produced.
@@ -101,28 +113,52 @@ pub fn archive(
     let result = match codec {
         Codec::Zstd { level, workers } => {
             let enc = zstd_encoder(compressed, level, workers).map_err(BackupError::Archive)?;
-            write_tar(root, entries, HashingWriter::new(enc), false, None, progress).and_then(|(tar, index)| {
+            write_tar(
+                root,
+                entries,
+                HashingWriter::new(enc),
+                false,
+                None,
+                progress,
+            )
+            .and_then(|(tar, index)| {
                 let (enc, diff_id, tar_size) = tar.finish();
                 let compressed = enc.finish().map_err(BackupError::Archive)?;
                 Ok((compressed, diff_id, tar_size, index))
             })
         }
-        Codec::Gzip { level, root_mode, root_mtime } => {
+        Codec::Gzip {
+            level,
+            root_mode,
+            root_mtime,
+        } => {
             let enc = gzip_encoder(compressed, level);
-            write_tar(root, entries, HashingWriter::new(enc), true, Some((root_mode, root_mtime)), progress).and_then(
-                |(tar, index)| {
-                    let (enc, diff_id, tar_size) = tar.finish();
-                    let compressed = enc.finish().map_err(BackupError::Archive)?;
-                    Ok((compressed, diff_id, tar_size, index))
-                },
+            write_tar(
+                root,
+                entries,
+                HashingWriter::new(enc),
+                true,
+                Some((root_mode, root_mtime)),
+                progress,
             )
+            .and_then(|(tar, index)| {
+                let (enc, diff_id, tar_size) = tar.finish();
+                let compressed = enc.finish().map_err(BackupError::Archive)?;
+                Ok((compressed, diff_id, tar_size, index))
+            })
         }
     };
     match result {
         Ok((compressed, diff_id, tar_size, index)) => {
             let (out, digest, size) = compressed.finish();
             out.finish().map_err(BackupError::Archive)?;
-            Ok(Archived { compressed: digest, compressed_size: size, diff_id, tar_size, index })
+            Ok(Archived {
+                compressed: digest,
+                compressed_size: size,
+                diff_id,
+                tar_size,
+                index,
+            })
         }
         Err(e) => Err(e),
     }
@@ -142,15 +178,34 @@ fn write_tar<W: Write>(
     }
     let mut index = Vec::with_capacity(entries.len());
     for e in entries {
-        let header = EntryHeader { path: &e.rel, kind: e.kind, mode: e.mode, mtime: e.mtime, size: e.size, link: e.link.as_deref() };
+        let header = EntryHeader {
+            path: &e.rel,
+            kind: e.kind,
+            mode: e.mode,
+            mtime: e.mtime,
+            size: e.size,
+            link: e.link.as_deref(),
+        };
         let sha256 = if e.kind == EntryKind::File {
             let path = full_path(root, &e.rel);
-            let file = std::fs::File::open(&path).map_err(|source| BackupError::Source { path: path.clone(), source })?;
-            let mut reader = FileReader { file, hasher: Hasher::new(), remaining: e.size, path: &path };
-            tar.append(&header, &mut reader).map_err(|e| match e.get_ref().and_then(|i| i.downcast_ref::<ChangedError>()) {
-                Some(changed) => BackupError::Changed { path: changed.0.clone() },
-                None if e.kind() == io::ErrorKind::BrokenPipe => BackupError::UploadStopped,
-                None => BackupError::Archive(e),
+            let file = std::fs::File::open(&path).map_err(|source| BackupError::Source {
+                path: path.clone(),
+                source,
+            })?;
+            let mut reader = FileReader {
+                file,
+                hasher: Hasher::new(),
+                remaining: e.size,
+                path: &path,
+            };
+            tar.append(&header, &mut reader).map_err(|e| {
+                match e.get_ref().and_then(|i| i.downcast_ref::<ChangedError>()) {
+                    Some(changed) => BackupError::Changed {
+                        path: changed.0.clone(),
+                    },
+                    None if e.kind() == io::ErrorKind::BrokenPipe => BackupError::UploadStopped,
+                    None => BackupError::Archive(e),
+                }
             })?;
             if reader.remaining != 0 {
                 return Err(BackupError::Changed { path });
@@ -158,7 +213,8 @@ fn write_tar<W: Write>(
             progress.bytes.fetch_add(e.size, Ordering::Relaxed);
             Some(reader.hasher.finish().0)
         } else {
-            tar.append(&header, io::empty()).map_err(BackupError::Archive)?;
+            tar.append(&header, io::empty())
+                .map_err(BackupError::Archive)?;
             None
         };
         progress.entries.fetch_add(1, Ordering::Relaxed);
@@ -198,7 +254,9 @@ impl Read for FileReader<'_> {
         if self.remaining == 0 {
             return Ok(0);
         }
-        let want = out.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+        let want = out
+            .len()
+            .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
         let n = self.file.read(&mut out[..want])?;
         if n == 0 {
             return Err(io::Error::other(ChangedError(self.path.to_owned())));

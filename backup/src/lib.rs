@@ -91,7 +91,10 @@ pub struct BackupReport {
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
     #[error("cannot read source {path}")]
-    Source { path: PathBuf, source: std::io::Error },
+    Source {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not readable by this user (uid {uid}); fix its permissions or pass --skip-unreadable", uid = unsafe_uid())]
     Unreadable { path: PathBuf },
     #[error("{path} changed size while being backed up; back up a stopped workspace, or retry")]

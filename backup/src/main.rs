@@ -124,7 +124,10 @@ fn main() {
     let code = match run(cli) {
         Ok(report) => {
             if json {
-                println!("{}", serde_json::to_string(&report).expect("report serialises"));
+                println!(
+                    "{}",
+                    serde_json::to_string(&report).expect("report serialises")
+                );
             } else {
                 println!(
                     "backed up {} files, {} dirs, {} symlinks ({}) to {} in {:.1}s; uploaded {} ({} of {} layers reused)",
@@ -156,8 +159,15 @@ fn main() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<wsr_backup::BackupReport> {
-    let options = if cli.dwo_env { options_from_env(&cli)? } else { options_from_flags(&cli)? };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let options = if cli.dwo_env {
+        options_from_env(&cli)?
+    } else {
+        options_from_flags(&cli)?
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     let progress = Arc::new(Progress::default());
     let reporter = spawn_progress(progress.clone(), cli.progress);
     let result = runtime.block_on(wsr_backup::run(&options, progress));
@@ -166,7 +176,12 @@ fn run(cli: Cli) -> anyhow::Result<wsr_backup::BackupReport> {
 }
 
 fn connect_options(args: &ConnectArgs) -> ConnectOptions {
-    ConnectOptions { plain_http: args.plain_http, insecure: args.insecure, ca_file: args.ca_file.clone(), auth_file: args.auth_file.clone() }
+    ConnectOptions {
+        plain_http: args.plain_http,
+        insecure: args.insecure,
+        ca_file: args.ca_file.clone(),
+        auth_file: args.auth_file.clone(),
+    }
 }
 
 fn options_from_flags(cli: &Cli) -> anyhow::Result<BackupOptions> {
@@ -174,11 +189,15 @@ fn options_from_flags(cli: &Cli) -> anyhow::Result<BackupOptions> {
         (Some(to), _) => to.parse::<Reference>()?,
         (None, Some(registry)) => {
             let (Some(ns), Some(ws)) = (&cli.namespace, &cli.workspace) else {
-                anyhow::bail!(UsageError("--registry needs --namespace and --workspace".into()));
+                anyhow::bail!(UsageError(
+                    "--registry needs --namespace and --workspace".into()
+                ));
             };
             workspace_reference(&parse_registry_path(registry)?, ns, ws)?
         }
-        (None, None) => anyhow::bail!(UsageError("give --to REF, or --registry with --namespace and --workspace".into())),
+        (None, None) => anyhow::bail!(UsageError(
+            "give --to REF, or --registry with --namespace and --workspace".into()
+        )),
     };
     let format = match cli.format {
         FormatArg::Native => Format::Native,
@@ -191,8 +210,12 @@ fn options_from_flags(cli: &Cli) -> anyhow::Result<BackupOptions> {
         workspace: cli.workspace.clone(),
         namespace: cli.namespace.clone(),
         workspace_id: cli.workspace_id.clone(),
-        level: cli.level.unwrap_or(if format == Format::Native { 3 } else { 1 }),
-        workers: cli.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32)),
+        level: cli
+            .level
+            .unwrap_or(if format == Format::Native { 3 } else { 1 }),
+        workers: cli
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32)),
         keep: cli.keep.map(|k| k as usize),
         skip_unreadable: cli.skip_unreadable,
         full: cli.full,
@@ -203,20 +226,30 @@ fn options_from_flags(cli: &Cli) -> anyhow::Result<BackupOptions> {
 /// The upstream `project-backup` contract: the same variables `workspace-recovery.sh --backup` reads.
 fn options_from_env(cli: &Cli) -> anyhow::Result<BackupOptions> {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let required = |name: &str| var(name).ok_or_else(|| UsageError(format!("environment variable {name} is required with --dwo-env")));
+    let required = |name: &str| {
+        var(name).ok_or_else(|| {
+            UsageError(format!(
+                "environment variable {name} is required with --dwo-env"
+            ))
+        })
+    };
     let source = PathBuf::from(required("BACKUP_SOURCE_PATH")?);
     let registry = required("DEVWORKSPACE_BACKUP_REGISTRY")?;
     let namespace = required("DEVWORKSPACE_NAMESPACE")?;
     let name = required("DEVWORKSPACE_NAME")?;
     let mut connect = connect_options(&cli.connect);
-    connect.auth_file = var("REGISTRY_AUTH_FILE").map(PathBuf::from).or(connect.auth_file);
+    connect.auth_file = var("REGISTRY_AUTH_FILE")
+        .map(PathBuf::from)
+        .or(connect.auth_file);
     if let Some(extra) = var("ORAS_EXTRA_ARGS") {
         apply_oras_extra_args(&mut connect, &extra).map_err(UsageError)?;
     }
     let format = match var("WSR_FORMAT").as_deref() {
         None | Some("dwo") => Format::Dwo,
         Some("native") => Format::Native,
-        Some(other) => anyhow::bail!(UsageError(format!("WSR_FORMAT={other:?}: expected native or dwo"))),
+        Some(other) => anyhow::bail!(UsageError(format!(
+            "WSR_FORMAT={other:?}: expected native or dwo"
+        ))),
     };
     let to = workspace_reference(&parse_registry_path(&registry)?, &namespace, &name)?;
     tracing::info!(source = %source.display(), to = %to, ?format, "DWO backup");
@@ -227,8 +260,12 @@ fn options_from_env(cli: &Cli) -> anyhow::Result<BackupOptions> {
         workspace: Some(name),
         namespace: Some(namespace),
         workspace_id: var("WORKSPACE_ID"),
-        level: cli.level.unwrap_or(if format == Format::Native { 3 } else { 1 }),
-        workers: cli.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32)),
+        level: cli
+            .level
+            .unwrap_or(if format == Format::Native { 3 } else { 1 }),
+        workers: cli
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32)),
         keep: cli.keep.map(|k| k as usize),
         skip_unreadable: cli.skip_unreadable,
         full: cli.full,
@@ -247,13 +284,18 @@ impl std::error::Error for UsageError {}
 
 fn exit_code(e: &anyhow::Error) -> i32 {
     if e.downcast_ref::<UsageError>().is_some()
-        || e.downcast_ref::<wsr_format::reference::InvalidReference>().is_some()
+        || e.downcast_ref::<wsr_format::reference::InvalidReference>()
+            .is_some()
     {
         return 2;
     }
     match e.downcast_ref::<BackupError>() {
         Some(BackupError::Invalid(_)) => 2,
-        Some(BackupError::Source { .. } | BackupError::Unreadable { .. } | BackupError::Changed { .. }) => 3,
+        Some(
+            BackupError::Source { .. }
+            | BackupError::Unreadable { .. }
+            | BackupError::Changed { .. },
+        ) => 3,
         Some(BackupError::Transport(t)) => transport_exit_code(t),
         _ => 1,
     }
@@ -271,16 +313,31 @@ fn transport_exit_code(t: &TransportError) -> i32 {
 /// Kubernetes shows `/dev/termination-log` as the container's termination message; the
 /// operator copies it into `last-backup-error`.
 fn write_termination_log(message: &str) {
-    let line: String = message.lines().next().unwrap_or_default().chars().take(1024).collect();
-    let _ = std::fs::OpenOptions::new().write(true).truncate(true).open("/dev/termination-log").and_then(|mut f| {
-        use std::io::Write;
-        writeln!(f, "{line}")
-    });
+    let line: String = message
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(1024)
+        .collect();
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open("/dev/termination-log")
+        .and_then(|mut f| {
+            use std::io::Write;
+            writeln!(f, "{line}")
+        });
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WSR_LOG").unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("WSR_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 fn human(bytes: u64) -> String {
@@ -304,7 +361,10 @@ impl Reporter {
 
 fn spawn_progress(progress: Arc<Progress>, mode: ProgressArg) -> Reporter {
     if mode == ProgressArg::Never {
-        return Reporter { stop: None, thread: None };
+        return Reporter {
+            stop: None,
+            thread: None,
+        };
     }
     let tty = mode == ProgressArg::Always || std::io::stderr().is_terminal();
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
@@ -319,17 +379,31 @@ fn spawn_progress(progress: Arc<Progress>, mode: ProgressArg) -> Reporter {
             );
             bar
         });
-        let tick = if tty { Duration::from_millis(200) } else { Duration::from_secs(10) };
+        let tick = if tty {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(10)
+        };
         let started = std::time::Instant::now();
         loop {
-            let done = stopped.recv_timeout(tick) != Err(std::sync::mpsc::RecvTimeoutError::Timeout);
-            let (entries, total_entries) = (progress.entries.load(Ordering::Relaxed), progress.total_entries.load(Ordering::Relaxed));
-            let (bytes, total_bytes) = (progress.bytes.load(Ordering::Relaxed), progress.total_bytes.load(Ordering::Relaxed));
+            let done =
+                stopped.recv_timeout(tick) != Err(std::sync::mpsc::RecvTimeoutError::Timeout);
+            let (entries, total_entries) = (
+                progress.entries.load(Ordering::Relaxed),
+                progress.total_entries.load(Ordering::Relaxed),
+            );
+            let (bytes, total_bytes) = (
+                progress.bytes.load(Ordering::Relaxed),
+                progress.total_bytes.load(Ordering::Relaxed),
+            );
             match &bar {
                 Some(bar) => {
                     bar.set_length(total_bytes);
                     bar.set_position(bytes);
-                    bar.set_message(format!("{entries}/{total_entries} files, uploaded {}", human(progress.uploaded.load(Ordering::Relaxed))));
+                    bar.set_message(format!(
+                        "{entries}/{total_entries} files, uploaded {}",
+                        human(progress.uploaded.load(Ordering::Relaxed))
+                    ));
                 }
                 None if !done => {
                     let rate = bytes as f64 / started.elapsed().as_secs_f64().max(0.001);
@@ -351,5 +425,8 @@ fn spawn_progress(progress: Arc<Progress>, mode: ProgressArg) -> Reporter {
             }
         }
     });
-    Reporter { stop: Some(stop), thread: Some(thread) }
+    Reporter {
+        stop: Some(stop),
+        thread: Some(thread),
+    }
 }

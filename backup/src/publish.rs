@@ -21,7 +21,9 @@ use wsr_format::codec::EntryKind;
 use wsr_format::digest::Digest;
 use wsr_format::manifest::{Descriptor, Manifest};
 use wsr_format::media::{self, annotation};
-use wsr_format::native::{self, BackupConfig, LayerCutter, LayerInfo, RawPath, SkippedEntry, Totals, WorkspaceInfo};
+use wsr_format::native::{
+    self, BackupConfig, LayerCutter, LayerInfo, RawPath, SkippedEntry, Totals, WorkspaceInfo,
+};
 use wsr_format::reference::Target;
 use wsr_format::transport::{Access, Store, TransportError};
 
@@ -29,17 +31,27 @@ use wsr_format::transport::{Access, Store, TransportError};
 const UPLOAD_ATTEMPTS: u32 = 3;
 
 /// Runs one backup.
-pub async fn run(options: &BackupOptions, progress: Arc<Progress>) -> Result<BackupReport, BackupError> {
+pub async fn run(
+    options: &BackupOptions,
+    progress: Arc<Progress>,
+) -> Result<BackupReport, BackupError> {
     let started = Instant::now();
     let created = chrono::Utc::now();
     let Target::Tag(moving_tag) = &options.to.target else {
-        return Err(BackupError::Invalid(format!("--to {}: back up to a tag (e.g. :latest), not a digest", options.to)));
+        return Err(BackupError::Invalid(format!(
+            "--to {}: back up to a tag (e.g. :latest), not a digest",
+            options.to
+        )));
     };
     let source = options.source.clone();
     let skip = options.skip_unreadable;
-    let tree = tokio::task::spawn_blocking(move || walk(&source, skip)).await.expect("walk task")?;
+    let tree = tokio::task::spawn_blocking(move || walk(&source, skip))
+        .await
+        .expect("walk task")?;
     let totals = totals(&tree.entries);
-    progress.total_entries.store(totals.entries(), Ordering::Relaxed);
+    progress
+        .total_entries
+        .store(totals.entries(), Ordering::Relaxed);
     progress.total_bytes.store(totals.bytes, Ordering::Relaxed);
 
     let store = Store::open(&options.to.repository, &options.connect, Access::Push).await?;
@@ -55,7 +67,17 @@ pub async fn run(options: &BackupOptions, progress: Arc<Progress>) -> Result<Bac
         Format::Native => {
             annotations.insert(annotation::WSR_BYTES.into(), totals.bytes.to_string());
             annotations.insert(annotation::WSR_FILES.into(), totals.entries().to_string());
-            native_backup(options, &store, &tree, totals, &created_text, moving_tag, annotations, &progress).await?
+            native_backup(
+                options,
+                &store,
+                &tree,
+                totals,
+                &created_text,
+                moving_tag,
+                annotations,
+                &progress,
+            )
+            .await?
         }
         Format::Dwo => dwo_backup(options, &store, tree.entries, annotations, &progress).await?,
     };
@@ -64,18 +86,28 @@ pub async fn run(options: &BackupOptions, progress: Arc<Progress>) -> Result<Bac
 
     // Publish: manifest by digest, then the immutable tag, then the moving tag.
     let manifest_bytes = plan.manifest.to_bytes();
-    let digest = store.push_manifest(&manifest_bytes, media::MANIFEST_V1).await?;
+    let digest = store
+        .push_manifest(&manifest_bytes, media::MANIFEST_V1)
+        .await?;
     uploaded += manifest_bytes.len() as u64;
     let stamp = media::timestamp_tag(created);
-    store.tag_manifest(&manifest_bytes, media::MANIFEST_V1, &stamp).await?;
-    store.tag_manifest(&manifest_bytes, media::MANIFEST_V1, moving_tag).await?;
+    store
+        .tag_manifest(&manifest_bytes, media::MANIFEST_V1, &stamp)
+        .await?;
+    store
+        .tag_manifest(&manifest_bytes, media::MANIFEST_V1, moving_tag)
+        .await?;
     tracing::info!(%digest, tags = %format!("{stamp}, {moving_tag}"), "published");
 
     let pruned = match options.keep {
         Some(keep) => prune(&store, keep, &digest).await?,
         None => Vec::new(),
     };
-    let mut skipped: Vec<String> = tree.skipped.iter().map(|(p, r)| format!("{}: {r}", String::from_utf8_lossy(p))).collect();
+    let mut skipped: Vec<String> = tree
+        .skipped
+        .iter()
+        .map(|(p, r)| format!("{}: {r}", String::from_utf8_lossy(p)))
+        .collect();
     skipped.sort();
     Ok(BackupReport {
         reference: format!("{}@{digest}", store.repository()),
@@ -160,7 +192,9 @@ fn fingerprint(entries: &[SourceEntry]) -> Digest {
         h.update(e.link.as_deref().unwrap_or_default());
         h.update([0]);
     }
-    format!("sha256:{}", hex::encode(h.finalize())).parse().expect("valid digest")
+    format!("sha256:{}", hex::encode(h.finalize()))
+        .parse()
+        .expect("valid digest")
 }
 
 /// The previous native backup at the moving tag, if any and readable: its config and the
@@ -179,21 +213,42 @@ async fn load_previous(store: &Store, tag: &str) -> Option<Previous> {
             Err(e) => return Err(e.to_string()),
         };
         let manifest = Manifest::from_bytes(&bytes).map_err(|e| e.to_string())?;
-        let Ok(Artifact::Native { config, layers, indexes }) = artifact::classify(&manifest) else { return Ok(None) };
-        let config_bytes = store.fetch_blob_bytes(&config.digest, 64 << 20).await.map_err(|e| e.to_string())?;
+        let Ok(Artifact::Native {
+            config,
+            layers,
+            indexes,
+        }) = artifact::classify(&manifest)
+        else {
+            return Ok(None);
+        };
+        let config_bytes = store
+            .fetch_blob_bytes(&config.digest, 64 << 20)
+            .await
+            .map_err(|e| e.to_string())?;
         let config = BackupConfig::from_bytes(&config_bytes).map_err(|e| e.to_string())?;
         let consistent = config.layers.len() == layers.len()
-            && config.layers.iter().zip(&layers).zip(&indexes).all(|((c, l), i)| c.digest == l.digest && c.index == i.digest);
+            && config
+                .layers
+                .iter()
+                .zip(&layers)
+                .zip(&indexes)
+                .all(|((c, l), i)| c.digest == l.digest && c.index == i.digest);
         if !consistent {
             return Err("config and manifest disagree on layers".into());
         }
-        Ok(Some(Previous { config, layers, indexes }))
+        Ok(Some(Previous {
+            config,
+            layers,
+            indexes,
+        }))
     }
     .await;
     match result {
         Ok(p) => p,
         Err(e) => {
-            tracing::warn!("previous backup at :{tag} is not usable for incremental reuse ({e}); doing a full backup");
+            tracing::warn!(
+                "previous backup at :{tag} is not usable for incremental reuse ({e}); doing a full backup"
+            );
             None
         }
     }
@@ -210,14 +265,30 @@ async fn native_backup(
     annotations: wsr_format::manifest::Annotations,
     progress: &Arc<Progress>,
 ) -> Result<Plan, BackupError> {
-    let previous = if options.full { None } else { load_previous(store, moving_tag).await };
+    let previous = if options.full {
+        None
+    } else {
+        load_previous(store, moving_tag).await
+    };
     let total_weight: u64 = tree.entries.iter().map(weight).sum();
-    let target = LayerCutter::choose_target(total_weight, previous.as_ref().map(|p| p.config.layer_target));
+    let target = LayerCutter::choose_target(
+        total_weight,
+        previous.as_ref().map(|p| p.config.layer_target),
+    );
     let ranges = plan_layers(&tree.entries, target);
     let entries: Arc<[SourceEntry]> = tree.entries.clone().into();
 
-    let reusable: HashMap<&Digest, usize> =
-        previous.as_ref().map(|p| p.config.layers.iter().enumerate().map(|(i, l)| (&l.fingerprint, i)).collect()).unwrap_or_default();
+    let reusable: HashMap<&Digest, usize> = previous
+        .as_ref()
+        .map(|p| {
+            p.config
+                .layers
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (&l.fingerprint, i))
+                .collect()
+        })
+        .unwrap_or_default();
 
     let mut layer_infos = Vec::with_capacity(ranges.len());
     let mut descriptors = Vec::with_capacity(ranges.len());
@@ -234,21 +305,47 @@ async fn native_backup(
                 descriptors.push(prev.layers[j].clone());
                 index_descriptors.push(prev.indexes[j].clone());
                 layer_infos.push(info.clone());
-                progress.entries.fetch_add(range.len() as u64, Ordering::Relaxed);
-                progress.bytes.fetch_add(entries[range.clone()].iter().map(|e| e.size).sum(), Ordering::Relaxed);
+                progress
+                    .entries
+                    .fetch_add(range.len() as u64, Ordering::Relaxed);
+                progress.bytes.fetch_add(
+                    entries[range.clone()].iter().map(|e| e.size).sum(),
+                    Ordering::Relaxed,
+                );
                 reused += 1;
                 continue;
             }
         }
-        let codec = Codec::Zstd { level: options.level, workers: options.workers };
-        let archived = upload_layer(store, &options.source, &entries, range.clone(), i as u32, codec, progress).await?;
-        let index_bytes = Bytes::from(native::write_index(&archived.index).map_err(BackupError::Archive)?);
+        let codec = Codec::Zstd {
+            level: options.level,
+            workers: options.workers,
+        };
+        let archived = upload_layer(
+            store,
+            &options.source,
+            &entries,
+            range.clone(),
+            i as u32,
+            codec,
+            progress,
+        )
+        .await?;
+        let index_bytes =
+            Bytes::from(native::write_index(&archived.index).map_err(BackupError::Archive)?);
         let index_digest = Digest::of(&index_bytes);
-        index_descriptors.push(Descriptor::new(media::NATIVE_INDEX, index_digest.clone(), index_bytes.len() as u64));
+        index_descriptors.push(Descriptor::new(
+            media::NATIVE_INDEX,
+            index_digest.clone(),
+            index_bytes.len() as u64,
+        ));
         if store.push_blob_bytes(index_bytes.clone()).await? {
             small_uploaded += index_bytes.len() as u64;
         }
-        descriptors.push(Descriptor::new(media::LAYER_TAR_ZSTD, archived.compressed.clone(), archived.compressed_size));
+        descriptors.push(Descriptor::new(
+            media::LAYER_TAR_ZSTD,
+            archived.compressed.clone(),
+            archived.compressed_size,
+        ));
         layer_infos.push(LayerInfo {
             digest: archived.compressed,
             diff_id: archived.diff_id,
@@ -263,22 +360,42 @@ async fn native_backup(
         format_version: native::FORMAT_VERSION.into(),
         created: created.into(),
         tool: concat!("wsr-backup ", env!("CARGO_PKG_VERSION")).into(),
-        workspace: WorkspaceInfo { name: options.workspace.clone(), namespace: options.namespace.clone(), id: options.workspace_id.clone() },
+        workspace: WorkspaceInfo {
+            name: options.workspace.clone(),
+            namespace: options.namespace.clone(),
+            id: options.workspace_id.clone(),
+        },
         source_path: options.source.display().to_string(),
         totals,
         layer_target: target,
         layers: layer_infos,
-        skipped: tree.skipped.iter().map(|(p, r)| SkippedEntry { path: RawPath(p.clone()), reason: r.clone() }).collect(),
+        skipped: tree
+            .skipped
+            .iter()
+            .map(|(p, r)| SkippedEntry {
+                path: RawPath(p.clone()),
+                reason: r.clone(),
+            })
+            .collect(),
     };
     let config_bytes = Bytes::from(config.to_bytes());
-    let config_desc = Descriptor::new(media::NATIVE_CONFIG, Digest::of(&config_bytes), config_bytes.len() as u64);
+    let config_desc = Descriptor::new(
+        media::NATIVE_CONFIG,
+        Digest::of(&config_bytes),
+        config_bytes.len() as u64,
+    );
     if store.push_blob_bytes(config_bytes.clone()).await? {
         small_uploaded += config_bytes.len() as u64;
     }
     let stored_bytes = descriptors.iter().map(|d| d.size).sum();
     let layers = descriptors.len();
     Ok(Plan {
-        manifest: artifact::native_manifest(config_desc, descriptors, index_descriptors, annotations),
+        manifest: artifact::native_manifest(
+            config_desc,
+            descriptors,
+            index_descriptors,
+            annotations,
+        ),
         layers,
         reused,
         stored_bytes,
@@ -293,13 +410,28 @@ async fn dwo_backup(
     annotations: wsr_format::manifest::Annotations,
     progress: &Arc<Progress>,
 ) -> Result<Plan, BackupError> {
-    let root_meta = std::fs::metadata(&options.source).map_err(|source| BackupError::Source { path: options.source.clone(), source })?;
-    let codec = Codec::Gzip { level: options.level.clamp(1, 9) as u32, root_mode: root_meta.mode() & 0o7777, root_mtime: root_meta.mtime() };
+    let root_meta = std::fs::metadata(&options.source).map_err(|source| BackupError::Source {
+        path: options.source.clone(),
+        source,
+    })?;
+    let codec = Codec::Gzip {
+        level: options.level.clamp(1, 9) as u32,
+        root_mode: root_meta.mode() & 0o7777,
+        root_mtime: root_meta.mtime(),
+    };
     let n = entries.len();
     let entries: Arc<[SourceEntry]> = entries.into();
     let archived = upload_layer(store, &options.source, &entries, 0..n, 0, codec, progress).await?;
-    let layer = Descriptor::new(media::LAYER_TAR, archived.compressed.clone(), archived.compressed_size);
-    let small_uploaded = if store.push_blob_bytes(Bytes::from_static(b"{}")).await? { 2 } else { 0 };
+    let layer = Descriptor::new(
+        media::LAYER_TAR,
+        archived.compressed.clone(),
+        archived.compressed_size,
+    );
+    let small_uploaded = if store.push_blob_bytes(Bytes::from_static(b"{}")).await? {
+        2
+    } else {
+        0
+    };
     Ok(Plan {
         manifest: artifact::dwo_manifest(layer, annotations),
         layers: 1,
@@ -321,19 +453,38 @@ async fn upload_layer(
     progress: &Arc<Progress>,
 ) -> Result<Archived, BackupError> {
     let mut delay = Duration::from_millis(500);
-    let (entries_before, bytes_before) = (progress.entries.load(Ordering::Relaxed), progress.bytes.load(Ordering::Relaxed));
+    let (entries_before, bytes_before) = (
+        progress.entries.load(Ordering::Relaxed),
+        progress.bytes.load(Ordering::Relaxed),
+    );
     for attempt in 1..=UPLOAD_ATTEMPTS {
         let (tx, rx) = mpsc::channel(4);
-        let (root2, entries2, range2, progress2): (PathBuf, _, _, _) = (root.to_owned(), entries.clone(), range.clone(), progress.clone());
+        let (root2, entries2, range2, progress2): (PathBuf, _, _, _) = (
+            root.to_owned(),
+            entries.clone(),
+            range.clone(),
+            progress.clone(),
+        );
         let archiving = tokio::task::spawn_blocking(move || {
-            archive(&root2, &entries2[range2], codec, ChunkSender::new(tx), &progress2)
+            archive(
+                &root2,
+                &entries2[range2],
+                codec,
+                ChunkSender::new(tx),
+                &progress2,
+            )
         });
         let (uploaded, archived) = tokio::join!(store.push_blob_stream(rx), archiving);
         let archived = archived.expect("archive task");
         let error: BackupError = match (uploaded, archived) {
             (Ok((digest, size)), Ok(archived)) => {
                 if digest != archived.compressed {
-                    return Err(TransportError::DigestMismatch { what: format!("layer {layer}"), expected: archived.compressed, actual: digest }.into());
+                    return Err(TransportError::DigestMismatch {
+                        what: format!("layer {layer}"),
+                        expected: archived.compressed,
+                        actual: digest,
+                    }
+                    .into());
                 }
                 progress.uploaded.fetch_add(size, Ordering::Relaxed);
                 return Ok(archived);
@@ -359,7 +510,12 @@ async fn upload_layer(
 /// Deletes the manifests of time-stamped tags beyond the newest `keep`, never the one just
 /// published (which the moving tag points at) nor one a kept tag shares.
 async fn prune(store: &Store, keep: usize, current: &Digest) -> Result<Vec<String>, BackupError> {
-    let mut stamps: Vec<String> = store.list_tags().await?.into_iter().filter(|t| media::is_timestamp_tag(t)).collect();
+    let mut stamps: Vec<String> = store
+        .list_tags()
+        .await?
+        .into_iter()
+        .filter(|t| media::is_timestamp_tag(t))
+        .collect();
     stamps.sort_unstable_by(|a, b| b.cmp(a));
     let mut kept = vec![current.clone()];
     for tag in stamps.iter().take(keep) {
@@ -387,7 +543,15 @@ mod tests {
     use super::*;
 
     fn file(rel: &str, size: u64) -> SourceEntry {
-        SourceEntry { rel: rel.as_bytes().to_vec(), kind: EntryKind::File, mode: 0o644, mtime: 1, mtime_nsec: 0, size, link: None }
+        SourceEntry {
+            rel: rel.as_bytes().to_vec(),
+            kind: EntryKind::File,
+            mode: 0o644,
+            mtime: 1,
+            mtime_nsec: 0,
+            size,
+            link: None,
+        }
     }
 
     #[test]

@@ -38,8 +38,14 @@ pub fn full_path(root: &Path, rel: &[u8]) -> PathBuf {
 }
 
 fn readable(path: &Path, dir: bool) -> bool {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return false };
-    let mode = if dir { libc::R_OK | libc::X_OK } else { libc::R_OK };
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mode = if dir {
+        libc::R_OK | libc::X_OK
+    } else {
+        libc::R_OK
+    };
     // SAFETY: `c` is a valid NUL-terminated path.
     unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), mode, libc::AT_EACCESS) == 0 }
 }
@@ -47,7 +53,10 @@ fn readable(path: &Path, dir: bool) -> bool {
 /// Walks `root`. Unreadable files and directories are an error naming them, unless
 /// `skip_unreadable`, which records them in [`Tree::skipped`] instead.
 pub fn walk(root: &Path, skip_unreadable: bool) -> Result<Tree, BackupError> {
-    let meta = fs::metadata(root).map_err(|source| BackupError::Source { path: root.to_owned(), source })?;
+    let meta = fs::metadata(root).map_err(|source| BackupError::Source {
+        path: root.to_owned(),
+        source,
+    })?;
     if !meta.is_dir() {
         return Err(BackupError::Source {
             path: root.to_owned(),
@@ -55,7 +64,9 @@ pub fn walk(root: &Path, skip_unreadable: bool) -> Result<Tree, BackupError> {
         });
     }
     if !readable(root, true) {
-        return Err(BackupError::Unreadable { path: root.to_owned() });
+        return Err(BackupError::Unreadable {
+            path: root.to_owned(),
+        });
     }
     let mut tree = Tree::default();
     let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
@@ -71,7 +82,10 @@ fn walk_dir(
     links: &mut HashMap<(u64, u64), Vec<u8>>,
 ) -> Result<(), BackupError> {
     let dir = full_path(root, rel_dir);
-    let io = |source| BackupError::Source { path: dir.clone(), source };
+    let io = |source| BackupError::Source {
+        path: dir.clone(),
+        source,
+    };
     let mut names: Vec<Vec<u8>> = fs::read_dir(&dir)
         .map_err(io)?
         .map(|e| e.map(|e| e.file_name().as_bytes().to_vec()))
@@ -79,7 +93,11 @@ fn walk_dir(
         .map_err(io)?;
     names.sort_unstable();
     for name in names {
-        let rel = if rel_dir.is_empty() { name } else { [rel_dir, b"/", &name].concat() };
+        let rel = if rel_dir.is_empty() {
+            name
+        } else {
+            [rel_dir, b"/", &name].concat()
+        };
         let path = full_path(root, &rel);
         let meta = match fs::symlink_metadata(&path) {
             Ok(m) => m,
@@ -109,7 +127,10 @@ fn walk_dir(
             tree.entries.push(entry);
             walk_dir(root, &rel, skip_unreadable, tree, links)?;
         } else if ft.is_symlink() {
-            let target = fs::read_link(&path).map_err(|source| BackupError::Source { path: path.clone(), source })?;
+            let target = fs::read_link(&path).map_err(|source| BackupError::Source {
+                path: path.clone(),
+                source,
+            })?;
             entry.kind = EntryKind::Symlink;
             entry.link = Some(target.as_os_str().as_bytes().to_vec());
             tree.entries.push(entry);

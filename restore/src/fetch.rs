@@ -51,24 +51,50 @@ impl Opened {
 /// Fetches the manifest at `target` and, for native artifacts, the config and file index.
 pub async fn open_artifact(store: &Store, target: &Target) -> Result<Opened, RestoreError> {
     let (digest, bytes) = store.fetch_manifest(target).await?;
-    let manifest = Manifest::from_bytes(&bytes).map_err(|e| RestoreError::Corrupt(format!("manifest {digest} is not a valid OCI manifest: {e}")))?;
-    let artifact = artifact::classify(&manifest).map_err(|e| RestoreError::Invalid(e.to_string()))?;
+    let manifest = Manifest::from_bytes(&bytes).map_err(|e| {
+        RestoreError::Corrupt(format!(
+            "manifest {digest} is not a valid OCI manifest: {e}"
+        ))
+    })?;
+    let artifact =
+        artifact::classify(&manifest).map_err(|e| RestoreError::Invalid(e.to_string()))?;
     let (config, index) = match &artifact {
-        Artifact::Native { config, layers, indexes } => {
+        Artifact::Native {
+            config,
+            layers,
+            indexes,
+        } => {
             let config_bytes = store.fetch_blob_bytes(&config.digest, 64 << 20).await?;
-            let config = BackupConfig::from_bytes(&config_bytes).map_err(|e| RestoreError::Invalid(e.to_string()))?;
+            let config = BackupConfig::from_bytes(&config_bytes)
+                .map_err(|e| RestoreError::Invalid(e.to_string()))?;
             let consistent = config.layers.len() == layers.len()
-                && config.layers.iter().zip(layers).zip(indexes).all(|((c, l), i)| c.digest == l.digest && c.index == i.digest);
+                && config
+                    .layers
+                    .iter()
+                    .zip(layers)
+                    .zip(indexes)
+                    .all(|((c, l), i)| c.digest == l.digest && c.index == i.digest);
             if !consistent {
-                return Err(RestoreError::Corrupt(format!("manifest {digest}: config and manifest list different layers")));
+                return Err(RestoreError::Corrupt(format!(
+                    "manifest {digest}: config and manifest list different layers"
+                )));
             }
             let mut entries = Vec::with_capacity(config.totals.entries() as usize);
             let mut layer_of = Vec::with_capacity(entries.capacity());
             for (position, (index, info)) in indexes.iter().zip(&config.layers).enumerate() {
-                let bytes = store.fetch_blob_bytes(&index.digest, index.size.max(1)).await?;
-                let layer_entries = native::read_index(&bytes[..]).map_err(|e| RestoreError::Corrupt(format!("file index {}: {e}", index.digest)))?;
+                let bytes = store
+                    .fetch_blob_bytes(&index.digest, index.size.max(1))
+                    .await?;
+                let layer_entries = native::read_index(&bytes[..]).map_err(|e| {
+                    RestoreError::Corrupt(format!("file index {}: {e}", index.digest))
+                })?;
                 if layer_entries.len() as u64 != info.entries {
-                    return Err(RestoreError::Corrupt(format!("file index {} lists {} entries, config says {}", index.digest, layer_entries.len(), info.entries)));
+                    return Err(RestoreError::Corrupt(format!(
+                        "file index {} lists {} entries, config says {}",
+                        index.digest,
+                        layer_entries.len(),
+                        info.entries
+                    )));
                 }
                 layer_of.extend(std::iter::repeat_n(position, layer_entries.len()));
                 entries.extend(layer_entries);
@@ -85,22 +111,45 @@ pub async fn open_artifact(store: &Store, target: &Target) -> Result<Opened, Res
         Artifact::Tarball { .. } => (None, None),
     };
     let (index, layer_of) = index.unzip();
-    Ok(Opened { digest, manifest, artifact, config, index, layer_of: layer_of.unwrap_or_default() })
+    Ok(Opened {
+        digest,
+        manifest,
+        artifact,
+        config,
+        index,
+        layer_of: layer_of.unwrap_or_default(),
+    })
 }
 
 /// Layer positions to fetch: all, or (with a selection and an index) those holding a selected
 /// entry or the target of a selected hard link.
 pub fn layers_to_fetch(opened: &Opened, selection: Option<&[Vec<u8>]>) -> Vec<usize> {
     let all: Vec<usize> = (0..opened.data_layers().len()).collect();
-    let (Some(selection), Some(index)) = (selection, &opened.index) else { return all };
-    let selected = |p: &[u8]| selection.iter().any(|s| p == s.as_slice() || (p.starts_with(s) && p.get(s.len()) == Some(&b'/')));
-    let layer_by_path: std::collections::HashMap<&[u8], usize> =
-        index.iter().zip(&opened.layer_of).map(|(e, &l)| (e.path.0.as_slice(), l)).collect();
+    let (Some(selection), Some(index)) = (selection, &opened.index) else {
+        return all;
+    };
+    let selected = |p: &[u8]| {
+        selection
+            .iter()
+            .any(|s| p == s.as_slice() || (p.starts_with(s) && p.get(s.len()) == Some(&b'/')))
+    };
+    let layer_by_path: std::collections::HashMap<&[u8], usize> = index
+        .iter()
+        .zip(&opened.layer_of)
+        .map(|(e, &l)| (e.path.0.as_slice(), l))
+        .collect();
     let mut wanted = std::collections::BTreeSet::new();
-    for (e, &layer) in index.iter().zip(&opened.layer_of).filter(|(e, _)| selected(&e.path.0)) {
+    for (e, &layer) in index
+        .iter()
+        .zip(&opened.layer_of)
+        .filter(|(e, _)| selected(&e.path.0))
+    {
         wanted.insert(layer);
         if e.kind == wsr_format::codec::EntryKind::Hardlink
-            && let Some(&l) = e.link.as_ref().and_then(|t| layer_by_path.get(t.0.as_slice()))
+            && let Some(&l) = e
+                .link
+                .as_ref()
+                .and_then(|t| layer_by_path.get(t.0.as_slice()))
         {
             wanted.insert(l);
         }
@@ -120,7 +169,10 @@ pub async fn unpack_layers(
     let layers = opened.data_layers();
     let jobs = positions.iter().map(|&i| {
         let descriptor = layers[i].clone();
-        let diff_id = opened.config.as_ref().map(|c| (c.layers[i].diff_id.clone(), c.layers[i].tar_size));
+        let diff_id = opened
+            .config
+            .as_ref()
+            .map(|c| (c.layers[i].diff_id.clone(), c.layers[i].tar_size));
         let (store, unpacker, progress) = (store.clone(), unpacker.clone(), progress.clone());
         async move { unpack_layer(&store, descriptor, diff_id, unpacker, progress).await }
     });
@@ -167,11 +219,16 @@ async fn unpack_layer(
     let mut stream = store.fetch_blob(&descriptor.digest).await?;
     let (tx, rx) = mpsc::channel(8);
     let download_error = Arc::new(std::sync::Mutex::new(None));
-    let reader = ChunkReader { rx, current: Bytes::new(), error: download_error.clone() };
+    let reader = ChunkReader {
+        rx,
+        current: Bytes::new(),
+        error: download_error.clone(),
+    };
     let desc = descriptor.clone();
     let unpacking = tokio::task::spawn_blocking(move || -> Result<(), RestoreError> {
         let mut compressed = HashingReader::new(reader);
-        let decoder = Compression::decoder(BufReader::with_capacity(256 * 1024, &mut compressed)).map_err(corrupt(&desc))?;
+        let decoder = Compression::decoder(BufReader::with_capacity(256 * 1024, &mut compressed))
+            .map_err(corrupt(&desc))?;
         let mut tar = HashingReader::new(decoder);
         unpacker.unpack_tar(&mut tar)?;
         // Whatever follows the end-of-archive marker still belongs to the digests.
@@ -181,7 +238,12 @@ async fn unpack_layer(
         io::copy(&mut compressed, &mut io::sink()).map_err(corrupt(&desc))?;
         let (_, digest, size) = compressed.finish();
         if digest != desc.digest || size != desc.size {
-            return Err(TransportError::DigestMismatch { what: format!("layer blob ({size} bytes)"), expected: desc.digest.clone(), actual: digest }.into());
+            return Err(TransportError::DigestMismatch {
+                what: format!("layer blob ({size} bytes)"),
+                expected: desc.digest.clone(),
+                actual: digest,
+            }
+            .into());
         }
         if let Some((want, want_size)) = diff_id
             && (want != tar_digest || want_size != tar_size)
@@ -196,7 +258,9 @@ async fn unpack_layer(
     let downloading = async {
         while let Some(chunk) = stream.next().await {
             if let Ok(c) = &chunk {
-                progress.downloaded.fetch_add(c.len() as u64, Ordering::Relaxed);
+                progress
+                    .downloaded
+                    .fetch_add(c.len() as u64, Ordering::Relaxed);
             }
             let failed = chunk.is_err();
             if tx.send(chunk).await.is_err() || failed {
@@ -230,7 +294,10 @@ pub struct Inspection {
     pub index_entries: Option<usize>,
 }
 
-pub async fn inspect(reference: &wsr_format::reference::Reference, connect: &ConnectOptions) -> Result<Inspection, RestoreError> {
+pub async fn inspect(
+    reference: &wsr_format::reference::Reference,
+    connect: &ConnectOptions,
+) -> Result<Inspection, RestoreError> {
     let store = Store::open(&reference.repository, connect, Access::Pull).await?;
     let opened = open_artifact(&store, &reference.target).await?;
     Ok(Inspection {
@@ -238,7 +305,10 @@ pub async fn inspect(reference: &wsr_format::reference::Reference, connect: &Con
         digest: opened.digest.to_string(),
         format: opened.format_name().into(),
         manifest: serde_json::to_value(&opened.manifest).expect("manifest to JSON"),
-        config: opened.config.as_ref().map(|c| serde_json::to_value(c).expect("config to JSON")),
+        config: opened
+            .config
+            .as_ref()
+            .map(|c| serde_json::to_value(c).expect("config to JSON")),
         layers: opened.data_layers().len(),
         stored_bytes: opened.data_layers().iter().map(|l| l.size).sum(),
         index_entries: opened.index.as_ref().map(Vec::len),
@@ -276,8 +346,16 @@ pub async fn list(
     let mut rows = Vec::new();
     for repo in list_repositories(registry_path, connect).await? {
         let parts: Vec<String> = match &repo {
-            Repository::Registry { path, .. } => path.split('/').skip(prefix_len).map(str::to_owned).collect(),
-            Repository::Layout { dir } => dir.components().skip(prefix_len).map(|c| c.as_os_str().to_string_lossy().into_owned()).collect(),
+            Repository::Registry { path, .. } => path
+                .split('/')
+                .skip(prefix_len)
+                .map(str::to_owned)
+                .collect(),
+            Repository::Layout { dir } => dir
+                .components()
+                .skip(prefix_len)
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect(),
         };
         let [ns, ws] = parts.as_slice() else { continue };
         if namespace.is_some_and(|n| n != ns) || workspace.is_some_and(|w| w != ws) {
@@ -305,13 +383,20 @@ async fn describe(repo: &Repository, ns: &str, ws: &str, connect: &ConnectOption
         let store = Store::open(repo, connect, Access::Pull).await?;
         let mut tags = store.list_tags().await?;
         tags.sort();
-        let newest = if tags.iter().any(|t| t == media::LATEST_TAG) { Some(media::LATEST_TAG.to_owned()) } else { tags.last().cloned() };
+        let newest = if tags.iter().any(|t| t == media::LATEST_TAG) {
+            Some(media::LATEST_TAG.to_owned())
+        } else {
+            tags.last().cloned()
+        };
         row.tags = tags;
         if let Some(tag) = newest {
             let (_, bytes) = store.fetch_manifest(&Target::Tag(tag)).await?;
-            let manifest = Manifest::from_bytes(&bytes).map_err(|e| RestoreError::Corrupt(e.to_string()))?;
+            let manifest =
+                Manifest::from_bytes(&bytes).map_err(|e| RestoreError::Corrupt(e.to_string()))?;
             row.created = manifest.annotation(annotation::CREATED).map(str::to_owned);
-            row.bytes = manifest.annotation(annotation::WSR_BYTES).and_then(|b| b.parse().ok());
+            row.bytes = manifest
+                .annotation(annotation::WSR_BYTES)
+                .and_then(|b| b.parse().ok());
             match artifact::classify(&manifest) {
                 Ok(Artifact::Native { layers, .. }) => {
                     row.size = Some(layers.iter().map(|l| l.size).sum());

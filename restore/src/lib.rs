@@ -49,7 +49,7 @@ pub struct Progress {
 }
 
 /// What a restore or verify did.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct RestoreReport {
     pub reference: String,
     pub digest: String,
@@ -67,6 +67,9 @@ pub struct RestoreReport {
     pub skipped: Vec<String>,
     /// Where `--force` moved the previous content.
     pub moved_aside: Option<String>,
+    /// This run only completed the final moves of an interrupted restore.
+    #[serde(default)]
+    pub resumed: bool,
     pub duration_s: f64,
 }
 
@@ -77,11 +80,22 @@ pub enum RestoreError {
     )]
     NotEmpty { path: PathBuf },
     #[error("cannot use target {path}")]
-    Target { path: PathBuf, source: std::io::Error },
+    Target {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot move {from} aside to {to}")]
-    MoveAside { from: PathBuf, to: PathBuf, source: std::io::Error },
+    MoveAside {
+        from: PathBuf,
+        to: PathBuf,
+        source: std::io::Error,
+    },
     #[error("backup needs {needed} bytes but only {available} are free at {path}")]
-    NoSpace { path: PathBuf, needed: u64, available: u64 },
+    NoSpace {
+        path: PathBuf,
+        needed: u64,
+        available: u64,
+    },
     #[error(transparent)]
     Transport(#[from] TransportError),
     #[error(transparent)]
@@ -93,19 +107,28 @@ pub enum RestoreError {
 }
 
 /// Restores `options.from` into `options.to`.
-pub async fn restore(options: &RestoreOptions, progress: Arc<Progress>) -> Result<RestoreReport, RestoreError> {
+pub async fn restore(
+    options: &RestoreOptions,
+    progress: Arc<Progress>,
+) -> Result<RestoreReport, RestoreError> {
     let started = Instant::now();
     let target = options.to.as_path();
-    // Resume an interrupted restore whose tree was already complete and verified.
+    // An interrupted restore whose tree was already complete and verified: finish it.
     if let Some(staging) = target::completed_staging(target)? {
         tracing::info!(staging = %staging.display(), "completing an interrupted restore");
+        let mut report: RestoreReport = target::read_marker(&staging)?;
         target::finish_moves(target, &staging)?;
+        report.resumed = true;
+        report.duration_s = started.elapsed().as_secs_f64();
+        return Ok(report);
     }
     let existing = target::user_entries(target)?;
     let mut moved_aside = None;
     if !existing.is_empty() {
         if !options.force {
-            return Err(RestoreError::NotEmpty { path: target.to_owned() });
+            return Err(RestoreError::NotEmpty {
+                path: target.to_owned(),
+            });
         }
         let aside = target::move_aside(target, &existing)?;
         tracing::warn!(aside = %aside.display(), "moved the target's existing content aside");
@@ -116,17 +139,29 @@ pub async fn restore(options: &RestoreOptions, progress: Arc<Progress>) -> Resul
         Some(p) => Some(wsr_format::unpack::normalize_selection(p).map_err(RestoreError::Invalid)?),
         None => None,
     };
-    let mut report = run_unpack(options, &staging, selection, true, &progress).await?;
-    target::commit(target, &staging)?;
+    let mut report = match run_unpack(options, &staging, selection, true, &progress).await {
+        Ok(report) => report,
+        Err(e) => {
+            // Leave the target as it was: drop what was staged (ours, inside the target).
+            target::discard_staging(&staging);
+            return Err(e);
+        }
+    };
     report.target = Some(target.display().to_string());
     report.moved_aside = moved_aside;
     report.duration_s = started.elapsed().as_secs_f64();
+    target::commit(target, &staging, &report)?;
     Ok(report)
 }
 
 /// Downloads and verifies everything (blob digests, layer digests, every file against the
 /// index) without writing any file.
-pub async fn verify(from: &Reference, connect: &ConnectOptions, parallel: usize, progress: Arc<Progress>) -> Result<RestoreReport, RestoreError> {
+pub async fn verify(
+    from: &Reference,
+    connect: &ConnectOptions,
+    parallel: usize,
+    progress: Arc<Progress>,
+) -> Result<RestoreReport, RestoreError> {
     let started = Instant::now();
     let options = RestoreOptions {
         from: from.clone(),
@@ -137,7 +172,14 @@ pub async fn verify(from: &Reference, connect: &ConnectOptions, parallel: usize,
         parallel,
         connect: connect.clone(),
     };
-    let mut report = run_unpack(&options, Path::new("/nonexistent-verify-only"), None, false, &progress).await?;
+    let mut report = run_unpack(
+        &options,
+        Path::new("/nonexistent-verify-only"),
+        None,
+        false,
+        &progress,
+    )
+    .await?;
     report.duration_s = started.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -149,7 +191,8 @@ async fn run_unpack(
     write: bool,
     progress: &Arc<Progress>,
 ) -> Result<RestoreReport, RestoreError> {
-    let store = Arc::new(Store::open(&options.from.repository, &options.connect, Access::Pull).await?);
+    let store =
+        Arc::new(Store::open(&options.from.repository, &options.connect, Access::Pull).await?);
     let opened = open_artifact(&store, &options.from.target).await?;
     let (mut max_bytes, mut max_entries) = (options.max_size.unwrap_or(u64::MAX), u64::MAX);
     if write && let Some((free_bytes, free_inodes)) = target::free_space(root) {
@@ -161,25 +204,49 @@ async fn run_unpack(
             && selection.is_none()
             && config.totals.bytes > max_bytes
         {
-            return Err(RestoreError::NoSpace { path: options.to.clone(), needed: config.totals.bytes, available: max_bytes });
+            return Err(RestoreError::NoSpace {
+                path: options.to.clone(),
+                needed: config.totals.bytes,
+                available: max_bytes,
+            });
         }
     }
     if let Some(config) = &opened.config {
-        progress.total_entries.store(config.totals.entries(), Ordering::Relaxed);
-        progress.total_bytes.store(config.totals.bytes, Ordering::Relaxed);
+        progress
+            .total_entries
+            .store(config.totals.entries(), Ordering::Relaxed);
+        progress
+            .total_bytes
+            .store(config.totals.bytes, Ordering::Relaxed);
     }
-    let unpack_options = UnpackOptions { max_bytes, max_entries, select: selection.clone(), write };
+    let unpack_options = UnpackOptions {
+        max_bytes,
+        max_entries,
+        select: selection.clone(),
+        write,
+    };
     let p = progress.clone();
-    let unpacker = Unpacker::new(root, unpack_options, opened.index.clone()).on_entry(Box::new(move |size| {
-        p.entries.fetch_add(1, Ordering::Relaxed);
-        p.bytes.fetch_add(size, Ordering::Relaxed);
-        test_hooks::count_entries(1);
-    }));
+    let unpacker =
+        Unpacker::new(root, unpack_options, opened.index.clone()).on_entry(Box::new(move |size| {
+            p.entries.fetch_add(1, Ordering::Relaxed);
+            p.bytes.fetch_add(size, Ordering::Relaxed);
+            test_hooks::count_entries(1);
+        }));
     let unpacker = Arc::new(unpacker);
     let layers = fetch::layers_to_fetch(&opened, selection.as_deref());
-    fetch::unpack_layers(&store, &opened, &layers, unpacker.clone(), options.parallel.max(1), progress).await?;
+    fetch::unpack_layers(
+        &store,
+        &opened,
+        &layers,
+        unpacker.clone(),
+        options.parallel.max(1),
+        progress,
+    )
+    .await?;
     let unpacker = Arc::into_inner(unpacker).expect("all layer tasks finished");
-    let result = tokio::task::spawn_blocking(move || unpacker.finish()).await.expect("finish task")?;
+    let result = tokio::task::spawn_blocking(move || unpacker.finish())
+        .await
+        .expect("finish task")?;
     Ok(RestoreReport {
         reference: format!("{}@{}", options.from.repository, opened.digest),
         digest: opened.digest.to_string(),
@@ -193,8 +260,13 @@ async fn run_unpack(
         downloaded_bytes: progress.downloaded.load(Ordering::Relaxed),
         layers: layers.len(),
         verified_index: opened.index.is_some(),
-        skipped: result.skipped.iter().map(|(p, r)| format!("{p}: {r}")).collect(),
+        skipped: result
+            .skipped
+            .iter()
+            .map(|(p, r)| format!("{p}: {r}"))
+            .collect(),
         moved_aside: None,
+        resumed: false,
         duration_s: 0.0,
     })
 }

@@ -168,11 +168,19 @@ enum Output {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 fn connect_options(args: &ConnectArgs) -> ConnectOptions {
-    ConnectOptions { plain_http: args.plain_http, insecure: args.insecure, ca_file: args.ca_file.clone(), auth_file: args.auth_file.clone() }
+    ConnectOptions {
+        plain_http: args.plain_http,
+        insecure: args.insecure,
+        ca_file: args.ca_file.clone(),
+        auth_file: args.auth_file.clone(),
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<Output> {
@@ -183,10 +191,22 @@ fn run(cli: Cli) -> anyhow::Result<Output> {
             do_restore(&options, cli.common.progress)
         }
         Some(Command::Init) => init(connect, cli.common.progress),
-        Some(Command::List { registry, namespace, workspace }) => {
+        Some(Command::List {
+            registry,
+            namespace,
+            workspace,
+        }) => {
             let path = parse_registry_path(&registry)?;
-            let rows = runtime()?.block_on(wsr_restore::list(&path, namespace.as_deref(), workspace.as_deref(), &connect))?;
-            let mut text = format!("{:<20} {:<28} {:>5} {:<21} {:>10} {:>10} {:<7}\n", "NAMESPACE", "WORKSPACE", "TAGS", "CREATED", "SIZE", "DATA", "FORMAT");
+            let rows = runtime()?.block_on(wsr_restore::list(
+                &path,
+                namespace.as_deref(),
+                workspace.as_deref(),
+                &connect,
+            ))?;
+            let mut text = format!(
+                "{:<20} {:<28} {:>5} {:<21} {:>10} {:>10} {:<7}\n",
+                "NAMESPACE", "WORKSPACE", "TAGS", "CREATED", "SIZE", "DATA", "FORMAT"
+            );
             for r in &rows {
                 text.push_str(&format!(
                     "{:<20} {:<28} {:>5} {:<21} {:>10} {:>10} {:<7}{}\n",
@@ -197,25 +217,39 @@ fn run(cli: Cli) -> anyhow::Result<Output> {
                     r.size.map(human).unwrap_or_else(|| "-".into()),
                     r.bytes.map(human).unwrap_or_else(|| "-".into()),
                     r.format.as_deref().unwrap_or("-"),
-                    r.error.as_ref().map(|e| format!("  error: {e}")).unwrap_or_default()
+                    r.error
+                        .as_ref()
+                        .map(|e| format!("  error: {e}"))
+                        .unwrap_or_default()
                 ));
             }
             if rows.is_empty() {
                 text.push_str("(no backups found)\n");
             }
-            Ok(Output::Json(serde_json::json!({ "backups": rows }), text.trim_end().to_owned()))
+            Ok(Output::Json(
+                serde_json::json!({ "backups": rows }),
+                text.trim_end().to_owned(),
+            ))
         }
         Some(Command::Inspect { reference }) => {
             let reference: Reference = reference.parse()?;
             let inspection = runtime()?.block_on(wsr_restore::inspect(&reference, &connect))?;
             let value = serde_json::to_value(&inspection)?;
-            Ok(Output::Json(value.clone(), serde_json::to_string_pretty(&value)?))
+            Ok(Output::Json(
+                value.clone(),
+                serde_json::to_string_pretty(&value)?,
+            ))
         }
-        Some(Command::Verify { reference, parallel }) => {
+        Some(Command::Verify {
+            reference,
+            parallel,
+        }) => {
             let reference: Reference = reference.parse()?;
             let progress = Arc::new(Progress::default());
             let reporter = spawn_progress(progress.clone(), cli.common.progress);
-            let report = runtime()?.block_on(wsr_restore::verify(&reference, &connect, parallel, progress));
+            let report = runtime()?.block_on(wsr_restore::verify(
+                &reference, &connect, parallel, progress,
+            ));
             reporter.finish();
             let report = report?;
             let text = format!(
@@ -228,7 +262,11 @@ fn run(cli: Cli) -> anyhow::Result<Output> {
                 report.hardlinks,
                 human(report.bytes),
                 report.layers,
-                if report.verified_index { "checked" } else { "not present (tarball format: blob digest checked)" }
+                if report.verified_index {
+                    "checked"
+                } else {
+                    "not present (tarball format: blob digest checked)"
+                }
             );
             Ok(Output::Json(serde_json::to_value(&report)?, text))
         }
@@ -253,8 +291,19 @@ fn restore_options(args: &RestoreArgs, connect: ConnectOptions) -> anyhow::Resul
         }
         (None, None) => anyhow::bail!(UsageError("give --from REF (or --registry with --namespace and --workspace) and --to DIR; see --help".into())),
     };
-    let to = args.to.clone().ok_or_else(|| UsageError("--to DIR is required".into()))?;
-    Ok(RestoreOptions { from, to, paths: args.paths.clone(), force: args.force, max_size: args.max_size, parallel: args.parallel, connect })
+    let to = args
+        .to
+        .clone()
+        .ok_or_else(|| UsageError("--to DIR is required".into()))?;
+    Ok(RestoreOptions {
+        from,
+        to,
+        paths: args.paths.clone(),
+        force: args.force,
+        max_size: args.max_size,
+        parallel: args.parallel,
+        connect,
+    })
 }
 
 fn do_restore(options: &RestoreOptions, progress_mode: ProgressArg) -> anyhow::Result<Output> {
@@ -288,25 +337,47 @@ fn do_restore(options: &RestoreOptions, progress_mode: ProgressArg) -> anyhow::R
 /// The init container: checks the target first, without any network access.
 fn init(mut connect: ConnectOptions, progress: ProgressArg) -> anyhow::Result<Output> {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let root = PathBuf::from(var("PROJECTS_ROOT").ok_or_else(|| UsageError("PROJECTS_ROOT is required in init mode".into()))?);
+    let root = PathBuf::from(
+        var("PROJECTS_ROOT")
+            .ok_or_else(|| UsageError("PROJECTS_ROOT is required in init mode".into()))?,
+    );
     let existing = wsr_restore::target::user_entries(&root)?;
     if !existing.is_empty() && wsr_restore::target::completed_staging(&root)?.is_none() {
-        let text = format!("PROJECTS_ROOT '{}' is not empty ({} entries); skipping restore", root.display(), existing.len());
+        let text = format!(
+            "PROJECTS_ROOT '{}' is not empty ({} entries); skipping restore",
+            root.display(),
+            existing.len()
+        );
         tracing::info!("{text}");
-        return Ok(Output::Json(serde_json::json!({ "skipped": true, "reason": "target not empty", "target": root }), text));
+        return Ok(Output::Json(
+            serde_json::json!({ "skipped": true, "reason": "target not empty", "target": root }),
+            text,
+        ));
     }
-    let image = var("BACKUP_IMAGE").ok_or_else(|| UsageError("BACKUP_IMAGE is required in init mode".into()))?;
+    let image = var("BACKUP_IMAGE")
+        .ok_or_else(|| UsageError("BACKUP_IMAGE is required in init mode".into()))?;
     if let Some(file) = var("REGISTRY_AUTH_FILE") {
         connect.auth_file = Some(file.into());
     }
     if let Some(extra) = var("ORAS_EXTRA_ARGS") {
         apply_oras_extra_args(&mut connect, &extra).map_err(UsageError)?;
     }
-    let options = RestoreOptions { from: image.parse()?, to: root.clone(), paths: None, force: false, max_size: None, parallel: 4, connect };
+    let options = RestoreOptions {
+        from: image.parse()?,
+        to: root.clone(),
+        paths: None,
+        force: false,
+        max_size: None,
+        parallel: 4,
+        connect,
+    };
     match do_restore(&options, progress) {
         Ok(out) => Ok(out),
         Err(e) if var("WSR_RESTORE_OPTIONAL").as_deref() == Some("true") => {
-            tracing::warn!("RESTORE FAILED; starting with an empty {} because WSR_RESTORE_OPTIONAL=true: {e:#}", root.display());
+            tracing::warn!(
+                "RESTORE FAILED; starting with an empty {} because WSR_RESTORE_OPTIONAL=true: {e:#}",
+                root.display()
+            );
             Ok(Output::Json(
                 serde_json::json!({ "skipped": true, "reason": format!("{e:#}"), "target": root }),
                 format!("WARNING: restore failed, workspace starts empty: {e:#}"),
@@ -327,16 +398,26 @@ impl std::error::Error for UsageError {}
 
 fn exit_code(e: &anyhow::Error) -> i32 {
     if e.downcast_ref::<UsageError>().is_some()
-        || e.downcast_ref::<wsr_format::reference::InvalidReference>().is_some()
-        || e.downcast_ref::<wsr_format::digest::InvalidDigest>().is_some()
+        || e.downcast_ref::<wsr_format::reference::InvalidReference>()
+            .is_some()
+        || e.downcast_ref::<wsr_format::digest::InvalidDigest>()
+            .is_some()
     {
         return 2;
     }
     match e.downcast_ref::<RestoreError>() {
         Some(RestoreError::Invalid(_)) => 6,
-        Some(RestoreError::NotEmpty { .. } | RestoreError::Target { .. } | RestoreError::MoveAside { .. } | RestoreError::NoSpace { .. }) => 3,
+        Some(
+            RestoreError::NotEmpty { .. }
+            | RestoreError::Target { .. }
+            | RestoreError::MoveAside { .. }
+            | RestoreError::NoSpace { .. },
+        ) => 3,
         Some(RestoreError::Transport(t)) => transport_exit_code(t),
-        Some(RestoreError::Unpack(wsr_format::unpack::UnpackError::Io { .. } | wsr_format::unpack::UnpackError::TooLarge { .. })) => 3,
+        Some(RestoreError::Unpack(
+            wsr_format::unpack::UnpackError::Io { .. }
+            | wsr_format::unpack::UnpackError::TooLarge { .. },
+        )) => 3,
         Some(RestoreError::Unpack(_) | RestoreError::Corrupt(_)) => 6,
         None => 1,
     }
@@ -353,16 +434,31 @@ fn transport_exit_code(t: &TransportError) -> i32 {
 
 /// Kubernetes shows `/dev/termination-log` as the container's termination message.
 fn write_termination_log(message: &str) {
-    let line: String = message.lines().next().unwrap_or_default().chars().take(1024).collect();
-    let _ = std::fs::OpenOptions::new().write(true).truncate(true).open("/dev/termination-log").and_then(|mut f| {
-        use std::io::Write;
-        writeln!(f, "{line}")
-    });
+    let line: String = message
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(1024)
+        .collect();
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open("/dev/termination-log")
+        .and_then(|mut f| {
+            use std::io::Write;
+            writeln!(f, "{line}")
+        });
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WSR_LOG").unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("WSR_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
 }
 
 fn human(bytes: u64) -> String {
@@ -387,7 +483,10 @@ impl Reporter {
 /// restore progress.
 fn spawn_progress(progress: Arc<Progress>, mode: ProgressArg) -> Reporter {
     if mode == ProgressArg::Never {
-        return Reporter { stop: None, thread: None };
+        return Reporter {
+            stop: None,
+            thread: None,
+        };
     }
     let tty = mode == ProgressArg::Always || std::io::stderr().is_terminal();
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
@@ -400,17 +499,31 @@ fn spawn_progress(progress: Arc<Progress>, mode: ProgressArg) -> Reporter {
             );
             bar
         });
-        let tick = if tty { Duration::from_millis(200) } else { Duration::from_secs(10) };
+        let tick = if tty {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(10)
+        };
         loop {
-            let done = stopped.recv_timeout(tick) != Err(std::sync::mpsc::RecvTimeoutError::Timeout);
-            let (entries, total_entries) = (progress.entries.load(Ordering::Relaxed), progress.total_entries.load(Ordering::Relaxed));
-            let (bytes, total_bytes) = (progress.bytes.load(Ordering::Relaxed), progress.total_bytes.load(Ordering::Relaxed));
+            let done =
+                stopped.recv_timeout(tick) != Err(std::sync::mpsc::RecvTimeoutError::Timeout);
+            let (entries, total_entries) = (
+                progress.entries.load(Ordering::Relaxed),
+                progress.total_entries.load(Ordering::Relaxed),
+            );
+            let (bytes, total_bytes) = (
+                progress.bytes.load(Ordering::Relaxed),
+                progress.total_bytes.load(Ordering::Relaxed),
+            );
             let downloaded = progress.downloaded.load(Ordering::Relaxed);
             match &bar {
                 Some(bar) => {
                     bar.set_length(total_bytes.max(bytes));
                     bar.set_position(bytes);
-                    bar.set_message(format!("{entries}/{total_entries} entries, downloaded {}", human(downloaded)));
+                    bar.set_message(format!(
+                        "{entries}/{total_entries} entries, downloaded {}",
+                        human(downloaded)
+                    ));
                 }
                 None if !done => tracing::info!(
                     "progress: {entries}/{total_entries} entries, {}/{} restored, {} downloaded",
@@ -428,5 +541,8 @@ fn spawn_progress(progress: Arc<Progress>, mode: ProgressArg) -> Reporter {
             }
         }
     });
-    Reporter { stop: Some(stop), thread: Some(thread) }
+    Reporter {
+        stop: Some(stop),
+        thread: Some(thread),
+    }
 }

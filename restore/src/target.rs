@@ -17,7 +17,10 @@ const STAGING_PREFIX: &str = ".wsr-staging-";
 const COMPLETE_MARKER: &str = ".wsr-complete";
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError + '_ {
-    move |source| RestoreError::Target { path: path.to_owned(), source }
+    move |source| RestoreError::Target {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 fn is_staging(name: &std::ffi::OsStr) -> bool {
@@ -38,13 +41,18 @@ pub fn user_entries(target: &Path) -> Result<Vec<PathBuf>, RestoreError> {
             Ok(out)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(RestoreError::Target { path: target.to_owned(), source: e }),
+        Err(e) => Err(RestoreError::Target {
+            path: target.to_owned(),
+            source: e,
+        }),
     }
 }
 
 /// A staging directory whose tree is complete, left by an interrupted restore.
 pub fn completed_staging(target: &Path) -> Result<Option<PathBuf>, RestoreError> {
-    let Ok(entries) = fs::read_dir(target) else { return Ok(None) };
+    let Ok(entries) = fs::read_dir(target) else {
+        return Ok(None);
+    };
     for e in entries {
         let e = e.map_err(io(target))?;
         if is_staging(&e.file_name()) && e.path().join(COMPLETE_MARKER).exists() {
@@ -57,13 +65,25 @@ pub fn completed_staging(target: &Path) -> Result<Option<PathBuf>, RestoreError>
 /// Moves the target's current content into a time-stamped sibling `<target>.wsr-aside-<time>`;
 /// nothing is deleted. Returns the sibling.
 pub fn move_aside(target: &Path, entries: &[PathBuf]) -> Result<PathBuf, RestoreError> {
-    let name = target.file_name().ok_or_else(|| RestoreError::Invalid(format!("{} has no directory name", target.display())))?;
-    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string().replace('.', "");
+    let name = target.file_name().ok_or_else(|| {
+        RestoreError::Invalid(format!("{} has no directory name", target.display()))
+    })?;
+    let stamp = chrono::Utc::now()
+        .format("%Y%m%dT%H%M%S%.3fZ")
+        .to_string()
+        .replace('.', "");
     let aside = target.with_file_name(format!("{}.wsr-aside-{stamp}", name.to_string_lossy()));
-    fs::create_dir(&aside).map_err(|source| RestoreError::Target { path: aside.clone(), source })?;
+    fs::create_dir(&aside).map_err(|source| RestoreError::Target {
+        path: aside.clone(),
+        source,
+    })?;
     for entry in entries {
         let dest = aside.join(entry.file_name().expect("directory entry has a name"));
-        fs::rename(entry, &dest).map_err(|source| RestoreError::MoveAside { from: entry.clone(), to: dest, source })?;
+        fs::rename(entry, &dest).map_err(|source| RestoreError::MoveAside {
+            from: entry.clone(),
+            to: dest,
+            source,
+        })?;
     }
     Ok(aside)
 }
@@ -89,6 +109,14 @@ pub fn create_staging(target: &Path) -> Result<PathBuf, RestoreError> {
     Ok(staging)
 }
 
+/// Removes a staging directory after a failed restore (best effort: a rerun removes it too).
+pub fn discard_staging(staging: &Path) {
+    make_writable(staging);
+    if let Err(e) = fs::remove_dir_all(staging) {
+        tracing::warn!(staging = %staging.display(), "could not remove the staging directory: {e}");
+    }
+}
+
 /// Restored directories may be read-only (mode 0o555); removal needs write permission on them.
 fn make_writable(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
@@ -102,13 +130,31 @@ fn make_writable(dir: &Path) {
     }
 }
 
-/// Marks the staged tree complete (durably), then moves it into place.
-pub fn commit(target: &Path, staging: &Path) -> Result<(), RestoreError> {
+/// Marks the staged tree complete (durably, with the report a resumed run will return), then
+/// moves it into place.
+pub fn commit(
+    target: &Path,
+    staging: &Path,
+    report: &crate::RestoreReport,
+) -> Result<(), RestoreError> {
     let marker = staging.join(COMPLETE_MARKER);
-    fs::File::create(&marker).and_then(|f| f.sync_all()).map_err(io(&marker))?;
-    fs::File::open(staging).and_then(|d| d.sync_all()).map_err(io(staging))?;
+    let json = serde_json::to_vec(report).expect("report serialises");
+    fs::write(&marker, json)
+        .and_then(|()| fs::File::open(&marker)?.sync_all())
+        .map_err(io(&marker))?;
+    fs::File::open(staging)
+        .and_then(|d| d.sync_all())
+        .map_err(io(staging))?;
     crate::test_hooks::maybe_abort("after-marker");
     finish_moves(target, staging)
+}
+
+/// The report stored in a completed staging directory's marker.
+pub fn read_marker(staging: &Path) -> Result<crate::RestoreReport, RestoreError> {
+    let marker = staging.join(COMPLETE_MARKER);
+    let bytes = fs::read(&marker).map_err(io(&marker))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| RestoreError::Corrupt(format!("{}: {e}", marker.display())))
 }
 
 /// Moves every staged entry into the target, then removes the staging directory.
@@ -123,7 +169,9 @@ pub fn finish_moves(target: &Path, staging: &Path) -> Result<(), RestoreError> {
     }
     fs::remove_file(staging.join(COMPLETE_MARKER)).map_err(io(staging))?;
     fs::remove_dir(staging).map_err(io(staging))?;
-    fs::File::open(target).and_then(|d| d.sync_all()).map_err(io(target))?;
+    fs::File::open(target)
+        .and_then(|d| d.sync_all())
+        .map_err(io(target))?;
     Ok(())
 }
 
@@ -136,6 +184,10 @@ pub fn free_space(path: &Path) -> Option<(u64, u64)> {
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         return None;
     }
-    let inodes = if st.f_files == 0 { u64::MAX } else { st.f_favail as u64 };
+    let inodes = if st.f_files == 0 {
+        u64::MAX
+    } else {
+        st.f_favail as u64
+    };
     Some((st.f_bavail as u64 * st.f_frsize as u64, inodes))
 }

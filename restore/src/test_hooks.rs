@@ -20,8 +20,10 @@ pub fn maybe_abort(point: &str) {
 /// Called once per unpacked layer chunk of entries.
 pub fn count_entries(n: u64) {
     let total = ENTRIES.fetch_add(n, Ordering::Relaxed) + n;
-    if let Some(limit) = wanted().and_then(|w| w.strip_prefix("after-entries:").and_then(|n| n.parse::<u64>().ok()))
-        && total >= limit
+    if let Some(limit) = wanted().and_then(|w| {
+        w.strip_prefix("after-entries:")
+            .and_then(|n| n.parse::<u64>().ok())
+    }) && total >= limit
     {
         eprintln!("wsr-restore: test hook: aborting after {total} entries");
         std::process::abort();

@@ -19,8 +19,9 @@ use wsr_format::transport::{Access, ConnectOptions, Store};
 /// 3:1 like real code) spread over directories, deterministic.
 fn many_files(root: &Path, files: usize) {
     const WORDS: [&str; 24] = [
-        "let", "const", "function", "return", "value", "index", "export", "import", "from", "if", "else", "for",
-        "while", "await", "async", "match", "self", "config", "result", "error", "string", "number", "=>", "{}",
+        "let", "const", "function", "return", "value", "index", "export", "import", "from", "if",
+        "else", "for", "while", "await", "async", "match", "self", "config", "result", "error",
+        "string", "number", "=>", "{}",
     ];
     let mut x: u64 = 0x2545_F491_4F6C_DD1D;
     let mut next = move || {
@@ -98,7 +99,11 @@ fn re_backups_upload_only_what_changed() {
     assert_eq!(unchanged.reused_layers, unchanged.layers);
     // Only the config and manifest (a few KiB) change: no layer or index bytes.
     assert_eq!(unchanged.uploaded_layer_bytes, 0, "{unchanged:?}");
-    assert!(unchanged.uploaded_bytes < 64 * 1024, "metadata only: {} bytes", unchanged.uploaded_bytes);
+    assert!(
+        unchanged.uploaded_bytes < 64 * 1024,
+        "metadata only: {} bytes",
+        unchanged.uploaded_bytes
+    );
 
     std::fs::write(src.join("pkg250/mod10/f5250.js"), "changed\n").unwrap();
     let one = backup(&options).unwrap();
@@ -261,11 +266,7 @@ fn registry_stopped_mid_upload_leaves_previous_latest_restorable() {
 
     // A second, different backup through a proxy that stops the registry 1 MiB into the upload.
     let before = scenarios::sample::snapshot(&src).unwrap();
-    std::fs::write(
-        src.join("new.bin"),
-        scenarios::sample::noise(8 << 20, 9),
-    )
-    .unwrap();
+    std::fs::write(src.join("new.bin"), scenarios::sample::noise(8 << 20, 9)).unwrap();
     let r2 = registry.clone();
     let proxy = cutting_proxy(
         host.clone(),

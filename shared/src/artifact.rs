@@ -8,7 +8,11 @@ use crate::media::{self, annotation};
 pub enum Artifact {
     /// wsr's own format: config, data layers (in order), and one file-index blob per data
     /// layer (same order).
-    Native { config: Descriptor, layers: Vec<Descriptor>, indexes: Vec<Descriptor> },
+    Native {
+        config: Descriptor,
+        layers: Vec<Descriptor>,
+        indexes: Vec<Descriptor>,
+    },
     /// One tar layer (gzip, zstd or plain): upstream DWO backups and compatible artifacts.
     Tarball { layer: Descriptor, dwo: bool },
 }
@@ -24,16 +28,25 @@ pub enum ArtifactError {
     Unrecognised(String),
 }
 
-const TAR_LAYER_TYPES: [&str; 3] = [media::LAYER_TAR, media::LAYER_TAR_GZIP, media::LAYER_TAR_ZSTD];
+const TAR_LAYER_TYPES: [&str; 3] = [
+    media::LAYER_TAR,
+    media::LAYER_TAR_GZIP,
+    media::LAYER_TAR_ZSTD,
+];
 const TAR_TITLE_SUFFIXES: [&str; 5] = [".tar.gz", ".tgz", ".tar.zst", ".tar", ".tar.zstd"];
 
 /// Classifies a manifest.
 pub fn classify(manifest: &Manifest) -> Result<Artifact, ArtifactError> {
-    let artifact_type = manifest.artifact_type.as_deref().unwrap_or(&manifest.config.media_type);
-    if artifact_type == media::NATIVE_ARTIFACT_TYPE || manifest.config.media_type == media::NATIVE_CONFIG {
+    let artifact_type = manifest
+        .artifact_type
+        .as_deref()
+        .unwrap_or(&manifest.config.media_type);
+    if artifact_type == media::NATIVE_ARTIFACT_TYPE
+        || manifest.config.media_type == media::NATIVE_CONFIG
+    {
         let n = manifest.layers.len() / 2;
         let (layers, indexes) = manifest.layers.split_at(n);
-        let well_formed = manifest.layers.len() % 2 == 0
+        let well_formed = manifest.layers.len().is_multiple_of(2)
             && layers.iter().all(|l| l.media_type == media::LAYER_TAR_ZSTD)
             && indexes.iter().all(|l| l.media_type == media::NATIVE_INDEX);
         if !well_formed {
@@ -41,7 +54,11 @@ pub fn classify(manifest: &Manifest) -> Result<Artifact, ArtifactError> {
                 "native artifact must list N tar+zstd data layers followed by their N file-index blobs".into(),
             ));
         }
-        return Ok(Artifact::Native { config: manifest.config.clone(), layers: layers.to_vec(), indexes: indexes.to_vec() });
+        return Ok(Artifact::Native {
+            config: manifest.config.clone(),
+            layers: layers.to_vec(),
+            indexes: indexes.to_vec(),
+        });
     }
     if artifact_type.starts_with("application/vnd.wsr.backup.v") {
         return Err(ArtifactError::UnsupportedVersion(artifact_type.to_owned()));
@@ -49,21 +66,34 @@ pub fn classify(manifest: &Manifest) -> Result<Artifact, ArtifactError> {
     match manifest.layers.as_slice() {
         [layer]
             if TAR_LAYER_TYPES.contains(&layer.media_type.as_str())
-                || layer.annotation(annotation::TITLE).is_some_and(|t| TAR_TITLE_SUFFIXES.iter().any(|s| t.ends_with(s))) =>
+                || layer
+                    .annotation(annotation::TITLE)
+                    .is_some_and(|t| TAR_TITLE_SUFFIXES.iter().any(|s| t.ends_with(s))) =>
         {
-            Ok(Artifact::Tarball { layer: layer.clone(), dwo: artifact_type == media::DWO_ARTIFACT_TYPE })
+            Ok(Artifact::Tarball {
+                layer: layer.clone(),
+                dwo: artifact_type == media::DWO_ARTIFACT_TYPE,
+            })
         }
         layers => Err(ArtifactError::Unrecognised(format!(
             "expected one tar layer or a wsr native artifact, found {} layer(s) of type(s) {:?} (artifactType {:?})",
             layers.len(),
-            layers.iter().map(|l| l.media_type.as_str()).collect::<Vec<_>>(),
+            layers
+                .iter()
+                .map(|l| l.media_type.as_str())
+                .collect::<Vec<_>>(),
             artifact_type
         ))),
     }
 }
 
 /// Manifest annotations shared by both formats.
-pub fn workspace_annotations(name: Option<&str>, namespace: Option<&str>, id: Option<&str>, created: &str) -> Annotations {
+pub fn workspace_annotations(
+    name: Option<&str>,
+    namespace: Option<&str>,
+    id: Option<&str>,
+    created: &str,
+) -> Annotations {
     let mut a = Annotations::new();
     a.insert(annotation::CREATED.into(), created.into());
     if let Some(n) = name {
@@ -82,7 +112,13 @@ pub fn workspace_annotations(name: Option<&str>, namespace: Option<&str>, id: Op
 pub fn dwo_manifest(layer: Descriptor, annotations: Annotations) -> Manifest {
     let mut layer = layer;
     layer.media_type = media::LAYER_TAR.into();
-    layer.annotations = Some([(annotation::TITLE.to_owned(), media::DWO_LAYER_TITLE.to_owned())].into());
+    layer.annotations = Some(
+        [(
+            annotation::TITLE.to_owned(),
+            media::DWO_LAYER_TITLE.to_owned(),
+        )]
+        .into(),
+    );
     Manifest {
         schema_version: 2,
         media_type: Some(media::MANIFEST_V1.into()),
@@ -94,7 +130,12 @@ pub fn dwo_manifest(layer: Descriptor, annotations: Annotations) -> Manifest {
 }
 
 /// The native manifest: data layers in order, then their file indexes in the same order.
-pub fn native_manifest(config: Descriptor, layers: Vec<Descriptor>, indexes: Vec<Descriptor>, annotations: Annotations) -> Manifest {
+pub fn native_manifest(
+    config: Descriptor,
+    layers: Vec<Descriptor>,
+    indexes: Vec<Descriptor>,
+    annotations: Annotations,
+) -> Manifest {
     let mut all = layers;
     all.extend(indexes);
     Manifest {
@@ -119,24 +160,51 @@ mod tests {
     #[test]
     fn native_and_dwo_manifests_classify_as_built() {
         let config = desc(media::NATIVE_CONFIG, b"{}");
-        let layers = vec![desc(media::LAYER_TAR_ZSTD, b"a"), desc(media::LAYER_TAR_ZSTD, b"b")];
-        let indexes = vec![desc(media::NATIVE_INDEX, b"i"), desc(media::NATIVE_INDEX, b"j")];
-        let m = native_manifest(config.clone(), layers.clone(), indexes.clone(), workspace_annotations(Some("w"), Some("n"), None, "t"));
+        let layers = vec![
+            desc(media::LAYER_TAR_ZSTD, b"a"),
+            desc(media::LAYER_TAR_ZSTD, b"b"),
+        ];
+        let indexes = vec![
+            desc(media::NATIVE_INDEX, b"i"),
+            desc(media::NATIVE_INDEX, b"j"),
+        ];
+        let m = native_manifest(
+            config.clone(),
+            layers.clone(),
+            indexes.clone(),
+            workspace_annotations(Some("w"), Some("n"), None, "t"),
+        );
         let decoded = Manifest::from_bytes(&m.to_bytes()).unwrap();
-        assert_eq!(classify(&decoded), Ok(Artifact::Native { config: config.clone(), layers: layers.clone(), indexes: indexes.clone() }));
+        assert_eq!(
+            classify(&decoded),
+            Ok(Artifact::Native {
+                config: config.clone(),
+                layers: layers.clone(),
+                indexes: indexes.clone()
+            })
+        );
         let mut odd = m.clone();
         odd.layers.pop();
         assert!(classify(&odd).is_err());
 
-        let d = dwo_manifest(desc("ignored", b"tgz"), workspace_annotations(Some("w"), Some("n"), None, "t"));
+        let d = dwo_manifest(
+            desc("ignored", b"tgz"),
+            workspace_annotations(Some("w"), Some("n"), None, "t"),
+        );
         let json: serde_json::Value = serde_json::from_slice(&d.to_bytes()).unwrap();
         assert_eq!(json["artifactType"], media::DWO_ARTIFACT_TYPE);
         assert_eq!(json["config"]["mediaType"], media::EMPTY_CONFIG);
         assert_eq!(json["config"]["digest"], media::EMPTY_CONFIG_DIGEST);
         assert_eq!(json["layers"][0]["mediaType"], media::LAYER_TAR);
-        assert_eq!(json["layers"][0]["annotations"][annotation::TITLE], "devworkspace-backup.tar.gz");
+        assert_eq!(
+            json["layers"][0]["annotations"][annotation::TITLE],
+            "devworkspace-backup.tar.gz"
+        );
         assert_eq!(json["annotations"]["devworkspace.name"], "w");
-        assert!(matches!(classify(&d), Ok(Artifact::Tarball { dwo: true, .. })));
+        assert!(matches!(
+            classify(&d),
+            Ok(Artifact::Tarball { dwo: true, .. })
+        ));
     }
 
     #[test]
@@ -145,14 +213,25 @@ mod tests {
         m.artifact_type = None;
         m.config = desc(media::UNKNOWN_CONFIG, b"{}");
         m.layers[0].media_type = "application/octet-stream".into(); // title still ends in .tar.gz
-        assert!(matches!(classify(&m), Ok(Artifact::Tarball { dwo: false, .. })));
+        assert!(matches!(
+            classify(&m),
+            Ok(Artifact::Tarball { dwo: false, .. })
+        ));
         m.layers[0].annotations = None;
-        assert!(classify(&m).unwrap_err().to_string().contains("application/octet-stream"));
+        assert!(
+            classify(&m)
+                .unwrap_err()
+                .to_string()
+                .contains("application/octet-stream")
+        );
         m.layers[0].media_type = media::LAYER_TAR_ZSTD.into();
         assert!(classify(&m).is_ok());
         m.layers.push(m.layers[0].clone());
         assert!(matches!(classify(&m), Err(ArtifactError::Unrecognised(_))));
         m.artifact_type = Some("application/vnd.wsr.backup.v2".into());
-        assert!(matches!(classify(&m), Err(ArtifactError::UnsupportedVersion(_))));
+        assert!(matches!(
+            classify(&m),
+            Err(ArtifactError::UnsupportedVersion(_))
+        ));
     }
 }

@@ -63,7 +63,11 @@ impl<W: Write> TarWriter<W> {
             EntryKind::Symlink => tar::EntryType::Symlink,
             EntryKind::Hardlink => tar::EntryType::Link,
         };
-        let size = if entry.kind == EntryKind::File { entry.size } else { 0 };
+        let size = if entry.kind == EntryKind::File {
+            entry.size
+        } else {
+            0
+        };
         let mut header = base_header(kind, entry.mode, entry.mtime, size);
         let mut name = Vec::with_capacity(entry.path.len() + 3);
         if self.dot_prefix {
@@ -156,7 +160,9 @@ impl Compression {
     }
 
     /// A decoder reading from `input`. The input is sniffed, so a mislabelled layer still decodes.
-    pub fn decoder<'a, R: io::BufRead + Send + 'a>(mut input: R) -> io::Result<Box<dyn Read + Send + 'a>> {
+    pub fn decoder<'a, R: io::BufRead + Send + 'a>(
+        mut input: R,
+    ) -> io::Result<Box<dyn Read + Send + 'a>> {
         let kind = Compression::sniff(input.fill_buf()?);
         Ok(match kind {
             Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(input)?),
@@ -170,7 +176,11 @@ impl Compression {
 /// A deterministic zstd encoder: the worker count is forced to at least 1 because zstd's
 /// output with 0 workers differs from its output with 1 or more, and digests must not depend on
 /// how many cores the machine has.
-pub fn zstd_encoder<W: Write>(out: W, level: i32, workers: u32) -> io::Result<zstd::stream::write::Encoder<'static, W>> {
+pub fn zstd_encoder<W: Write>(
+    out: W,
+    level: i32,
+    workers: u32,
+) -> io::Result<zstd::stream::write::Encoder<'static, W>> {
     let mut enc = zstd::stream::write::Encoder::new(out, level)?;
     enc.multithread(workers.max(1))?;
     enc.include_checksum(false)?;
@@ -179,14 +189,18 @@ pub fn zstd_encoder<W: Write>(out: W, level: i32, workers: u32) -> io::Result<zs
 
 /// A deterministic gzip encoder (no name, mtime 0), as used for `dwo` layers.
 pub fn gzip_encoder<W: Write>(out: W, level: u32) -> flate2::write::GzEncoder<W> {
-    flate2::GzBuilder::new().mtime(0).write(out, flate2::Compression::new(level.min(9)))
+    flate2::GzBuilder::new()
+        .mtime(0)
+        .write(out, flate2::Compression::new(level.min(9)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn entries_of(bytes: &[u8]) -> Vec<(Vec<u8>, tar::EntryType, Option<Vec<u8>>, u32, Vec<u8>)> {
+    type Listed = (Vec<u8>, tar::EntryType, Option<Vec<u8>>, u32, Vec<u8>);
+
+    fn entries_of(bytes: &[u8]) -> Vec<Listed> {
         let mut ar = tar::Archive::new(bytes);
         ar.entries()
             .unwrap()
@@ -210,15 +224,29 @@ mod tests {
         let long = vec![b'a'; 300];
         let target = [b"../".repeat(50).as_slice(), b"t"].concat();
         let mut w = TarWriter::new(Vec::new(), false);
-        let h = |path, kind, link| EntryHeader { path, kind, mode: 0o755, mtime: 1, size: 3, link };
-        w.append(&h(&long, EntryKind::File, None), &b"abc"[..]).unwrap();
-        w.append(&h(b"l", EntryKind::Symlink, Some(&target)), io::empty()).unwrap();
-        w.append(&h(b"d", EntryKind::Dir, None), io::empty()).unwrap();
-        w.append(&h(b"nonutf8-\xff", EntryKind::File, None), &b"xyz"[..]).unwrap();
+        let h = |path, kind, link| EntryHeader {
+            path,
+            kind,
+            mode: 0o755,
+            mtime: 1,
+            size: 3,
+            link,
+        };
+        w.append(&h(&long, EntryKind::File, None), &b"abc"[..])
+            .unwrap();
+        w.append(&h(b"l", EntryKind::Symlink, Some(&target)), io::empty())
+            .unwrap();
+        w.append(&h(b"d", EntryKind::Dir, None), io::empty())
+            .unwrap();
+        w.append(&h(b"nonutf8-\xff", EntryKind::File, None), &b"xyz"[..])
+            .unwrap();
         let got = entries_of(&w.finish().unwrap());
         assert_eq!(got[0].0, long);
         assert_eq!(got[0].4, b"abc");
-        assert_eq!((got[1].1, got[1].2.clone()), (tar::EntryType::Symlink, Some(target)));
+        assert_eq!(
+            (got[1].1, got[1].2.clone()),
+            (tar::EntryType::Symlink, Some(target))
+        );
         assert_eq!(got[2].0, b"d/");
         assert_eq!(got[3].0, b"nonutf8-\xff");
     }
@@ -227,9 +255,19 @@ mod tests {
     fn dot_prefix_matches_tar_dash_c_layout() {
         let mut w = TarWriter::new(Vec::new(), true);
         w.append_root(0o755, 5).unwrap();
-        let h = EntryHeader { path: b"src/main.rs", kind: EntryKind::File, mode: 0o644, mtime: 5, size: 1, link: None };
+        let h = EntryHeader {
+            path: b"src/main.rs",
+            kind: EntryKind::File,
+            mode: 0o644,
+            mtime: 5,
+            size: 1,
+            link: None,
+        };
         w.append(&h, &b"x"[..]).unwrap();
-        let names: Vec<_> = entries_of(&w.finish().unwrap()).into_iter().map(|e| e.0).collect();
+        let names: Vec<_> = entries_of(&w.finish().unwrap())
+            .into_iter()
+            .map(|e| e.0)
+            .collect();
         assert_eq!(names, vec![b"./".to_vec(), b"./src/main.rs".to_vec()]);
     }
 
@@ -257,7 +295,10 @@ mod tests {
         assert_eq!(one, build(1));
         assert_eq!(one, build(2));
         let mut plain = Vec::new();
-        Compression::decoder(&one[..]).unwrap().read_to_end(&mut plain).unwrap();
+        Compression::decoder(&one[..])
+            .unwrap()
+            .read_to_end(&mut plain)
+            .unwrap();
         assert_eq!(entries_of(&plain).len(), 200);
     }
 
@@ -268,7 +309,10 @@ mod tests {
         let gz = gz.finish().unwrap();
         assert_eq!(Compression::sniff(&gz), Compression::Gzip);
         let mut out = String::new();
-        Compression::decoder(&gz[..]).unwrap().read_to_string(&mut out).unwrap();
+        Compression::decoder(&gz[..])
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
         assert_eq!(out, "hello");
         assert_eq!(Compression::sniff(b"plain"), Compression::None);
     }

@@ -40,9 +40,16 @@ impl FromStr for Digest {
     type Err = InvalidDigest;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let ok = s.strip_prefix("sha256:").is_some_and(|hex| {
-            hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         });
-        if ok { Ok(Digest(s.to_owned())) } else { Err(InvalidDigest(s.to_owned())) }
+        if ok {
+            Ok(Digest(s.to_owned()))
+        } else {
+            Err(InvalidDigest(s.to_owned()))
+        }
     }
 }
 
@@ -106,7 +113,10 @@ pub struct HashingWriter<W> {
 
 impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        HashingWriter { inner, hasher: Hasher::new() }
+        HashingWriter {
+            inner,
+            hasher: Hasher::new(),
+        }
     }
     /// Bytes written so far.
     pub fn written(&self) -> u64 {
@@ -141,7 +151,10 @@ pub struct HashingReader<R> {
 
 impl<R: Read> HashingReader<R> {
     pub fn new(inner: R) -> Self {
-        HashingReader { inner, hasher: Hasher::new() }
+        HashingReader {
+            inner,
+            hasher: Hasher::new(),
+        }
     }
     pub fn read_so_far(&self) -> u64 {
         self.hasher.len()
@@ -166,7 +179,10 @@ mod tests {
 
     #[test]
     fn digest_of_empty_json_object_matches_the_oci_empty_descriptor() {
-        assert_eq!(Digest::of(b"{}").as_str(), crate::media::EMPTY_CONFIG_DIGEST);
+        assert_eq!(
+            Digest::of(b"{}").as_str(),
+            crate::media::EMPTY_CONFIG_DIGEST
+        );
     }
 
     #[test]

@@ -25,7 +25,13 @@ pub struct Descriptor {
 
 impl Descriptor {
     pub fn new(media_type: &str, digest: Digest, size: u64) -> Descriptor {
-        Descriptor { media_type: media_type.to_owned(), digest, size, artifact_type: None, annotations: None }
+        Descriptor {
+            media_type: media_type.to_owned(),
+            digest,
+            size,
+            artifact_type: None,
+            annotations: None,
+        }
     }
 
     /// The descriptor of the OCI empty config `{}`.

@@ -65,8 +65,7 @@ pub const TIMESTAMP_TAG_PREFIX: &str = "wsr-";
 
 /// The immutable tag for a backup created at `at`.
 pub fn timestamp_tag(at: chrono::DateTime<chrono::Utc>) -> String {
-    format!("{TIMESTAMP_TAG_PREFIX}{}", at.format("%Y%m%dT%H%M%S%.3fZ"))
-        .replace('.', "")
+    format!("{TIMESTAMP_TAG_PREFIX}{}", at.format("%Y%m%dT%H%M%S%.3fZ")).replace('.', "")
 }
 
 /// Whether `tag` is one of wsr's time-stamped tags (and so subject to `--keep`).
@@ -96,7 +95,13 @@ mod tests {
         assert_eq!(b, "wsr-20260102T030405007Z");
         assert!(a < b);
         assert!(is_timestamp_tag(&a) && is_timestamp_tag(&b));
-        for bad in ["latest", "wsr-", "wsr-2026", "wsr-20260102X030405000Z", "v1"] {
+        for bad in [
+            "latest",
+            "wsr-",
+            "wsr-2026",
+            "wsr-20260102X030405000Z",
+            "v1",
+        ] {
             assert!(!is_timestamp_tag(bad), "{bad}");
         }
     }

@@ -106,9 +106,15 @@ impl BackupConfig {
             format_version: String,
         }
         let v: VersionOnly = serde_json::from_slice(bytes)?;
-        let major = v.format_version.split('.').next().and_then(|m| m.parse::<u32>().ok());
+        let major = v
+            .format_version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse::<u32>().ok());
         if major != Some(FORMAT_MAJOR) {
-            return Err(ConfigError::UnsupportedVersion { found: v.format_version });
+            return Err(ConfigError::UnsupportedVersion {
+                found: v.format_version,
+            });
         }
         Ok(serde_json::from_slice(bytes)?)
     }
@@ -126,7 +132,10 @@ impl Serialize for RawPath {
             Err(_) => {
                 use base64::Engine;
                 let mut m = std::collections::BTreeMap::new();
-                m.insert("b64", base64::engine::general_purpose::STANDARD.encode(&self.0));
+                m.insert(
+                    "b64",
+                    base64::engine::general_purpose::STANDARD.encode(&self.0),
+                );
                 m.serialize(s)
             }
         }
@@ -201,7 +210,10 @@ pub fn read_index(compressed: impl Read) -> io::Result<Vec<IndexEntry>> {
             continue;
         }
         let entry = serde_json::from_str(&line).map_err(|e| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("file index line {}: {e}", n + 1))
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("file index line {}: {e}", n + 1),
+            )
         })?;
         out.push(entry);
     }
@@ -229,7 +241,10 @@ pub const MAX_LAYER_TARGET: u64 = 64 << 20;
 
 impl LayerCutter {
     pub fn new(target: u64) -> LayerCutter {
-        LayerCutter { target: target.clamp(MIN_LAYER_TARGET, MAX_LAYER_TARGET), current: 0 }
+        LayerCutter {
+            target: target.clamp(MIN_LAYER_TARGET, MAX_LAYER_TARGET),
+            current: 0,
+        }
     }
 
     pub fn target(&self) -> u64 {
@@ -245,18 +260,26 @@ impl LayerCutter {
             && prev.is_power_of_two()
         {
             let layers = total_weight / prev;
-            if (8..=512).contains(&layers) || (prev == MIN_LAYER_TARGET && layers < 8) || (prev == MAX_LAYER_TARGET && layers > 512) {
+            if (8..=512).contains(&layers)
+                || (prev == MIN_LAYER_TARGET && layers < 8)
+                || (prev == MAX_LAYER_TARGET && layers > 512)
+            {
                 return prev;
             }
         }
-        (total_weight / 128).next_power_of_two().clamp(MIN_LAYER_TARGET, MAX_LAYER_TARGET)
+        (total_weight / 128)
+            .next_power_of_two()
+            .clamp(MIN_LAYER_TARGET, MAX_LAYER_TARGET)
     }
 
     /// Adds an entry; returns true when the layer ends after it.
     pub fn push(&mut self, path: &[u8], weight: u64) -> bool {
         self.current += weight;
         let (min, max) = (self.target / 4, self.target * 4);
-        let cut = self.current >= max || (self.current >= min && path_hash(path) as u128 * (self.target as u128) < (weight.next_power_of_two() as u128) << 64);
+        let cut = self.current >= max
+            || (self.current >= min
+                && path_hash(path) as u128 * (self.target as u128)
+                    < (weight.next_power_of_two() as u128) << 64);
         if cut {
             self.current = 0;
         }
@@ -284,12 +307,25 @@ mod tests {
             format_version: FORMAT_VERSION.into(),
             created: "2026-11-25T00:00:00Z".into(),
             tool: "wsr-backup test".into(),
-            workspace: WorkspaceInfo { name: Some("ws".into()), namespace: Some("ns".into()), id: None },
+            workspace: WorkspaceInfo {
+                name: Some("ws".into()),
+                namespace: Some("ns".into()),
+                id: None,
+            },
             source_path: "/projects".into(),
-            totals: Totals { files: 1, dirs: 1, symlinks: 0, hardlinks: 0, bytes: 3 },
+            totals: Totals {
+                files: 1,
+                dirs: 1,
+                symlinks: 0,
+                hardlinks: 0,
+                bytes: 3,
+            },
             layer_target: MIN_LAYER_TARGET,
             layers: vec![],
-            skipped: vec![SkippedEntry { path: RawPath(b"sock\xff".to_vec()), reason: "socket".into() }],
+            skipped: vec![SkippedEntry {
+                path: RawPath(b"sock\xff".to_vec()),
+                reason: "socket".into(),
+            }],
         }
     }
 
@@ -297,11 +333,20 @@ mod tests {
     fn config_round_trips_and_rejects_unknown_major() {
         let c = sample_config();
         assert_eq!(BackupConfig::from_bytes(&c.to_bytes()).unwrap(), c);
-        let minor = String::from_utf8(c.to_bytes()).unwrap().replace("\"1.0\"", "\"1.7\"");
+        let minor = String::from_utf8(c.to_bytes())
+            .unwrap()
+            .replace("\"1.0\"", "\"1.7\"");
         assert!(BackupConfig::from_bytes(minor.as_bytes()).is_ok());
-        let err = BackupConfig::from_bytes(br#"{"format_version":"2.0","whatever":1}"#).unwrap_err();
-        assert!(err.to_string().contains("format 2.0") && err.to_string().contains("upgrade wsr"), "{err}");
-        assert!(matches!(BackupConfig::from_bytes(br#"{"format_version":"x"}"#), Err(ConfigError::UnsupportedVersion { .. })));
+        let err =
+            BackupConfig::from_bytes(br#"{"format_version":"2.0","whatever":1}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("format 2.0") && err.to_string().contains("upgrade wsr"),
+            "{err}"
+        );
+        assert!(matches!(
+            BackupConfig::from_bytes(br#"{"format_version":"x"}"#),
+            Err(ConfigError::UnsupportedVersion { .. })
+        ));
     }
 
     #[test]
@@ -333,12 +378,19 @@ mod tests {
 
     fn cuts(paths: &[String], target: u64) -> Vec<usize> {
         let mut c = LayerCutter::new(target);
-        paths.iter().enumerate().filter(|(_, p)| c.push(p.as_bytes(), tar_weight(10_000))).map(|(i, _)| i).collect()
+        paths
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| c.push(p.as_bytes(), tar_weight(10_000)))
+            .map(|(i, _)| i)
+            .collect()
     }
 
     #[test]
     fn boundaries_are_local_to_a_change() {
-        let paths: Vec<String> = (0..5000).map(|i| format!("src/module{:05}/file.rs", i)).collect();
+        let paths: Vec<String> = (0..5000)
+            .map(|i| format!("src/module{:05}/file.rs", i))
+            .collect();
         let before = cuts(&paths, MIN_LAYER_TARGET);
         // ~10.5 KB per entry, 1 MiB target: about 100 entries per layer.
         assert!((25..=100).contains(&before.len()), "{}", before.len());
@@ -348,7 +400,11 @@ mod tests {
         let after = cuts(&inserted, MIN_LAYER_TARGET);
         let same_before = before.iter().filter(|&&i| i < 2400).count();
         assert_eq!(&after[..same_before], &before[..same_before]);
-        let shifted: Vec<usize> = before.iter().filter(|&&i| i > 2600).map(|i| i + 1).collect();
+        let shifted: Vec<usize> = before
+            .iter()
+            .filter(|&&i| i > 2600)
+            .map(|i| i + 1)
+            .collect();
         assert!(after.ends_with(&shifted));
     }
 
@@ -359,10 +415,19 @@ mod tests {
         assert_eq!(LayerCutter::choose_target(10 << 20, None), MIN_LAYER_TARGET);
         assert_eq!(LayerCutter::choose_target(1 << 40, None), MAX_LAYER_TARGET);
         // 300 MB would choose 4 MiB fresh, but 2 MiB from the previous backup still gives 150 layers.
-        assert_eq!(LayerCutter::choose_target(300 << 20, Some(2 << 20)), 2 << 20);
+        assert_eq!(
+            LayerCutter::choose_target(300 << 20, Some(2 << 20)),
+            2 << 20
+        );
         assert_eq!(LayerCutter::choose_target(300 << 20, None), 4 << 20);
         // Grown 100x: re-chosen.
-        assert_eq!(LayerCutter::choose_target(20 << 30, Some(2 << 20)), 64 << 20);
-        assert_eq!(LayerCutter::choose_target(100 << 20, Some(3 << 20)), 1 << 20);
+        assert_eq!(
+            LayerCutter::choose_target(20 << 30, Some(2 << 20)),
+            64 << 20
+        );
+        assert_eq!(
+            LayerCutter::choose_target(100 << 20, Some(3 << 20)),
+            1 << 20
+        );
     }
 }

@@ -34,7 +34,10 @@ pub enum Repository {
 impl Repository {
     /// This repository with `target`.
     pub fn at(&self, target: Target) -> Reference {
-        Reference { repository: self.clone(), target }
+        Reference {
+            repository: self.clone(),
+            target,
+        }
     }
 }
 
@@ -69,7 +72,10 @@ pub struct InvalidReference {
 }
 
 fn invalid(input: &str, reason: impl Into<String>) -> InvalidReference {
-    InvalidReference { input: input.to_owned(), reason: reason.into() }
+    InvalidReference {
+        input: input.to_owned(),
+        reason: reason.into(),
+    }
 }
 
 impl std::str::FromStr for Reference {
@@ -82,7 +88,10 @@ impl std::str::FromStr for Reference {
         }
         let (name, target) = split_target(input)?;
         let (host, path) = split_host(input, name)?;
-        Ok(Reference { repository: Repository::Registry { host, path }, target })
+        Ok(Reference {
+            repository: Repository::Registry { host, path },
+            target,
+        })
     }
 }
 
@@ -94,10 +103,20 @@ pub fn parse_registry_path(input: &str) -> Result<Repository, InvalidReference> 
         if dir.is_empty() {
             return Err(invalid(input, "oci: needs a directory, e.g. oci:/backups"));
         }
-        return Ok(Repository::Layout { dir: PathBuf::from(dir) });
+        return Ok(Repository::Layout {
+            dir: PathBuf::from(dir),
+        });
     }
-    if trimmed.contains('@') || trimmed.rsplit('/').next().is_some_and(|last| last.contains(':') && trimmed.contains('/')) {
-        return Err(invalid(input, "a registry path has no tag or digest; give HOST[:PORT][/PREFIX]"));
+    if trimmed.contains('@')
+        || trimmed
+            .rsplit('/')
+            .next()
+            .is_some_and(|last| last.contains(':') && trimmed.contains('/'))
+    {
+        return Err(invalid(
+            input,
+            "a registry path has no tag or digest; give HOST[:PORT][/PREFIX]",
+        ));
     }
     let (host, path) = match trimmed.split_once('/') {
         Some((host, path)) => (host, path),
@@ -107,7 +126,10 @@ pub fn parse_registry_path(input: &str) -> Result<Repository, InvalidReference> 
     if !path.is_empty() {
         check_path(input, path)?;
     }
-    Ok(Repository::Registry { host: host.to_owned(), path: path.to_owned() })
+    Ok(Repository::Registry {
+        host: host.to_owned(),
+        path: path.to_owned(),
+    })
 }
 
 /// The DWO convention: `<registry path>/<namespace>/<workspace>:latest`. For an OCI-layout
@@ -121,7 +143,9 @@ pub fn workspace_reference(
         if !is_path_component(value) {
             return Err(invalid(
                 value,
-                format!("{what} must be lowercase letters, digits and single '.', '_' or '-' separators"),
+                format!(
+                    "{what} must be lowercase letters, digits and single '.', '_' or '-' separators"
+                ),
             ));
         }
     }
@@ -132,16 +156,23 @@ pub fn workspace_reference(
             } else {
                 format!("{path}/{namespace}/{workspace}")
             };
-            Repository::Registry { host: host.clone(), path }
+            Repository::Registry {
+                host: host.clone(),
+                path,
+            }
         }
-        Repository::Layout { dir } => Repository::Layout { dir: dir.join(namespace).join(workspace) },
+        Repository::Layout { dir } => Repository::Layout {
+            dir: dir.join(namespace).join(workspace),
+        },
     };
     Ok(repository.at(Target::Tag(crate::media::LATEST_TAG.to_owned())))
 }
 
 fn parse_layout(input: &str, rest: &str) -> Result<Reference, InvalidReference> {
     let (dir, target) = if let Some((dir, digest)) = rest.rsplit_once('@') {
-        let digest = digest.parse().map_err(|e: crate::digest::InvalidDigest| invalid(input, e.to_string()))?;
+        let digest = digest
+            .parse()
+            .map_err(|e: crate::digest::InvalidDigest| invalid(input, e.to_string()))?;
         (dir, Target::Digest(digest))
     } else {
         match rest.rsplit_once(':') {
@@ -151,14 +182,24 @@ fn parse_layout(input: &str, rest: &str) -> Result<Reference, InvalidReference> 
         }
     };
     if dir.is_empty() {
-        return Err(invalid(input, "oci: needs a directory, e.g. oci:./backup:latest"));
+        return Err(invalid(
+            input,
+            "oci: needs a directory, e.g. oci:./backup:latest",
+        ));
     }
-    Ok(Reference { repository: Repository::Layout { dir: PathBuf::from(dir) }, target })
+    Ok(Reference {
+        repository: Repository::Layout {
+            dir: PathBuf::from(dir),
+        },
+        target,
+    })
 }
 
 fn split_target(input: &str) -> Result<(&str, Target), InvalidReference> {
     if let Some((name, digest)) = input.split_once('@') {
-        let digest = digest.parse().map_err(|e: crate::digest::InvalidDigest| invalid(input, e.to_string()))?;
+        let digest = digest
+            .parse()
+            .map_err(|e: crate::digest::InvalidDigest| invalid(input, e.to_string()))?;
         return Ok((name, Target::Digest(digest)));
     }
     // The tag separator is a colon after the last slash (a colon before it is the port).
@@ -167,7 +208,10 @@ fn split_target(input: &str) -> Result<(&str, Target), InvalidReference> {
         Some(i) if last_slash > 0 => {
             let (name, tag) = (&input[..last_slash + i], &input[last_slash + i + 1..]);
             if !is_tag(tag) {
-                return Err(invalid(input, format!("tag {tag:?} must match [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}")));
+                return Err(invalid(
+                    input,
+                    format!("tag {tag:?} must match [A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}}"),
+                ));
             }
             Ok((name, Target::Tag(tag.to_owned())))
         }
@@ -175,7 +219,7 @@ fn split_target(input: &str) -> Result<(&str, Target), InvalidReference> {
     }
 }
 
-fn split_host<'a>(input: &str, name: &'a str) -> Result<(String, String), InvalidReference> {
+fn split_host(input: &str, name: &str) -> Result<(String, String), InvalidReference> {
     let Some((host, path)) = name.split_once('/') else {
         return Err(invalid(
             input,
@@ -196,17 +240,25 @@ fn check_host(input: &str, host: &str) -> Result<(), InvalidReference> {
         && (name.starts_with('[') && name.ends_with(']')
             || name.split('.').all(|label| {
                 !label.is_empty()
-                    && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                     && !label.starts_with('-')
                     && !label.ends_with('-')
             }));
     if !name_ok {
-        return Err(invalid(input, format!("registry host {host:?} is not a valid host name")));
+        return Err(invalid(
+            input,
+            format!("registry host {host:?} is not a valid host name"),
+        ));
     }
     if let Some(port) = port
         && port.parse::<u16>().map_or(true, |p| p == 0)
     {
-        return Err(invalid(input, format!("port {port:?} must be a number from 1 to 65535")));
+        return Err(invalid(
+            input,
+            format!("port {port:?} must be a number from 1 to 65535"),
+        ));
     }
     Ok(())
 }
@@ -227,7 +279,10 @@ fn check_path(input: &str, path: &str) -> Result<(), InvalidReference> {
         }
     }
     if path.len() > 255 {
-        return Err(invalid(input, "repository path is longer than 255 characters"));
+        return Err(invalid(
+            input,
+            "repository path is longer than 255 characters",
+        ));
     }
     Ok(())
 }
@@ -263,7 +318,8 @@ pub fn is_tag(s: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'-')
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'-')
 }
 
 #[cfg(test)]
@@ -271,7 +327,13 @@ mod tests {
     use super::*;
 
     fn reg(host: &str, path: &str, target: Target) -> Reference {
-        Reference { repository: Repository::Registry { host: host.into(), path: path.into() }, target }
+        Reference {
+            repository: Repository::Registry {
+                host: host.into(),
+                path: path.into(),
+            },
+            target,
+        }
     }
     fn tag(t: &str) -> Target {
         Target::Tag(t.into())
@@ -281,34 +343,69 @@ mod tests {
     fn good_references() {
         let d = format!("sha256:{}", "0".repeat(64));
         let cases: Vec<(String, Reference)> = vec![
-            ("quay.io/org/ns/ws:latest".into(), reg("quay.io", "org/ns/ws", tag("latest"))),
-            ("quay.io/org/ws".into(), reg("quay.io", "org/ws", tag("latest"))),
-            ("127.0.0.1:5000/ns/ws:v1.2_3-x".into(), reg("127.0.0.1:5000", "ns/ws", tag("v1.2_3-x"))),
-            ("localhost:5000/a".into(), reg("localhost:5000", "a", tag("latest"))),
+            (
+                "quay.io/org/ns/ws:latest".into(),
+                reg("quay.io", "org/ns/ws", tag("latest")),
+            ),
+            (
+                "quay.io/org/ws".into(),
+                reg("quay.io", "org/ws", tag("latest")),
+            ),
+            (
+                "127.0.0.1:5000/ns/ws:v1.2_3-x".into(),
+                reg("127.0.0.1:5000", "ns/ws", tag("v1.2_3-x")),
+            ),
+            (
+                "localhost:5000/a".into(),
+                reg("localhost:5000", "a", tag("latest")),
+            ),
             (
                 "image-registry.openshift-image-registry.svc:5000/ns/ws:latest".into(),
-                reg("image-registry.openshift-image-registry.svc:5000", "ns/ws", tag("latest")),
+                reg(
+                    "image-registry.openshift-image-registry.svc:5000",
+                    "ns/ws",
+                    tag("latest"),
+                ),
             ),
-            (format!("r.io/a/b@{d}"), reg("r.io", "a/b", Target::Digest(d.parse().unwrap()))),
-            ("r.io/a__b/c--d/e.f".into(), reg("r.io", "a__b/c--d/e.f", tag("latest"))),
+            (
+                format!("r.io/a/b@{d}"),
+                reg("r.io", "a/b", Target::Digest(d.parse().unwrap())),
+            ),
+            (
+                "r.io/a__b/c--d/e.f".into(),
+                reg("r.io", "a__b/c--d/e.f", tag("latest")),
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(input.parse::<Reference>(), Ok(want), "{input}");
         }
         assert_eq!(
             "oci:/tmp/x:v1".parse::<Reference>().unwrap(),
-            Repository::Layout { dir: "/tmp/x".into() }.at(tag("v1"))
+            Repository::Layout {
+                dir: "/tmp/x".into()
+            }
+            .at(tag("v1"))
         );
         assert_eq!(
             "oci:rel/dir".parse::<Reference>().unwrap(),
-            Repository::Layout { dir: "rel/dir".into() }.at(tag("latest"))
+            Repository::Layout {
+                dir: "rel/dir".into()
+            }
+            .at(tag("latest"))
         );
         assert_eq!(
             format!("oci:/a:b/c@{d}").parse::<Reference>().unwrap(),
-            Repository::Layout { dir: "/a:b/c".into() }.at(Target::Digest(d.parse().unwrap()))
+            Repository::Layout {
+                dir: "/a:b/c".into()
+            }
+            .at(Target::Digest(d.parse().unwrap()))
         );
         // Round trip through Display.
-        for s in ["quay.io/org/ns/ws:latest", "127.0.0.1:5000/ns/ws:x", "oci:/tmp/x:v1"] {
+        for s in [
+            "quay.io/org/ns/ws:latest",
+            "127.0.0.1:5000/ns/ws:x",
+            "oci:/tmp/x:v1",
+        ] {
             assert_eq!(s.parse::<Reference>().unwrap().to_string(), s);
         }
     }
@@ -345,9 +442,15 @@ mod tests {
             assert_eq!(r.to_string(), "quay.io/org/user-ns/my-ws:latest");
         }
         let bare = parse_registry_path("127.0.0.1:5000").unwrap();
-        assert_eq!(workspace_reference(&bare, "n", "w").unwrap().to_string(), "127.0.0.1:5000/n/w:latest");
+        assert_eq!(
+            workspace_reference(&bare, "n", "w").unwrap().to_string(),
+            "127.0.0.1:5000/n/w:latest"
+        );
         let layout = parse_registry_path("oci:/b/").unwrap();
-        assert_eq!(workspace_reference(&layout, "n", "w").unwrap().to_string(), "oci:/b/n/w:latest");
+        assert_eq!(
+            workspace_reference(&layout, "n", "w").unwrap().to_string(),
+            "oci:/b/n/w:latest"
+        );
         assert!(workspace_reference(&bare, "N", "w").is_err());
         assert!(workspace_reference(&bare, "n", "a/b").is_err());
         assert!(parse_registry_path("quay.io/org/ws:latest").is_err());

@@ -43,7 +43,10 @@ pub enum UnpackError {
 
 impl UnpackError {
     fn unsafe_entry(path: &[u8], reason: impl Into<String>) -> UnpackError {
-        UnpackError::Unsafe { path: show(path), reason: reason.into() }
+        UnpackError::Unsafe {
+            path: show(path),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -135,14 +138,18 @@ pub fn normalize(raw: &[u8]) -> Result<Option<Vec<u8>>, String> {
 }
 
 fn parents(path: &[u8]) -> impl Iterator<Item = &[u8]> {
-    path.iter().enumerate().filter(|&(_, &b)| b == b'/').map(move |(i, _)| &path[..i])
+    path.iter()
+        .enumerate()
+        .filter(|&(_, &b)| b == b'/')
+        .map(move |(i, _)| &path[..i])
 }
 
 fn selected(select: &Option<Vec<Vec<u8>>>, path: &[u8]) -> bool {
     match select {
         None => true,
         Some(list) => list.iter().any(|s| {
-            path == s.as_slice() || (path.len() > s.len() && path.starts_with(s) && path[s.len()] == b'/')
+            path == s.as_slice()
+                || (path.len() > s.len() && path.starts_with(s) && path[s.len()] == b'/')
         }),
     }
 }
@@ -168,7 +175,13 @@ impl Unpacker {
         });
         let mut state = State::default();
         state.nodes.insert(Vec::new(), Node::Dir);
-        Unpacker { root: root.to_owned(), options, expected, state: Mutex::new(state), on_entry: None }
+        Unpacker {
+            root: root.to_owned(),
+            options,
+            expected,
+            state: Mutex::new(state),
+            on_entry: None,
+        }
     }
 
     /// Reports each restored entry to `callback`.
@@ -207,7 +220,10 @@ impl Unpacker {
         let header = entry.header();
         let kind = header.entry_type();
         let mode = header.mode().map_err(UnpackError::Corrupt)? & 0o1777; // setuid/setgid dropped
-        let mtime = header.mtime().map_err(UnpackError::Corrupt)?.min(i64::MAX as u64) as i64;
+        let mtime = header
+            .mtime()
+            .map_err(UnpackError::Corrupt)?
+            .min(i64::MAX as u64) as i64;
         let size = entry.size();
         let link = entry.link_name_bytes().map(|l| l.into_owned());
 
@@ -217,7 +233,9 @@ impl Unpacker {
         };
         let kind = match kind {
             tar::EntryType::Directory => EntryKind::Dir,
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => EntryKind::File,
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                EntryKind::File
+            }
             tar::EntryType::Symlink => EntryKind::Symlink,
             tar::EntryType::Link => EntryKind::Hardlink,
             tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => return Ok(()),
@@ -228,7 +246,12 @@ impl Unpacker {
                     tar::EntryType::Fifo => "FIFO",
                     _ => "unsupported entry type",
                 };
-                self.state.lock().unwrap().report.skipped.push((show(&path), format!("{what} not restored")));
+                self.state
+                    .lock()
+                    .unwrap()
+                    .report
+                    .skipped
+                    .push((show(&path), format!("{what} not restored")));
                 return Ok(());
             }
         };
@@ -242,10 +265,15 @@ impl Unpacker {
             let mut st = self.state.lock().unwrap();
             st.entries += 1;
             if st.entries > self.options.max_entries {
-                return Err(UnpackError::TooManyEntries { limit: self.options.max_entries });
+                return Err(UnpackError::TooManyEntries {
+                    limit: self.options.max_entries,
+                });
             }
             if kind == EntryKind::File && st.report.bytes + size > self.options.max_bytes {
-                return Err(UnpackError::TooLarge { path: show(&path), limit: self.options.max_bytes });
+                return Err(UnpackError::TooLarge {
+                    path: show(&path),
+                    limit: self.options.max_bytes,
+                });
             }
             self.claim(&mut st, &path, kind)?;
             if expected.is_some() {
@@ -257,9 +285,12 @@ impl Unpacker {
                     st.report.dirs += 1;
                 }
                 EntryKind::Symlink => {
-                    let target = link.clone().filter(|t| !t.is_empty() && !t.contains(&0)).ok_or_else(|| {
-                        UnpackError::unsafe_entry(&path, "symlink without a valid target")
-                    })?;
+                    let target = link
+                        .clone()
+                        .filter(|t| !t.is_empty() && !t.contains(&0))
+                        .ok_or_else(|| {
+                            UnpackError::unsafe_entry(&path, "symlink without a valid target")
+                        })?;
                     if self.options.write {
                         let full = self.full(&path);
                         std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), &full)
@@ -274,7 +305,9 @@ impl Unpacker {
                         .map(normalize)
                         .and_then(Result::ok)
                         .flatten()
-                        .ok_or_else(|| UnpackError::unsafe_entry(&path, "hard link with an invalid target"))?;
+                        .ok_or_else(|| {
+                            UnpackError::unsafe_entry(&path, "hard link with an invalid target")
+                        })?;
                     st.hardlinks.push((path.clone(), target));
                 }
                 EntryKind::File => {
@@ -304,10 +337,16 @@ impl Unpacker {
             match st.nodes.get(parent) {
                 Some(Node::Dir) => {}
                 Some(Node::Symlink) => {
-                    return Err(UnpackError::unsafe_entry(path, format!("would be written through symlink {:?}", show(parent))));
+                    return Err(UnpackError::unsafe_entry(
+                        path,
+                        format!("would be written through symlink {:?}", show(parent)),
+                    ));
                 }
                 Some(Node::File) => {
-                    return Err(UnpackError::unsafe_entry(path, format!("parent {:?} is not a directory", show(parent))));
+                    return Err(UnpackError::unsafe_entry(
+                        path,
+                        format!("parent {:?} is not a directory", show(parent)),
+                    ));
                 }
                 None => {
                     if self.options.write {
@@ -325,7 +364,10 @@ impl Unpacker {
         match st.nodes.get(path) {
             // A directory entry for a directory created implicitly (or listed twice) only updates metadata.
             Some(Node::Dir) if node == Node::Dir => Ok(()),
-            Some(_) => Err(UnpackError::unsafe_entry(path, "duplicate entry would replace an earlier one")),
+            Some(_) => Err(UnpackError::unsafe_entry(
+                path,
+                "duplicate entry would replace an earlier one",
+            )),
             None => {
                 if node == Node::Dir && self.options.write {
                     fs::create_dir(self.full(path)).map_err(self.io_err(path))?;
@@ -336,7 +378,13 @@ impl Unpacker {
         }
     }
 
-    fn write_file(&self, path: &[u8], data: &mut impl Read, mode: u32, mtime: i64) -> Result<Digest, UnpackError> {
+    fn write_file(
+        &self,
+        path: &[u8],
+        data: &mut impl Read,
+        mode: u32,
+        mtime: i64,
+    ) -> Result<Digest, UnpackError> {
         let mut hasher = Hasher::new();
         let mut buf = vec![0u8; 256 * 1024];
         let mut file = if self.options.write {
@@ -363,9 +411,11 @@ impl Unpacker {
             }
         }
         if let Some(f) = file {
-            f.set_permissions(fs::Permissions::from_mode(mode)).map_err(self.io_err(path))?;
+            f.set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(self.io_err(path))?;
             let t = system_time(mtime);
-            f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t)).map_err(self.io_err(path))?;
+            f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
+                .map_err(self.io_err(path))?;
         }
         Ok(hasher.finish().0)
     }
@@ -379,9 +429,14 @@ impl Unpacker {
         size: u64,
         link: Option<&[u8]>,
     ) -> Result<Option<IndexEntry>, UnpackError> {
-        let Some(expected) = &self.expected else { return Ok(None) };
+        let Some(expected) = &self.expected else {
+            return Ok(None);
+        };
         let Some(want) = expected.get(path) else {
-            return Err(UnpackError::Mismatch { path: show(path), what: "entry is not in the file index".into() });
+            return Err(UnpackError::Mismatch {
+                path: show(path),
+                what: "entry is not in the file index".into(),
+            });
         };
         let size = if kind == EntryKind::File { size } else { 0 };
         let mismatch = if want.kind != kind {
@@ -392,13 +447,18 @@ impl Unpacker {
             Some(format!("size {size}, index says {}", want.size))
         } else if want.mtime.max(0) != mtime {
             Some(format!("mtime {mtime}, index says {}", want.mtime))
-        } else if want.link.as_ref().map(|l| l.0.as_slice()) != link.filter(|_| kind != EntryKind::Dir && kind != EntryKind::File) {
+        } else if want.link.as_ref().map(|l| l.0.as_slice())
+            != link.filter(|_| kind != EntryKind::Dir && kind != EntryKind::File)
+        {
             Some("link target differs from the index".into())
         } else {
             None
         };
         match mismatch {
-            Some(what) => Err(UnpackError::Mismatch { path: show(path), what }),
+            Some(what) => Err(UnpackError::Mismatch {
+                path: show(path),
+                what,
+            }),
             None => Ok(Some(want.clone())),
         }
     }
@@ -408,36 +468,55 @@ impl Unpacker {
     pub fn finish(self) -> Result<UnpackReport, UnpackError> {
         let mut st = std::mem::take(&mut *self.state.lock().unwrap());
         let hardlinks = std::mem::take(&mut st.hardlinks);
-        let link_paths: std::collections::HashSet<&[u8]> = hardlinks.iter().map(|(p, _)| p.as_slice()).collect();
+        let link_paths: std::collections::HashSet<&[u8]> =
+            hardlinks.iter().map(|(p, _)| p.as_slice()).collect();
         for (path, target) in &hardlinks {
             let (path, target) = (path.as_slice(), target.as_slice());
             match st.nodes.get(target) {
                 // A link to another link entry (a chain) is not something wsr or GNU tar writes.
                 Some(Node::File) if !link_paths.contains(target) => {
                     if self.options.write {
-                        fs::hard_link(self.full(target), self.full(path)).map_err(|source| UnpackError::Io {
-                            path: show(path),
-                            source,
+                        fs::hard_link(self.full(target), self.full(path)).map_err(|source| {
+                            UnpackError::Io {
+                                path: show(path),
+                                source,
+                            }
                         })?;
                     }
                     st.report.hardlinks += 1;
                 }
                 None if self.options.select.is_some() => {
-                    st.report.skipped.push((show(path), format!("hard-link target {:?} is outside the selected paths", show(target))));
+                    st.report.skipped.push((
+                        show(path),
+                        format!(
+                            "hard-link target {:?} is outside the selected paths",
+                            show(target)
+                        ),
+                    ));
                 }
                 _ => {
-                    return Err(UnpackError::unsafe_entry(path, format!("hard link to {:?}, which is not a regular file of this archive", show(target))));
+                    return Err(UnpackError::unsafe_entry(
+                        path,
+                        format!(
+                            "hard link to {:?}, which is not a regular file of this archive",
+                            show(target)
+                        ),
+                    ));
                 }
             }
         }
         if self.options.write {
-            st.dir_meta.sort_by_key(|(p, _, _)| std::cmp::Reverse(p.iter().filter(|&&b| b == b'/').count()));
+            st.dir_meta.sort_by_key(|(p, _, _)| {
+                std::cmp::Reverse(p.iter().filter(|&&b| b == b'/').count())
+            });
             for (path, mode, mtime) in &st.dir_meta {
                 let full = self.full(path);
-                fs::set_permissions(&full, fs::Permissions::from_mode(*mode)).map_err(self.io_err(path))?;
+                fs::set_permissions(&full, fs::Permissions::from_mode(*mode))
+                    .map_err(self.io_err(path))?;
                 let t = system_time(*mtime);
                 let dir = fs::File::open(&full).map_err(self.io_err(path))?;
-                dir.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t)).map_err(self.io_err(path))?;
+                dir.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
+                    .map_err(self.io_err(path))?;
             }
         }
         if let Some(expected) = &self.expected
@@ -455,11 +534,25 @@ impl Unpacker {
 
 fn set_symlink_mtime(path: &Path, mtime: i64) -> io::Result<()> {
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    let ts = libc::timespec { tv_sec: mtime.max(0) as libc::time_t, tv_nsec: 0 };
+    let ts = libc::timespec {
+        tv_sec: mtime.max(0) as libc::time_t,
+        tv_nsec: 0,
+    };
     let times = [ts, ts];
     // SAFETY: `c` is a valid NUL-terminated path and `times` points at two timespecs.
-    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    let rc = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Normalises user-given `--paths` selections with the same rules as archive paths.
@@ -468,7 +561,9 @@ pub fn normalize_selection(paths: &[String]) -> Result<Vec<Vec<u8>>, String> {
         .iter()
         .map(|p| match normalize(p.as_bytes()) {
             Ok(Some(n)) => Ok(n),
-            Ok(None) => Err(format!("--paths {p:?} names the root; omit --paths to restore everything")),
+            Ok(None) => Err(format!(
+                "--paths {p:?} names the root; omit --paths to restore everything"
+            )),
             Err(reason) => Err(format!("--paths {p:?}: {reason}")),
         })
         .collect()

@@ -20,14 +20,21 @@ fn sibling(name: &str) -> PathBuf {
 
 fn exec(mut command: Command) -> ! {
     let err = command.exec();
-    eprintln!("workspace-recovery: cannot run {:?}: {err}", command.get_program());
+    eprintln!(
+        "workspace-recovery: cannot run {:?}: {err}",
+        command.get_program()
+    );
     std::process::exit(127);
 }
 
 fn main() {
     let mut args = std::env::args_os();
     let argv0 = args.next().unwrap_or_default();
-    let name = Path::new(&argv0).file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+    let name = Path::new(&argv0)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_owned();
     let rest: Vec<_> = args.collect();
     if name == "entrypoint.sh" {
         let Some((program, arguments)) = rest.split_first() else {

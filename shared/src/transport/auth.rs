@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 #[derive(Clone)]
 pub enum Credentials {
     Anonymous,
-    Basic { username: String, password: String },
+    Basic {
+        username: String,
+        password: String,
+    },
     /// An identity token from `config.json`, used as a bearer token.
     Token(String),
 }
@@ -43,17 +46,24 @@ pub fn resolve_auth_file(explicit: Option<&Path>) -> Option<PathBuf> {
 /// Credentials for `host` from the auth file, or anonymous when the file has none for it.
 /// An explicitly named file that can't be read or parsed is an error.
 pub fn credentials_for(host: &str, explicit: Option<&Path>) -> Result<Credentials> {
-    let Some(path) = resolve_auth_file(explicit) else { return Ok(Credentials::Anonymous) };
+    let Some(path) = resolve_auth_file(explicit) else {
+        return Ok(Credentials::Anonymous);
+    };
     let file = std::fs::File::open(&path).map_err(|source| TransportError::Io {
         what: format!("auth file {}", path.display()),
         source,
     })?;
     use docker_credential::{CredentialRetrievalError as E, DockerCredential};
     match docker_credential::get_credential_from_reader(file, host) {
-        Ok(DockerCredential::UsernamePassword(username, password)) => Ok(Credentials::Basic { username, password }),
+        Ok(DockerCredential::UsernamePassword(username, password)) => {
+            Ok(Credentials::Basic { username, password })
+        }
         Ok(DockerCredential::IdentityToken(token)) => Ok(Credentials::Token(token)),
         Err(E::NoCredentialConfigured) => Ok(Credentials::Anonymous),
-        Err(e) => Err(TransportError::Config(format!("auth file {}: {e}", path.display()))),
+        Err(e) => Err(TransportError::Config(format!(
+            "auth file {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -66,12 +76,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("config.json");
         // base64("tester:s3cret")
-        std::fs::write(&f, r#"{"auths":{"127.0.0.1:5000":{"auth":"dGVzdGVyOnMzY3JldA=="}}}"#).unwrap();
+        std::fs::write(
+            &f,
+            r#"{"auths":{"127.0.0.1:5000":{"auth":"dGVzdGVyOnMzY3JldA=="}}}"#,
+        )
+        .unwrap();
         match credentials_for("127.0.0.1:5000", Some(&f)).unwrap() {
-            Credentials::Basic { username, password } => assert_eq!((username.as_str(), password.as_str()), ("tester", "s3cret")),
+            Credentials::Basic { username, password } => {
+                assert_eq!((username.as_str(), password.as_str()), ("tester", "s3cret"))
+            }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(credentials_for("other:1", Some(&f)).unwrap(), Credentials::Anonymous));
+        assert!(matches!(
+            credentials_for("other:1", Some(&f)).unwrap(),
+            Credentials::Anonymous
+        ));
         let shown = format!("{:?}", credentials_for("127.0.0.1:5000", Some(&f)).unwrap());
         assert!(!shown.contains("s3cret"), "{shown}");
         let err = credentials_for("h", Some(&dir.path().join("missing.json"))).unwrap_err();

@@ -63,17 +63,36 @@ pub enum TransportError {
         "{registry}: TLS verification failed ({detail}); pass --ca-file with the registry's CA certificate, or --insecure to skip verification"
     )]
     Tls { registry: String, detail: String },
-    #[error("{registry}: cannot connect ({detail}); is the registry running and reachable? (use --plain-http for an HTTP-only registry)")]
+    #[error(
+        "{registry}: cannot connect ({detail}); is the registry running and reachable? (use --plain-http for an HTTP-only registry)"
+    )]
     Connect { registry: String, detail: String },
     #[error("{registry}: server error {status} on {what}: {detail}")]
-    Server { registry: String, status: u16, what: String, detail: String },
+    Server {
+        registry: String,
+        status: u16,
+        what: String,
+        detail: String,
+    },
     #[error("{registry}: unexpected response {status} on {what}: {detail}")]
-    Protocol { registry: String, status: u16, what: String, detail: String },
+    Protocol {
+        registry: String,
+        status: u16,
+        what: String,
+        detail: String,
+    },
     #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
-    DigestMismatch { what: String, expected: Digest, actual: Digest },
+    DigestMismatch {
+        what: String,
+        expected: Digest,
+        actual: Digest,
+    },
     /// Display is `what`; the cause is the error's `source()` (printed by error chains).
     #[error("{what}")]
-    Io { what: String, source: std::io::Error },
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Config(String),
     #[error("the data stream being uploaded failed: {0}")]
@@ -97,7 +116,12 @@ impl TransportError {
 
     /// An authentication or authorisation failure.
     pub fn is_auth(&self) -> bool {
-        matches!(self, TransportError::Unauthorized { .. } | TransportError::AuthRequired { .. } | TransportError::Forbidden { .. })
+        matches!(
+            self,
+            TransportError::Unauthorized { .. }
+                | TransportError::AuthRequired { .. }
+                | TransportError::Forbidden { .. }
+        )
     }
 }
 
@@ -112,12 +136,18 @@ pub enum Store {
 impl Store {
     /// Connects to (or, for a layout pushed to, creates) the repository. For registries this
     /// authenticates and checks the credentials once, so auth errors surface here.
-    pub async fn open(repository: &Repository, options: &ConnectOptions, access: Access) -> Result<Store> {
+    pub async fn open(
+        repository: &Repository,
+        options: &ConnectOptions,
+        access: Access,
+    ) -> Result<Store> {
         Ok(match repository {
             Repository::Registry { host, path } => {
                 Store::Registry(RegistryStore::connect(host, path, options, access).await?)
             }
-            Repository::Layout { dir } => Store::Layout(LayoutStore::open(dir, access == Access::Push).await?),
+            Repository::Layout { dir } => {
+                Store::Layout(LayoutStore::open(dir, access == Access::Push).await?)
+            }
         })
     }
 
@@ -150,7 +180,10 @@ impl Store {
 
     /// Pushes a blob whose bytes arrive through `chunks`; returns its digest and size, computed
     /// while streaming. An `Err` item aborts the upload with [`TransportError::Source`].
-    pub async fn push_blob_stream(&self, chunks: mpsc::Receiver<std::io::Result<Bytes>>) -> Result<(Digest, u64)> {
+    pub async fn push_blob_stream(
+        &self,
+        chunks: mpsc::Receiver<std::io::Result<Bytes>>,
+    ) -> Result<(Digest, u64)> {
         match self {
             Store::Registry(r) => r.push_blob_stream(chunks).await,
             Store::Layout(l) => l.push_blob_stream(chunks).await,
@@ -173,12 +206,18 @@ impl Store {
         while let Some(chunk) = stream.next().await {
             out.extend_from_slice(&chunk?);
             if out.len() as u64 > max_size {
-                return Err(TransportError::Config(format!("blob {digest} is larger than the {max_size} bytes expected")));
+                return Err(TransportError::Config(format!(
+                    "blob {digest} is larger than the {max_size} bytes expected"
+                )));
             }
         }
         let actual = Digest::of(&out);
         if &actual != digest {
-            return Err(TransportError::DigestMismatch { what: format!("blob {digest}"), expected: digest.clone(), actual });
+            return Err(TransportError::DigestMismatch {
+                what: format!("blob {digest}"),
+                expected: digest.clone(),
+                actual,
+            });
         }
         Ok(out)
     }
@@ -187,7 +226,10 @@ impl Store {
     pub async fn push_manifest(&self, manifest: &[u8], media_type: &str) -> Result<Digest> {
         let digest = Digest::of(manifest);
         match self {
-            Store::Registry(r) => r.put_manifest(manifest, media_type, &Target::Digest(digest.clone())).await?,
+            Store::Registry(r) => {
+                r.put_manifest(manifest, media_type, &Target::Digest(digest.clone()))
+                    .await?
+            }
             Store::Layout(l) => l.put_manifest(manifest, media_type, None).await?,
         }
         Ok(digest)
@@ -197,7 +239,10 @@ impl Store {
     /// treat as tagging).
     pub async fn tag_manifest(&self, manifest: &[u8], media_type: &str, tag: &str) -> Result<()> {
         match self {
-            Store::Registry(r) => r.put_manifest(manifest, media_type, &Target::Tag(tag.to_owned())).await,
+            Store::Registry(r) => {
+                r.put_manifest(manifest, media_type, &Target::Tag(tag.to_owned()))
+                    .await
+            }
             Store::Layout(l) => l.put_manifest(manifest, media_type, Some(tag)).await,
         }
     }
@@ -213,7 +258,11 @@ impl Store {
         if let Target::Digest(want) = target
             && want != &digest
         {
-            return Err(TransportError::DigestMismatch { what: "manifest".into(), expected: want.clone(), actual: digest });
+            return Err(TransportError::DigestMismatch {
+                what: "manifest".into(),
+                expected: want.clone(),
+                actual: digest,
+            });
         }
         Ok((digest, bytes))
     }
@@ -236,9 +285,14 @@ impl Store {
 
 /// Lists the repositories below a registry path (`HOST[/PREFIX]` via the catalog API, or every
 /// layout directory below `oci:DIR`).
-pub async fn list_repositories(registry_path: &Repository, options: &ConnectOptions) -> Result<Vec<Repository>> {
+pub async fn list_repositories(
+    registry_path: &Repository,
+    options: &ConnectOptions,
+) -> Result<Vec<Repository>> {
     match registry_path {
-        Repository::Registry { host, path } => registry::list_repositories(host, path, options).await,
+        Repository::Registry { host, path } => {
+            registry::list_repositories(host, path, options).await
+        }
         Repository::Layout { dir } => layout::list_layouts(dir).await,
     }
 }
@@ -253,10 +307,14 @@ pub fn apply_oras_extra_args(options: &mut ConnectOptions, extra: &str) -> Resul
             "--insecure" => options.insecure = true,
             "--plain-http" => options.plain_http = true,
             "--ca-file" => {
-                let file = words.next().ok_or("ORAS_EXTRA_ARGS: --ca-file needs a file name")?;
+                let file = words
+                    .next()
+                    .ok_or("ORAS_EXTRA_ARGS: --ca-file needs a file name")?;
                 options.ca_file = Some(file.into());
             }
-            w if w.starts_with("--ca-file=") => options.ca_file = Some(w["--ca-file=".len()..].into()),
+            w if w.starts_with("--ca-file=") => {
+                options.ca_file = Some(w["--ca-file=".len()..].into())
+            }
             other => {
                 return Err(format!(
                     "ORAS_EXTRA_ARGS: unsupported option {other:?}; wsr understands --insecure, --plain-http and --ca-file FILE"

@@ -40,22 +40,38 @@ fn http_client(options: &ConnectOptions) -> Result<reqwest::Client> {
         .hickory_dns(true)
         .tls_danger_accept_invalid_certs(options.insecure);
     if let Some(ca) = &options.ca_file {
-        let pem = std::fs::read(ca).map_err(|source| TransportError::Io { what: format!("CA file {}", ca.display()), source })?;
-        for cert in reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| TransportError::Config(format!("CA file {}: not a PEM certificate: {e}", ca.display())))?
-        {
+        let pem = std::fs::read(ca).map_err(|source| TransportError::Io {
+            what: format!("CA file {}", ca.display()),
+            source,
+        })?;
+        for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            TransportError::Config(format!(
+                "CA file {}: not a PEM certificate: {e}",
+                ca.display()
+            ))
+        })? {
             builder = builder.add_root_certificate(cert);
         }
     }
-    builder.build().map_err(|e| TransportError::Config(format!("cannot set up HTTP client: {e}")))
+    builder
+        .build()
+        .map_err(|e| TransportError::Config(format!("cannot set up HTTP client: {e}")))
 }
 
 impl RegistryStore {
-    pub(super) async fn connect(host: &str, path: &str, options: &ConnectOptions, access: Access) -> Result<RegistryStore> {
+    pub(super) async fn connect(
+        host: &str,
+        path: &str,
+        options: &ConnectOptions,
+        access: Access,
+    ) -> Result<RegistryStore> {
         let credentials = credentials_for(host, options.auth_file.as_deref())?;
         let store = RegistryStore {
             http: http_client(options)?,
-            base: format!("{}://{host}", if options.plain_http { "http" } else { "https" }),
+            base: format!(
+                "{}://{host}",
+                if options.plain_http { "http" } else { "https" }
+            ),
             host: host.to_owned(),
             path: path.to_owned(),
             authorization: Arc::new(Mutex::new(None)),
@@ -66,25 +82,47 @@ impl RegistryStore {
         Ok(store)
     }
 
-    async fn handshake(&self, options: &ConnectOptions, credentials: &Credentials, access: Access) -> Result<Option<String>> {
+    async fn handshake(
+        &self,
+        options: &ConnectOptions,
+        credentials: &Credentials,
+        access: Access,
+    ) -> Result<Option<String>> {
         use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
         use oci_client::secrets::RegistryAuth;
         let mut extra_root_certificates = Vec::new();
         if let Some(ca) = &options.ca_file {
-            let data = std::fs::read(ca).map_err(|source| TransportError::Io { what: format!("CA file {}", ca.display()), source })?;
-            extra_root_certificates.push(Certificate { encoding: CertificateEncoding::Pem, data });
+            let data = std::fs::read(ca).map_err(|source| TransportError::Io {
+                what: format!("CA file {}", ca.display()),
+                source,
+            })?;
+            extra_root_certificates.push(Certificate {
+                encoding: CertificateEncoding::Pem,
+                data,
+            });
         }
         let config = ClientConfig {
-            protocol: if options.plain_http { ClientProtocol::Http } else { ClientProtocol::Https },
+            protocol: if options.plain_http {
+                ClientProtocol::Http
+            } else {
+                ClientProtocol::Https
+            },
             accept_invalid_certificates: options.insecure,
             extra_root_certificates,
             ..Default::default()
         };
-        let client = oci_client::Client::try_from(config).map_err(|e| TransportError::Config(format!("cannot set up registry client: {e}")))?;
-        let reference = oci_client::Reference::with_tag(self.host.clone(), self.path_or_probe(), "latest".into());
+        let client = oci_client::Client::try_from(config)
+            .map_err(|e| TransportError::Config(format!("cannot set up registry client: {e}")))?;
+        let reference = oci_client::Reference::with_tag(
+            self.host.clone(),
+            self.path_or_probe(),
+            "latest".into(),
+        );
         let auth = match credentials {
             Credentials::Anonymous => RegistryAuth::Anonymous,
-            Credentials::Basic { username, password } => RegistryAuth::Basic(username.clone(), password.clone()),
+            Credentials::Basic { username, password } => {
+                RegistryAuth::Basic(username.clone(), password.clone())
+            }
             Credentials::Token(t) => RegistryAuth::Bearer(t.clone()),
         };
         let op = match access {
@@ -96,21 +134,39 @@ impl RegistryStore {
             Ok(None) => Ok(match credentials {
                 Credentials::Basic { username, password } => {
                     use base64::Engine;
-                    Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))))
+                    Some(format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD
+                            .encode(format!("{username}:{password}"))
+                    ))
                 }
                 Credentials::Token(t) => Some(format!("Bearer {t}")),
                 Credentials::Anonymous => None,
             }),
             Err(oci_client::errors::OciDistributionError::AuthenticationFailure(detail)) => {
-                Err(TransportError::Unauthorized { registry: self.host.clone(), detail: detail.chars().take(200).collect() })
+                Err(TransportError::Unauthorized {
+                    registry: self.host.clone(),
+                    detail: detail.chars().take(200).collect(),
+                })
             }
-            Err(oci_client::errors::OciDistributionError::RequestError(e)) => Err(self.request_error(e, "GET /v2/")),
-            Err(e) => Err(TransportError::Protocol { registry: self.host.clone(), status: 0, what: "auth".into(), detail: e.to_string() }),
+            Err(oci_client::errors::OciDistributionError::RequestError(e)) => {
+                Err(self.request_error(e, "GET /v2/"))
+            }
+            Err(e) => Err(TransportError::Protocol {
+                registry: self.host.clone(),
+                status: 0,
+                what: "auth".into(),
+                detail: e.to_string(),
+            }),
         }
     }
 
     fn path_or_probe(&self) -> String {
-        if self.path.is_empty() { "library/probe".into() } else { self.path.clone() }
+        if self.path.is_empty() {
+            "library/probe".into()
+        } else {
+            self.path.clone()
+        }
     }
 
     /// `GET /v2/` with our credentials: turns a wrong password into an error before any work.
@@ -120,17 +176,23 @@ impl RegistryStore {
         match response.status() {
             s if s.is_success() => Ok(()),
             StatusCode::UNAUTHORIZED if matches!(credentials, Credentials::Anonymous) => {
-                Err(TransportError::AuthRequired { registry: self.host.clone() })
+                Err(TransportError::AuthRequired {
+                    registry: self.host.clone(),
+                })
             }
-            StatusCode::UNAUTHORIZED => {
-                Err(TransportError::Unauthorized { registry: self.host.clone(), detail: "the registry rejected the user name or password".into() })
-            }
+            StatusCode::UNAUTHORIZED => Err(TransportError::Unauthorized {
+                registry: self.host.clone(),
+                detail: "the registry rejected the user name or password".into(),
+            }),
             _ => Err(self.status_error(response, "GET /v2/").await),
         }
     }
 
     pub fn repository(&self) -> Repository {
-        Repository::Registry { host: self.host.clone(), path: self.path.clone() }
+        Repository::Registry {
+            host: self.host.clone(),
+            path: self.path.clone(),
+        }
     }
 
     fn url(&self, tail: &str) -> String {
@@ -146,13 +208,22 @@ impl RegistryStore {
     }
 
     /// Sends an idempotent request, retrying transient failures with exponential backoff.
-    async fn send(&self, method: Method, url: &str, what: &str, customize: impl Fn(RequestBuilder) -> RequestBuilder) -> Result<Response> {
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        what: &str,
+        customize: impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> Result<Response> {
         let mut delay = Duration::from_millis(250);
         let mut attempt = 0;
         loop {
             let result = customize(self.request(method.clone(), url)).send().await;
             let error = match result {
-                Ok(response) if response.status().is_server_error() || response.status() == StatusCode::TOO_MANY_REQUESTS => {
+                Ok(response)
+                    if response.status().is_server_error()
+                        || response.status() == StatusCode::TOO_MANY_REQUESTS =>
+                {
                     self.status_error(response, what).await
                 }
                 Ok(response) => return Ok(response),
@@ -177,30 +248,66 @@ impl RegistryStore {
         }
         let lower = detail.to_ascii_lowercase();
         if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
-            TransportError::Tls { registry: self.host.clone(), detail }
+            TransportError::Tls {
+                registry: self.host.clone(),
+                detail,
+            }
         } else if e.is_connect() || e.is_timeout() || lower.contains("connection") {
-            TransportError::Connect { registry: self.host.clone(), detail }
+            TransportError::Connect {
+                registry: self.host.clone(),
+                detail,
+            }
         } else {
-            TransportError::Protocol { registry: self.host.clone(), status: 0, what: what.to_owned(), detail }
+            TransportError::Protocol {
+                registry: self.host.clone(),
+                status: 0,
+                what: what.to_owned(),
+                detail,
+            }
         }
     }
 
     async fn status_error(&self, response: Response, what: &str) -> TransportError {
         let status = response.status().as_u16();
-        let detail: String = response.text().await.unwrap_or_default().chars().take(300).collect();
+        let detail: String = response
+            .text()
+            .await
+            .unwrap_or_default()
+            .chars()
+            .take(300)
+            .collect();
         let registry = self.host.clone();
         match status {
             401 => TransportError::Unauthorized { registry, detail },
             403 => TransportError::Forbidden { registry, detail },
-            404 => TransportError::NotFound { what: format!("{what} in {}/{}", self.host, self.path) },
-            s if s >= 500 || s == 429 => TransportError::Server { registry, status: s, what: what.to_owned(), detail },
-            s => TransportError::Protocol { registry, status: s, what: what.to_owned(), detail },
+            404 => TransportError::NotFound {
+                what: format!("{what} in {}/{}", self.host, self.path),
+            },
+            s if s >= 500 || s == 429 => TransportError::Server {
+                registry,
+                status: s,
+                what: what.to_owned(),
+                detail,
+            },
+            s => TransportError::Protocol {
+                registry,
+                status: s,
+                what: what.to_owned(),
+                detail,
+            },
         }
     }
 
     pub async fn blob_exists(&self, digest: &Digest) -> Result<bool> {
         let what = format!("HEAD blob {digest}");
-        let response = self.send(Method::HEAD, &self.url(&format!("blobs/{digest}")), &what, |r| r).await?;
+        let response = self
+            .send(
+                Method::HEAD,
+                &self.url(&format!("blobs/{digest}")),
+                &what,
+                |r| r,
+            )
+            .await?;
         match response.status() {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
@@ -209,7 +316,14 @@ impl RegistryStore {
     }
 
     async fn start_upload(&self) -> Result<String> {
-        let response = self.send(Method::POST, &self.url("blobs/uploads/"), "start upload", |r| r).await?;
+        let response = self
+            .send(
+                Method::POST,
+                &self.url("blobs/uploads/"),
+                "start upload",
+                |r| r,
+            )
+            .await?;
         if response.status() != StatusCode::ACCEPTED {
             return Err(self.status_error(response, "start upload").await);
         }
@@ -227,14 +341,21 @@ impl RegistryStore {
                 what: what.to_owned(),
                 detail: "no Location header".into(),
             })?;
-        Ok(if location.starts_with("http://") || location.starts_with("https://") {
-            location.to_owned()
-        } else {
-            format!("{}{location}", self.base)
-        })
+        Ok(
+            if location.starts_with("http://") || location.starts_with("https://") {
+                location.to_owned()
+            } else {
+                format!("{}{location}", self.base)
+            },
+        )
     }
 
-    async fn finish_upload(&self, location: &str, digest: &Digest, body: Option<Bytes>) -> Result<()> {
+    async fn finish_upload(
+        &self,
+        location: &str,
+        digest: &Digest,
+        body: Option<Bytes>,
+    ) -> Result<()> {
         let sep = if location.contains('?') { '&' } else { '?' };
         let url = format!("{location}{sep}digest={digest}");
         let what = format!("finish upload of {digest}");
@@ -258,7 +379,10 @@ impl RegistryStore {
         self.finish_upload(&location, digest, Some(bytes)).await
     }
 
-    pub async fn push_blob_stream(&self, mut chunks: mpsc::Receiver<std::io::Result<Bytes>>) -> Result<(Digest, u64)> {
+    pub async fn push_blob_stream(
+        &self,
+        mut chunks: mpsc::Receiver<std::io::Result<Bytes>>,
+    ) -> Result<(Digest, u64)> {
         let location = self.start_upload().await?;
         let hasher = Arc::new(Mutex::new(Hasher::new()));
         let source_error: Arc<Mutex<Option<std::io::Error>>> = Arc::default();
@@ -292,7 +416,8 @@ impl RegistryStore {
             return Err(TransportError::Source(e));
         }
         let response = result.map_err(|e| self.request_error(e, "upload blob"))?;
-        if response.status() != StatusCode::ACCEPTED && response.status() != StatusCode::NO_CONTENT {
+        if response.status() != StatusCode::ACCEPTED && response.status() != StatusCode::NO_CONTENT
+        {
             return Err(self.status_error(response, "upload blob").await);
         }
         let location = self.location(&response, "upload blob")?;
@@ -303,18 +428,35 @@ impl RegistryStore {
 
     pub async fn fetch_blob(&self, digest: &Digest) -> Result<BlobStream> {
         let what = format!("blob {digest}");
-        let response = self.send(Method::GET, &self.url(&format!("blobs/{digest}")), &what, |r| r).await?;
+        let response = self
+            .send(
+                Method::GET,
+                &self.url(&format!("blobs/{digest}")),
+                &what,
+                |r| r,
+            )
+            .await?;
         if !response.status().is_success() {
             return Err(self.status_error(response, &what).await);
         }
         let host = self.host.clone();
         Ok(response
             .bytes_stream()
-            .map(move |r| r.map_err(|e| TransportError::Connect { registry: host.clone(), detail: format!("download interrupted: {e}") }))
+            .map(move |r| {
+                r.map_err(|e| TransportError::Connect {
+                    registry: host.clone(),
+                    detail: format!("download interrupted: {e}"),
+                })
+            })
             .boxed())
     }
 
-    pub async fn put_manifest(&self, manifest: &[u8], media_type: &str, target: &Target) -> Result<()> {
+    pub async fn put_manifest(
+        &self,
+        manifest: &[u8],
+        media_type: &str,
+        target: &Target,
+    ) -> Result<()> {
         let reference = match target {
             Target::Tag(t) => t.clone(),
             Target::Digest(d) => d.to_string(),
@@ -322,9 +464,15 @@ impl RegistryStore {
         let what = format!("push manifest {reference}");
         let body = Bytes::copy_from_slice(manifest);
         let response = self
-            .send(Method::PUT, &self.url(&format!("manifests/{reference}")), &what, |r| {
-                r.header(header::CONTENT_TYPE, media_type).body(body.clone())
-            })
+            .send(
+                Method::PUT,
+                &self.url(&format!("manifests/{reference}")),
+                &what,
+                |r| {
+                    r.header(header::CONTENT_TYPE, media_type)
+                        .body(body.clone())
+                },
+            )
             .await?;
         if response.status() != StatusCode::CREATED {
             return Err(self.status_error(response, &what).await);
@@ -339,14 +487,24 @@ impl RegistryStore {
         };
         let what = format!("manifest {reference}");
         let response = self
-            .send(Method::GET, &self.url(&format!("manifests/{reference}")), &what, |r| r.header(header::ACCEPT, MANIFEST_ACCEPT))
+            .send(
+                Method::GET,
+                &self.url(&format!("manifests/{reference}")),
+                &what,
+                |r| r.header(header::ACCEPT, MANIFEST_ACCEPT),
+            )
             .await?;
         if !response.status().is_success() {
             return Err(self.status_error(response, &what).await);
         }
-        let bytes = response.bytes().await.map_err(|e| self.request_error(e, &what))?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| self.request_error(e, &what))?;
         if bytes.len() > 4 << 20 {
-            return Err(TransportError::Config(format!("{what} is larger than 4 MiB; refusing it")));
+            return Err(TransportError::Config(format!(
+                "{what} is larger than 4 MiB; refusing it"
+            )));
         }
         Ok(bytes.to_vec())
     }
@@ -372,7 +530,10 @@ impl RegistryStore {
                 return Err(self.status_error(response, "list tags").await);
             }
             let more = response.headers().contains_key(header::LINK);
-            let page: Tags = response.json().await.map_err(|e| self.request_error(e, "list tags"))?;
+            let page: Tags = response
+                .json()
+                .await
+                .map_err(|e| self.request_error(e, "list tags"))?;
             let page = page.tags.unwrap_or_default();
             last = page.last().cloned();
             let done = page.is_empty() || !more;
@@ -385,7 +546,14 @@ impl RegistryStore {
 
     pub async fn delete_manifest(&self, digest: &Digest) -> Result<()> {
         let what = format!("delete manifest {digest}");
-        let response = self.send(Method::DELETE, &self.url(&format!("manifests/{digest}")), &what, |r| r).await?;
+        let response = self
+            .send(
+                Method::DELETE,
+                &self.url(&format!("manifests/{digest}")),
+                &what,
+                |r| r,
+            )
+            .await?;
         match response.status() {
             StatusCode::ACCEPTED | StatusCode::OK | StatusCode::NOT_FOUND => Ok(()),
             StatusCode::METHOD_NOT_ALLOWED => Err(TransportError::Protocol {
@@ -399,7 +567,11 @@ impl RegistryStore {
     }
 }
 
-pub(super) async fn list_repositories(host: &str, prefix: &str, options: &ConnectOptions) -> Result<Vec<Repository>> {
+pub(super) async fn list_repositories(
+    host: &str,
+    prefix: &str,
+    options: &ConnectOptions,
+) -> Result<Vec<Repository>> {
     #[derive(serde::Deserialize)]
     struct Catalog {
         #[serde(default)]
@@ -418,12 +590,22 @@ pub(super) async fn list_repositories(host: &str, prefix: &str, options: &Connec
             return Err(store.status_error(response, "catalog").await);
         }
         let more = response.headers().contains_key(header::LINK);
-        let page: Catalog = response.json().await.map_err(|e| store.request_error(e, "catalog"))?;
+        let page: Catalog = response
+            .json()
+            .await
+            .map_err(|e| store.request_error(e, "catalog"))?;
         last = page.repositories.last().cloned();
         let done = page.repositories.is_empty() || !more;
         for path in page.repositories {
-            if prefix.is_empty() || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/')) {
-                out.push(Repository::Registry { host: host.to_owned(), path });
+            if prefix.is_empty()
+                || path
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| rest.starts_with('/'))
+            {
+                out.push(Repository::Registry {
+                    host: host.to_owned(),
+                    path,
+                });
             }
         }
         if done {
@@ -433,12 +615,16 @@ pub(super) async fn list_repositories(host: &str, prefix: &str, options: &Connec
 }
 
 /// A stream fed by an async producer through a small channel (bounded memory).
-fn async_stream<T: Send + 'static, F, Fut>(producer: F) -> impl futures_util::Stream<Item = T> + Send + 'static
+fn async_stream<T: Send + 'static, F, Fut>(
+    producer: F,
+) -> impl futures_util::Stream<Item = T> + Send + 'static
 where
     F: FnOnce(mpsc::Sender<T>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(producer(tx));
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
 }

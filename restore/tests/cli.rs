@@ -1,0 +1,314 @@
+//! The `wsr-restore` binary: crash atomicity (killed mid-way, then rerun), the init-container
+//! mode's check-before-network rule, and exit codes. Backups are made with GNU tar in upstream's
+//! layout (`tar -czf … -C dir .`), so these tests need no backup engine.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use wsr_format::artifact;
+use wsr_format::digest::Digest;
+use wsr_format::manifest::Descriptor;
+use wsr_format::media;
+use wsr_format::reference::Repository;
+use wsr_format::transport::{Access, ConnectOptions, Store};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_wsr-restore"));
+    c.env_remove("WSR_TEST_ABORT_AT").env("WSR_LOG", "warn");
+    c
+}
+
+fn tree(root: &Path, files: usize) {
+    for i in 0..files {
+        let dir = root.join(format!("d{}", i % 20));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join(format!("f{i}.txt")),
+            format!("file {i}\n").repeat(i % 50 + 1),
+        )
+        .unwrap();
+    }
+    std::fs::write(root.join(".hidden"), "dotfile\n").unwrap();
+}
+
+/// Publishes `dir` as an upstream-style artifact (GNU tar, gzip, `./` entries) in a layout.
+fn publish(dir: &Path, layout: &Path) -> String {
+    let tgz = layout.with_extension("tgz");
+    let status = Command::new("tar")
+        .arg("-czf")
+        .arg(&tgz)
+        .arg("-C")
+        .arg(dir)
+        .arg(".")
+        .status()
+        .expect("GNU tar");
+    assert!(status.success());
+    let blob = std::fs::read(&tgz).unwrap();
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let store = Store::open(
+            &Repository::Layout {
+                dir: layout.to_owned(),
+            },
+            &ConnectOptions::default(),
+            Access::Push,
+        )
+        .await
+        .unwrap();
+        store.push_blob_bytes(blob.clone().into()).await.unwrap();
+        store
+            .push_blob_bytes(bytes::Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        let layer = Descriptor::new(media::LAYER_TAR, Digest::of(&blob), blob.len() as u64);
+        let manifest = artifact::dwo_manifest(layer, Default::default()).to_bytes();
+        store
+            .push_manifest(&manifest, media::MANIFEST_V1)
+            .await
+            .unwrap();
+        store
+            .tag_manifest(&manifest, media::MANIFEST_V1, "latest")
+            .await
+            .unwrap();
+    });
+    format!("oci:{}:latest", layout.display())
+}
+
+fn listing(root: &Path) -> Vec<String> {
+    let out = Command::new("find")
+        .arg(root)
+        .arg("-printf")
+        .arg("%P %y %m %s\n")
+        .output()
+        .unwrap();
+    let mut lines: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with(' '))
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
+
+fn user_entries(target: &Path) -> Vec<PathBuf> {
+    wsr_restore::target::user_entries(target).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn killed_mid_unpack_then_rerun_completes_and_target_is_never_half_filled() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    tree(&src, 3000);
+    let reference = publish(&src, &work.path().join("layout"));
+    let target = work.path().join("projects");
+    for point in ["after-entries:1000", "after-marker"] {
+        let _ = std::fs::remove_dir_all(&target);
+        let crashed = bin()
+            .args(["--from", &reference, "--to"])
+            .arg(&target)
+            .env("WSR_TEST_ABORT_AT", point)
+            .output()
+            .unwrap();
+        assert!(!crashed.status.success(), "{point}: the hook must abort");
+        assert!(
+            stderr(&crashed).contains("test hook: aborting"),
+            "{}",
+            stderr(&crashed)
+        );
+        // Whatever the crash point, the user sees an empty target (only wsr's hidden staging dir).
+        assert!(
+            user_entries(&target).is_empty(),
+            "{point}: target half-filled: {:?}",
+            user_entries(&target)
+        );
+        let rerun = bin()
+            .args(["--from", &reference, "--to"])
+            .arg(&target)
+            .output()
+            .unwrap();
+        assert!(
+            rerun.status.success(),
+            "{point}: rerun failed: {}",
+            stderr(&rerun)
+        );
+        assert_eq!(listing(&target), listing(&src), "{point}");
+        let leftovers: Vec<_> = std::fs::read_dir(&target)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".wsr-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{point}: staging left behind");
+    }
+}
+
+#[test]
+fn non_empty_target_is_refused_unless_forced_and_force_moves_content_aside() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    tree(&src, 10);
+    let reference = publish(&src, &work.path().join("layout"));
+    let target = work.path().join("projects");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::write(target.join("precious.txt"), "user data\n").unwrap();
+    let refused = bin()
+        .args(["--from", &reference, "--to"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("--force"));
+    assert_eq!(
+        std::fs::read_to_string(target.join("precious.txt")).unwrap(),
+        "user data\n"
+    );
+
+    let forced = bin()
+        .args(["--force", "--json", "--from", &reference, "--to"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(forced.status.success(), "{}", stderr(&forced));
+    let report: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&forced.stdout)
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    let aside = PathBuf::from(report["moved_aside"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(aside.join("precious.txt")).unwrap(),
+        "user data\n"
+    );
+    assert_eq!(listing(&target), listing(&src));
+}
+
+#[test]
+fn init_mode_skips_a_non_empty_target_without_touching_the_network() {
+    let work = tempfile::tempdir().unwrap();
+    let target = work.path().join("projects");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::write(target.join("work.rs"), "fn main() {}\n").unwrap();
+    let before = listing(&target);
+    // Port 1 on loopback: nothing listens. Any network access would fail the run.
+    let out = bin()
+        .arg("init")
+        .env("BACKUP_IMAGE", "127.0.0.1:1/ns/ws:latest")
+        .env("PROJECTS_ROOT", &target)
+        .env("WSR_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("not empty"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(listing(&target), before);
+}
+
+#[test]
+fn init_mode_restores_an_empty_target_and_reports_failures() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    tree(&src, 50);
+    let reference = publish(&src, &work.path().join("layout"));
+    let target = work.path().join("projects");
+    std::fs::create_dir(&target).unwrap();
+    let out = bin()
+        .arg("init")
+        .env("BACKUP_IMAGE", &reference)
+        .env("PROJECTS_ROOT", &target)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        listing(&target),
+        listing(&src),
+        "dotfiles and modes kept (upstream's cp -r drops them)"
+    );
+
+    let empty = work.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let down = bin()
+        .arg("init")
+        .env("BACKUP_IMAGE", "127.0.0.1:1/ns/ws:latest")
+        .env("PROJECTS_ROOT", &empty)
+        .env("ORAS_EXTRA_ARGS", "--plain-http")
+        .output()
+        .unwrap();
+    assert_eq!(down.status.code(), Some(4), "{}", stderr(&down));
+    assert!(
+        stderr(&down).contains("cannot connect"),
+        "{}",
+        stderr(&down)
+    );
+
+    let optional = bin()
+        .arg("init")
+        .env("BACKUP_IMAGE", "127.0.0.1:1/ns/ws:latest")
+        .env("PROJECTS_ROOT", &empty)
+        .env("ORAS_EXTRA_ARGS", "--plain-http")
+        .env("WSR_RESTORE_OPTIONAL", "true")
+        .env("WSR_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(optional.status.success(), "{}", stderr(&optional));
+    assert!(
+        stderr(&optional).contains("RESTORE FAILED"),
+        "{}",
+        stderr(&optional)
+    );
+
+    let bad_args = bin()
+        .arg("init")
+        .env("BACKUP_IMAGE", &reference)
+        .env("PROJECTS_ROOT", &empty)
+        .env("ORAS_EXTRA_ARGS", "--verbose")
+        .output()
+        .unwrap();
+    assert_eq!(bad_args.status.code(), Some(2), "{}", stderr(&bad_args));
+    assert!(stderr(&bad_args).contains("--verbose"));
+}
+
+#[test]
+fn verify_inspect_and_bad_references() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    tree(&src, 5);
+    let reference = publish(&src, &work.path().join("layout"));
+    let verify = bin().args(["verify", &reference]).output().unwrap();
+    assert!(verify.status.success(), "{}", stderr(&verify));
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("dwo format"));
+    let inspect = bin()
+        .args(["inspect", &reference, "--json"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(v["manifest"]["artifactType"], media::DWO_ARTIFACT_TYPE);
+    let bad = bin()
+        .args(["--from", "Not A Ref", "--to"])
+        .arg(work.path().join("x"))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        stderr(&bad).contains("invalid reference"),
+        "{}",
+        stderr(&bad)
+    );
+    let missing = bin()
+        .args([
+            "--from",
+            &format!("oci:{}:nope", work.path().join("layout").display()),
+            "--to",
+        ])
+        .arg(work.path().join("y"))
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(6), "{}", stderr(&missing));
+    assert!(stderr(&missing).contains("not found"));
+}
