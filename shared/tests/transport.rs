@@ -1,0 +1,199 @@
+//! The transport against the real registry (plain, TLS, TLS+htpasswd) and an OCI layout: blobs
+//! streamed and checked, manifests by digest then tag, tags listed, manifests deleted,
+//! repositories listed.
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use wsr_format::digest::Digest;
+use wsr_format::media;
+use wsr_format::reference::{Repository, Target};
+use wsr_format::testing::{RegistryKind, TestRegistry};
+use wsr_format::transport::{Access, ConnectOptions, Store, list_repositories};
+
+async fn exercise(repo: &Repository, options: &ConnectOptions) {
+    let store = Store::open(repo, options, Access::Push).await.unwrap();
+    // A streamed blob: the digest is computed on the fly and must match the content.
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 31 % 251) as u8).collect();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let chunks: Vec<Bytes> = data.chunks(700_000).map(Bytes::copy_from_slice).collect();
+    let sender = tokio::spawn(async move {
+        for c in chunks {
+            tx.send(Ok(c)).await.unwrap();
+        }
+    });
+    let (digest, size) = store.push_blob_stream(rx).await.unwrap();
+    sender.await.unwrap();
+    assert_eq!(
+        (digest.clone(), size),
+        (Digest::of(&data), data.len() as u64)
+    );
+    assert!(store.blob_exists(&digest).await.unwrap());
+    assert!(!store.blob_exists(&Digest::of(b"absent")).await.unwrap());
+    let mut fetched = Vec::new();
+    let mut stream = store.fetch_blob(&digest).await.unwrap();
+    while let Some(c) = stream.next().await {
+        fetched.extend_from_slice(&c.unwrap());
+    }
+    assert_eq!(fetched, data);
+    // Small blobs are skipped when present.
+    assert!(
+        store
+            .push_blob_bytes(Bytes::from_static(b"{}"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .push_blob_bytes(Bytes::from_static(b"{}"))
+            .await
+            .unwrap()
+    );
+
+    // A source error aborts the upload instead of committing a truncated blob.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(Ok(Bytes::from_static(b"partial"))).await.unwrap();
+    tx.send(Err(std::io::Error::other("disk on fire")))
+        .await
+        .unwrap();
+    drop(tx);
+    let err = store.push_blob_stream(rx).await.unwrap_err();
+    assert!(err.to_string().contains("disk on fire"), "{err}");
+    assert!(!store.blob_exists(&Digest::of(b"partial")).await.unwrap());
+
+    let layer = wsr_format::manifest::Descriptor::new(media::LAYER_TAR_ZSTD, digest.clone(), size);
+    let manifest = wsr_format::artifact::dwo_manifest(layer, Default::default()).to_bytes();
+    let m_digest = store
+        .push_manifest(&manifest, media::MANIFEST_V1)
+        .await
+        .unwrap();
+    assert!(
+        store.list_tags().await.unwrap().is_empty(),
+        "pushed by digest: no tag yet"
+    );
+    store
+        .tag_manifest(&manifest, media::MANIFEST_V1, "v1")
+        .await
+        .unwrap();
+    store
+        .tag_manifest(&manifest, media::MANIFEST_V1, "latest")
+        .await
+        .unwrap();
+    let mut tags = store.list_tags().await.unwrap();
+    tags.sort();
+    assert_eq!(tags, ["latest", "v1"]);
+    assert_eq!(
+        store
+            .fetch_manifest(&Target::Tag("v1".into()))
+            .await
+            .unwrap(),
+        (m_digest.clone(), manifest.clone())
+    );
+    assert_eq!(
+        store
+            .fetch_manifest(&Target::Digest(m_digest.clone()))
+            .await
+            .unwrap()
+            .1,
+        manifest
+    );
+    assert!(
+        store
+            .fetch_manifest(&Target::Tag("nope".into()))
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+    store.delete_manifest(&m_digest).await.unwrap();
+    assert!(
+        store
+            .fetch_manifest(&Target::Digest(m_digest))
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+}
+
+fn connect(registry: &TestRegistry) -> ConnectOptions {
+    ConnectOptions {
+        plain_http: registry.kind() == RegistryKind::Plain,
+        ca_file: registry.ca_file().map(Into::into),
+        auth_file: registry.auth_file().map(Into::into),
+        insecure: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_round_trips_in_every_variant() {
+    for kind in [
+        RegistryKind::Plain,
+        RegistryKind::Tls,
+        RegistryKind::TlsAuth,
+    ] {
+        let registry = TestRegistry::start(kind).unwrap();
+        let options = connect(&registry);
+        for path in ["team/ns/a", "team/ns/b", "other/x"] {
+            exercise(
+                &Repository::Registry {
+                    host: registry.host(),
+                    path: path.into(),
+                },
+                &options,
+            )
+            .await;
+        }
+        let listed = list_repositories(
+            &Repository::Registry {
+                host: registry.host(),
+                path: "team".into(),
+            },
+            &options,
+        )
+        .await
+        .unwrap();
+        let names: Vec<String> = listed.iter().map(|r| r.to_string()).collect();
+        assert_eq!(
+            names,
+            [
+                format!("{}/team/ns/a", registry.host()),
+                format!("{}/team/ns/b", registry.host())
+            ],
+            "{kind:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oci_layout_round_trip_and_listing() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["ns/a", "ns/b"] {
+        exercise(
+            &Repository::Layout {
+                dir: dir.path().join(name),
+            },
+            &ConnectOptions::default(),
+        )
+        .await;
+    }
+    let listed = list_repositories(
+        &Repository::Layout {
+            dir: dir.path().to_owned(),
+        },
+        &ConnectOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(listed.len(), 2);
+    // Pulling from a directory that is not a layout is a clear error, and creates nothing.
+    let err = Store::open(
+        &Repository::Layout {
+            dir: dir.path().join("none"),
+        },
+        &ConnectOptions::default(),
+        Access::Pull,
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("no oci-layout file"), "{err}");
+    assert!(!dir.path().join("none").exists());
+}
