@@ -7,7 +7,9 @@
 //! and references only; it must never link the backup or restore engines.
 
 use chrono::{DateTime, Utc};
-use wsr_format::reference::{InvalidReference, Reference, parse_registry_path, workspace_reference};
+use wsr_format::reference::{
+    InvalidReference, Reference, parse_registry_path, workspace_reference,
+};
 
 /// DevWorkspace annotations the Che dashboard reads (upstream names, kept exactly).
 pub mod annotation {
@@ -36,7 +38,11 @@ pub fn error_annotation(message: &str) -> String {
 }
 
 /// Where a workspace's backups go: `<registry path>/<namespace>/<name>:latest`.
-pub fn backup_reference(registry_path: &str, namespace: &str, name: &str) -> Result<Reference, InvalidReference> {
+pub fn backup_reference(
+    registry_path: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<Reference, InvalidReference> {
     workspace_reference(&parse_registry_path(registry_path)?, namespace, name)
 }
 
@@ -72,12 +78,18 @@ pub fn decide(ws: &WorkspaceState, now: DateTime<Utc>) -> Decision {
     if ws.job_running {
         return Decision::Skip("a backup job is already running");
     }
-    let Some(stopped) = ws.last_stopped else { return Decision::Skip("never ran") };
+    let Some(stopped) = ws.last_stopped else {
+        return Decision::Skip("never ran");
+    };
     match ws.last_backup {
         None => Decision::Backup,
         Some((finished, false)) => {
             let wait = chrono::Duration::minutes(1i64 << ws.failures.saturating_sub(1).min(6));
-            if now >= finished + wait { Decision::Backup } else { Decision::Skip("backing off after a failure") }
+            if now >= finished + wait {
+                Decision::Backup
+            } else {
+                Decision::Skip("backing off after a failure")
+            }
         }
         Some((finished, true)) if stopped > finished => Decision::Backup,
         Some(_) => Decision::Skip("unchanged since the last backup"),
@@ -102,19 +114,62 @@ mod tests {
             job_running: false,
         };
         let cases: Vec<(WorkspaceState, Decision)> = vec![
-            (WorkspaceState { phase: "Running".into(), ..Default::default() }, Decision::Skip("not stopped")),
-            (WorkspaceState { phase: "Failed".into(), last_stopped: Some(t(0)), ..Default::default() }, Decision::Skip("not stopped")),
+            (
+                WorkspaceState {
+                    phase: "Running".into(),
+                    ..Default::default()
+                },
+                Decision::Skip("not stopped"),
+            ),
+            (
+                WorkspaceState {
+                    phase: "Failed".into(),
+                    last_stopped: Some(t(0)),
+                    ..Default::default()
+                },
+                Decision::Skip("not stopped"),
+            ),
             (stopped(None, None, 0), Decision::Skip("never ran")),
             (stopped(Some(t(0)), None, 0), Decision::Backup),
-            (stopped(Some(t(10)), Some((t(5), true)), 0), Decision::Backup),
-            (stopped(Some(t(5)), Some((t(10), true)), 0), Decision::Skip("unchanged since the last backup")),
-            (stopped(Some(t(0)), Some((t(99), false)), 1), Decision::Skip("backing off after a failure")),
-            (stopped(Some(t(0)), Some((t(98), false)), 1), Decision::Backup),
-            (stopped(Some(t(0)), Some((t(92), false)), 4), Decision::Skip("backing off after a failure")),
-            (stopped(Some(t(0)), Some((t(91), false)), 4), Decision::Backup),
-            (stopped(Some(t(0)), Some((t(40), false)), 30), Decision::Skip("backing off after a failure")),
-            (stopped(Some(t(0)), Some((t(35), false)), 30), Decision::Backup),
-            (WorkspaceState { job_running: true, ..stopped(Some(t(0)), None, 0) }, Decision::Skip("a backup job is already running")),
+            (
+                stopped(Some(t(10)), Some((t(5), true)), 0),
+                Decision::Backup,
+            ),
+            (
+                stopped(Some(t(5)), Some((t(10), true)), 0),
+                Decision::Skip("unchanged since the last backup"),
+            ),
+            (
+                stopped(Some(t(0)), Some((t(99), false)), 1),
+                Decision::Skip("backing off after a failure"),
+            ),
+            (
+                stopped(Some(t(0)), Some((t(98), false)), 1),
+                Decision::Backup,
+            ),
+            (
+                stopped(Some(t(0)), Some((t(92), false)), 4),
+                Decision::Skip("backing off after a failure"),
+            ),
+            (
+                stopped(Some(t(0)), Some((t(91), false)), 4),
+                Decision::Backup,
+            ),
+            (
+                stopped(Some(t(0)), Some((t(40), false)), 30),
+                Decision::Skip("backing off after a failure"),
+            ),
+            (
+                stopped(Some(t(0)), Some((t(35), false)), 30),
+                Decision::Backup,
+            ),
+            (
+                WorkspaceState {
+                    job_running: true,
+                    ..stopped(Some(t(0)), None, 0)
+                },
+                Decision::Skip("a backup job is already running"),
+            ),
         ];
         for (i, (ws, want)) in cases.into_iter().enumerate() {
             assert_eq!(decide(&ws, t(99)), want, "case {i}: {ws:?}");
@@ -132,7 +187,12 @@ mod tests {
 
     #[test]
     fn backup_reference_follows_the_dwo_convention() {
-        assert_eq!(backup_reference("quay.io/org/", "ns", "ws").unwrap().to_string(), "quay.io/org/ns/ws:latest");
+        assert_eq!(
+            backup_reference("quay.io/org/", "ns", "ws")
+                .unwrap()
+                .to_string(),
+            "quay.io/org/ns/ws:latest"
+        );
         assert!(backup_reference("quay.io/org", "NS", "ws").is_err());
     }
 }

@@ -27,8 +27,15 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::BackupRef { registry, namespace, workspace } => {
-            println!("{}", wsr_operator::backup_reference(&registry, &namespace, &workspace)?);
+        Command::BackupRef {
+            registry,
+            namespace,
+            workspace,
+        } => {
+            println!(
+                "{}",
+                wsr_operator::backup_reference(&registry, &namespace, &workspace)?
+            );
         }
     }
     Ok(())
