@@ -17,7 +17,7 @@ use wsr_format::media::{self, annotation};
 use wsr_format::native::{self, BackupConfig, IndexEntry};
 use wsr_format::reference::{Repository, Target};
 use wsr_format::transport::{Access, ConnectOptions, Store, TransportError, list_repositories};
-use wsr_format::unpack::Unpacker;
+use wsr_format::unpack::{Unpacker, path_selected};
 
 /// A resolved artifact with its native documents loaded.
 pub struct Opened {
@@ -128,11 +128,7 @@ pub fn layers_to_fetch(opened: &Opened, selection: Option<&[Vec<u8>]>) -> Vec<us
     let (Some(selection), Some(index)) = (selection, &opened.index) else {
         return all;
     };
-    let selected = |p: &[u8]| {
-        selection
-            .iter()
-            .any(|s| p == s.as_slice() || (p.starts_with(s) && p.get(s.len()) == Some(&b'/')))
-    };
+    let selected = |p: &[u8]| path_selected(selection, p);
     let layer_by_path: std::collections::HashMap<&[u8], usize> = index
         .iter()
         .zip(&opened.layer_of)
@@ -155,6 +151,27 @@ pub fn layers_to_fetch(opened: &Opened, selection: Option<&[Vec<u8>]>) -> Vec<us
         }
     }
     wanted.into_iter().collect()
+}
+
+/// For a partial restore: each selected hard link whose file is outside the selection, as
+/// file path → the first such link's path (see `UnpackOptions::aliases`).
+pub fn hard_link_aliases(
+    index: &[IndexEntry],
+    selection: &[Vec<u8>],
+) -> std::collections::HashMap<Vec<u8>, Vec<u8>> {
+    let mut aliases = std::collections::HashMap::new();
+    for e in index.iter().filter(|e| {
+        e.kind == wsr_format::codec::EntryKind::Hardlink && path_selected(selection, &e.path.0)
+    }) {
+        if let Some(target) = &e.link
+            && !path_selected(selection, &target.0)
+        {
+            aliases
+                .entry(target.0.clone())
+                .or_insert_with(|| e.path.0.clone());
+        }
+    }
+    aliases
 }
 
 /// Streams the chosen layers into the unpacker, `parallel` at a time.

@@ -219,10 +219,15 @@ async fn run_unpack(
             .total_bytes
             .store(config.totals.bytes, Ordering::Relaxed);
     }
+    let aliases = match (&selection, &opened.index) {
+        (Some(selection), Some(index)) => fetch::hard_link_aliases(index, selection),
+        _ => Default::default(),
+    };
     let unpack_options = UnpackOptions {
         max_bytes,
         max_entries,
         select: selection.clone(),
+        aliases,
         write,
     };
     let p = progress.clone();

@@ -63,6 +63,10 @@ pub struct UnpackOptions {
     pub max_entries: u64,
     /// Only entries equal to or below these (normalised) paths; `None` means everything.
     pub select: Option<Vec<Vec<u8>>>,
+    /// With `select`: for a selected hard link whose file is not selected, file path → the
+    /// link's path. The file's content is restored at the link's path instead (so a partial
+    /// restore never loses a file because its other name was not selected).
+    pub aliases: HashMap<Vec<u8>, Vec<u8>>,
     /// Write to disk. `false` checks and hashes everything but creates nothing (verify mode).
     pub write: bool,
 }
@@ -145,13 +149,17 @@ fn parents(path: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 fn selected(select: &Option<Vec<Vec<u8>>>, path: &[u8]) -> bool {
-    match select {
-        None => true,
-        Some(list) => list.iter().any(|s| {
-            path == s.as_slice()
-                || (path.len() > s.len() && path.starts_with(s) && path[s.len()] == b'/')
-        }),
-    }
+    select
+        .as_deref()
+        .is_none_or(|list| path_selected(list, path))
+}
+
+/// Whether `path` is one of `selection` or below one of them (component-wise).
+pub fn path_selected(selection: &[Vec<u8>], path: &[u8]) -> bool {
+    selection.iter().any(|s| {
+        path == s.as_slice()
+            || (path.len() > s.len() && path.starts_with(s) && path[s.len()] == b'/')
+    })
 }
 
 fn system_time(mtime: i64) -> SystemTime {
@@ -169,7 +177,9 @@ impl Unpacker {
         let expected = expected.map(|entries| {
             entries
                 .into_iter()
-                .filter(|e| selected(&options.select, &e.path.0))
+                .filter(|e| {
+                    selected(&options.select, &e.path.0) || options.aliases.contains_key(&e.path.0)
+                })
                 .map(|e| (e.path.0.clone(), e))
                 .collect()
         });
@@ -255,11 +265,45 @@ impl Unpacker {
                 return Ok(());
             }
         };
-        if !selected(&self.options.select, &path) {
-            // Still consume nothing: the tar reader skips unread data itself.
+        // Unselected entries are skipped (the tar reader skips their data), except files that
+        // are restored under an alias.
+        let (path, aliased_from) = if selected(&self.options.select, &path) {
+            (path, None)
+        } else {
+            match self.options.aliases.get(&path) {
+                Some(alias) if kind == EntryKind::File => (alias.clone(), Some(path)),
+                _ => return Ok(()),
+            }
+        };
+        let expected = self.check_expected(
+            aliased_from.as_deref().unwrap_or(&path),
+            kind,
+            mode,
+            mtime,
+            size,
+            link.as_deref(),
+        )?;
+        let link_target = match kind {
+            EntryKind::Hardlink => Some(
+                link.as_deref()
+                    .map(normalize)
+                    .and_then(Result::ok)
+                    .flatten()
+                    .ok_or_else(|| {
+                        UnpackError::unsafe_entry(&path, "hard link with an invalid target")
+                    })?,
+            ),
+            _ => None,
+        };
+        if let Some(target) = &link_target
+            && self.options.aliases.get(target) == Some(&path)
+        {
+            // This link is where its file's content is restored (from the file's own entry).
+            if expected.is_some() {
+                self.state.lock().unwrap().seen_expected += 1;
+            }
             return Ok(());
         }
-        let expected = self.check_expected(&path, kind, mode, mtime, size, link.as_deref())?;
 
         {
             let mut st = self.state.lock().unwrap();
@@ -300,14 +344,8 @@ impl Unpacker {
                     st.report.symlinks += 1;
                 }
                 EntryKind::Hardlink => {
-                    let target = link
-                        .as_deref()
-                        .map(normalize)
-                        .and_then(Result::ok)
-                        .flatten()
-                        .ok_or_else(|| {
-                            UnpackError::unsafe_entry(&path, "hard link with an invalid target")
-                        })?;
+                    let target = link_target.clone().expect("hard links have a target");
+                    let target = self.options.aliases.get(&target).cloned().unwrap_or(target);
                     st.hardlinks.push((path.clone(), target));
                 }
                 EntryKind::File => {
