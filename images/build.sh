@@ -12,6 +12,9 @@
 #                   transport buildah knows: docker://..., oci:DIR:TAG, oci-archive:FILE)
 #   --push-arg ARG  extra argument for `buildah push` / `buildah manifest push`, repeatable
 #                   (e.g. --push-arg --authfile=auth.json --push-arg --tls-verify=false)
+#   --binaries DIR  package the static wsr-backup, wsr-restore and workspace-recovery already in
+#                   DIR (stripped on the way) instead of building release binaries; host
+#                   architecture only. The test suite uses this with its own (debug, static) build.
 #
 # Environment:
 #   WSR_IMAGE_STORAGE     buildah/podman storage (default target/image/containers); the image
@@ -34,6 +37,7 @@ TAG=$(sed -n '/^\[workspace.package\]/,/^\[/ s/^version *= *"\(.*\)"/\1/p' Cargo
 ARCHES=
 PUSH=
 PUSH_ARGS=()
+PREBUILT=
 while (($#)); do
     case $1 in
     --arch) ARCHES=$2; shift 2 ;;
@@ -41,6 +45,7 @@ while (($#)); do
     --tag) TAG=$2; shift 2 ;;
     --push) PUSH=$2; shift 2 ;;
     --push-arg) PUSH_ARGS+=("$2"); shift 2 ;;
+    --binaries) PREBUILT=$(realpath "$2"); shift 2 ;;
     -h | --help) sed -n "2,/^set -euo/p" "$ROOT/images/build.sh" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "build.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -98,8 +103,24 @@ check_arch() { # ARCH
         die "cross compiler $gcc not found (Debian: apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross)"
 }
 
+check_static() { # DIR
+    local b
+    for b in wsr-backup wsr-restore workspace-recovery; do
+        [[ -x $1/$b ]] || die "missing binary $1/$b"
+        if command -v readelf >/dev/null && readelf -lW "$1/$b" | grep -q 'program interpreter'; then
+            die "$1/$b is dynamically linked; a scratch image needs static binaries (RUSTFLAGS=\"-C target-feature=+crt-static\" with an explicit --target)"
+        fi
+    done
+}
+
 build_binaries() { # ARCH -> sets BINDIR to the directory holding the binaries
     local arch=$1 triple
+    if [[ -n $PREBUILT ]]; then
+        [[ $arch == "$(host_arch)" ]] || die "--binaries packages host binaries only ($(host_arch)), not $arch"
+        BINDIR=$PREBUILT
+        check_static "$BINDIR"
+        return
+    fi
     triple=$(triple_of "$arch")
     # Nothing may override the static flag (CARGO_ENCODED_RUSTFLAGS would win over RUSTFLAGS).
     local env=(-u CARGO_ENCODED_RUSTFLAGS RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_STRIP=symbols)
@@ -111,13 +132,7 @@ build_binaries() { # ARCH -> sets BINDIR to the directory holding the binaries
     env "${env[@]}" "$CARGO" build --release --locked --target "$triple" --target-dir "$TARGET_DIR" \
         -p wsr-backup -p wsr-restore >&2
     BINDIR=$TARGET_DIR/$triple/release
-    local b
-    for b in wsr-backup wsr-restore workspace-recovery; do
-        [[ -x $BINDIR/$b ]] || die "missing binary $BINDIR/$b"
-        if command -v readelf >/dev/null && readelf -lW "$BINDIR/$b" | grep -q 'program interpreter'; then
-            die "$BINDIR/$b is dynamically linked; a scratch image needs static binaries"
-        fi
-    done
+    check_static "$BINDIR"
 }
 
 # The root filesystem, as a tar with fixed owners, modes and times.
@@ -126,7 +141,7 @@ make_rootfs() { # BINDIR OUT.tar
     fs=$(mktemp -d)
     mkdir -p "$fs/usr/local/bin" "$fs/etc/ssl/certs" "$fs/tmp" "$fs/workspace" "$fs/projects"
     for b in wsr-backup wsr-restore workspace-recovery; do
-        install -m 0755 "$bin/$b" "$fs/usr/local/bin/$b"
+        install -m 0755 --strip "$bin/$b" "$fs/usr/local/bin/$b"
     done
     # The dispatcher under upstream's two names; it finds wsr-backup / wsr-restore next to its
     # resolved location (/usr/local/bin) and dispatches on the name it was started as.

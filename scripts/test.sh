@@ -75,6 +75,14 @@ fi
 export WSR_PYTHON=$VENV/bin/python
 "$WSR_PYTHON" -c "import oras, importlib.metadata as m; print('WSR_PYTHON=$WSR_PYTHON oras', m.version('oras'))"
 
+# One build profile for the whole run: debug, for the host triple named explicitly, with static
+# glibc. The explicit target keeps the flag off build scripts and proc-macros; static binaries
+# let the image test package this very build instead of compiling a release build.
+HOST_TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
+export CARGO_BUILD_TARGET=$HOST_TRIPLE
+TRIPLE_VAR=${HOST_TRIPLE^^}
+export "CARGO_TARGET_${TRIPLE_VAR//-/_}_RUSTFLAGS=-C target-feature=+crt-static"
+
 section "cargo fmt --all -- --check"
 cargo fmt --all -- --check
 

@@ -4,12 +4,11 @@
 //! Runs on a blocking thread; the chunks go through a bounded channel, so memory stays bounded
 //! whatever the size of the layer.
 
+use crate::BackupError;
 use crate::walk::{SourceEntry, full_path};
-use crate::{BackupError, Progress};
 use bytes::{Bytes, BytesMut};
 use std::io::{self, Read, Write};
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
 use wsr_format::codec::{EntryHeader, EntryKind, TarWriter, gzip_encoder, zstd_encoder};
 use wsr_format::digest::{Digest, Hasher, HashingWriter};
@@ -107,7 +106,7 @@ pub fn archive(
     entries: &[SourceEntry],
     codec: Codec,
     out: ChunkSender,
-    progress: &Progress,
+    on_entry: &dyn Fn(u64),
 ) -> Result<Archived, BackupError> {
     let compressed = HashingWriter::new(out);
     let result = match codec {
@@ -119,7 +118,7 @@ pub fn archive(
                 HashingWriter::new(enc),
                 false,
                 None,
-                progress,
+                on_entry,
             )
             .and_then(|(tar, index)| {
                 let (enc, diff_id, tar_size) = tar.finish();
@@ -139,7 +138,7 @@ pub fn archive(
                 HashingWriter::new(enc),
                 true,
                 Some((root_mode, root_mtime)),
-                progress,
+                on_entry,
             )
             .and_then(|(tar, index)| {
                 let (enc, diff_id, tar_size) = tar.finish();
@@ -170,7 +169,7 @@ fn write_tar<W: Write>(
     out: HashingWriter<W>,
     dot_prefix: bool,
     root_entry: Option<(u32, i64)>,
-    progress: &Progress,
+    on_entry: &dyn Fn(u64),
 ) -> Result<(HashingWriter<W>, Vec<IndexEntry>), BackupError> {
     let mut tar = TarWriter::new(out, dot_prefix);
     if let Some((mode, mtime)) = root_entry {
@@ -210,14 +209,13 @@ fn write_tar<W: Write>(
             if reader.remaining != 0 {
                 return Err(BackupError::Changed { path });
             }
-            progress.bytes.fetch_add(e.size, Ordering::Relaxed);
             Some(reader.hasher.finish().0)
         } else {
             tar.append(&header, io::empty())
                 .map_err(BackupError::Archive)?;
             None
         };
-        progress.entries.fetch_add(1, Ordering::Relaxed);
+        on_entry(if e.kind == EntryKind::File { e.size } else { 0 });
         index.push(IndexEntry {
             path: RawPath(e.rel.clone()),
             kind: e.kind,

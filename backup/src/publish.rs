@@ -7,6 +7,7 @@ use crate::archive::{Archived, ChunkSender, Codec, archive};
 use crate::walk::{SourceEntry, Tree, walk};
 use crate::{BackupError, BackupOptions, BackupReport, Format, Progress};
 use bytes::Bytes;
+use futures_util::StreamExt;
 use sha2::Digest as _;
 use std::collections::HashMap;
 use std::ops::Range;
@@ -29,6 +30,8 @@ use wsr_format::transport::{Access, Store, TransportError};
 
 /// Attempts per layer upload when the registry fails transiently.
 const UPLOAD_ATTEMPTS: u32 = 3;
+/// Layers archived and uploaded concurrently.
+const UPLOADS_IN_FLIGHT: usize = 4;
 
 /// Runs one backup.
 pub async fn run(
@@ -53,6 +56,12 @@ pub async fn run(
         .total_entries
         .store(totals.entries(), Ordering::Relaxed);
     progress.total_bytes.store(totals.bytes, Ordering::Relaxed);
+    let mut skipped: Vec<String> = tree
+        .skipped
+        .iter()
+        .map(|(p, r)| format!("{}: {r}", String::from_utf8_lossy(p)))
+        .collect();
+    skipped.sort();
 
     let store = Store::open(&options.to.repository, &options.connect, Access::Push).await?;
     let created_text = created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -70,7 +79,7 @@ pub async fn run(
             native_backup(
                 options,
                 &store,
-                &tree,
+                tree,
                 totals,
                 &created_text,
                 moving_tag,
@@ -103,12 +112,6 @@ pub async fn run(
         Some(keep) => prune(&store, keep, &digest).await?,
         None => Vec::new(),
     };
-    let mut skipped: Vec<String> = tree
-        .skipped
-        .iter()
-        .map(|(p, r)| format!("{}: {r}", String::from_utf8_lossy(p)))
-        .collect();
-    skipped.sort();
     Ok(BackupReport {
         reference: format!("{}@{digest}", store.repository()),
         digest: digest.to_string(),
@@ -258,7 +261,7 @@ async fn load_previous(store: &Store, tag: &str) -> Option<Previous> {
 async fn native_backup(
     options: &BackupOptions,
     store: &Store,
-    tree: &Tree,
+    tree: Tree,
     totals: Totals,
     created: &str,
     moving_tag: &str,
@@ -276,7 +279,8 @@ async fn native_backup(
         previous.as_ref().map(|p| p.config.layer_target),
     );
     let ranges = plan_layers(&tree.entries, target);
-    let entries: Arc<[SourceEntry]> = tree.entries.clone().into();
+    let skipped = tree.skipped;
+    let entries: Arc<[SourceEntry]> = tree.entries.into();
 
     let reusable: HashMap<&Digest, usize> = previous
         .as_ref()
@@ -290,71 +294,94 @@ async fn native_backup(
         })
         .unwrap_or_default();
 
-    let mut layer_infos = Vec::with_capacity(ranges.len());
-    let mut descriptors = Vec::with_capacity(ranges.len());
-    let mut index_descriptors = Vec::with_capacity(ranges.len());
-    let mut reused = 0;
-    let mut small_uploaded = 0;
-    for (i, range) in ranges.iter().enumerate() {
+    // Reused layers cost nothing; new ones are archived and uploaded UPLOADS_IN_FLIGHT at a
+    // time (registries spend a few milliseconds per blob, which would otherwise serialise),
+    // and reassembled in order.
+    let jobs = ranges.iter().enumerate().map(|(i, range)| {
         let fp = fingerprint(&entries[range.clone()]);
-        if let (Some(prev), Some(&j)) = (&previous, reusable.get(&fp)) {
-            let info = &prev.config.layers[j];
-            // The blobs of the manifest the moving tag points at are kept by the registry, so reuse
-            // needs no request at all.
-            if info.entries == range.len() as u64 {
-                descriptors.push(prev.layers[j].clone());
-                index_descriptors.push(prev.indexes[j].clone());
-                layer_infos.push(info.clone());
+        let reuse = previous
+            .as_ref()
+            .zip(reusable.get(&fp))
+            .and_then(|(prev, &j)| {
+                // The blobs of the manifest the moving tag points at are kept by the registry, so
+                // reuse needs no request at all.
+                (prev.config.layers[j].entries == range.len() as u64).then(|| {
+                    (
+                        prev.layers[j].clone(),
+                        prev.indexes[j].clone(),
+                        prev.config.layers[j].clone(),
+                    )
+                })
+            });
+        let entries = entries.clone();
+        let range = range.clone();
+        async move {
+            if let Some((layer, index, info)) = reuse {
                 progress
                     .entries
                     .fetch_add(range.len() as u64, Ordering::Relaxed);
                 progress.bytes.fetch_add(
-                    entries[range.clone()].iter().map(|e| e.size).sum(),
+                    entries[range].iter().map(|e| e.size).sum(),
                     Ordering::Relaxed,
                 );
-                reused += 1;
-                continue;
+                return Ok::<_, BackupError>((layer, index, info, 0, true));
             }
+            let codec = Codec::Zstd {
+                level: options.level,
+                workers: options.workers,
+            };
+            let archived = upload_layer(
+                store,
+                &options.source,
+                &entries,
+                range.clone(),
+                i as u32,
+                codec,
+                progress,
+            )
+            .await?;
+            let index_bytes =
+                Bytes::from(native::write_index(&archived.index).map_err(BackupError::Archive)?);
+            let index = Descriptor::new(
+                media::NATIVE_INDEX,
+                Digest::of(&index_bytes),
+                index_bytes.len() as u64,
+            );
+            let sent = if store.push_blob_bytes(index_bytes.clone()).await? {
+                index_bytes.len() as u64
+            } else {
+                0
+            };
+            let layer = Descriptor::new(
+                media::LAYER_TAR_ZSTD,
+                archived.compressed.clone(),
+                archived.compressed_size,
+            );
+            let info = LayerInfo {
+                digest: archived.compressed,
+                diff_id: archived.diff_id,
+                tar_size: archived.tar_size,
+                entries: range.len() as u64,
+                index: index.digest.clone(),
+                fingerprint: fp,
+            };
+            Ok((layer, index, info, sent, false))
         }
-        let codec = Codec::Zstd {
-            level: options.level,
-            workers: options.workers,
-        };
-        let archived = upload_layer(
-            store,
-            &options.source,
-            &entries,
-            range.clone(),
-            i as u32,
-            codec,
-            progress,
-        )
-        .await?;
-        let index_bytes =
-            Bytes::from(native::write_index(&archived.index).map_err(BackupError::Archive)?);
-        let index_digest = Digest::of(&index_bytes);
-        index_descriptors.push(Descriptor::new(
-            media::NATIVE_INDEX,
-            index_digest.clone(),
-            index_bytes.len() as u64,
-        ));
-        if store.push_blob_bytes(index_bytes.clone()).await? {
-            small_uploaded += index_bytes.len() as u64;
-        }
-        descriptors.push(Descriptor::new(
-            media::LAYER_TAR_ZSTD,
-            archived.compressed.clone(),
-            archived.compressed_size,
-        ));
-        layer_infos.push(LayerInfo {
-            digest: archived.compressed,
-            diff_id: archived.diff_id,
-            tar_size: archived.tar_size,
-            entries: range.len() as u64,
-            index: index_digest,
-            fingerprint: fp,
-        });
+    });
+    let mut results = futures_util::stream::iter(jobs).buffered(UPLOADS_IN_FLIGHT);
+    let mut descriptors = Vec::with_capacity(ranges.len());
+    let mut index_descriptors = Vec::with_capacity(ranges.len());
+    let mut layer_infos = Vec::with_capacity(ranges.len());
+    let (mut reused, mut small_uploaded) = (0, 0);
+    while let Some(result) = results.next().await {
+        let (layer, index, info, sent, was_reused) = result?;
+        descriptors.push(layer);
+        index_descriptors.push(index);
+        layer_infos.push(info);
+        small_uploaded += sent;
+        reused += usize::from(was_reused);
     }
+    drop(results);
 
     let config = BackupConfig {
         format_version: native::FORMAT_VERSION.into(),
@@ -369,8 +396,7 @@ async fn native_backup(
         totals,
         layer_target: target,
         layers: layer_infos,
-        skipped: tree
-            .skipped
+        skipped: skipped
             .iter()
             .map(|(p, r)| SkippedEntry {
                 path: RawPath(p.clone()),
@@ -453,25 +479,30 @@ async fn upload_layer(
     progress: &Arc<Progress>,
 ) -> Result<Archived, BackupError> {
     let mut delay = Duration::from_millis(500);
-    let (entries_before, bytes_before) = (
-        progress.entries.load(Ordering::Relaxed),
-        progress.bytes.load(Ordering::Relaxed),
-    );
-    for attempt in 1..=UPLOAD_ATTEMPTS {
+    // What this attempt added to the shared progress, taken back if it has to be retried.
+    let attempt = Arc::new(Progress::default());
+    for attempt_no in 1..=UPLOAD_ATTEMPTS {
         let (tx, rx) = mpsc::channel(4);
-        let (root2, entries2, range2, progress2): (PathBuf, _, _, _) = (
+        let (root2, entries2, range2, progress2, attempt2): (PathBuf, _, _, _, _) = (
             root.to_owned(),
             entries.clone(),
             range.clone(),
             progress.clone(),
+            attempt.clone(),
         );
         let archiving = tokio::task::spawn_blocking(move || {
+            let count = |bytes: u64| {
+                for p in [&progress2, &attempt2] {
+                    p.entries.fetch_add(1, Ordering::Relaxed);
+                    p.bytes.fetch_add(bytes, Ordering::Relaxed);
+                }
+            };
             archive(
                 &root2,
                 &entries2[range2],
                 codec,
                 ChunkSender::new(tx),
-                &progress2,
+                &count,
             )
         });
         let (uploaded, archived) = tokio::join!(store.push_blob_stream(rx), archiving);
@@ -495,12 +526,17 @@ async fn upload_layer(
             (Err(t), _) => t.into(),
         };
         let transient = matches!(&error, BackupError::Transport(t) if t.is_transient());
-        if !transient || attempt == UPLOAD_ATTEMPTS {
+        if !transient || attempt_no == UPLOAD_ATTEMPTS {
             return Err(error);
         }
-        tracing::warn!(%error, attempt, "layer {layer} upload failed; retrying in {delay:?}");
-        progress.entries.store(entries_before, Ordering::Relaxed);
-        progress.bytes.store(bytes_before, Ordering::Relaxed);
+        tracing::warn!(%error, attempt = attempt_no, "layer {layer} upload failed; retrying in {delay:?}");
+        progress.entries.fetch_sub(
+            attempt.entries.swap(0, Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        progress
+            .bytes
+            .fetch_sub(attempt.bytes.swap(0, Ordering::Relaxed), Ordering::Relaxed);
         tokio::time::sleep(delay).await;
         delay *= 2;
     }

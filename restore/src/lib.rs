@@ -193,7 +193,7 @@ async fn run_unpack(
 ) -> Result<RestoreReport, RestoreError> {
     let store =
         Arc::new(Store::open(&options.from.repository, &options.connect, Access::Pull).await?);
-    let opened = open_artifact(&store, &options.from.target).await?;
+    let mut opened = open_artifact(&store, &options.from.target).await?;
     let (mut max_bytes, mut max_entries) = (options.max_size.unwrap_or(u64::MAX), u64::MAX);
     if write && let Some((free_bytes, free_inodes)) = target::free_space(root) {
         // Keep 1% (at most 64 MiB) for everything else on the volume.
@@ -230,15 +230,17 @@ async fn run_unpack(
         aliases,
         write,
     };
-    let p = progress.clone();
-    let unpacker =
-        Unpacker::new(root, unpack_options, opened.index.clone()).on_entry(Box::new(move |size| {
-            p.entries.fetch_add(1, Ordering::Relaxed);
-            p.bytes.fetch_add(size, Ordering::Relaxed);
-            test_hooks::count_entries(1);
-        }));
-    let unpacker = Arc::new(unpacker);
     let layers = fetch::layers_to_fetch(&opened, selection.as_deref());
+    // The unpacker takes the index over: one copy in memory, not two.
+    let verified_index = opened.index.is_some();
+    let index = opened.index.take();
+    let p = progress.clone();
+    let unpacker = Unpacker::new(root, unpack_options, index).on_entry(Box::new(move |size| {
+        p.entries.fetch_add(1, Ordering::Relaxed);
+        p.bytes.fetch_add(size, Ordering::Relaxed);
+        test_hooks::count_entries(1);
+    }));
+    let unpacker = Arc::new(unpacker);
     fetch::unpack_layers(
         &store,
         &opened,
@@ -264,7 +266,7 @@ async fn run_unpack(
         bytes: result.bytes,
         downloaded_bytes: progress.downloaded.load(Ordering::Relaxed),
         layers: layers.len(),
-        verified_index: opened.index.is_some(),
+        verified_index,
         skipped: result
             .skipped
             .iter()

@@ -180,7 +180,7 @@ impl Unpacker {
                 .filter(|e| {
                     selected(&options.select, &e.path.0) || options.aliases.contains_key(&e.path.0)
                 })
-                .map(|e| (e.path.0.clone(), e))
+                .map(|mut e| (std::mem::take(&mut e.path.0), e))
                 .collect()
         });
         let mut state = State::default();

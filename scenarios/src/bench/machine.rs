@@ -1,0 +1,186 @@
+//! The machine and tool versions a benchmark ran on, read from /proc and `--version` outputs,
+//! so the report says where its numbers come from.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::peers::Tools;
+
+#[derive(Serialize)]
+pub struct Machine {
+    pub date: String,
+    pub cpu: String,
+    pub cores: usize,
+    pub memory: String,
+    pub disk: String,
+    pub kernel: String,
+    pub os: String,
+    pub wsr_commit: String,
+    /// Fastest of three `python -c 'import oras.client'`: the fixed cost of every oras-py step.
+    pub oras_import_s: Option<f64>,
+    /// (tool, version line)
+    pub tools: Vec<(String, String)>,
+}
+
+/// First non-empty line of a command's stdout (or stderr), or "unavailable".
+fn first_line(program: &str, args: &[&str]) -> String {
+    match Command::new(program).args(args).output() {
+        Ok(out) if out.status.success() => {
+            let text = if out.stdout.is_empty() {
+                out.stderr
+            } else {
+                out.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        }
+        _ => "unavailable".into(),
+    }
+}
+
+fn proc_field(file: &str, key: &str) -> Option<String> {
+    let text = fs::read_to_string(file).ok()?;
+    text.lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_once([':', '=']))
+        .map(|(_, v)| v.trim().trim_matches('"').to_string())
+}
+
+/// "device (type, mount options), size total, free" of the filesystem holding `path`.
+pub fn filesystem(path: &Path) -> String {
+    let mut probe = path.to_path_buf();
+    while !probe.exists() && probe.pop() {}
+    let out = Command::new("df").arg("-hT").arg(&probe).output().ok();
+    let line = out.as_ref().and_then(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .nth(1)
+            .map(String::from)
+    });
+    let Some(line) = line else {
+        return "unknown".into();
+    };
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let mount = f.get(6).copied().unwrap_or("/");
+    // Mount options matter here (e.g. online `discard` makes file creation slower).
+    let opts = fs::read_to_string("/proc/mounts")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.split_whitespace().nth(1) == Some(mount))
+                .and_then(|l| l.split_whitespace().nth(3).map(String::from))
+        })
+        .unwrap_or_default();
+    format!(
+        "{} at {mount} ({}, {opts}), {} total, {} free",
+        f.first().unwrap_or(&"?"),
+        f.get(1).unwrap_or(&"?"),
+        f.get(2).unwrap_or(&"?"),
+        f.get(4).unwrap_or(&"?")
+    )
+}
+
+pub fn describe(work: &Path, tools: &Tools) -> Machine {
+    let mem_kib: u64 = proc_field("/proc/meminfo", "MemTotal")
+        .and_then(|v| v.trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let work_s = work.display().to_string();
+    let df = Command::new("df")
+        .args(["-hT", &work_s])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+    let disk = df
+        .and_then(|t| {
+            let f: Vec<String> = t
+                .lines()
+                .nth(1)?
+                .split_whitespace()
+                .map(String::from)
+                .collect();
+            Some(format!(
+                "{} ({}), {} total, {} free",
+                f.first()?,
+                f.get(1)?,
+                f.get(2)?,
+                f.get(4)?
+            ))
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root_s = root.display().to_string();
+    let mut commit = first_line("git", &["-C", &root_s, "rev-parse", "--short", "HEAD"]);
+    let dirty = Command::new("git")
+        .args(["-C", &root_s, "status", "--porcelain"])
+        .output()
+        .is_ok_and(|o| !o.stdout.is_empty());
+    if dirty {
+        commit.push_str(" + uncommitted changes");
+    }
+
+    let mut versions = vec![
+        ("GNU tar".to_string(), first_line("tar", &["--version"])),
+        ("gzip".into(), first_line("gzip", &["--version"])),
+        ("zstd".into(), first_line("zstd", &["--version"])),
+        ("restic".into(), first_line("restic", &["version"])),
+        (
+            "registry".into(),
+            first_line("/usr/bin/docker-registry", &["--version"]),
+        ),
+        ("curl".into(), first_line("curl", &["--version"])),
+    ];
+    match &tools.python {
+        Ok(py) => {
+            let py = py.display().to_string();
+            versions.push(("python".into(), first_line(&py, &["--version"])));
+            versions.push((
+                "oras-py".into(),
+                first_line(
+                    &py,
+                    &[
+                        "-c",
+                        "import importlib.metadata as m; print('oras', m.version('oras'))",
+                    ],
+                ),
+            ));
+        }
+        Err(why) => versions.push(("oras-py".into(), format!("unavailable: {why}"))),
+    }
+    versions.push(("rustc".into(), first_line("rustc", &["--version"])));
+
+    let oras_import_s = tools.python.as_ref().ok().and_then(|py| {
+        (0..3)
+            .filter_map(|_| {
+                let t = Instant::now();
+                let ok = Command::new(py)
+                    .args(["-c", "import oras.client"])
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                ok.then(|| t.elapsed().as_secs_f64())
+            })
+            .min_by(f64::total_cmp)
+    });
+    Machine {
+        oras_import_s,
+        date: first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        cpu: proc_field("/proc/cpuinfo", "model name").unwrap_or_else(|| "unknown".into()),
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        memory: format!("{:.1} GiB", mem_kib as f64 / (1024.0 * 1024.0)),
+        disk,
+        kernel: fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        os: proc_field("/etc/os-release", "PRETTY_NAME").unwrap_or_else(|| "unknown".into()),
+        wsr_commit: commit,
+        tools: versions,
+    }
+}

@@ -1,0 +1,905 @@
+//! `scenarios bench`: wsr against the upstream DWO pipeline, `tar | zstd`, restic and the
+//! machine's floors, in one invocation, on the same corpus, and `docs/BENCHMARKS.md` from it.
+//!
+//! Phases per corpus, each repeated `--reps` times with the peer order rotated every
+//! repetition (so no tool always runs first, on the coldest or warmest state):
+//! 1. full backup: every peer reads the pristine corpus; each repetition pushes into its own
+//!    fresh registry, so storage growth equals bytes uploaded;
+//! 2. restore: every peer restores what it wrote in the same repetition into an empty target,
+//!    and the result is compared with the corpus;
+//! 3. incremental (wsr and restic): on a copy of the corpus, back up, back up again unchanged,
+//!    after one edited file, and after rewriting 10% of the files.
+//!
+//! Every measured command is a child process ([`measure`]); nothing is dropped: a skipped or
+//! failed run is recorded with the reason and shown in the report. Between runs the harness
+//! calls `sync` (unmeasured) so one run's dirty pages are not flushed on the next run's clock.
+
+mod machine;
+mod measure;
+mod peers;
+mod report;
+
+use std::env;
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use wsr_format::testing::{RegistryKind, TestRegistry};
+
+use crate::corpus::{self, CorpusStats, Mutation, Profile, Scale, TreeSummary};
+use measure::{Step, Usage, run_step};
+use peers::{Peer, Plan, Slot, Tools};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Corpus sizes, comma-separated: tiny, small, large, huge, huge:N, NNNm, NNg.
+    #[arg(long, value_delimiter = ',', default_value = "small")]
+    size: Vec<Scale>,
+    /// Corpus profiles, comma-separated: workspace, many-files.
+    #[arg(long, value_delimiter = ',', default_value = "workspace")]
+    profile: Vec<Profile>,
+    /// Repetitions per measurement; the report shows medians.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Report to write [default: <workspace>/docs/BENCHMARKS.md].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Working directory for corpora (kept between invocations), registries and restores
+    /// [default: <workspace>/target/bench].
+    #[arg(long)]
+    work: Option<PathBuf>,
+    /// Only these peers, comma-separated: wsr, wsr-dwo, upstream, zstd, restic, floors.
+    #[arg(long, value_delimiter = ',')]
+    peers: Vec<String>,
+    /// Do not run `cargo build --release -p wsr-backup -p wsr-restore` first.
+    #[arg(long)]
+    no_build: bool,
+    /// Where restores go [default: a directory in the work dir]. Put it on another
+    /// filesystem (e.g. /dev/shm/wsr-restore) to take that disk out of restore times.
+    #[arg(long)]
+    restore_dir: Option<PathBuf>,
+    /// Kill a measured command after this many seconds.
+    #[arg(long, default_value_t = 3600)]
+    timeout_s: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    Backup,
+    Restore,
+    Incremental,
+}
+
+/// Incremental scenarios, in the order they are applied to the copy of the corpus.
+pub const INCREMENTAL: [&str; 4] = ["full", "unchanged", "one file", "10%"];
+
+/// One measured (or skipped, or failed) run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Record {
+    pub phase: Phase,
+    /// One of [`INCREMENTAL`] for incremental runs, else empty.
+    pub scenario: &'static str,
+    pub peer: &'static str,
+    pub label: &'static str,
+    pub floor: bool,
+    pub rep: usize,
+    /// Sum over steps (RSS: the largest).
+    pub usage: Usage,
+    pub steps: Vec<(String, Usage)>,
+    /// The measured command lines, with `$CORPUS`, `$WORK`, `$REGISTRY` placeholders.
+    pub commands: Vec<String>,
+    pub failure: Option<String>,
+    pub skipped: Option<String>,
+    /// Growth of the registry storage, restic repository or output file.
+    pub stored_bytes: Option<u64>,
+    /// wsr's `--json` summary.
+    pub wsr: Option<serde_json::Value>,
+    /// Restores: how the restored tree compares with the source.
+    pub check: Option<String>,
+    /// CPU time the registry process spent during the run: server-side work on the same cores.
+    pub registry_cpu_s: Option<f64>,
+    /// CPU time the whole machine spent during the run beyond this run and its registry:
+    /// other processes and kernel threads (reclaim, writeback). High values mark noisy runs.
+    pub background_cpu_s: Option<f64>,
+    /// Page-cache pages evicted and read back during the run (`workingset_refault_file`).
+    pub refaults: Option<u64>,
+}
+
+impl Record {
+    pub fn ok(&self) -> bool {
+        self.failure.is_none() && self.skipped.is_none()
+    }
+}
+
+/// Everything measured on one corpus.
+#[derive(Serialize)]
+pub struct CorpusRun {
+    pub profile: String,
+    pub size: String,
+    pub stats: CorpusStats,
+    pub summary: TreeSummary,
+    /// Size of `tar | zstd -T0` of the corpus (level 3).
+    pub zstd_bytes: u64,
+    pub mutations: Vec<(String, Mutation)>,
+    /// The filesystem restores were written to.
+    pub restore_fs: String,
+    pub records: Vec<Record>,
+}
+
+struct Ctx<'a> {
+    timeout: Duration,
+    /// Scratch directory of this corpus (`$RUN` in the report), inside `work` (`$WORK`).
+    dir: PathBuf,
+    work: PathBuf,
+    corpus: PathBuf,
+    summary: TreeSummary,
+    peers: &'a [String],
+    reps: usize,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let root = workspace_root();
+    let target = env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let work = args.work.clone().unwrap_or_else(|| target.join("bench"));
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| root.join("docs/BENCHMARKS.md"));
+    for p in &args.peers {
+        if !peers::PEER_GROUPS.contains(&p.as_str()) {
+            bail!(
+                "unknown peer {p:?}; expected one of {}",
+                peers::PEER_GROUPS.join(", ")
+            );
+        }
+    }
+    if args.reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    fs::create_dir_all(&work)?;
+    let timeout = Duration::from_secs(args.timeout_s);
+
+    let tools = setup_tools(&root, &target, &work, !args.no_build)?;
+    if let Err(why) = &tools.wsr {
+        eprintln!("bench: wsr rows will be skipped: {why}");
+    }
+    if let Err(why) = &tools.python {
+        eprintln!("bench: upstream rows will be skipped: {why}");
+    }
+    let machine = machine::describe(&work, &tools);
+
+    let mut runs = Vec::new();
+    for profile in &args.profile {
+        for scale in &args.size {
+            runs.push(bench_corpus(
+                &work, &tools, *profile, scale, &args, timeout,
+            )?);
+        }
+    }
+
+    fs::write(work.join("results.json"), serde_json::to_vec_pretty(&runs)?)?;
+    let md = report::render(&machine, &runs, args.reps);
+    if let Some(parent) = out.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    fs::write(&out, md).with_context(|| format!("write {}", out.display()))?;
+    eprintln!(
+        "bench: wrote {} (raw results: {})",
+        out.display(),
+        work.join("results.json").display()
+    );
+    Ok(())
+}
+
+fn bench_corpus(
+    work: &Path,
+    tools: &Tools,
+    profile: Profile,
+    scale: &Scale,
+    args: &BenchArgs,
+    timeout: Duration,
+) -> Result<CorpusRun> {
+    let (corpus, stats, summary) = ensure_corpus(&work.join("corpus"), profile, scale)?;
+    let dir = work.join(format!("run-{profile}-{}", scale.bytes));
+    if dir.exists() {
+        fs::remove_dir_all(&dir)?;
+    }
+    fs::create_dir_all(&dir)?;
+    let ctx = Ctx {
+        timeout,
+        dir: dir.clone(),
+        work: work.to_path_buf(),
+        corpus: corpus.clone(),
+        summary: summary.clone(),
+        peers: &args.peers,
+        reps: args.reps,
+    };
+
+    // The raw-blob floors push the `tar | zstd` bytes; making them also warms the page cache,
+    // so every measured run reads the corpus from memory, not from disk.
+    eprintln!(
+        "bench: {profile}/{scale}: {} files, {} bytes; preparing archive",
+        stats.files, stats.bytes
+    );
+    let archive = dir.join("prep.tar.zst");
+    quiet(
+        &Step::shell(
+            "prep",
+            &format!(
+                "tar -cf - -C '{}' . | zstd -T0 -q -f -o '{}'",
+                corpus.display(),
+                archive.display()
+            ),
+        ),
+        &dir,
+    )?;
+    let digest = format!("sha256:{}", sha256_file(&archive)?);
+    let zstd_bytes = fs::metadata(&archive)?.len();
+
+    let mut records = Vec::new();
+    let slot = |rep: usize, reg: &TestRegistry| -> (String, PathBuf, PathBuf, PathBuf, PathBuf) {
+        (
+            reg.host(),
+            reg.data_dir().to_path_buf(),
+            dir.join(format!("restic-{rep}")),
+            dir.join(format!("zstd-{rep}.tar.zst")),
+            dir.join("upstream-tmp"),
+        )
+    };
+
+    // 1. Full backups.
+    let mut registries = Vec::new();
+    for rep in 0..args.reps {
+        let reg = TestRegistry::start(RegistryKind::Plain).context("start registry")?;
+        let (host, data, restic_repo, zstd_file, upstream_tmp) = slot(rep, &reg);
+        let s = Slot {
+            host: &host,
+            registry_data: &data,
+            restic_repo,
+            zstd_file,
+            upstream_tmp,
+            blob: (&archive, &digest),
+        };
+        for peer in rotated(peers::BACKUP_PEERS, rep) {
+            let plan = peers::backup(tools, peer, &corpus, &s);
+            records.push(ctx.execute(
+                plan,
+                RunId {
+                    phase: Phase::Backup,
+                    scenario: "",
+                    peer,
+                    rep,
+                },
+                &reg,
+                None,
+            )?);
+        }
+        registries.push(reg);
+    }
+
+    // 2. Restores of what each repetition wrote, each into its own new directory. Restored
+    // trees are deleted only after the phase (or after each repetition if the disk is short):
+    // ext4 does not reuse inodes freed in the last minutes and searches past them, which made
+    // every restore after a deleted one several times slower in kernel time.
+    let restore_root = args
+        .restore_dir
+        .clone()
+        .unwrap_or_else(|| dir.join("restore"));
+    if fs::read_dir(&restore_root).is_ok_and(|mut d| d.next().is_some()) {
+        bail!("restore dir {} is not empty", restore_root.display());
+    }
+    fs::create_dir_all(&restore_root)?;
+    // Upstream holds its archive and extracted copy besides the restored tree: allow 2x.
+    let need = 2 * stats.bytes * (args.reps * peers::RESTORE_PEERS.len()) as u64;
+    let keep_all = free_bytes(&restore_root).is_some_and(|free| free > need + (5 << 30));
+    let mut deferred = Vec::new();
+    for (rep, reg) in registries.iter().enumerate() {
+        let (host, data, restic_repo, zstd_file, _) = slot(rep, reg);
+        let s = Slot {
+            host: &host,
+            registry_data: &data,
+            restic_repo,
+            zstd_file,
+            upstream_tmp: dir.join(format!("upstream-tmp-r{rep}")),
+            blob: (&archive, &digest),
+        };
+        for peer in rotated(peers::RESTORE_PEERS, rep) {
+            let target = restore_root.join(format!("r{rep}-{}", peer.key()));
+            let plan = peers::restore(tools, peer, &corpus, &target, &s);
+            let id = RunId {
+                phase: Phase::Restore,
+                scenario: "",
+                peer,
+                rep,
+            };
+            records.push(ctx.execute(plan, id, reg, Some(&mut deferred))?);
+            deferred.push(target);
+        }
+        if !keep_all {
+            deferred.drain(..).try_for_each(|p| remove(&p))?;
+        }
+    }
+    deferred.drain(..).try_for_each(|p| remove(&p))?;
+    if args.restore_dir.is_none() {
+        remove(&restore_root)?;
+    }
+    drop(registries);
+    for rep in 0..args.reps {
+        remove(&dir.join(format!("restic-{rep}")))?;
+        remove(&dir.join(format!("zstd-{rep}.tar.zst")))?;
+    }
+
+    // 3. Incremental backups on a copy, so the cached corpus stays pristine.
+    let mut mutations = Vec::new();
+    let copy = dir.join("inc-src");
+    for rep in 0..args.reps {
+        if !rotated(peers::INCREMENTAL_PEERS, rep)
+            .iter()
+            .any(|p| ctx.selected(*p))
+        {
+            break;
+        }
+        remove(&copy)?;
+        quiet(
+            &Step::exec(
+                "cp",
+                "cp",
+                [
+                    "-a".to_string(),
+                    corpus.display().to_string(),
+                    copy.display().to_string(),
+                ],
+            ),
+            &dir,
+        )?;
+        let reg = TestRegistry::start(RegistryKind::Plain).context("start registry")?;
+        let (host, data, _, zstd_file, upstream_tmp) = slot(rep, &reg);
+        let restic_repo = dir.join(format!("inc-restic-{rep}"));
+        remove(&restic_repo)?;
+        let s = Slot {
+            host: &host,
+            registry_data: &data,
+            restic_repo,
+            zstd_file,
+            upstream_tmp,
+            blob: (&archive, &digest),
+        };
+        for scenario in INCREMENTAL {
+            let seed = rep as u64 + 1;
+            match scenario {
+                "one file" => mutations.push((
+                    format!("rep {rep}: {scenario}"),
+                    corpus::touch_one_file(&copy, seed)?,
+                )),
+                "10%" => mutations.push((
+                    format!("rep {rep}: {scenario}"),
+                    corpus::change_fraction(&copy, 0.10, seed)?,
+                )),
+                _ => {}
+            }
+            for peer in rotated(peers::INCREMENTAL_PEERS, rep) {
+                let plan = peers::backup(tools, peer, &copy, &s);
+                records.push(ctx.execute(
+                    plan,
+                    RunId {
+                        phase: Phase::Incremental,
+                        scenario,
+                        peer,
+                        rep,
+                    },
+                    &reg,
+                    None,
+                )?);
+            }
+        }
+        remove(&s.restic_repo)?;
+    }
+    remove(&copy)?;
+
+    Ok(CorpusRun {
+        profile: profile.to_string(),
+        size: scale.label.clone(),
+        stats,
+        summary,
+        zstd_bytes,
+        mutations,
+        restore_fs: machine::filesystem(&restore_root),
+        records,
+    })
+}
+
+/// Which run a plan is: phase, incremental scenario, tool and repetition.
+struct RunId {
+    phase: Phase,
+    scenario: &'static str,
+    peer: Peer,
+    rep: usize,
+}
+
+impl Ctx<'_> {
+    fn selected(&self, peer: Peer) -> bool {
+        self.peers.is_empty() || self.peers.iter().any(|p| p == peer.group())
+    }
+
+    /// Runs one plan and records it; `Err` only for failures of the harness itself.
+    fn execute(
+        &self,
+        plan: Result<Plan, String>,
+        id: RunId,
+        reg: &TestRegistry,
+        defer_cleanup: Option<&mut Vec<PathBuf>>,
+    ) -> Result<Record> {
+        let RunId {
+            phase,
+            scenario,
+            peer,
+            rep,
+        } = id;
+        let host = reg.host();
+        let mut rec = Record {
+            phase,
+            scenario,
+            peer: peer.key(),
+            label: peer.label(phase == Phase::Restore),
+            floor: peer.is_floor(),
+            rep,
+            usage: Usage::default(),
+            steps: Vec::new(),
+            commands: Vec::new(),
+            failure: None,
+            skipped: None,
+            stored_bytes: None,
+            wsr: None,
+            check: None,
+            registry_cpu_s: None,
+            background_cpu_s: None,
+            refaults: None,
+        };
+        if !self.selected(peer) {
+            rec.skipped = Some("not selected (--peers)".into());
+            return Ok(rec);
+        }
+        let plan = match plan {
+            Ok(plan) => plan,
+            Err(why) => {
+                rec.skipped = Some(why);
+                return Ok(rec);
+            }
+        };
+        let root = format!("{}/", workspace_root().display());
+        let redact = |s: String| {
+            s.replace(&self.corpus.display().to_string(), "$CORPUS")
+                .replace(&self.dir.display().to_string(), "$RUN")
+                .replace(&self.work.display().to_string(), "$WORK")
+                .replace(&root, "")
+                .replace(&host, "$REGISTRY")
+        };
+        rec.commands = plan.steps.iter().map(|s| redact(s.display())).collect();
+        let logs = self.dir.join("logs");
+
+        for step in &plan.prepare {
+            let r = run_step(step, &logs, self.timeout)?;
+            if let Some(f) = r.failure {
+                rec.failure = Some(format!(
+                    "preparation `{}` failed ({f}): {}",
+                    step.display(),
+                    r.stderr_tail.trim()
+                ));
+                return Ok(rec);
+            }
+        }
+        let before = plan.growth.as_deref().map(size_of).transpose()?;
+        // Flush what the harness itself left dirty (removed targets, earlier runs) now, not
+        // on this run's clock.
+        // SAFETY: sync(2) takes no arguments and cannot fail.
+        unsafe { libc::sync() };
+        let registry_pid = registry_pid(reg);
+        let cpu_before = registry_pid.and_then(process_cpu_s);
+        let machine_before = machine_cpu_s();
+        let refaults_before = refaults();
+        let mut last_stdout = String::new();
+        for step in &plan.steps {
+            let r = run_step(step, &logs, self.timeout)?;
+            rec.usage.add(&r.usage);
+            rec.steps.push((r.name.clone(), r.usage.clone()));
+            last_stdout = r.stdout_tail;
+            if let Some(f) = r.failure {
+                rec.failure = Some(format!(
+                    "{}: {f}; stderr: {}",
+                    r.name,
+                    tail_lines(&r.stderr_tail, 12)
+                ));
+                break;
+            }
+        }
+        if let (Some(a), Some(b)) = (cpu_before, registry_pid.and_then(process_cpu_s)) {
+            rec.registry_cpu_s = Some(b - a);
+        }
+        if let (Some(a), Some(b)) = (machine_before, machine_cpu_s()) {
+            let ours = rec.usage.cpu_s() + rec.registry_cpu_s.unwrap_or(0.0);
+            rec.background_cpu_s = Some((b - a - ours).max(0.0));
+        }
+        if let (Some(a), Some(b)) = (refaults_before, refaults()) {
+            rec.refaults = Some(b.saturating_sub(a));
+        }
+        if let (Some(path), Some(before)) = (plan.growth.as_deref(), before) {
+            rec.stored_bytes = Some(size_of(path)?.saturating_sub(before));
+        }
+        if plan.wsr_json && rec.failure.is_none() {
+            let line = last_stdout
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            match serde_json::from_str::<serde_json::Value>(line) {
+                Ok(v) if v.is_object() => rec.wsr = Some(v),
+                _ => {
+                    rec.failure = Some(format!(
+                        "no JSON summary on the last line of stdout: {:?}",
+                        tail_lines(&last_stdout, 3)
+                    ))
+                }
+            }
+        }
+        if let (Some(target), true) = (plan.check.as_deref(), rec.failure.is_none()) {
+            rec.check = Some(compare_trees(&self.corpus, &self.summary, target)?);
+        }
+        match defer_cleanup {
+            Some(later) => later.extend(plan.cleanup.iter().cloned()),
+            None => plan.cleanup.iter().try_for_each(|p| remove(p))?,
+        }
+        // SAFETY: sync(2) takes no arguments and cannot fail.
+        unsafe { libc::sync() };
+
+        let status = match (&rec.failure, &rec.check) {
+            (Some(f), _) => format!("FAILED: {}", f.lines().next().unwrap_or("")),
+            (None, Some(c)) => c.clone(),
+            (None, None) => "ok".into(),
+        };
+        eprintln!(
+            "  {:<11} {:<9} rep {}/{}  {:<44} {:>8.2} s  {}",
+            format!("{phase:?}").to_lowercase(),
+            scenario,
+            rep + 1,
+            self.reps,
+            rec.label,
+            rec.usage.wall_s,
+            status
+        );
+        Ok(rec)
+    }
+}
+
+/// The pid of `reg`'s process: the one whose command line names its config file.
+fn registry_pid(reg: &TestRegistry) -> Option<u32> {
+    let config = reg.data_dir().parent()?.join("config.yml");
+    let config = config.to_string_lossy();
+    fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = fs::read(e.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(config.as_ref())
+                .then_some(pid)
+        })
+}
+
+/// User+system CPU seconds a live process has used, from /proc/PID/stat.
+fn process_cpu_s(pid: u32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| ticks as f64 / hz as f64)
+}
+
+/// Busy CPU seconds of the whole machine so far (all cores), from /proc/stat.
+fn machine_cpu_s() -> Option<f64> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal: everything but idle and iowait.
+    let busy = f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)? + f.get(7)?;
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| busy as f64 / hz as f64)
+}
+
+fn refaults() -> Option<u64> {
+    let vmstat = fs::read_to_string("/proc/vmstat").ok()?;
+    vmstat.lines().find_map(|l| {
+        l.strip_prefix("workingset_refault_file ")?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// `peers` in the order for repetition `rep`: rotated by one each time.
+fn rotated(peers: &[Peer], rep: usize) -> Vec<Peer> {
+    let mut v = peers.to_vec();
+    let n = v.len();
+    v.rotate_left(rep % n);
+    v
+}
+
+/// The corpus under `dir`, generated once per (profile, size) and reused afterwards.
+fn ensure_corpus(
+    dir: &Path,
+    profile: Profile,
+    scale: &Scale,
+) -> Result<(PathBuf, CorpusStats, TreeSummary)> {
+    #[derive(Serialize, serde::Deserialize)]
+    struct Meta {
+        seed: u64,
+        stats: CorpusStats,
+        summary: TreeSummary,
+    }
+    let path = dir.join(format!("{profile}-{}", scale.bytes));
+    let meta_path = dir.join(format!("{profile}-{}.json", scale.bytes));
+    if let Ok(text) = fs::read_to_string(&meta_path)
+        && let Ok(meta) = serde_json::from_str::<Meta>(&text)
+        && meta.seed == corpus::DEFAULT_SEED
+        && path.is_dir()
+    {
+        return Ok((path, meta.stats, meta.summary));
+    }
+    remove(&meta_path)?;
+    remove(&path)?;
+    eprintln!(
+        "bench: generating {profile}/{scale} corpus in {}",
+        path.display()
+    );
+    let t = Instant::now();
+    let stats = corpus::generate(&path, profile, scale)?;
+    let summary = corpus::tree_summary(&path)?;
+    eprintln!(
+        "bench: generated {} files, {} bytes in {:.1} s",
+        stats.files,
+        stats.bytes,
+        t.elapsed().as_secs_f64()
+    );
+    let meta = Meta {
+        seed: corpus::DEFAULT_SEED,
+        stats,
+        summary,
+    };
+    fs::write(&meta_path, serde_json::to_vec_pretty(&meta)?)?;
+    Ok((path, meta.stats, meta.summary))
+}
+
+/// "identical", or what differs between the source and a restored tree.
+fn compare_trees(source: &Path, want: &TreeSummary, restored: &Path) -> Result<String> {
+    let got = corpus::tree_summary(restored)?;
+    if got.hash == want.hash {
+        return Ok("identical".into());
+    }
+    let names = |p: &Path| -> Result<Vec<String>> {
+        let mut v: Vec<String> = fs::read_dir(p)?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<io::Result<_>>()?;
+        v.sort();
+        Ok(v)
+    };
+    let have = names(restored)?;
+    let missing: Vec<String> = names(source)?
+        .into_iter()
+        .filter(|n| !have.contains(n))
+        .collect();
+    let mut s = format!(
+        "DIFFERS: {}/{} files, {}/{} bytes, {}/{} symlinks",
+        got.files, want.files, got.bytes, want.bytes, got.symlinks, want.symlinks
+    );
+    if !missing.is_empty() {
+        s.push_str(&format!("; missing top-level: {}", missing.join(" ")));
+    }
+    Ok(s)
+}
+
+fn setup_tools(root: &Path, target: &Path, work: &Path, build: bool) -> Result<Tools> {
+    let oras_script = work.join("oras_upstream.py");
+    fs::write(&oras_script, peers::ORAS_SCRIPT)?;
+    Ok(Tools {
+        wsr: find_wsr(root, target, build, work),
+        python: python_with_oras(target),
+        restic: which("restic")
+            .ok_or_else(|| "restic not found on PATH (Debian package `restic`)".to_string()),
+        oras_script,
+        restic_cache: work.join("restic-cache"),
+    })
+}
+
+/// Release builds of wsr-backup and wsr-restore that look like the real thing.
+fn find_wsr(
+    root: &Path,
+    target: &Path,
+    build: bool,
+    work: &Path,
+) -> Result<(PathBuf, PathBuf), String> {
+    let bin_dir = env::var_os("WSR_BIN_DIR").map_or_else(|| target.join("release"), PathBuf::from);
+    if build {
+        eprintln!("bench: cargo build --release -p wsr-backup -p wsr-restore");
+        let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let step = Step::exec(
+            "cargo build",
+            cargo,
+            [
+                "build",
+                "--release",
+                "-p",
+                "wsr-backup",
+                "-p",
+                "wsr-restore",
+            ],
+        )
+        .cwd(root);
+        let r = run_step(&step, &work.join("logs"), Duration::from_secs(3600))
+            .map_err(|e| e.to_string())?;
+        if let Some(f) = r.failure {
+            return Err(format!(
+                "`cargo build --release -p wsr-backup -p wsr-restore` failed ({f}): {}",
+                tail_lines(&r.stderr_tail, 8)
+            ));
+        }
+    }
+    let mut found = Vec::new();
+    for (name, flag) in [("wsr-backup", "--source"), ("wsr-restore", "--from")] {
+        let path = bin_dir.join(name);
+        let out = Command::new(&path)
+            .arg("--help")
+            .output()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let help = String::from_utf8_lossy(&out.stdout);
+        if !help.contains(flag) {
+            return Err(format!(
+                "`{} --help` does not mention {flag}: not the real binary yet",
+                path.display()
+            ));
+        }
+        found.push(path);
+    }
+    Ok((found.remove(0), found.remove(0)))
+}
+
+/// A python that can `import oras`: `$WSR_PYTHON`, or `target/pyenv` (created on demand with
+/// the pinned `oras==0.2.43`).
+fn python_with_oras(target: &Path) -> Result<PathBuf, String> {
+    let works = |py: &Path| {
+        Command::new(py)
+            .args(["-c", "import oras.client"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if let Some(py) = env::var_os("WSR_PYTHON") {
+        let py = PathBuf::from(py);
+        return if works(&py) {
+            Ok(py)
+        } else {
+            Err(format!("WSR_PYTHON={} cannot `import oras`", py.display()))
+        };
+    }
+    let venv = target.join("pyenv");
+    let py = venv.join("bin/python");
+    if works(&py) {
+        return Ok(py);
+    }
+    eprintln!("bench: creating {} with oras==0.2.43", venv.display());
+    let run = |cmd: &mut Command| -> Result<(), String> {
+        let out = cmd.output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(tail_lines(&String::from_utf8_lossy(&out.stderr), 5))
+        }
+    };
+    run(Command::new("python3").arg("-m").arg("venv").arg(&venv))
+        .map_err(|e| format!("python3 -m venv failed: {e}"))?;
+    run(Command::new(venv.join("bin/pip")).args(["install", "-q", "oras==0.2.43"]))
+        .map_err(|e| format!("pip install oras==0.2.43 failed: {e}"))?;
+    if works(&py) {
+        Ok(py)
+    } else {
+        Err(format!("{} still cannot `import oras`", py.display()))
+    }
+}
+
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
+    env::var_os("PATH").and_then(|paths| {
+        env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("scenarios sits in the workspace")
+        .to_path_buf()
+}
+
+/// Runs an unmeasured helper command; its failure is the harness's failure.
+fn quiet(step: &Step, dir: &Path) -> Result<()> {
+    let r = run_step(step, &dir.join("logs"), Duration::from_secs(3600))?;
+    if let Some(f) = r.failure {
+        bail!(
+            "`{}` failed ({f}): {}",
+            step.display(),
+            r.stderr_tail.trim()
+        );
+    }
+    Ok(())
+}
+
+fn remove(path: &Path) -> Result<()> {
+    let r = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    };
+    r.with_context(|| format!("remove {}", path.display()))
+}
+
+/// Apparent size of a file, or the sum of file sizes under a directory; 0 if absent.
+fn size_of(path: &Path) -> Result<u64> {
+    fn walk(path: &Path) -> io::Result<u64> {
+        let meta = fs::symlink_metadata(path)?;
+        if !meta.is_dir() {
+            return Ok(if meta.is_file() { meta.len() } else { 0 });
+        }
+        let mut total = 0;
+        for e in fs::read_dir(path)? {
+            total += walk(&e?.path())?;
+        }
+        Ok(total)
+    }
+    match walk(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        r => r.with_context(|| format!("size of {}", path.display())),
+    }
+}
+
+/// Bytes available to us on the filesystem holding `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs is plain old data; zeroed is valid and statvfs overwrites it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` is valid for writes.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
