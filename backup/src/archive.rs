@@ -187,9 +187,12 @@ fn write_tar<W: Write>(
         };
         let sha256 = if e.kind == EntryKind::File {
             let path = full_path(root, &e.rel);
-            let file = std::fs::File::open(&path).map_err(|source| BackupError::Source {
-                path: path.clone(),
-                source,
+            let file = std::fs::File::open(&path).map_err(|source| match source.kind() {
+                io::ErrorKind::PermissionDenied => BackupError::Unreadable { path: path.clone() },
+                _ => BackupError::Source {
+                    path: path.clone(),
+                    source,
+                },
             })?;
             let mut reader = FileReader {
                 file,

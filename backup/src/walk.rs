@@ -135,7 +135,9 @@ fn walk_dir(
             entry.link = Some(target.as_os_str().as_bytes().to_vec());
             tree.entries.push(entry);
         } else if ft.is_file() {
-            if !readable(&path, false) {
+            // Without --skip-unreadable, opening the file while archiving reports it by name;
+            // checking here too would double the system calls of a re-backup's walk.
+            if skip_unreadable && !readable(&path, false) {
                 if skip_unreadable {
                     tree.skipped.push((rel, "unreadable file".into()));
                     continue;
