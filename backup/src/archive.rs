@@ -82,7 +82,7 @@ impl Write for ChunkSender {
 #[derive(Clone, Copy, Debug)]
 pub enum Codec {
     /// Native layers: plain relative names, zstd.
-    Zstd { level: i32, workers: u32 },
+    Zstd { level: i32 },
     /// `dwo`: `./` names with a root entry, gzip.
     Gzip {
         level: u32,
@@ -110,8 +110,8 @@ pub fn archive(
 ) -> Result<Archived, BackupError> {
     let compressed = HashingWriter::new(out);
     let result = match codec {
-        Codec::Zstd { level, workers } => {
-            let enc = zstd_encoder(compressed, level, workers).map_err(BackupError::Archive)?;
+        Codec::Zstd { level } => {
+            let enc = zstd_encoder(compressed, level).map_err(BackupError::Archive)?;
             write_tar(
                 root,
                 entries,

@@ -5,14 +5,15 @@
 
 use anyhow::Context as _;
 use clap::Parser;
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 use wsr_backup::{BackupError, BackupOptions, Format, Progress};
+use wsr_format::cli::{
+    ProgressMode, Reporter, Sample, human, init_logging, transport_exit_code, write_termination_log,
+};
 use wsr_format::reference::{Reference, parse_registry_path, workspace_reference};
-use wsr_format::transport::{ConnectOptions, TransportError, apply_oras_extra_args};
+use wsr_format::transport::{ConnectOptions, apply_oras_extra_args};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -61,7 +62,8 @@ struct Cli {
     /// Compression level: zstd 1-19 for native (default 3), gzip 1-9 for dwo (default 1).
     #[arg(long, value_name = "N")]
     level: Option<i32>,
-    /// zstd worker threads (default: number of CPUs). The output is identical for any value.
+    /// Layers archived, compressed and uploaded at once (default 4; each uses one core). The
+    /// output is identical for any value.
     #[arg(long, value_name = "N")]
     workers: Option<u32>,
     /// Keep the newest N time-stamped backups; delete older ones (by digest) after publishing.
@@ -77,7 +79,7 @@ struct Cli {
     connect: ConnectArgs,
     /// Progress display: bars on a terminal, periodic log lines otherwise.
     #[arg(long, value_enum, default_value = "auto")]
-    progress: ProgressArg,
+    progress: ProgressMode,
     /// Print the report as one JSON object on the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -108,13 +110,6 @@ struct ConnectArgs {
 enum FormatArg {
     Native,
     Dwo,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum ProgressArg {
-    Auto,
-    Always,
-    Never,
 }
 
 fn main() {
@@ -203,24 +198,38 @@ fn options_from_flags(cli: &Cli) -> anyhow::Result<BackupOptions> {
         FormatArg::Native => Format::Native,
         FormatArg::Dwo => Format::Dwo,
     };
-    Ok(BackupOptions {
-        source: cli.source.clone().expect("clap requires --source"),
+    let source = cli.source.clone().expect("clap requires --source");
+    let mut options = tuning_options(cli, source, to, format, connect_options(&cli.connect));
+    options.workspace = cli.workspace.clone();
+    options.namespace = cli.namespace.clone();
+    options.workspace_id = cli.workspace_id.clone();
+    Ok(options)
+}
+
+/// Options from the flags both modes share; the workspace identity is left for the caller.
+fn tuning_options(
+    cli: &Cli,
+    source: PathBuf,
+    to: Reference,
+    format: Format,
+    connect: ConnectOptions,
+) -> BackupOptions {
+    BackupOptions {
+        source,
         to,
         format,
-        workspace: cli.workspace.clone(),
-        namespace: cli.namespace.clone(),
-        workspace_id: cli.workspace_id.clone(),
+        workspace: None,
+        namespace: None,
+        workspace_id: None,
         level: cli
             .level
             .unwrap_or(if format == Format::Native { 3 } else { 1 }),
-        workers: cli
-            .workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32)),
+        workers: cli.workers.unwrap_or(4),
         keep: cli.keep.map(|k| k as usize),
         skip_unreadable: cli.skip_unreadable,
         full: cli.full,
-        connect: connect_options(&cli.connect),
-    })
+        connect,
+    }
 }
 
 /// The upstream `project-backup` contract: the same variables `workspace-recovery.sh --backup` reads.
@@ -253,24 +262,11 @@ fn options_from_env(cli: &Cli) -> anyhow::Result<BackupOptions> {
     };
     let to = workspace_reference(&parse_registry_path(&registry)?, &namespace, &name)?;
     tracing::info!(source = %source.display(), to = %to, ?format, "DWO backup");
-    Ok(BackupOptions {
-        source,
-        to,
-        format,
-        workspace: Some(name),
-        namespace: Some(namespace),
-        workspace_id: var("WORKSPACE_ID"),
-        level: cli
-            .level
-            .unwrap_or(if format == Format::Native { 3 } else { 1 }),
-        workers: cli
-            .workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32)),
-        keep: cli.keep.map(|k| k as usize),
-        skip_unreadable: cli.skip_unreadable,
-        full: cli.full,
-        connect,
-    })
+    let mut options = tuning_options(cli, source, to, format, connect);
+    options.workspace = Some(name);
+    options.namespace = Some(namespace);
+    options.workspace_id = var("WORKSPACE_ID");
+    Ok(options)
 }
 
 #[derive(Debug)]
@@ -301,133 +297,12 @@ fn exit_code(e: &anyhow::Error) -> i32 {
     }
 }
 
-fn transport_exit_code(t: &TransportError) -> i32 {
-    match t {
-        TransportError::Connect { .. } | TransportError::Tls { .. } => 4,
-        t if t.is_auth() => 5,
-        TransportError::Config(_) => 2,
-        _ => 6,
-    }
-}
-
-/// Kubernetes shows `/dev/termination-log` as the container's termination message; the
-/// operator copies it into `last-backup-error`.
-fn write_termination_log(message: &str) {
-    let line: String = message
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .chars()
-        .take(1024)
-        .collect();
-    let _ = std::fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open("/dev/termination-log")
-        .and_then(|mut f| {
-            use std::io::Write;
-            writeln!(f, "{line}")
-        });
-}
-
-fn init_logging() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("WSR_LOG").unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
-}
-
-fn human(bytes: u64) -> String {
-    indicatif::HumanBytes(bytes).to_string()
-}
-
-/// Renders [`Progress`]: an indicatif bar on a terminal, a log line every 10 s otherwise.
-struct Reporter {
-    stop: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Reporter {
-    fn finish(mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn spawn_progress(progress: Arc<Progress>, mode: ProgressArg) -> Reporter {
-    if mode == ProgressArg::Never {
-        return Reporter {
-            stop: None,
-            thread: None,
-        };
-    }
-    let tty = mode == ProgressArg::Always || std::io::stderr().is_terminal();
-    let (stop, stopped) = std::sync::mpsc::channel::<()>();
-    let thread = std::thread::spawn(move || {
-        let bar = tty.then(|| {
-            let bar = indicatif::ProgressBar::new(0);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
-                )
-                .expect("valid template"),
-            );
-            bar
-        });
-        let tick = if tty {
-            Duration::from_millis(200)
-        } else {
-            Duration::from_secs(10)
-        };
-        let started = std::time::Instant::now();
-        loop {
-            let done =
-                stopped.recv_timeout(tick) != Err(std::sync::mpsc::RecvTimeoutError::Timeout);
-            let (entries, total_entries) = (
-                progress.entries.load(Ordering::Relaxed),
-                progress.total_entries.load(Ordering::Relaxed),
-            );
-            let (bytes, total_bytes) = (
-                progress.bytes.load(Ordering::Relaxed),
-                progress.total_bytes.load(Ordering::Relaxed),
-            );
-            match &bar {
-                Some(bar) => {
-                    bar.set_length(total_bytes);
-                    bar.set_position(bytes);
-                    bar.set_message(format!(
-                        "{entries}/{total_entries} files, uploaded {}",
-                        human(progress.uploaded.load(Ordering::Relaxed))
-                    ));
-                }
-                None if !done => {
-                    let rate = bytes as f64 / started.elapsed().as_secs_f64().max(0.001);
-                    tracing::info!(
-                        "progress: {entries}/{total_entries} entries, {}/{} ({}/s), uploaded {}",
-                        human(bytes),
-                        human(total_bytes),
-                        human(rate as u64),
-                        human(progress.uploaded.load(Ordering::Relaxed))
-                    );
-                }
-                None => {}
-            }
-            if done {
-                if let Some(bar) = bar {
-                    bar.finish_and_clear();
-                }
-                return;
-            }
-        }
-    });
-    Reporter {
-        stop: Some(stop),
-        thread: Some(thread),
-    }
+fn spawn_progress(progress: Arc<Progress>, mode: ProgressMode) -> Reporter {
+    Reporter::spawn(mode, move || Sample {
+        entries: progress.entries.load(Ordering::Relaxed),
+        total_entries: progress.total_entries.load(Ordering::Relaxed),
+        bytes: progress.bytes.load(Ordering::Relaxed),
+        total_bytes: progress.total_bytes.load(Ordering::Relaxed),
+        transfer: ("uploaded", progress.uploaded.load(Ordering::Relaxed)),
+    })
 }

@@ -30,8 +30,6 @@ use wsr_format::transport::{Access, Store, TransportError};
 
 /// Attempts per layer upload when the registry fails transiently.
 const UPLOAD_ATTEMPTS: u32 = 3;
-/// Layers archived and uploaded concurrently.
-const UPLOADS_IN_FLIGHT: usize = 4;
 
 /// Runs one backup.
 pub async fn run(
@@ -294,9 +292,9 @@ async fn native_backup(
         })
         .unwrap_or_default();
 
-    // Reused layers cost nothing; new ones are archived and uploaded UPLOADS_IN_FLIGHT at a
-    // time (registries spend a few milliseconds per blob, which would otherwise serialise),
-    // and reassembled in order.
+    // Reused layers cost nothing; new ones are archived, compressed (one thread each) and
+    // uploaded `workers` at a time: that uses the cores and hides the registry's per-blob
+    // latency. Results are reassembled in order.
     let jobs = ranges.iter().enumerate().map(|(i, range)| {
         let fp = fingerprint(&entries[range.clone()]);
         let reuse = previous
@@ -328,7 +326,6 @@ async fn native_backup(
             }
             let codec = Codec::Zstd {
                 level: options.level,
-                workers: options.workers,
             };
             let archived = upload_layer(
                 store,
@@ -368,7 +365,7 @@ async fn native_backup(
             Ok((layer, index, info, sent, false))
         }
     });
-    let mut results = futures_util::stream::iter(jobs).buffered(UPLOADS_IN_FLIGHT);
+    let mut results = futures_util::stream::iter(jobs).buffered(options.workers.max(1) as usize);
     let mut descriptors = Vec::with_capacity(ranges.len());
     let mut index_descriptors = Vec::with_capacity(ranges.len());
     let mut layer_infos = Vec::with_capacity(ranges.len());

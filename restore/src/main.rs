@@ -3,13 +3,14 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use wsr_format::cli::{
+    ProgressMode, Reporter, Sample, human, init_logging, transport_exit_code, write_termination_log,
+};
 use wsr_format::reference::{Reference, Target, parse_registry_path, workspace_reference};
-use wsr_format::transport::{ConnectOptions, TransportError, apply_oras_extra_args};
+use wsr_format::transport::{ConnectOptions, apply_oras_extra_args};
 use wsr_restore::{Progress, RestoreError, RestoreOptions};
 
 const EXIT_CODES: &str = "\
@@ -46,7 +47,7 @@ struct Common {
     connect: ConnectArgs,
     /// Progress display: bars on a terminal, periodic log lines otherwise.
     #[arg(long, value_enum, default_value = "auto", global = true)]
-    progress: ProgressArg,
+    progress: ProgressMode,
     /// Print the result as one JSON object on the last line of stdout.
     #[arg(long, global = true)]
     json: bool,
@@ -130,13 +131,6 @@ enum Command {
     /// REGISTRY_AUTH_FILE, ORAS_EXTRA_ARGS; WSR_RESTORE_OPTIONAL=true to start empty on failure).
     /// A non-empty PROJECTS_ROOT is left alone without contacting the registry.
     Init,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum ProgressArg {
-    Auto,
-    Always,
-    Never,
 }
 
 fn main() {
@@ -306,7 +300,7 @@ fn restore_options(args: &RestoreArgs, connect: ConnectOptions) -> anyhow::Resul
     })
 }
 
-fn do_restore(options: &RestoreOptions, progress_mode: ProgressArg) -> anyhow::Result<Output> {
+fn do_restore(options: &RestoreOptions, progress_mode: ProgressMode) -> anyhow::Result<Output> {
     let progress = Arc::new(Progress::default());
     let reporter = spawn_progress(progress.clone(), progress_mode);
     let result = runtime()?.block_on(wsr_restore::restore(options, progress));
@@ -335,7 +329,7 @@ fn do_restore(options: &RestoreOptions, progress_mode: ProgressArg) -> anyhow::R
 }
 
 /// The init container: checks the target first, without any network access.
-fn init(mut connect: ConnectOptions, progress: ProgressArg) -> anyhow::Result<Output> {
+fn init(mut connect: ConnectOptions, progress: ProgressMode) -> anyhow::Result<Output> {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let root = PathBuf::from(
         var("PROJECTS_ROOT")
@@ -423,127 +417,12 @@ fn exit_code(e: &anyhow::Error) -> i32 {
     }
 }
 
-fn transport_exit_code(t: &TransportError) -> i32 {
-    match t {
-        TransportError::Connect { .. } | TransportError::Tls { .. } => 4,
-        t if t.is_auth() => 5,
-        TransportError::Config(_) => 2,
-        _ => 6,
-    }
-}
-
-/// Kubernetes shows `/dev/termination-log` as the container's termination message.
-fn write_termination_log(message: &str) {
-    let line: String = message
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .chars()
-        .take(1024)
-        .collect();
-    let _ = std::fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open("/dev/termination-log")
-        .and_then(|mut f| {
-            use std::io::Write;
-            writeln!(f, "{line}")
-        });
-}
-
-fn init_logging() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("WSR_LOG").unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
-}
-
-fn human(bytes: u64) -> String {
-    indicatif::HumanBytes(bytes).to_string()
-}
-
-struct Reporter {
-    stop: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Reporter {
-    fn finish(mut self) {
-        drop(self.stop.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// An indicatif bar on a terminal; otherwise a log line every 10 s, so init-container logs show
-/// restore progress.
-fn spawn_progress(progress: Arc<Progress>, mode: ProgressArg) -> Reporter {
-    if mode == ProgressArg::Never {
-        return Reporter {
-            stop: None,
-            thread: None,
-        };
-    }
-    let tty = mode == ProgressArg::Always || std::io::stderr().is_terminal();
-    let (stop, stopped) = std::sync::mpsc::channel::<()>();
-    let thread = std::thread::spawn(move || {
-        let bar = tty.then(|| {
-            let bar = indicatif::ProgressBar::new(0);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}")
-                    .expect("valid template"),
-            );
-            bar
-        });
-        let tick = if tty {
-            Duration::from_millis(200)
-        } else {
-            Duration::from_secs(10)
-        };
-        loop {
-            let done =
-                stopped.recv_timeout(tick) != Err(std::sync::mpsc::RecvTimeoutError::Timeout);
-            let (entries, total_entries) = (
-                progress.entries.load(Ordering::Relaxed),
-                progress.total_entries.load(Ordering::Relaxed),
-            );
-            let (bytes, total_bytes) = (
-                progress.bytes.load(Ordering::Relaxed),
-                progress.total_bytes.load(Ordering::Relaxed),
-            );
-            let downloaded = progress.downloaded.load(Ordering::Relaxed);
-            match &bar {
-                Some(bar) => {
-                    bar.set_length(total_bytes.max(bytes));
-                    bar.set_position(bytes);
-                    bar.set_message(format!(
-                        "{entries}/{total_entries} entries, downloaded {}",
-                        human(downloaded)
-                    ));
-                }
-                None if !done => tracing::info!(
-                    "progress: {entries}/{total_entries} entries, {}/{} restored, {} downloaded",
-                    human(bytes),
-                    human(total_bytes),
-                    human(downloaded)
-                ),
-                None => {}
-            }
-            if done {
-                if let Some(bar) = bar {
-                    bar.finish_and_clear();
-                }
-                return;
-            }
-        }
-    });
-    Reporter {
-        stop: Some(stop),
-        thread: Some(thread),
-    }
+fn spawn_progress(progress: Arc<Progress>, mode: ProgressMode) -> Reporter {
+    Reporter::spawn(mode, move || Sample {
+        entries: progress.entries.load(Ordering::Relaxed),
+        total_entries: progress.total_entries.load(Ordering::Relaxed),
+        bytes: progress.bytes.load(Ordering::Relaxed),
+        total_bytes: progress.total_bytes.load(Ordering::Relaxed),
+        transfer: ("downloaded", progress.downloaded.load(Ordering::Relaxed)),
+    })
 }

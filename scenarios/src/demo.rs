@@ -48,7 +48,7 @@ fn demo(dir: &Path) -> anyhow::Result<()> {
         namespace: Some("demo-ns".into()),
         workspace_id: None,
         level: 3,
-        workers: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        workers: 4,
         keep: None,
         skip_unreadable: false,
         full: false,

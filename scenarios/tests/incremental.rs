@@ -77,7 +77,7 @@ fn same_tree_gives_same_layer_digests() {
         let mut options = backup_options(&src, &a, format, ConnectOptions::default());
         backup(&options).unwrap();
         options.to = b.parse().unwrap();
-        options.workers = 1; // the worker count must not change the bytes
+        options.workers = 1; // the parallelism must not change the bytes
         backup(&options).unwrap();
         assert_eq!(layer_digests(&a), layer_digests(&b), "{format:?}");
     }

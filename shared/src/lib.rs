@@ -8,9 +8,12 @@
 //! ([`transport`]). `docs/FORMAT.md` is its specification.
 //!
 //! It must not know about Kubernetes, walk source trees, decide what to back up, print to the
-//! terminal, or depend on the engines: it is the shared vocabulary, not a policy.
+//! terminal, or depend on the engines: it is the shared vocabulary, not a policy. The one
+//! exception is [`cli`] (feature `cli`), the binaries' shared edge, which libraries never use.
 
 pub mod artifact;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod codec;
 pub mod digest;
 pub mod manifest;

@@ -34,7 +34,7 @@ pub fn backup_options(
         namespace: Some("ns".into()),
         workspace_id: Some("workspace0123".into()),
         level: if format == Format::Native { 3 } else { 1 },
-        workers: 2,
+        workers: 4,
         keep: None,
         skip_unreadable: false,
         full: false,
