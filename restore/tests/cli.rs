@@ -2,14 +2,11 @@
 //! mode's check-before-network rule, and exit codes. Backups are made with GNU tar in upstream's
 //! layout (`tar -czf … -C dir .`), so these tests need no backup engine.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use wsr_format::artifact;
-use wsr_format::digest::Digest;
-use wsr_format::manifest::Descriptor;
 use wsr_format::media;
-use wsr_format::reference::Repository;
-use wsr_format::transport::{Access, ConnectOptions, Store};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_wsr-restore"));
@@ -42,34 +39,7 @@ fn publish(dir: &Path, layout: &Path) -> String {
         .status()
         .expect("GNU tar");
     assert!(status.success());
-    let blob = std::fs::read(&tgz).unwrap();
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let store = Store::open(
-            &Repository::Layout {
-                dir: layout.to_owned(),
-            },
-            &ConnectOptions::default(),
-            Access::Push,
-        )
-        .await
-        .unwrap();
-        store.push_blob_bytes(blob.clone().into()).await.unwrap();
-        store
-            .push_blob_bytes(bytes::Bytes::from_static(b"{}"))
-            .await
-            .unwrap();
-        let layer = Descriptor::new(media::LAYER_TAR, Digest::of(&blob), blob.len() as u64);
-        let manifest = artifact::dwo_manifest(layer, Default::default()).to_bytes();
-        store
-            .push_manifest(&manifest, media::MANIFEST_V1)
-            .await
-            .unwrap();
-        store
-            .tag_manifest(&manifest, media::MANIFEST_V1, "latest")
-            .await
-            .unwrap();
-    });
-    format!("oci:{}:latest", layout.display())
+    common::publish_blob(layout, std::fs::read(&tgz).unwrap())
 }
 
 fn listing(root: &Path) -> Vec<String> {

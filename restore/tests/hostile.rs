@@ -2,16 +2,13 @@
 //! layout and restored; each test asserts the restore is refused (or the entry dropped) and that
 //! nothing was written outside the target, which is left as it was.
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use wsr_format::artifact;
 use wsr_format::codec::gzip_encoder;
-use wsr_format::digest::Digest;
-use wsr_format::manifest::Descriptor;
-use wsr_format::media;
-use wsr_format::reference::Repository;
-use wsr_format::transport::{Access, ConnectOptions, Store};
+use wsr_format::transport::ConnectOptions;
 use wsr_restore::{RestoreError, RestoreOptions};
 
 /// One raw tar entry, written byte by byte so that nothing sanitises it.
@@ -110,31 +107,7 @@ fn publish(layout: &Path, tar: &[u8], gzip: bool) -> String {
         enc.write_all(tar).unwrap();
         enc.finish().unwrap()
     };
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let repo = Repository::Layout {
-            dir: layout.to_owned(),
-        };
-        let store = Store::open(&repo, &ConnectOptions::default(), Access::Push)
-            .await
-            .unwrap();
-        store.push_blob_bytes(blob.clone().into()).await.unwrap();
-        store
-            .push_blob_bytes(bytes::Bytes::from_static(b"{}"))
-            .await
-            .unwrap();
-        let layer = Descriptor::new(media::LAYER_TAR_GZIP, Digest::of(&blob), blob.len() as u64);
-        let manifest = artifact::dwo_manifest(layer, Default::default()).to_bytes();
-        store
-            .push_manifest(&manifest, media::MANIFEST_V1)
-            .await
-            .unwrap();
-        store
-            .tag_manifest(&manifest, media::MANIFEST_V1, "latest")
-            .await
-            .unwrap();
-    });
-    format!("oci:{}:latest", layout.display())
+    common::publish_blob(layout, blob)
 }
 
 fn restore(
