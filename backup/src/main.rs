@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use wsr_backup::{BackupError, BackupOptions, Format, Progress};
 use wsr_format::cli::{
-    ProgressMode, Reporter, Sample, human, init_logging, transport_exit_code, write_termination_log,
+    ProgressMode, Reporter, Sample, UsageError, human, init_logging, is_usage_error,
+    transport_exit_code, write_termination_log,
 };
 use wsr_format::reference::{Reference, parse_registry_path, workspace_reference};
 use wsr_format::transport::{ConnectOptions, apply_oras_extra_args};
@@ -269,20 +270,8 @@ fn options_from_env(cli: &Cli) -> anyhow::Result<BackupOptions> {
     Ok(options)
 }
 
-#[derive(Debug)]
-struct UsageError(String);
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-impl std::error::Error for UsageError {}
-
 fn exit_code(e: &anyhow::Error) -> i32 {
-    if e.downcast_ref::<UsageError>().is_some()
-        || e.downcast_ref::<wsr_format::reference::InvalidReference>()
-            .is_some()
-    {
+    if is_usage_error(e.as_ref()) {
         return 2;
     }
     match e.downcast_ref::<BackupError>() {

@@ -39,6 +39,19 @@ pub fn write_termination_log(message: &str) {
         });
 }
 
+/// A problem with the command line or environment (exit code 2), carrying its message.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Whether `error` is the user's input at fault: a [`UsageError`], or a reference or digest
+/// that does not parse. Binaries exit with 2 for these.
+pub fn is_usage_error(error: &(dyn std::error::Error + 'static)) -> bool {
+    error.is::<UsageError>()
+        || error.is::<crate::reference::InvalidReference>()
+        || error.is::<crate::digest::InvalidDigest>()
+}
+
 /// Exit code for a transport failure: 4 unreachable or TLS, 5 auth, 2 configuration, 6 other.
 pub fn transport_exit_code(error: &TransportError) -> i32 {
     match error {
