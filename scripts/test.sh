@@ -75,6 +75,13 @@ fi
 export WSR_PYTHON=$VENV/bin/python
 "$WSR_PYTHON" -c "import oras, importlib.metadata as m; print('WSR_PYTHON=$WSR_PYTHON oras', m.version('oras'))"
 
+# Slow builds are cached in one stable directory per machine (CI clones the repo afresh each run,
+# so a target/ inside the clone would rebuild everything every time). Override with
+# CARGO_TARGET_DIR or WSR_CACHE_DIR.
+export WSR_CACHE_DIR=${WSR_CACHE_DIR:-${HOME:-/root}/.cache/wsr}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$WSR_CACHE_DIR/target}
+echo "cargo target dir: $CARGO_TARGET_DIR"
+
 # One build profile for the whole run: debug, for the host triple named explicitly, with static
 # glibc. The explicit target keeps the flag off build scripts and proc-macros; static binaries
 # let the image test package this very build instead of compiling a release build.
