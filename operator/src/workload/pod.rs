@@ -1,0 +1,418 @@
+//! The hardened pod every wsr Job runs: the Kubernetes "restricted" Pod Security Standard
+//! (and OpenShift restricted-v2: no fixed UID), a read-only root filesystem with a `/tmp`
+//! emptyDir, no service-account token, and only the workspace's sub path of its PVC mounted.
+//! [`restricted_violations`] checks a pod spec against every rule of that profile.
+
+use super::storage::WorkspaceVolume;
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, Container, EmptyDirVolumeSource, NodeAffinity, NodeSelector,
+    NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaimVolumeSource,
+    PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile, SecretVolumeSource,
+    SecurityContext, Toleration, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use std::collections::BTreeMap;
+
+/// Where the workspace's files appear in the pod.
+pub const PROJECTS_MOUNT: &str = "/projects";
+const WORKSPACE_VOLUME: &str = "workspace-data";
+const TMP_VOLUME: &str = "tmp";
+
+/// A Secret mounted read-only into the pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretMount {
+    pub volume: String,
+    pub secret: String,
+    pub path: String,
+}
+
+/// Everything a caller chooses about the pod; the hardening is not optional.
+#[derive(Clone, Debug, Default)]
+pub struct PodOptions {
+    pub image: String,
+    pub image_pull_policy: Option<String>,
+    pub resources: Option<ResourceRequirements>,
+    pub tolerations: Vec<Toleration>,
+    pub node_selector: BTreeMap<String, String>,
+    /// Fields set here (e.g. `runAsUser`, `fsGroup`) override the defaults; the result must
+    /// still pass [`restricted_violations`].
+    pub pod_security_context: Option<PodSecurityContext>,
+    /// Pin the pod to this node (the node of a running pod that holds a single-node PVC).
+    pub node: Option<String>,
+}
+
+/// The pod spec: one container `name` running `command`, the workspace volume's sub path at
+/// `/projects` (read-only unless `writable`), plus `secrets`.
+pub fn hardened_pod_spec(
+    name: &str,
+    command: Vec<String>,
+    volume: &WorkspaceVolume,
+    writable: bool,
+    secrets: &[SecretMount],
+    options: &PodOptions,
+) -> PodSpec {
+    let mut mounts = vec![
+        VolumeMount {
+            name: WORKSPACE_VOLUME.into(),
+            mount_path: PROJECTS_MOUNT.into(),
+            sub_path: Some(volume.sub_path.clone()),
+            read_only: Some(!writable),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: TMP_VOLUME.into(),
+            mount_path: "/tmp".into(),
+            ..Default::default()
+        },
+    ];
+    let mut volumes = vec![
+        Volume {
+            name: WORKSPACE_VOLUME.into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: volume.claim.clone(),
+                read_only: Some(!writable),
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: TMP_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity("256Mi".into())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ];
+    for s in secrets {
+        mounts.push(VolumeMount {
+            name: s.volume.clone(),
+            mount_path: s.path.clone(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+        volumes.push(Volume {
+            name: s.volume.clone(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(s.secret.clone()),
+                default_mode: Some(0o444),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    PodSpec {
+        restart_policy: Some("Never".into()),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        security_context: Some(pod_security_context(options.pod_security_context.as_ref())),
+        affinity: options.node.as_ref().map(|node| node_affinity(node)),
+        node_selector: (!options.node_selector.is_empty()).then(|| options.node_selector.clone()),
+        tolerations: (!options.tolerations.is_empty()).then(|| options.tolerations.clone()),
+        containers: vec![Container {
+            name: name.into(),
+            image: Some(options.image.clone()),
+            image_pull_policy: options.image_pull_policy.clone(),
+            command: Some(command),
+            resources: Some(options.resources.clone().unwrap_or_else(default_resources)),
+            security_context: Some(container_security_context()),
+            volume_mounts: Some(mounts),
+            termination_message_policy: Some("FallbackToLogsOnError".into()),
+            ..Default::default()
+        }],
+        volumes: Some(volumes),
+        ..Default::default()
+    }
+}
+
+fn pod_security_context(overrides: Option<&PodSecurityContext>) -> PodSecurityContext {
+    let mut ctx = overrides.cloned().unwrap_or_default();
+    ctx.run_as_non_root.get_or_insert(true);
+    ctx.seccomp_profile.get_or_insert_with(runtime_default);
+    ctx
+}
+
+fn runtime_default() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        ..Default::default()
+    }
+}
+
+fn container_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        seccomp_profile: Some(runtime_default()),
+        ..Default::default()
+    }
+}
+
+fn default_resources() -> ResourceRequirements {
+    let q = |s: &str| Quantity(s.into());
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".into(), q("100m")),
+            ("memory".into(), q("128Mi")),
+        ])),
+        limits: Some(BTreeMap::from([("memory".into(), q("1Gi"))])),
+        ..Default::default()
+    }
+}
+
+/// Required affinity to one node by name (avoids Multi-Attach of a single-node PVC).
+fn node_affinity(node: &str) -> Affinity {
+    Affinity {
+        node_affinity: Some(NodeAffinity {
+            required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                node_selector_terms: vec![NodeSelectorTerm {
+                    match_fields: Some(vec![NodeSelectorRequirement {
+                        key: "metadata.name".into(),
+                        operator: "In".into(),
+                        values: Some(vec![node.into()]),
+                    }]),
+                    ..Default::default()
+                }],
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Every rule of the "restricted" Pod Security Standard (baseline included) that `spec`
+/// breaks, one line each; empty when the pod is admitted.
+pub fn restricted_violations(spec: &PodSpec) -> Vec<String> {
+    let mut bad = Vec::new();
+    let pod = spec.security_context.clone().unwrap_or_default();
+    if spec.host_network == Some(true) || spec.host_pid == Some(true) || spec.host_ipc == Some(true)
+    {
+        bad.push("host namespaces".to_owned());
+    }
+    if pod.run_as_user == Some(0) {
+        bad.push("pod runAsUser 0".to_owned());
+    }
+    let seccomp_ok = |p: &Option<SeccompProfile>| {
+        p.as_ref()
+            .is_some_and(|p| p.type_ == "RuntimeDefault" || p.type_ == "Localhost")
+    };
+    let pod_seccomp = seccomp_ok(&pod.seccomp_profile);
+    if pod
+        .seccomp_profile
+        .as_ref()
+        .is_some_and(|p| p.type_ == "Unconfined")
+    {
+        bad.push("pod seccompProfile Unconfined".to_owned());
+    }
+    if pod.sysctls.as_ref().is_some_and(|s| !s.is_empty()) {
+        bad.push("sysctls".to_owned());
+    }
+    for v in spec.volumes.iter().flatten() {
+        let allowed = v.config_map.is_some()
+            || v.csi.is_some()
+            || v.downward_api.is_some()
+            || v.empty_dir.is_some()
+            || v.ephemeral.is_some()
+            || v.persistent_volume_claim.is_some()
+            || v.projected.is_some()
+            || v.secret.is_some();
+        if !allowed {
+            bad.push(format!("volume {} has a disallowed type", v.name));
+        }
+    }
+    let containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten());
+    for c in containers {
+        let sc = c.security_context.clone().unwrap_or_default();
+        let who = format!("container {}", c.name);
+        if sc.privileged == Some(true) {
+            bad.push(format!("{who}: privileged"));
+        }
+        if sc.allow_privilege_escalation != Some(false) {
+            bad.push(format!("{who}: allowPrivilegeEscalation is not false"));
+        }
+        let non_root = sc.run_as_non_root.or(pod.run_as_non_root);
+        if non_root != Some(true) {
+            bad.push(format!("{who}: runAsNonRoot is not true"));
+        }
+        if sc.run_as_user == Some(0) {
+            bad.push(format!("{who}: runAsUser 0"));
+        }
+        if !(seccomp_ok(&sc.seccomp_profile) || (sc.seccomp_profile.is_none() && pod_seccomp)) {
+            bad.push(format!(
+                "{who}: seccompProfile is not RuntimeDefault or Localhost"
+            ));
+        }
+        let caps = sc.capabilities.unwrap_or_default();
+        if !caps.drop.iter().flatten().any(|d| d == "ALL") {
+            bad.push(format!("{who}: capabilities do not drop ALL"));
+        }
+        if caps.add.iter().flatten().any(|a| a != "NET_BIND_SERVICE") {
+            bad.push(format!("{who}: adds capabilities"));
+        }
+        if c.ports
+            .iter()
+            .flatten()
+            .any(|p| p.host_port.is_some_and(|h| h != 0))
+        {
+            bad.push(format!("{who}: hostPort"));
+        }
+        if sc.se_linux_options.as_ref().is_some_and(|o| {
+            o.user.is_some()
+                || o.role.is_some()
+                || o.type_.as_deref().is_some_and(|t| {
+                    ![
+                        "container_t",
+                        "container_init_t",
+                        "container_kvm_t",
+                        "container_engine_t",
+                    ]
+                    .contains(&t)
+                })
+        }) {
+            bad.push(format!("{who}: seLinuxOptions"));
+        }
+        if sc.proc_mount.as_deref().is_some_and(|p| p != "Default") {
+            bad.push(format!("{who}: procMount"));
+        }
+    }
+    bad
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn volume() -> WorkspaceVolume {
+        WorkspaceVolume {
+            claim: "claim-devworkspace".into(),
+            sub_path: "ws1/projects".into(),
+            shared: true,
+            single_node: true,
+        }
+    }
+
+    fn spec(options: &PodOptions) -> PodSpec {
+        hardened_pod_spec("c", vec!["true".into()], &volume(), false, &[], options)
+    }
+
+    #[test]
+    fn the_hardened_pod_passes_and_each_weakening_is_caught() {
+        let good = spec(&PodOptions::default());
+        assert_eq!(restricted_violations(&good), Vec::<String>::new());
+
+        type Weaken = fn(&mut PodSpec);
+        let weakenings: Vec<(&str, Weaken)> = vec![
+            ("privileged", |s| {
+                s.containers[0]
+                    .security_context
+                    .as_mut()
+                    .unwrap()
+                    .privileged = Some(true)
+            }),
+            ("escalation", |s| {
+                s.containers[0]
+                    .security_context
+                    .as_mut()
+                    .unwrap()
+                    .allow_privilege_escalation = None
+            }),
+            ("root", |s| {
+                s.containers[0]
+                    .security_context
+                    .as_mut()
+                    .unwrap()
+                    .run_as_non_root = None;
+                s.security_context.as_mut().unwrap().run_as_non_root = Some(false);
+            }),
+            ("uid 0", |s| {
+                s.security_context.as_mut().unwrap().run_as_user = Some(0)
+            }),
+            ("seccomp", |s| {
+                s.containers[0]
+                    .security_context
+                    .as_mut()
+                    .unwrap()
+                    .seccomp_profile = None;
+                s.security_context.as_mut().unwrap().seccomp_profile = None;
+            }),
+            ("caps kept", |s| {
+                s.containers[0]
+                    .security_context
+                    .as_mut()
+                    .unwrap()
+                    .capabilities = None
+            }),
+            ("caps added", |s| {
+                s.containers[0]
+                    .security_context
+                    .as_mut()
+                    .unwrap()
+                    .capabilities
+                    .as_mut()
+                    .unwrap()
+                    .add = Some(vec!["SYS_ADMIN".into()])
+            }),
+            ("hostPath", |s| {
+                s.volumes.as_mut().unwrap().push(Volume {
+                    name: "h".into(),
+                    host_path: Some(Default::default()),
+                    ..Default::default()
+                })
+            }),
+            ("host network", |s| s.host_network = Some(true)),
+        ];
+        for (name, weaken) in weakenings {
+            let mut s = good.clone();
+            weaken(&mut s);
+            assert!(!restricted_violations(&s).is_empty(), "{name} not caught");
+        }
+    }
+
+    #[test]
+    fn only_the_sub_path_is_mounted_read_only_and_the_root_fs_is_read_only() {
+        let s = spec(&PodOptions::default());
+        let c = &s.containers[0];
+        let m = &c.volume_mounts.as_ref().unwrap()[0];
+        assert_eq!(m.mount_path, "/projects");
+        assert_eq!(m.sub_path.as_deref(), Some("ws1/projects"));
+        assert_eq!(m.read_only, Some(true));
+        assert_eq!(
+            c.security_context
+                .as_ref()
+                .unwrap()
+                .read_only_root_filesystem,
+            Some(true)
+        );
+        assert_eq!(s.automount_service_account_token, Some(false));
+        assert_eq!(
+            s.security_context.as_ref().unwrap().run_as_user,
+            None,
+            "no fixed UID"
+        );
+    }
+
+    #[test]
+    fn overrides_keep_the_defaults_they_do_not_set() {
+        let options = PodOptions {
+            pod_security_context: Some(PodSecurityContext {
+                run_as_user: Some(1234),
+                fs_group: Some(1234),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let s = spec(&options);
+        let ctx = s.security_context.as_ref().unwrap();
+        assert_eq!((ctx.run_as_user, ctx.fs_group), (Some(1234), Some(1234)));
+        assert_eq!(ctx.run_as_non_root, Some(true));
+        assert_eq!(restricted_violations(&s), Vec::<String>::new());
+    }
+}
