@@ -1,37 +1,21 @@
 //! `wsr-operator bench-plan`: the planning step of one run over N synthetic workspaces (a
 //! realistic mix of running, stopped, backed-up, failing and never-started ones, spread over
-//! namespaces with common and per-workspace storage), timed.
+//! namespaces with common and per-workspace storage, with as many retained Jobs), timed.
 
 use crate::devworkspace::{DevWorkspace, DevWorkspaceSpec, DevWorkspaceStatus, WorkspaceCondition};
 use crate::eligibility::Timing;
 use crate::names::annotation;
-use crate::plan::{ClusterView, plan};
-use crate::policy::BackupPolicySpec;
+use crate::plan::plan;
+use crate::policy::BackupPolicy;
 use crate::schedule::Schedule;
-use crate::workload::storage::PvcInfo;
+use crate::snapshot::{Owners, Snapshot};
 use chrono::{DateTime, Duration, Utc};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::ObjectMeta;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
-
-/// Every namespace has the common PVC; per-workspace PVCs exist for every tenth workspace.
-struct SyntheticView {
-    running_jobs: HashSet<(String, String)>,
-}
-
-impl ClusterView for SyntheticView {
-    fn pvc(&self, _ns: &str, name: &str) -> Option<PvcInfo> {
-        (name == "claim-devworkspace" || name.starts_with("storage-")).then(|| PvcInfo {
-            access_modes: vec!["ReadWriteOnce".into()],
-        })
-    }
-    fn node_holding(&self, _ns: &str, _claim: &str) -> Option<String> {
-        None
-    }
-    fn job_running(&self, ns: &str, ws: &str) -> bool {
-        self.running_jobs.contains(&(ns.to_owned(), ws.to_owned()))
-    }
-}
 
 fn synthetic(i: usize, now: DateTime<Utc>) -> DevWorkspace {
     let ns = format!("user{}", i / 3);
@@ -106,33 +90,88 @@ fn synthetic(i: usize, now: DateTime<Utc>) -> DevWorkspace {
     }
 }
 
-/// Builds `n` workspaces and plans `rounds` runs over them; prints and returns the median
-/// planning time.
+fn job(i: usize, active: bool) -> Arc<Job> {
+    let status = if active {
+        serde_json::json!({"active": 1})
+    } else {
+        serde_json::json!({"conditions": [{"type": "Complete", "status": "True"}]})
+    };
+    Arc::new(
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("devworkspace-backup-{i}"), "namespace": format!("user{}", i / 3),
+                "labels": {"controller.devfile.io/backup-job": "true",
+                           "controller.devfile.io/devworkspace_name": format!("ws-{i}"),
+                           "wsr.dev/policy": "bench"}},
+            "status": status}))
+        .expect("valid Job"),
+    )
+}
+
+fn pod(i: usize) -> Arc<Pod> {
+    Arc::new(
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("ws-{i}-pod"), "namespace": format!("user{}", i / 3)},
+            "spec": {"nodeName": format!("node-{}", i % 50), "containers": [], "volumes": [
+                {"name": "v", "persistentVolumeClaim": {"claimName": "claim-devworkspace"}}]},
+            "status": {"phase": "Running"}}))
+        .expect("valid Pod"),
+    )
+}
+
+fn pvc(ns: String, name: String) -> Arc<PersistentVolumeClaim> {
+    Arc::new(
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"accessModes": ["ReadWriteOnce"]}}))
+        .expect("valid PVC"),
+    )
+}
+
+/// Builds `n` workspaces with one retained Job each (every 97th still active), a pod per
+/// running workspace and their PVCs, then times `rounds` runs of what a reconcile does
+/// between reading the caches and creating Jobs: indexing the caches, choosing each
+/// workspace's policy and planning. Prints and returns the median.
 pub fn bench_plan(n: usize, rounds: usize) -> std::time::Duration {
     let now = Utc::now();
     let workspaces: Vec<DevWorkspace> = (0..n).map(|i| synthetic(i, now)).collect();
-    let view = SyntheticView {
-        running_jobs: (0..n)
-            .step_by(97)
-            .map(|i| (format!("user{}", i / 3), format!("ws-{i}")))
-            .collect(),
-    };
-    let spec: BackupPolicySpec = serde_json::from_value(serde_json::json!({
-        "registry": {"path": "registry.example/backups"}, "maxConcurrentJobs": 50,
-        "schedule": "*/30 * * * *", "trigger": "onStop"}))
-    .expect("valid spec");
-    let schedule = Schedule::parse(&spec.schedule, None).expect("valid schedule");
+    let jobs: Vec<Arc<Job>> = (0..n).map(|i| job(i, i % 97 == 0)).collect();
+    let pods: Vec<Arc<Pod>> = (0..n).filter(|i| i.is_multiple_of(4)).map(pod).collect();
+    let mut pvcs: Vec<Arc<PersistentVolumeClaim>> = (0..n.div_ceil(3))
+        .map(|u| pvc(format!("user{u}"), "claim-devworkspace".into()))
+        .collect();
+    pvcs.extend((0..n).filter(|i| i.is_multiple_of(10)).map(|i| {
+        pvc(
+            format!("user{}", i / 3),
+            format!("storage-workspace{i:016x}"),
+        )
+    }));
+    let policy: Arc<BackupPolicy> = Arc::new(
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "wsr.dev/v1alpha1", "kind": "BackupPolicy", "metadata": {"name": "bench"},
+            "spec": {"registry": {"path": "registry.example/backups"}, "maxConcurrentJobs": 50,
+                     "schedule": "*/30 * * * *", "trigger": "onStop",
+                     "workspaceSelector": {"matchExpressions": [
+                         {"key": "wsr.dev/skip", "operator": "DoesNotExist"}]}}}))
+        .expect("valid policy"),
+    );
+    let schedule = Schedule::parse(&policy.spec.schedule, None).expect("valid schedule");
     let timing = Timing {
         schedule: &schedule,
         on_stop_delay: Some(Duration::seconds(60)),
         policy_created: now - Duration::days(30),
         run_now: false,
     };
+    let no_labels = BTreeMap::new();
     let mut times = Vec::new();
     let mut last = None;
     for _ in 0..rounds.max(1) {
         let t = Instant::now();
-        let p = plan(&spec, &timing, &workspaces, &view, 5, now);
+        let view = Snapshot::new(&jobs, &pods, &pvcs, []);
+        let owners = Owners::new(std::slice::from_ref(&policy));
+        let selected = workspaces
+            .iter()
+            .filter(|ws| owners.owner(&no_labels, ws) == Some("bench"));
+        let p = plan(&policy.spec, &timing, selected, &view, 5, now);
         times.push(t.elapsed());
         last = Some(p.counts);
     }

@@ -10,12 +10,13 @@ use crate::devworkspace::DevWorkspace;
 use crate::eligibility::Timing;
 use crate::job::BackupJob;
 use crate::names::{MANAGER, REGISTRY_AUTH_SECRET, label, wsr_annotation};
-use crate::plan::{ClusterView, Planned, plan};
+use crate::plan::{Planned, plan};
 use crate::policy::{BackupPolicy, BackupPolicySpec, BackupPolicyStatus, RunCounts};
 use crate::results::{self, Outcome};
 use crate::schedule::Schedule;
+use crate::snapshot::{Owners, Snapshot};
 use crate::workload::pod::{PodOptions, hardened_pod_spec, restricted_violations};
-use crate::workload::storage::{PvcInfo, WorkspaceVolume};
+use crate::workload::storage::WorkspaceVolume;
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
@@ -23,7 +24,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, ListParams, LogParams, Patch, PatchParams, PostParams};
-use kube::core::{ObjectMeta, PartialObjectMeta, Selector, SelectorExt};
+use kube::core::{ObjectMeta, PartialObjectMeta, Selector};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
@@ -222,15 +223,28 @@ async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Actio
         run_now: run_now.is_some() && run_now != status.last_run_now,
     };
     let workspaces = ctx.caches.workspaces.state();
+    let owners = Owners::new(&ctx.caches.policies.state());
     let selected = workspaces
         .iter()
-        .filter(|ws| owner_policy(&ctx.caches, ws).as_deref() == Some(name.as_str()))
+        .filter(|ws| {
+            let ns = ws.namespace().unwrap_or_default();
+            let ns_labels = ctx
+                .caches
+                .namespaces
+                .get(&reflector::ObjectRef::new(&ns))
+                .map(|n| n.labels().clone())
+                .unwrap_or_default();
+            owners.owner(&ns_labels, ws) == Some(name.as_str())
+        })
         .map(Arc::as_ref);
-    let view = CacheView { ctx: &ctx, now };
-    let active = ctx
-        .caches
-        .jobs
-        .state()
+    let jobs = ctx.caches.jobs.state();
+    let view = Snapshot::new(
+        &jobs,
+        &ctx.caches.pods.state(),
+        &ctx.caches.pvcs.state(),
+        ctx.in_flight(now),
+    );
+    let active = jobs
         .iter()
         .filter(|j| j.labels().get(label::POLICY) == Some(&name) && results::is_active(j))
         .count() as u32;
@@ -330,94 +344,15 @@ fn check(spec: &BackupPolicySpec) -> Result<Checked, String> {
     Ok(Checked { schedule })
 }
 
-/// The policy a workspace belongs to: the first, by name, whose selectors match it (so two
-/// policies never back the same workspace up).
-fn owner_policy(caches: &Caches, ws: &DevWorkspace) -> Option<String> {
-    let ns = ws.namespace().unwrap_or_default();
-    let ns_labels = caches
-        .namespaces
-        .get(&reflector::ObjectRef::new(&ns))
-        .map(|n| n.labels().clone())
-        .unwrap_or_default();
-    let matches =
-        |selector: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
-         labels: &BTreeMap<String, String>| match selector {
-            None => true,
-            Some(s) => Selector::try_from(s.clone()).is_ok_and(|s| s.matches(labels)),
-        };
-    let mut names: Vec<String> = caches
-        .policies
-        .state()
-        .iter()
-        .filter(|p| {
-            matches(&p.spec.namespace_selector, &ns_labels)
-                && matches(&p.spec.workspace_selector, ws.labels())
-        })
-        .map(|p| p.name_any())
-        .collect();
-    names.sort();
-    names.into_iter().next()
-}
-
-/// Cluster state for the planner, from the caches.
-struct CacheView<'a> {
-    ctx: &'a Context,
-    now: DateTime<Utc>,
-}
-
 /// A created Job counts as running until the Job cache shows it, for at most this long.
 const IN_FLIGHT_GRACE: chrono::Duration = chrono::Duration::minutes(2);
 
-impl ClusterView for CacheView<'_> {
-    fn pvc(&self, namespace: &str, name: &str) -> Option<PvcInfo> {
-        let pvc = self
-            .ctx
-            .caches
-            .pvcs
-            .get(&reflector::ObjectRef::new(name).within(namespace))?;
-        Some(PvcInfo {
-            access_modes: pvc
-                .spec
-                .as_ref()
-                .and_then(|s| s.access_modes.clone())
-                .unwrap_or_default(),
-        })
-    }
-
-    fn node_holding(&self, namespace: &str, claim: &str) -> Option<String> {
-        self.ctx
-            .caches
-            .pods
-            .find(|pod| {
-                pod.namespace().as_deref() == Some(namespace)
-                    && !pod.labels().contains_key(label::BACKUP_JOB)
-                    && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-                    && pod.spec.as_ref().is_some_and(|s| {
-                        s.volumes.iter().flatten().any(|v| {
-                            v.persistent_volume_claim
-                                .as_ref()
-                                .is_some_and(|c| c.claim_name == claim)
-                        })
-                    })
-            })?
-            .spec
-            .as_ref()?
-            .node_name
-            .clone()
-    }
-
-    fn job_running(&self, namespace: &str, workspace: &str) -> bool {
-        let cached = self.ctx.caches.jobs.find(|j| {
-            j.namespace().as_deref() == Some(namespace)
-                && j.labels().get(label::DEVWORKSPACE_NAME).map(String::as_str) == Some(workspace)
-                && results::is_active(j)
-        });
-        if cached.is_some() {
-            return true;
-        }
-        let mut in_flight = self.ctx.in_flight.lock().expect("not poisoned");
-        in_flight.retain(|_, created| self.now - *created < IN_FLIGHT_GRACE);
-        in_flight.contains_key(&(namespace.to_owned(), workspace.to_owned()))
+impl Context {
+    /// Workspaces whose Job was created in the last two minutes.
+    fn in_flight(&self, now: DateTime<Utc>) -> Vec<(String, String)> {
+        let mut in_flight = self.in_flight.lock().expect("not poisoned");
+        in_flight.retain(|_, created| now - *created < IN_FLIGHT_GRACE);
+        in_flight.keys().cloned().collect()
     }
 }
 

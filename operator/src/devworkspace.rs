@@ -82,14 +82,14 @@ impl DevWorkspace {
 
     /// What the eligibility rules need, from status and this workspace's own annotations.
     pub fn backup_state(&self) -> WorkspaceState {
-        let status = self.status.clone().unwrap_or_default();
-        let annotations = self.metadata.annotations.clone().unwrap_or_default();
+        let status = self.status.as_ref();
+        let annotations = self.metadata.annotations.as_ref();
         WorkspaceState {
-            phase: status.phase.unwrap_or_default(),
-            last_stopped: last_stopped(&status.conditions),
-            last_backup: last_backup(&annotations),
+            phase: status.and_then(|s| s.phase.clone()).unwrap_or_default(),
+            last_stopped: status.and_then(|s| last_stopped(&s.conditions)),
+            last_backup: annotations.and_then(last_backup),
             failures: annotations
-                .get(wsr_annotation::FAILURES)
+                .and_then(|a| a.get(wsr_annotation::FAILURES))
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
             job_running: false,

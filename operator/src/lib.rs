@@ -22,6 +22,7 @@ pub mod plan;
 pub mod policy;
 pub mod results;
 pub mod schedule;
+pub mod snapshot;
 pub mod workload;
 
 pub use names::{annotation, label};

@@ -82,9 +82,6 @@ pub fn plan<'a>(
                 match resolve_volume(ws.storage_type(), id, &spec.storage.common_pvc_name, pvc) {
                     Err(why) => *skipped.entry(why.as_str()).or_default() += 1,
                     Ok(volume) => {
-                        let node = (volume.shared && volume.single_node)
-                            .then(|| view.node_holding(ns, &volume.claim))
-                            .flatten();
                         let stopped = state.last_stopped.unwrap_or(now);
                         due_now.push((
                             stopped,
@@ -92,7 +89,7 @@ pub fn plan<'a>(
                                 workspace: ws,
                                 workspace_id: id.to_owned(),
                                 volume,
-                                node,
+                                node: None,
                             },
                         ));
                     }
@@ -111,6 +108,19 @@ pub fn plan<'a>(
     } else {
         (start, 0)
     };
+    let mut start = start;
+    for p in &mut start {
+        // A shared single-node claim may be attached to a node by a running workspace.
+        if p.volume.shared && p.volume.single_node {
+            let ns = p
+                .workspace
+                .metadata
+                .namespace
+                .as_deref()
+                .unwrap_or_default();
+            p.node = view.node_holding(ns, &p.volume.claim);
+        }
+    }
     if deferred > 0 {
         let at = now + DEFERRED_RECHECK;
         wake_at = Some(wake_at.map_or(at, |w| w.min(at)));

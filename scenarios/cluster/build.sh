@@ -52,15 +52,23 @@ else
     WORK=$(mktemp -d "$CACHE/.build.XXXXXX")
     trap 'rm -rf "$WORK"' EXIT
     export CGO_ENABLED=0
-    build() { # module dir, output (a dir ending in / or a file), packages...
-        local dir=$1 out=$2 t0=$(date +%s)
-        shift 2
-        (cd "$HERE/$dir" && go build -trimpath -ldflags='-s -w' -o "$out" "$@")
+    # Kubernetes' own build stamps its version into these variables; `go build` alone leaves
+    # v0.0.0-master, which kubectl and clients would report.
+    K8S_STAMP=""
+    minor=${K8S_V#v1.}
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        K8S_STAMP+=" -X $pkg.gitVersion=$K8S_V -X $pkg.gitMajor=1 -X $pkg.gitMinor=${minor%%.*}"
+        K8S_STAMP+=" -X $pkg.gitTreeState=clean"
+    done
+    build() { # module dir, extra ldflags, output (a dir ending in / or a file), packages...
+        local dir=$1 stamp=$2 out=$3 t0=$(date +%s)
+        shift 3
+        (cd "$HERE/$dir" && go build -trimpath -ldflags="-s -w$stamp" -o "$out" "$@")
         echo "  $dir: $* built in $(($(date +%s) - t0)) s" >&2
     }
-    build k8s "$WORK/" "${K8S_PKGS[@]}"
-    build etcd "$WORK/etcd" "${ETCD_PKGS[@]}" # named explicitly: the package path ends in /v3
-    build oras "$WORK/" "${ORAS_PKGS[@]}"
+    build k8s "$K8S_STAMP" "$WORK/" "${K8S_PKGS[@]}"
+    build etcd "" "$WORK/etcd" "${ETCD_PKGS[@]}" # named explicitly: the package path ends in /v3
+    build oras "" "$WORK/" "${ORAS_PKGS[@]}"
     complete "$WORK"
     rm -rf "$BIN"
     mv "$WORK" "$BIN"
