@@ -2,5 +2,6 @@
 //! and peers. The library part holds what tests and the `scenarios` binary share: the sample
 //! workspace with every entry kind, and tree snapshots for byte- and metadata-exact comparison.
 
+pub mod cluster;
 pub mod demo;
 pub mod sample;

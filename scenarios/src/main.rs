@@ -39,6 +39,9 @@ enum Command {
     Corpus(CorpusArgs),
     /// Benchmark wsr against upstream, tar|zstd, restic and the machine's floors.
     Bench(bench::BenchArgs),
+    /// Start or stop a real Kubernetes control plane (see `scenarios::cluster`).
+    #[command(subcommand)]
+    Cluster(scenarios::cluster::ClusterCommand),
 }
 
 #[derive(Args)]
@@ -65,5 +68,6 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Bench(a) => bench::run(a),
+        Command::Cluster(c) => scenarios::cluster::run(c),
     }
 }
