@@ -82,6 +82,24 @@ export WSR_CACHE_DIR=${WSR_CACHE_DIR:-${HOME:-/root}/.cache/wsr}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$WSR_CACHE_DIR/target}
 echo "cargo target dir: $CARGO_TARGET_DIR"
 
+section "Kubernetes control plane and the oras CLI (scenarios/cluster/build.sh)"
+# The cluster tests run a real etcd, kube-apiserver, controller manager and scheduler, and the
+# interop tests the Go oras CLI. build.sh builds them from the Go modules pinned in
+# scenarios/cluster/ on a machine's first run (about 20 minutes on 2 cores) and reuses
+# $WSR_CACHE_DIR/cluster-bin/<versions> afterwards. It needs the Go toolchain (not Debian's
+# golang-go, which is too old for Kubernetes 1.36).
+if ! have go && [[ -x /usr/local/go/bin/go ]]; then
+    PATH=$PATH:/usr/local/go/bin
+fi
+if ! have go; then
+    echo "go not found: the cluster binaries are built with the Go toolchain (1.26 or newer)" >&2
+    exit 1
+fi
+WSR_CLUSTER_BIN=$(HOME=${HOME:-/root} bash scenarios/cluster/build.sh)
+export WSR_CLUSTER_BIN
+export WSR_ORAS=$WSR_CLUSTER_BIN/oras
+echo "WSR_CLUSTER_BIN=$WSR_CLUSTER_BIN"
+
 # One build profile for the whole run: debug, for the host triple named explicitly, with static
 # glibc. The explicit target keeps the flag off build scripts and proc-macros; static binaries
 # let the image test package this very build instead of compiling a release build.

@@ -1,30 +1,30 @@
 //! Interop with independent clients: skopeo copies a wsr OCI layout into the registry and wsr
-//! restores it; the `oras` Python SDK pushes a backup exactly as upstream's script lays it out
-//! and wsr restores it; and oras-py pulls wsr's `dwo` artifact for GNU tar, as upstream's
-//! restore script would.
+//! restores it; the Go `oras` CLI pushes a backup exactly as upstream's `workspace-recovery.sh`
+//! does and wsr restores it; and the oras CLI pulls wsr's `dwo` artifact for GNU tar, as
+//! upstream's restore would.
 
 mod common;
 
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use wsr_backup::Format;
 use wsr_format::testing::{RegistryKind, TestRegistry};
 
-/// The Python with oras-py that `scripts/test.sh` prepares (`WSR_PYTHON`, or `target/pyenv`).
-fn python() -> PathBuf {
-    let path = std::env::var_os("WSR_PYTHON")
+/// The Go `oras` CLI, the client upstream's recovery image ships: `$WSR_ORAS`, which
+/// `scripts/test.sh` sets to the one `scenarios/cluster/build.sh` builds.
+fn oras() -> PathBuf {
+    let path = std::env::var_os("WSR_ORAS")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python")
+            panic!(
+                "WSR_ORAS is not set: build the oras CLI with scenarios/cluster/build.sh and set \
+             WSR_ORAS=<the directory it prints>/oras (scripts/test.sh does both)"
+            )
         });
-    let ok = Command::new(&path)
-        .args(["-c", "import oras"])
-        .status()
-        .is_ok_and(|s| s.success());
     assert!(
-        ok,
-        "oras-py is not available at {}; run scripts/test.sh, which installs it",
+        path.is_file(),
+        "WSR_ORAS={} is not a file; run scenarios/cluster/build.sh",
         path.display()
     );
     path
@@ -73,44 +73,33 @@ fn skopeo_copies_a_wsr_layout_to_the_registry_and_wsr_restores_it() {
     }
 }
 
-const ORAS_PUSH: &str = r#"
-import json, os, sys
-import oras.client
-host, target, workdir, name, ns = sys.argv[1:6]
-os.chdir(workdir)
-# oras-py cannot set artifactType; image-spec v1.0 clients (oras CLI < 1.2) express
-# --artifact-type as the config media type, which is what this does.
-with open("config.json", "w") as f:
-    f.write("{}")
-client = oras.client.OrasClient(hostname=host, insecure=True)
-client.push(
-    target=target,
-    files=["devworkspace-backup.tar.gz"],
-    manifest_config="config.json:application/vnd.devworkspace.backup.artifact.v1+json",
-    manifest_annotations={"devworkspace.name": name, "devworkspace.namespace": ns},
-)
-"#;
+const ARTIFACT_TYPE: &str = "application/vnd.devworkspace.backup.artifact.v1+json";
 
 #[test]
-fn a_backup_pushed_by_oras_py_like_upstream_restores_completely() {
-    let py = python();
+fn a_backup_pushed_by_the_oras_cli_like_upstream_restores_completely() {
+    let oras = oras();
     let work = sample(false);
     let src = work.path().join("projects");
     let registry = TestRegistry::start(RegistryKind::Plain).unwrap();
-    // Upstream: `tar -czvf devworkspace-backup.tar.gz -C "$BACKUP_SOURCE_PATH" .`
+    // Upstream, in /tmp: `tar -czvf devworkspace-backup.tar.gz -C "$BACKUP_SOURCE_PATH" .`
     let push_dir = work.path().join("push");
     std::fs::create_dir(&push_dir).unwrap();
     run(Command::new("tar")
-        .arg("-czf")
-        .arg(push_dir.join("devworkspace-backup.tar.gz"))
-        .arg("-C")
+        .args(["-czf", "devworkspace-backup.tar.gz", "-C"])
         .arg(&src)
-        .arg("."));
+        .arg(".")
+        .current_dir(&push_dir));
+    // Then `oras push "$BACKUP_IMAGE" --artifact-type ... --annotation ... --annotation ...
+    // --disable-path-validation <auth args> $ORAS_EXTRA_ARGS devworkspace-backup.tar.gz`, with
+    // `--plain-http` as the extra argument this plain-HTTP registry needs.
     let target = format!("{}/ns/upstream:latest", registry.host());
-    run(Command::new(&py)
-        .args(["-c", ORAS_PUSH, &registry.host(), &target])
-        .arg(&push_dir)
-        .args(["upstream", "ns"]));
+    run(Command::new(&oras)
+        .args(["push", &target, "--artifact-type", ARTIFACT_TYPE])
+        .args(["--annotation", "devworkspace.name=upstream"])
+        .args(["--annotation", "devworkspace.namespace=ns"])
+        .args(["--disable-path-validation", "--plain-http"])
+        .arg("devworkspace-backup.tar.gz")
+        .current_dir(&push_dir));
 
     let out = work.path().join("restored");
     let report = restore(&target, &out, connect_for(&registry)).unwrap();
@@ -120,17 +109,9 @@ fn a_backup_pushed_by_oras_py_like_upstream_restores_completely() {
     assert_same_tree(&src, &out);
 }
 
-const ORAS_PULL: &str = r#"
-import sys
-import oras.client
-host, target, outdir = sys.argv[1:4]
-client = oras.client.OrasClient(hostname=host, insecure=True)
-print("\n".join(client.pull(target=target, outdir=outdir)))
-"#;
-
 #[test]
-fn oras_py_pulls_a_wsr_dwo_backup_that_gnu_tar_extracts() {
-    let py = python();
+fn the_oras_cli_pulls_a_wsr_dwo_backup_that_gnu_tar_extracts() {
+    let oras = oras();
     let work = sample(false);
     let src = work.path().join("projects");
     let registry = TestRegistry::start(RegistryKind::Plain).unwrap();
@@ -142,14 +123,27 @@ fn oras_py_pulls_a_wsr_dwo_backup_that_gnu_tar_extracts() {
         connect_for(&registry),
     ))
     .unwrap();
-    let pulled = work.path().join("pulled");
-    let files = run(Command::new(&py)
-        .args(["-c", ORAS_PULL, &registry.host(), &target])
-        .arg(&pulled));
-    assert!(
-        files.trim().ends_with("devworkspace-backup.tar.gz"),
-        "{files}"
+    // The manifest carries what upstream's restore and the Che dashboard read.
+    let manifest: serde_json::Value = serde_json::from_str(&run(Command::new(&oras).args([
+        "manifest",
+        "fetch",
+        "--plain-http",
+        &target,
+    ])))
+    .unwrap();
+    assert_eq!(manifest["artifactType"], ARTIFACT_TYPE, "{manifest}");
+    assert_eq!(
+        manifest["layers"][0]["annotations"]["org.opencontainers.image.title"],
+        "devworkspace-backup.tar.gz",
+        "{manifest}"
     );
+
+    // Upstream's restore: `oras pull "$BACKUP_IMAGE" --output /tmp`, then
+    // `tar -xzvf /tmp/devworkspace-backup.tar.gz -C /tmp/extracted-backup`.
+    let pulled = work.path().join("pulled");
+    run(Command::new(&oras)
+        .args(["pull", &target, "--plain-http", "--output"])
+        .arg(&pulled));
     let extracted = work.path().join("extracted");
     std::fs::create_dir(&extracted).unwrap();
     run(Command::new("tar")
