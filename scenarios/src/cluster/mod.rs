@@ -102,8 +102,8 @@ pub fn bin_dir() -> Result<PathBuf> {
 }
 
 impl Cluster {
-    /// Starts a cluster in `dir` (created if missing; a cluster still running there is an
-    /// error) and returns once the API server is ready, the controller manager has made the
+    /// Starts a fresh cluster in `dir` (created if missing; a cluster still running there is
+    /// an error; etcd data and logs of an earlier run there are removed) and returns once the API server is ready, the controller manager has made the
     /// `default` ServiceAccount, and, with a node agent, Node `wsr-node` is Ready.
     pub fn start(dir: &Path, options: &StartOptions) -> Result<Cluster> {
         let started = Instant::now();
@@ -114,6 +114,14 @@ impl Cluster {
                 "a cluster is still running in {}; stop it with `scenarios cluster down --dir {0}`",
                 dir.display()
             );
+        }
+        // Every start is a fresh cluster: state and logs of an earlier run in `dir` go.
+        for stale in ["etcd", "logs", "pids", "kubectl-cache"] {
+            let path = dir.join(stale);
+            if path.exists() {
+                fs::remove_dir_all(&path)
+                    .with_context(|| format!("removing {}", path.display()))?;
+            }
         }
         let bin = match &options.bin_dir {
             Some(b) => b.clone(),
