@@ -103,8 +103,9 @@ pub fn bin_dir() -> Result<PathBuf> {
 
 impl Cluster {
     /// Starts a fresh cluster in `dir` (created if missing; a cluster still running there is
-    /// an error; etcd data and logs of an earlier run there are removed) and returns once the API server is ready, the controller manager has made the
-    /// `default` ServiceAccount, and, with a node agent, Node `wsr-node` is Ready.
+    /// an error; etcd data and logs of an earlier run there are removed). Returns once the API
+    /// server is ready, the controller manager has made the `default` ServiceAccount and, with
+    /// a node agent, Node `wsr-node` is Ready.
     pub fn start(dir: &Path, options: &StartOptions) -> Result<Cluster> {
         let started = Instant::now();
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
