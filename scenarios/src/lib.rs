@@ -4,4 +4,5 @@
 
 pub mod cluster;
 pub mod demo;
+pub mod podman;
 pub mod sample;

@@ -42,6 +42,14 @@ enum Command {
     /// Start or stop a real Kubernetes control plane (see `scenarios::cluster`).
     #[command(subcommand)]
     Cluster(scenarios::cluster::ClusterCommand),
+    /// Run the node agent (the kubelet stand-in; see `scenarios::cluster::node_agent`).
+    NodeAgent {
+        #[arg(long)]
+        kubeconfig: PathBuf,
+        /// Where pods' files and claim volumes live.
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -69,5 +77,8 @@ fn main() -> Result<()> {
         }
         Command::Bench(a) => bench::run(a),
         Command::Cluster(c) => scenarios::cluster::run(c),
+        Command::NodeAgent { kubeconfig, dir } => {
+            scenarios::cluster::node_agent::main(&kubeconfig, &dir)
+        }
     }
 }
