@@ -64,9 +64,10 @@ pub async fn open_artifact(store: &Store, target: &Target) -> Result<Opened, Res
             layers,
             indexes,
         } => {
-            let config_bytes = store.fetch_blob_bytes(&config.digest, 64 << 20).await?;
+            let config_bytes = fetch_document(store, config, native::MAX_CONFIG_BYTES).await?;
             let config = BackupConfig::from_bytes(&config_bytes)
                 .map_err(|e| RestoreError::Invalid(e.to_string()))?;
+            drop(config_bytes);
             let consistent = config.layers.len() == layers.len()
                 && config
                     .layers
@@ -79,31 +80,33 @@ pub async fn open_artifact(store: &Store, target: &Target) -> Result<Opened, Res
                     "manifest {digest}: config and manifest list different layers"
                 )));
             }
-            let mut entries = Vec::with_capacity(config.totals.entries() as usize);
-            let mut layer_of = Vec::with_capacity(entries.capacity());
+            check_declared_counts(&digest, &config)?;
+            // Counts come from the (digest-valid, but untrusted) config: they bound what is
+            // read, they never size an allocation up front.
+            let mut entries = Vec::new();
+            let mut layer_of = Vec::new();
+            let mut bytes_total = 0u64;
             for (position, (index, info)) in indexes.iter().zip(&config.layers).enumerate() {
-                let bytes = store
-                    .fetch_blob_bytes(&index.digest, index.size.max(1))
-                    .await?;
-                let layer_entries = native::read_index(&bytes[..]).map_err(|e| {
+                let bytes = fetch_document(store, index, native::MAX_INDEX_BLOB_BYTES).await?;
+                let layer_entries = native::read_index(&bytes[..], info.entries).map_err(|e| {
                     RestoreError::Corrupt(format!("file index {}: {e}", index.digest))
                 })?;
-                if layer_entries.len() as u64 != info.entries {
-                    return Err(RestoreError::Corrupt(format!(
-                        "file index {} lists {} entries, config says {}",
-                        index.digest,
-                        layer_entries.len(),
-                        info.entries
-                    )));
-                }
+                bytes_total = layer_entries
+                    .iter()
+                    .try_fold(bytes_total, |t, e| t.checked_add(e.size))
+                    .ok_or_else(|| {
+                        RestoreError::Corrupt(format!(
+                            "file index {}: sizes add up beyond 2^64",
+                            index.digest
+                        ))
+                    })?;
                 layer_of.extend(std::iter::repeat_n(position, layer_entries.len()));
                 entries.extend(layer_entries);
             }
-            if entries.len() as u64 != config.totals.entries() {
+            if bytes_total != config.totals.bytes {
                 return Err(RestoreError::Corrupt(format!(
-                    "file index has {} entries, config says {}",
-                    entries.len(),
-                    config.totals.entries()
+                    "manifest {digest}: the file index holds {bytes_total} bytes of files, the config says {}",
+                    config.totals.bytes
                 )));
             }
             (Some(config), Some((entries, layer_of)))
@@ -119,6 +122,56 @@ pub async fn open_artifact(store: &Store, target: &Target) -> Result<Opened, Res
         index,
         layer_of: layer_of.unwrap_or_default(),
     })
+}
+
+/// Fetches a config or index blob: its descriptor size must be within `limit`, and the blob
+/// must have exactly that size and digest (FORMAT.md §6.5).
+async fn fetch_document(
+    store: &Store,
+    descriptor: &Descriptor,
+    limit: u64,
+) -> Result<Vec<u8>, RestoreError> {
+    if descriptor.size > limit {
+        return Err(RestoreError::Corrupt(format!(
+            "{} blob {} declares {} bytes; at most {limit} are accepted",
+            descriptor.media_type, descriptor.digest, descriptor.size
+        )));
+    }
+    let bytes = store
+        .fetch_blob_bytes(&descriptor.digest, descriptor.size)
+        .await?;
+    if bytes.len() as u64 != descriptor.size {
+        return Err(RestoreError::Corrupt(format!(
+            "{} blob {} is {} bytes, its descriptor says {}",
+            descriptor.media_type,
+            descriptor.digest,
+            bytes.len(),
+            descriptor.size
+        )));
+    }
+    Ok(bytes)
+}
+
+/// The config's counts must agree with each other and stay within [`native::MAX_ENTRIES`]
+/// before any index is read.
+fn check_declared_counts(digest: &Digest, config: &BackupConfig) -> Result<(), RestoreError> {
+    let per_layer = config
+        .layers
+        .iter()
+        .try_fold(0u64, |t, l| t.checked_add(l.entries));
+    let totals = config.totals.checked_entries();
+    let corrupt = |what: String| Err(RestoreError::Corrupt(format!("manifest {digest}: {what}")));
+    match (per_layer, totals) {
+        (Some(layers), Some(totals)) if layers != totals => corrupt(format!(
+            "the config's layers hold {layers} entries, its totals say {totals}"
+        )),
+        (Some(n), Some(_)) if n > native::MAX_ENTRIES => corrupt(format!(
+            "the backup has {n} entries; at most {} are accepted",
+            native::MAX_ENTRIES
+        )),
+        (Some(_), Some(_)) => Ok(()),
+        _ => corrupt("the config's entry counts add up beyond 2^64".into()),
+    }
 }
 
 /// Layer positions to fetch: all, or (with a selection and an index) those holding a selected
@@ -200,6 +253,9 @@ pub async fn unpack_layers(
     Ok(())
 }
 
+/// Most bytes accepted after a native layer's end-of-archive marker.
+const MAX_TRAILER: u64 = 1 << 20;
+
 /// A `Read` over chunks arriving from the download task.
 struct ChunkReader {
     rx: mpsc::Receiver<Result<Bytes, TransportError>>,
@@ -243,18 +299,44 @@ async fn unpack_layer(
     };
     let desc = descriptor.clone();
     let unpacking = tokio::task::spawn_blocking(move || -> Result<(), RestoreError> {
-        let mut compressed = HashingReader::new(reader);
+        // Never read more than the descriptor declares (one byte more proves a mismatch).
+        let mut compressed = HashingReader::new(reader.take(desc.size.saturating_add(1)));
         let decoder = Compression::decoder(BufReader::with_capacity(256 * 1024, &mut compressed))
             .map_err(corrupt(&desc))?;
-        let mut tar = HashingReader::new(decoder);
+        // A native layer's uncompressed length is declared too (`tar_size`).
+        let tar_limit = diff_id
+            .as_ref()
+            .map_or(u64::MAX, |(_, size)| size.saturating_add(1));
+        let mut tar = HashingReader::new(decoder.take(tar_limit));
         unpacker.unpack_tar(&mut tar)?;
-        // Whatever follows the end-of-archive marker still belongs to the digests.
-        io::copy(&mut tar, &mut io::sink()).map_err(corrupt(&desc))?;
+        if diff_id.is_some() {
+            // The padding after the end-of-archive marker belongs to `diff_id`; wsr writes
+            // 1 KiB, GNU tar pads to 10 KiB. Anything longer is refused, not decompressed.
+            let trailer = io::copy(&mut (&mut tar).take(MAX_TRAILER + 1), &mut io::sink())
+                .map_err(corrupt(&desc))?;
+            if trailer > MAX_TRAILER {
+                return Err(RestoreError::Corrupt(format!(
+                    "layer {}: more than {MAX_TRAILER} bytes follow the end-of-archive marker",
+                    desc.digest
+                )));
+            }
+        }
         let (decoder, tar_digest, tar_size) = tar.finish();
         drop(decoder);
         io::copy(&mut compressed, &mut io::sink()).map_err(corrupt(&desc))?;
         let (_, digest, size) = compressed.finish();
-        if digest != desc.digest || size != desc.size {
+        if size != desc.size {
+            let got = if size > desc.size {
+                format!("more than {}", desc.size)
+            } else {
+                size.to_string()
+            };
+            return Err(RestoreError::Corrupt(format!(
+                "layer blob {} is {got} bytes, its descriptor says {}",
+                desc.digest, desc.size
+            )));
+        }
+        if digest != desc.digest {
             return Err(TransportError::DigestMismatch {
                 what: format!("layer blob ({size} bytes)"),
                 expected: desc.digest.clone(),

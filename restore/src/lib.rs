@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use wsr_format::reference::Reference;
 use wsr_format::transport::{Access, ConnectOptions, Store, TransportError};
-use wsr_format::unpack::{UnpackError, UnpackOptions, Unpacker};
+use wsr_format::unpack::{DeferredDir, UnpackError, UnpackOptions, Unpacker};
 
 /// Everything a restore needs.
 #[derive(Clone, Debug)]
@@ -104,6 +104,9 @@ pub enum RestoreError {
     Corrupt(String),
     #[error("{0}")]
     Invalid(String),
+    /// The caller's arguments cannot work (e.g. `--paths` outside the backup).
+    #[error("{0}")]
+    Usage(String),
 }
 
 /// Restores `options.from` into `options.to`.
@@ -113,34 +116,41 @@ pub async fn restore(
 ) -> Result<RestoreReport, RestoreError> {
     let started = Instant::now();
     let target = options.to.as_path();
+    // Arguments first: nothing is touched for a restore that cannot run.
+    let selection = match &options.paths {
+        Some(p) => Some(wsr_format::unpack::normalize_selection(p).map_err(RestoreError::Usage)?),
+        None => None,
+    };
     // An interrupted restore whose tree was already complete and verified: finish it.
     if let Some(staging) = target::completed_staging(target)? {
-        tracing::info!(staging = %staging.display(), "completing an interrupted restore");
-        let mut report: RestoreReport = target::read_marker(&staging)?;
-        target::finish_moves(target, &staging)?;
+        tracing::info!(staging = %staging.dir.display(), "completing an interrupted restore");
+        let (mut report, deferred) = target::read_marker(&staging)?;
+        target::finish_moves(target, &staging, &deferred)?;
         report.resumed = true;
         report.duration_s = started.elapsed().as_secs_f64();
         return Ok(report);
     }
     let existing = target::user_entries(target)?;
+    if !existing.is_empty() && !options.force {
+        return Err(RestoreError::NotEmpty {
+            path: target.to_owned(),
+        });
+    }
+    let (store, opened) = open(options).await?;
+    if let (Some(selection), Some(index)) = (&selection, &opened.index) {
+        check_selection_in_index(selection, index)?;
+    }
     let mut moved_aside = None;
     if !existing.is_empty() {
-        if !options.force {
-            return Err(RestoreError::NotEmpty {
-                path: target.to_owned(),
-            });
-        }
         let aside = target::move_aside(target, &existing)?;
         tracing::warn!(aside = %aside.display(), "moved the target's existing content aside");
         moved_aside = Some(aside.display().to_string());
     }
     let staging = target::create_staging(target)?;
-    let selection = match &options.paths {
-        Some(p) => Some(wsr_format::unpack::normalize_selection(p).map_err(RestoreError::Invalid)?),
-        None => None,
-    };
-    let mut report = match run_unpack(options, &staging, selection, true, &progress).await {
-        Ok(report) => report,
+    let tree = staging.tree();
+    let unpacked = run_unpack(options, store, opened, &tree, selection, true, &progress).await;
+    let (mut report, deferred) = match unpacked {
+        Ok(done) => done,
         Err(e) => {
             // Leave the target as it was: drop what was staged (ours, inside the target).
             target::discard_staging(&staging);
@@ -150,8 +160,40 @@ pub async fn restore(
     report.target = Some(target.display().to_string());
     report.moved_aside = moved_aside;
     report.duration_s = started.elapsed().as_secs_f64();
-    target::commit(target, &staging, &report)?;
+    target::commit(target, &staging, &report, deferred)?;
     Ok(report)
+}
+
+/// A `--paths` entry that names nothing in the backup is an error (caught before any layer is
+/// downloaded when there is an index).
+fn check_selection_in_index(
+    selection: &[Vec<u8>],
+    index: &[wsr_format::native::IndexEntry],
+) -> Result<(), RestoreError> {
+    for wanted in selection {
+        let one = std::slice::from_ref(wanted);
+        if !index
+            .iter()
+            .any(|e| wsr_format::unpack::path_selected(one, &e.path.0))
+        {
+            return Err(unmatched(wanted));
+        }
+    }
+    Ok(())
+}
+
+fn unmatched(path: &[u8]) -> RestoreError {
+    RestoreError::Usage(format!(
+        "--paths {:?} matches nothing in the backup",
+        String::from_utf8_lossy(path)
+    ))
+}
+
+async fn open(options: &RestoreOptions) -> Result<(Arc<Store>, fetch::Opened), RestoreError> {
+    let store =
+        Arc::new(Store::open(&options.from.repository, &options.connect, Access::Pull).await?);
+    let opened = open_artifact(&store, &options.from.target).await?;
+    Ok((store, opened))
 }
 
 /// Downloads and verifies everything (blob digests, layer digests, every file against the
@@ -172,8 +214,11 @@ pub async fn verify(
         parallel,
         connect: connect.clone(),
     };
-    let mut report = run_unpack(
+    let (store, opened) = open(&options).await?;
+    let (mut report, _) = run_unpack(
         &options,
+        store,
+        opened,
         Path::new("/nonexistent-verify-only"),
         None,
         false,
@@ -186,14 +231,13 @@ pub async fn verify(
 
 async fn run_unpack(
     options: &RestoreOptions,
+    store: Arc<Store>,
+    mut opened: fetch::Opened,
     root: &Path,
     selection: Option<Vec<Vec<u8>>>,
     write: bool,
     progress: &Arc<Progress>,
-) -> Result<RestoreReport, RestoreError> {
-    let store =
-        Arc::new(Store::open(&options.from.repository, &options.connect, Access::Pull).await?);
-    let mut opened = open_artifact(&store, &options.from.target).await?;
+) -> Result<(RestoreReport, Vec<DeferredDir>), RestoreError> {
     let (mut max_bytes, mut max_entries) = (options.max_size.unwrap_or(u64::MAX), u64::MAX);
     if write && let Some((free_bytes, free_inodes)) = target::free_space(root) {
         // Keep 1% (at most 64 MiB) for everything else on the volume.
@@ -229,6 +273,7 @@ async fn run_unpack(
         select: selection.clone(),
         aliases,
         write,
+        reserved_prefix: Some(target::STAGING_PREFIX.as_bytes().to_vec()),
     };
     let layers = fetch::layers_to_fetch(&opened, selection.as_deref());
     // The unpacker takes the index over: one copy in memory, not two.
@@ -254,7 +299,10 @@ async fn run_unpack(
     let result = tokio::task::spawn_blocking(move || unpacker.finish())
         .await
         .expect("finish task")?;
-    Ok(RestoreReport {
+    if let Some(wanted) = result.unmatched.first() {
+        return Err(unmatched(wanted));
+    }
+    let report = RestoreReport {
         reference: format!("{}@{}", options.from.repository, opened.digest),
         digest: opened.digest.to_string(),
         format: opened.format_name().into(),
@@ -275,5 +323,6 @@ async fn run_unpack(
         moved_aside: None,
         resumed: false,
         duration_s: 0.0,
-    })
+    };
+    Ok((report, result.deferred_dirs))
 }

@@ -383,10 +383,12 @@ fn init(mut connect: ConnectOptions, progress: ProgressMode) -> anyhow::Result<O
 }
 
 fn exit_code(e: &anyhow::Error) -> i32 {
+    use wsr_format::unpack::UnpackError;
     if is_usage_error(e.as_ref()) {
         return 2;
     }
     match e.downcast_ref::<RestoreError>() {
+        Some(RestoreError::Usage(_)) => 2,
         Some(RestoreError::Invalid(_)) => 6,
         Some(
             RestoreError::NotEmpty { .. }
@@ -395,10 +397,14 @@ fn exit_code(e: &anyhow::Error) -> i32 {
             | RestoreError::NoSpace { .. },
         ) => 3,
         Some(RestoreError::Transport(t)) => transport_exit_code(t),
-        Some(RestoreError::Unpack(
-            wsr_format::unpack::UnpackError::Io { .. }
-            | wsr_format::unpack::UnpackError::TooLarge { .. },
-        )) => 3,
+        // A name the target cannot hold is the archive's problem, not the target's.
+        Some(RestoreError::Unpack(UnpackError::Io { source, .. }))
+            if source.raw_os_error() == Some(libc::ENAMETOOLONG) =>
+        {
+            6
+        }
+        Some(RestoreError::Unpack(UnpackError::Io { .. } | UnpackError::TooLarge { .. })) => 3,
+        Some(RestoreError::Unpack(UnpackError::TooManyEntries { .. })) => 3,
         Some(RestoreError::Unpack(_) | RestoreError::Corrupt(_)) => 6,
         None => 1,
     }

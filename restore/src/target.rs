@@ -1,20 +1,44 @@
 //! The restore target: emptiness checks, moving existing content aside (`--force`), the staging
 //! directory inside the target, and the final moves into place.
 //!
-//! The staging directory lives *inside* the target (`<target>/.wsr-staging-<id>`) because the
+//! The staging directory lives *inside* the target (`<target>/.wsr-restore-<token>`) because the
 //! target is often a mount point (a PVC subPath at `/projects`) whose parent is read-only, so
-//! neither a sibling nor a rename of the target itself is possible. Until the tree is complete
-//! and verified the target shows only that hidden directory; then a marker file is written and
-//! each top-level entry is renamed into place. A crash before the marker leaves the target
-//! effectively empty (a rerun discards the stale staging); a crash after it is completed by the
-//! rerun, which finds the marker and finishes the moves.
+//! neither a sibling nor a rename of the target itself is possible. Layout:
+//!
+//! ```text
+//! <target>/.wsr-restore-<token>/   mode 0700, owned by the restoring user
+//!     identity                     {token, dev, ino, uid}: written O_EXCL|O_NOFOLLOW at creation
+//!     tree/                        the unpacker's root: everything from the archive, nothing else
+//!     complete                     the completion marker (the report), written once verified
+//! ```
+//!
+//! The archive cannot reach this bookkeeping: its entries live below `tree/`, and the unpacker
+//! never creates a top-level name starting with [`STAGING_PREFIX`] (so no restored tree contains
+//! one). Leftover state is trusted only after an identity check: a directory (not a symlink)
+//! owned by us with mode 0700, whose `identity` file (a regular file owned by us, opened without
+//! following symlinks) names the directory's own token, device and inode. Anything else with
+//! such a name is the user's, like every other entry. Entries are moved with
+//! `renameat2(RENAME_NOREPLACE)`, so nothing existing is ever replaced.
+//!
+//! A crash before `complete` is written leaves the target showing only that hidden directory (a
+//! rerun discards it); a crash after it is finished by the rerun.
 
-use crate::RestoreError;
+use crate::{RestoreError, RestoreReport};
+use std::ffi::{CString, OsStr};
 use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use wsr_format::unpack::DeferredDir;
 
-const STAGING_PREFIX: &str = ".wsr-staging-";
-const COMPLETE_MARKER: &str = ".wsr-complete";
+/// Names starting with this, at the top of a target, may be wsr's staging directories.
+pub const STAGING_PREFIX: &str = ".wsr-restore-";
+const IDENTITY: &str = "identity";
+const COMPLETE: &str = "complete";
+const TREE: &str = "tree";
+/// Largest completion marker read back (the report lists at most 1000 skipped entries).
+const MAX_MARKER_BYTES: u64 = 16 << 20;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError + '_ {
     move |source| RestoreError::Target {
@@ -23,63 +47,154 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> RestoreError + '_ {
     }
 }
 
-fn is_staging(name: &std::ffi::OsStr) -> bool {
-    name.to_str().is_some_and(|n| n.starts_with(STAGING_PREFIX))
+/// A staging directory of ours (created by this run, or a leftover that passed the identity
+/// check).
+#[derive(Debug)]
+pub struct Staging {
+    pub dir: PathBuf,
+    token: String,
 }
 
-/// Entries of `target` other than wsr's own staging directories. A missing target is empty.
-pub fn user_entries(target: &Path) -> Result<Vec<PathBuf>, RestoreError> {
-    match fs::read_dir(target) {
-        Ok(entries) => {
-            let mut out = Vec::new();
-            for e in entries {
-                let e = e.map_err(io(target))?;
-                if !is_staging(&e.file_name()) {
-                    out.push(e.path());
-                }
-            }
-            Ok(out)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(RestoreError::Target {
-            path: target.to_owned(),
-            source: e,
-        }),
+impl Staging {
+    /// The unpacker's root.
+    pub fn tree(&self) -> PathBuf {
+        self.dir.join(TREE)
     }
 }
 
-/// A staging directory whose tree is complete, left by an interrupted restore.
-pub fn completed_staging(target: &Path) -> Result<Option<PathBuf>, RestoreError> {
-    let Ok(entries) = fs::read_dir(target) else {
-        return Ok(None);
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Identity {
+    token: String,
+    dev: u64,
+    ino: u64,
+    uid: u32,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Completed {
+    token: String,
+    report: RestoreReport,
+    deferred_dirs: Vec<DeferredDir>,
+}
+
+/// What a target holds.
+struct Scan {
+    /// Everything that is not a trusted staging directory.
+    user: Vec<PathBuf>,
+    /// Trusted staging directories, with whether they are complete.
+    ours: Vec<(Staging, bool)>,
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+fn scan(target: &Path) -> Result<Scan, RestoreError> {
+    let mut scan = Scan {
+        user: Vec::new(),
+        ours: Vec::new(),
+    };
+    let entries = match fs::read_dir(target) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(scan),
+        Err(e) => return Err(io(target)(e)),
     };
     for e in entries {
         let e = e.map_err(io(target))?;
-        if is_staging(&e.file_name()) && e.path().join(COMPLETE_MARKER).exists() {
-            return Ok(Some(e.path()));
+        match recognise(&e.path()) {
+            Some(ours) => scan.ours.push(ours),
+            None => scan.user.push(e.path()),
         }
     }
-    Ok(None)
+    Ok(scan)
 }
 
-/// Moves the target's current content into a time-stamped sibling `<target>.wsr-aside-<time>`;
-/// nothing is deleted. Returns the sibling.
+/// The identity check: `Some` only for a staging directory this user created (see the module
+/// docs), with whether it is complete.
+fn recognise(dir: &Path) -> Option<(Staging, bool)> {
+    let token = dir.file_name()?.to_str()?.strip_prefix(STAGING_PREFIX)?;
+    if token.len() != 32 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let meta = fs::symlink_metadata(dir).ok()?;
+    if !meta.is_dir() || meta.uid() != euid() || meta.mode() & 0o7777 != 0o700 {
+        return None;
+    }
+    let identity: Identity =
+        serde_json::from_slice(&read_own_file(&dir.join(IDENTITY), 4096)?).ok()?;
+    let matches = identity.token == token
+        && identity.dev == meta.dev()
+        && identity.ino == meta.ino()
+        && identity.uid == meta.uid();
+    if !matches {
+        return None;
+    }
+    let staging = Staging {
+        dir: dir.to_owned(),
+        token: token.to_owned(),
+    };
+    let complete = fs::symlink_metadata(dir.join(COMPLETE)).is_ok();
+    Some((staging, complete))
+}
+
+/// Reads a small regular file we wrote: not through a symlink, owned by us, at most `limit`.
+fn read_own_file(path: &Path, limit: u64) -> Option<Vec<u8>> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.uid() != euid() || meta.len() > limit {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.take(limit).read_to_end(&mut bytes).ok()?;
+    Some(bytes)
+}
+
+/// Entries of `target` other than wsr's own (trusted) staging directories. A missing target is
+/// empty.
+pub fn user_entries(target: &Path) -> Result<Vec<PathBuf>, RestoreError> {
+    Ok(scan(target)?.user)
+}
+
+/// A trusted staging directory whose tree is complete, left by an interrupted restore.
+pub fn completed_staging(target: &Path) -> Result<Option<Staging>, RestoreError> {
+    Ok(scan(target)?
+        .ours
+        .into_iter()
+        .find_map(|(s, complete)| complete.then_some(s)))
+}
+
+/// Moves the target's current content aside; nothing is deleted. The content goes to a
+/// time-stamped sibling `<target>.wsr-aside-<time>` when the target's parent is on the same
+/// filesystem and writable, and otherwise (a mount point, a read-only parent) to
+/// `<target>/.wsr-aside-<time>`, which a rename can always reach. Returns where it went.
 pub fn move_aside(target: &Path, entries: &[PathBuf]) -> Result<PathBuf, RestoreError> {
     let name = target.file_name().ok_or_else(|| {
-        RestoreError::Invalid(format!("{} has no directory name", target.display()))
+        RestoreError::Usage(format!("{} has no directory name", target.display()))
     })?;
     let stamp = chrono::Utc::now()
         .format("%Y%m%dT%H%M%S%.3fZ")
         .to_string()
         .replace('.', "");
-    let aside = target.with_file_name(format!("{}.wsr-aside-{stamp}", name.to_string_lossy()));
-    fs::create_dir(&aside).map_err(|source| RestoreError::Target {
-        path: aside.clone(),
-        source,
-    })?;
+    let sibling = target.with_file_name(format!("{}.wsr-aside-{stamp}", name.to_string_lossy()));
+    let same_fs = match (target.parent().map(fs::metadata), fs::metadata(target)) {
+        (Some(Ok(parent)), Ok(t)) => parent.dev() == t.dev(),
+        _ => false,
+    };
+    let aside = if same_fs && fs::create_dir(&sibling).is_ok() {
+        sibling
+    } else {
+        let inside = target.join(format!(".wsr-aside-{stamp}"));
+        fs::create_dir(&inside).map_err(io(&inside))?;
+        inside
+    };
     for entry in entries {
         let dest = aside.join(entry.file_name().expect("directory entry has a name"));
-        fs::rename(entry, &dest).map_err(|source| RestoreError::MoveAside {
+        rename_noreplace(entry, &dest).map_err(|source| RestoreError::MoveAside {
             from: entry.clone(),
             to: dest,
             source,
@@ -88,38 +203,69 @@ pub fn move_aside(target: &Path, entries: &[PathBuf]) -> Result<PathBuf, Restore
     Ok(aside)
 }
 
-/// Removes stale (incomplete) staging directories and creates a fresh one.
-pub fn create_staging(target: &Path) -> Result<PathBuf, RestoreError> {
+/// Removes our stale (incomplete) staging directories and creates a fresh one.
+pub fn create_staging(target: &Path) -> Result<Staging, RestoreError> {
     fs::create_dir_all(target).map_err(io(target))?;
-    for e in fs::read_dir(target).map_err(io(target))? {
-        let e = e.map_err(io(target))?;
-        if is_staging(&e.file_name()) {
-            tracing::info!(path = %e.path().display(), "removing an interrupted restore's staging directory");
-            // Our own directory, below the target, never a symlink (created with create_dir).
-            if e.file_type().map_err(io(target))?.is_dir() {
-                make_writable(&e.path());
-                fs::remove_dir_all(e.path()).map_err(io(&e.path()))?;
-            }
+    for (stale, complete) in scan(target)?.ours {
+        if !complete {
+            tracing::info!(path = %stale.dir.display(), "removing an interrupted restore's staging directory");
+            make_writable(&stale.dir);
+            fs::remove_dir_all(&stale.dir).map_err(io(&stale.dir))?;
         }
     }
-    let staging = target.join(format!("{STAGING_PREFIX}{}", std::process::id()));
-    fs::create_dir(&staging).map_err(io(&staging))?;
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(&staging, fs::Permissions::from_mode(0o700)).map_err(io(&staging))?;
-    Ok(staging)
+    let token = random_token().map_err(io(target))?;
+    let dir = target.join(format!("{STAGING_PREFIX}{token}"));
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(io(&dir))?;
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(io(&dir))?;
+    let meta = fs::symlink_metadata(&dir).map_err(io(&dir))?;
+    let identity = Identity {
+        token: token.clone(),
+        dev: meta.dev(),
+        ino: meta.ino(),
+        uid: meta.uid(),
+    };
+    write_new(
+        &dir.join(IDENTITY),
+        &serde_json::to_vec(&identity).expect("identity serialises"),
+    )?;
+    fs::create_dir(dir.join(TREE)).map_err(io(&dir))?;
+    Ok(Staging { dir, token })
+}
+
+/// Creates `path` (never through a symlink, never over an existing file) with `bytes`, durably.
+fn write_new(path: &Path, bytes: &[u8]) -> Result<(), RestoreError> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io(path))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(io(path))
+}
+
+fn random_token() -> std::io::Result<String> {
+    let mut bytes = [0u8; 16];
+    fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(hex::encode(bytes))
 }
 
 /// Removes a staging directory after a failed restore (best effort: a rerun removes it too).
-pub fn discard_staging(staging: &Path) {
-    make_writable(staging);
-    if let Err(e) = fs::remove_dir_all(staging) {
-        tracing::warn!(staging = %staging.display(), "could not remove the staging directory: {e}");
+pub fn discard_staging(staging: &Staging) {
+    make_writable(&staging.dir);
+    if let Err(e) = fs::remove_dir_all(&staging.dir) {
+        tracing::warn!(staging = %staging.dir.display(), "could not remove the staging directory: {e}");
     }
 }
 
 /// Restored directories may be read-only (mode 0o555); removal needs write permission on them.
+/// Only directories are changed, never through a symlink.
 fn make_writable(dir: &Path) {
-    use std::os::unix::fs::PermissionsExt;
     let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
     if let Ok(entries) = fs::read_dir(dir) {
         for e in entries.flatten() {
@@ -134,51 +280,120 @@ fn make_writable(dir: &Path) {
 /// moves it into place.
 pub fn commit(
     target: &Path,
-    staging: &Path,
-    report: &crate::RestoreReport,
+    staging: &Staging,
+    report: &RestoreReport,
+    deferred_dirs: Vec<DeferredDir>,
 ) -> Result<(), RestoreError> {
-    let marker = staging.join(COMPLETE_MARKER);
-    let json = serde_json::to_vec(report).expect("report serialises");
-    fs::write(&marker, json)
-        .and_then(|()| fs::File::open(&marker)?.sync_all())
-        .map_err(io(&marker))?;
-    fs::File::open(staging)
+    let completed = Completed {
+        token: staging.token.clone(),
+        report: report.clone(),
+        deferred_dirs,
+    };
+    write_new(
+        &staging.dir.join(COMPLETE),
+        &serde_json::to_vec(&completed).expect("marker serialises"),
+    )?;
+    fs::File::open(&staging.dir)
         .and_then(|d| d.sync_all())
-        .map_err(io(staging))?;
+        .map_err(io(&staging.dir))?;
     crate::test_hooks::maybe_abort("after-marker");
-    finish_moves(target, staging)
+    finish_moves(target, staging, &completed.deferred_dirs)
 }
 
-/// The report stored in a completed staging directory's marker.
-pub fn read_marker(staging: &Path) -> Result<crate::RestoreReport, RestoreError> {
-    let marker = staging.join(COMPLETE_MARKER);
-    let bytes = fs::read(&marker).map_err(io(&marker))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| RestoreError::Corrupt(format!("{}: {e}", marker.display())))
-}
-
-/// Moves every staged entry into the target, then removes the staging directory.
-pub fn finish_moves(target: &Path, staging: &Path) -> Result<(), RestoreError> {
-    for e in fs::read_dir(staging).map_err(io(staging))? {
-        let e = e.map_err(io(staging))?;
-        if e.file_name() == COMPLETE_MARKER {
-            continue;
-        }
-        let dest = target.join(e.file_name());
-        fs::rename(e.path(), &dest).map_err(io(&dest))?;
+/// The report and deferred directory modes stored in a completed staging directory's marker.
+pub fn read_marker(staging: &Staging) -> Result<(RestoreReport, Vec<DeferredDir>), RestoreError> {
+    let marker = staging.dir.join(COMPLETE);
+    let bytes = read_own_file(&marker, MAX_MARKER_BYTES).ok_or_else(|| {
+        RestoreError::Corrupt(format!(
+            "{}: not a completion marker of this user",
+            marker.display()
+        ))
+    })?;
+    let completed: Completed = serde_json::from_slice(&bytes)
+        .map_err(|e| RestoreError::Corrupt(format!("{}: {e}", marker.display())))?;
+    if completed.token != staging.token {
+        return Err(RestoreError::Corrupt(format!(
+            "{}: marker of another restore",
+            marker.display()
+        )));
     }
-    fs::remove_file(staging.join(COMPLETE_MARKER)).map_err(io(staging))?;
-    fs::remove_dir(staging).map_err(io(staging))?;
+    Ok((completed.report, completed.deferred_dirs))
+}
+
+/// Moves every staged entry into the target (never replacing anything), applies the deferred
+/// directory modes, then removes the staging directory.
+pub fn finish_moves(
+    target: &Path,
+    staging: &Staging,
+    deferred_dirs: &[DeferredDir],
+) -> Result<(), RestoreError> {
+    let tree = staging.tree();
+    if let Ok(entries) = fs::read_dir(&tree) {
+        for e in entries {
+            let e = e.map_err(io(&tree))?;
+            let dest = target.join(e.file_name());
+            rename_noreplace(&e.path(), &dest).map_err(io(&dest))?;
+        }
+        fs::remove_dir(&tree).map_err(io(&tree))?;
+    }
+    for dir in deferred_dirs {
+        let path = target.join(OsStr::from_bytes(&dir.name.0));
+        apply_dir_mode(&path, dir.mode, dir.mtime).map_err(io(&path))?;
+    }
+    for name in [COMPLETE, IDENTITY] {
+        let path = staging.dir.join(name);
+        fs::remove_file(&path).map_err(io(&path))?;
+    }
+    fs::remove_dir(&staging.dir).map_err(io(&staging.dir))?;
     fs::File::open(target)
         .and_then(|d| d.sync_all())
         .map_err(io(target))?;
     Ok(())
 }
 
+/// Sets a moved directory's final mode and mtime (opened without following a symlink).
+fn apply_dir_mode(path: &Path, mode: u32, mtime: i64) -> std::io::Result<()> {
+    let dir = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime.max(0) as u64);
+    dir.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))?;
+    dir.set_permissions(fs::Permissions::from_mode(mode))
+}
+
+/// `rename` that fails with `EEXIST` instead of replacing `to` (`renameat2(RENAME_NOREPLACE)`).
+/// Filesystems without the flag get a check-then-rename (the target is not shared with anyone
+/// during a restore).
+pub fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let (f, t) = (c(from)?, c(to)?);
+    // SAFETY: both are valid NUL-terminated paths; AT_FDCWD resolves them like rename(2).
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EINVAL) {
+        return Err(err);
+    }
+    if fs::symlink_metadata(to).is_ok() {
+        return Err(std::io::Error::from_raw_os_error(libc::EEXIST));
+    }
+    fs::rename(from, to)
+}
+
 /// Free bytes and inodes on the filesystem holding `path`.
 pub fn free_space(path: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let c = CString::new(path.as_os_str().as_bytes()).ok()?;
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a valid path and `st` a properly sized out-parameter.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {

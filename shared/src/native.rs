@@ -6,6 +6,15 @@ use crate::digest::Digest;
 use serde::{Deserialize, Serialize};
 use std::io::{self, BufRead, Read, Write};
 
+/// Largest config blob a reader accepts (its descriptor size), like the 4 MiB registries
+/// accept for manifests.
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+/// Largest compressed file-index blob a reader accepts (its descriptor size).
+pub const MAX_INDEX_BLOB_BYTES: u64 = 64 << 20;
+/// Most entries a native backup may have (the whole file index is held in memory to verify
+/// every entry).
+pub const MAX_ENTRIES: u64 = 1 << 20;
+
 /// The format version this code writes. Readers accept any minor of the same major.
 pub const FORMAT_VERSION: &str = "1.0";
 const FORMAT_MAJOR: u32 = 1;
@@ -54,8 +63,17 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// The number of entries (saturating: the counts come from untrusted documents).
     pub fn entries(&self) -> u64 {
-        self.files + self.dirs + self.symlinks + self.hardlinks
+        self.checked_entries().unwrap_or(u64::MAX)
+    }
+
+    /// The number of entries, or `None` if the counts overflow.
+    pub fn checked_entries(&self) -> Option<u64> {
+        self.files
+            .checked_add(self.dirs)?
+            .checked_add(self.symlinks)?
+            .checked_add(self.hardlinks)
     }
 }
 
@@ -200,22 +218,51 @@ pub fn write_index(entries: &[IndexEntry]) -> io::Result<Vec<u8>> {
     enc.finish()
 }
 
-/// Reads an index written by [`write_index`].
-pub fn read_index(compressed: impl Read) -> io::Result<Vec<IndexEntry>> {
-    let reader = io::BufReader::new(zstd::stream::read::Decoder::new(compressed)?);
-    let mut out = Vec::new();
-    for (n, line) in reader.lines().enumerate() {
-        let line = line?;
-        if line.is_empty() {
-            continue;
+/// Longest line a file index may have: a 4095-byte path and link, JSON-escaped, fit easily.
+pub const MAX_INDEX_LINE: usize = 64 << 10;
+
+/// Reads an index written by [`write_index`] that the config says has `expected` lines. The
+/// limits are enforced while decompressing: at most `expected` lines (so a small blob cannot
+/// expand into millions of entries before a count check), each at most [`MAX_INDEX_LINE`]
+/// bytes. The count must match exactly.
+pub fn read_index(compressed: impl Read, expected: u64) -> io::Result<Vec<IndexEntry>> {
+    let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidData, msg);
+    let mut reader = io::BufReader::new(zstd::stream::read::Decoder::new(compressed)?);
+    // Capacity from a declared count is a promise, not a fact: grow as lines arrive.
+    let mut out = Vec::with_capacity(expected.min(4096) as usize);
+    let mut line = Vec::new();
+    for n in 1u64.. {
+        line.clear();
+        let read = (&mut reader)
+            .take(MAX_INDEX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)?;
+        if read == 0 {
+            break;
         }
-        let entry = serde_json::from_str(&line).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("file index line {}: {e}", n + 1),
-            )
-        })?;
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        } else if line.len() > MAX_INDEX_LINE {
+            return Err(invalid(format!(
+                "file index line {n} is longer than {MAX_INDEX_LINE} bytes"
+            )));
+        }
+        if line.is_empty() {
+            return Err(invalid(format!("file index line {n} is empty")));
+        }
+        if out.len() as u64 >= expected {
+            return Err(invalid(format!(
+                "file index has more than the {expected} entries the config lists"
+            )));
+        }
+        let entry = serde_json::from_slice(&line)
+            .map_err(|e| invalid(format!("file index line {n}: {e}")))?;
         out.push(entry);
+    }
+    if out.len() as u64 != expected {
+        return Err(invalid(format!(
+            "file index lists {} entries, the config says {expected}",
+            out.len()
+        )));
     }
     Ok(out)
 }
@@ -373,7 +420,14 @@ mod tests {
         ];
         let bytes = write_index(&entries).unwrap();
         assert_eq!(write_index(&entries).unwrap(), bytes, "deterministic");
-        assert_eq!(read_index(&bytes[..]).unwrap(), entries);
+        assert_eq!(read_index(&bytes[..], 2).unwrap(), entries);
+        let fewer = read_index(&bytes[..], 1).unwrap_err().to_string();
+        assert!(fewer.contains("more than the 1 entries"), "{fewer}");
+        let more = read_index(&bytes[..], 3).unwrap_err().to_string();
+        assert!(
+            more.contains("lists 2 entries, the config says 3"),
+            "{more}"
+        );
     }
 
     fn cuts(paths: &[String], target: u64) -> Vec<usize> {

@@ -7,20 +7,38 @@
 //! that an earlier entry planted, and no entry replaces another. Files are opened with
 //! `O_CREAT|O_EXCL|O_NOFOLLOW`. Hard links may only point at regular files restored by this
 //! same unpacker. Device nodes, FIFOs and sockets are never created. setuid/setgid bits are
-//! dropped. The total expansion is bounded before each write. Several tar streams (the layers of
-//! one artifact) may be unpacked concurrently into the same root.
+//! dropped. The total expansion is bounded before each write, with checked arithmetic (a size
+//! that would overflow is refused). Sparse files are written as holes. The metadata that precedes
+//! an entry (GNU long-name/long-link records, PAX headers, sparse maps) is bounded while it is
+//! read ([`MAX_ENTRY_METADATA`]), so a hostile stream cannot make the tar reader buffer it.
+//! Top-level names starting with a caller-reserved prefix (the restore's staging directory) are
+//! never created. Several tar streams (the layers of one artifact) may be unpacked concurrently
+//! into the same root.
 
 use crate::codec::EntryKind;
 use crate::digest::{Digest, Hasher};
 use crate::native::IndexEntry;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
+
+/// Most bytes the tar reader may read to reach one entry: its header plus the GNU long-name and
+/// long-link records, PAX headers and sparse-map blocks that describe it. Go's `archive/tar`
+/// caps each such record at 1 MiB; a longer name would be refused anyway (4095 bytes at most).
+pub const MAX_ENTRY_METADATA: u64 = 1 << 20;
+
+/// Entries listed one by one in [`UnpackReport::skipped`]; further ones are only counted.
+pub const MAX_SKIPPED_LISTED: usize = 1000;
+
+/// Longest part of an archive name repeated in a message.
+const SHOWN_NAME_BYTES: usize = 256;
 
 /// Why unpacking stopped. Every variant names the entry.
 #[derive(Debug, thiserror::Error)]
@@ -31,8 +49,12 @@ pub enum UnpackError {
         "archive expands beyond the limit of {limit} bytes at entry {path:?}; free space or --max-size bounds it"
     )]
     TooLarge { path: String, limit: u64 },
-    #[error("archive has more than {limit} entries (free inodes or --max-entries bound it)")]
+    #[error("archive has more than {limit} entries (the target's free inodes bound it)")]
     TooManyEntries { limit: u64 },
+    #[error(
+        "corrupt archive: the headers, long-name and PAX records of one entry exceed {limit} bytes"
+    )]
+    MetadataTooLarge { limit: u64 },
     #[error("verification failed for {path:?}: {what}")]
     Mismatch { path: String, what: String },
     #[error("corrupt archive: {0}")]
@@ -50,8 +72,18 @@ impl UnpackError {
     }
 }
 
+/// An archive name for a message: at most [`SHOWN_NAME_BYTES`] of it, so a hostile name of
+/// megabytes is not repeated in logs.
 fn show(path: &[u8]) -> String {
-    String::from_utf8_lossy(path).into_owned()
+    if path.len() <= SHOWN_NAME_BYTES {
+        String::from_utf8_lossy(path).into_owned()
+    } else {
+        format!(
+            "{}… ({} bytes)",
+            String::from_utf8_lossy(&path[..SHOWN_NAME_BYTES]),
+            path.len()
+        )
+    }
 }
 
 /// Limits and choices for one unpack.
@@ -69,6 +101,9 @@ pub struct UnpackOptions {
     pub aliases: HashMap<Vec<u8>, Vec<u8>>,
     /// Write to disk. `false` checks and hashes everything but creates nothing (verify mode).
     pub write: bool,
+    /// Top-level names starting with this are never created (reported as skipped): the caller's
+    /// own bookkeeping lives under such names.
+    pub reserved_prefix: Option<Vec<u8>>,
 }
 
 /// What was restored.
@@ -79,8 +114,24 @@ pub struct UnpackReport {
     pub symlinks: u64,
     pub hardlinks: u64,
     pub bytes: u64,
-    /// Entries deliberately not created, with the reason (device nodes, FIFOs, …).
+    /// Entries deliberately not created, with the reason (device nodes, FIFOs, …); at most
+    /// [`MAX_SKIPPED_LISTED`], then one line counting the rest.
     pub skipped: Vec<(String, String)>,
+    /// Top-level directories whose own mode would forbid moving them (no owner write
+    /// permission): they were left `mode | 0o700`, and the caller applies `mode` and `mtime`
+    /// once they are in their final place.
+    pub deferred_dirs: Vec<DeferredDir>,
+    /// With `select`: the selected paths that matched no entry of the archive.
+    pub unmatched: Vec<Vec<u8>>,
+}
+
+/// A directory whose final mode and mtime are applied by the caller (see
+/// [`UnpackReport::deferred_dirs`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeferredDir {
+    pub name: crate::native::RawPath,
+    pub mode: u32,
+    pub mtime: i64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,7 +148,18 @@ struct State {
     hardlinks: Vec<(Vec<u8>, Vec<u8>)>,
     seen_expected: u64,
     report: UnpackReport,
+    skipped_unlisted: u64,
     entries: u64,
+}
+
+impl State {
+    fn skip(&mut self, path: &[u8], reason: String) {
+        if self.report.skipped.len() < MAX_SKIPPED_LISTED {
+            self.report.skipped.push((show(path), reason));
+        } else {
+            self.skipped_unlisted += 1;
+        }
+    }
 }
 
 /// Unpacks tar streams into `root`; see the module docs for the guarantees.
@@ -209,23 +271,55 @@ impl Unpacker {
         move |source| UnpackError::Io { path: p, source }
     }
 
-    /// Unpacks every entry of one tar stream.
-    /// The reader is borrowed so the caller can drain what follows the end-of-archive marker
-    /// (padding), which still counts towards the stream's digest.
+    /// Unpacks every entry of one tar stream, up to its end-of-archive marker.
+    /// The reader is borrowed so the caller can decide what to do with what follows the marker
+    /// (padding, which still counts towards the stream's digest).
     pub fn unpack_tar<R: Read>(&self, reader: &mut R) -> Result<(), UnpackError> {
-        let mut archive = tar::Archive::new(reader);
-        for entry in archive.entries().map_err(UnpackError::Corrupt)? {
-            let entry = entry.map_err(UnpackError::Corrupt)?;
+        let allowance = Rc::new(Cell::new(None));
+        let exceeded = Rc::new(Cell::new(false));
+        let guard = MetadataGuard {
+            inner: reader,
+            allowance: allowance.clone(),
+            exceeded: exceeded.clone(),
+        };
+        let mut archive = tar::Archive::new(guard);
+        let mut entries = archive.entries().map_err(UnpackError::Corrupt)?;
+        // Stored bytes of the previous entry left for the tar reader to skip (never read by us).
+        let mut unread = 0u64;
+        loop {
+            allowance.set(Some(MAX_ENTRY_METADATA.saturating_add(unread)));
+            let next = entries.next();
+            allowance.set(None);
+            let mut entry = match next {
+                None => return Ok(()),
+                Some(Ok(entry)) => entry,
+                Some(Err(_)) if exceeded.get() => {
+                    return Err(UnpackError::MetadataTooLarge {
+                        limit: MAX_ENTRY_METADATA,
+                    });
+                }
+                Some(Err(e)) => return Err(UnpackError::Corrupt(e)),
+            };
             let size = entry.size();
-            self.unpack_entry(entry)?;
+            let consumed = self.unpack_entry(&mut entry)?;
+            unread = 0;
+            if !consumed {
+                if entry.header().entry_type() == tar::EntryType::GNUSparse {
+                    // Reading it would produce its holes as zeros: let the reader skip the
+                    // stored chunks instead.
+                    unread = stored_size(&mut entry).saturating_add(511) & !511;
+                } else {
+                    io::copy(&mut entry, &mut io::sink()).map_err(UnpackError::Corrupt)?;
+                }
+            }
             if let Some(callback) = &self.on_entry {
                 callback(size);
             }
         }
-        Ok(())
     }
 
-    fn unpack_entry<R: Read>(&self, mut entry: tar::Entry<'_, R>) -> Result<(), UnpackError> {
+    /// Restores one entry. Returns whether its data was read to the end.
+    fn unpack_entry<R: Read>(&self, entry: &mut tar::Entry<'_, R>) -> Result<bool, UnpackError> {
         let raw = entry.path_bytes().into_owned();
         let header = entry.header();
         let kind = header.entry_type();
@@ -239,8 +333,14 @@ impl Unpacker {
 
         let Some(path) = normalize(&raw).map_err(|r| UnpackError::unsafe_entry(&raw, r))? else {
             // The archive root (`./`): the target directory itself keeps its own mode.
-            return Ok(());
+            return Ok(false);
         };
+        if kind == tar::EntryType::GNUSparse && self.expected.is_some() {
+            return Err(UnpackError::unsafe_entry(
+                &path,
+                "GNU sparse entries are not part of the native format",
+            ));
+        }
         let kind = match kind {
             tar::EntryType::Directory => EntryKind::Dir,
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
@@ -248,7 +348,7 @@ impl Unpacker {
             }
             tar::EntryType::Symlink => EntryKind::Symlink,
             tar::EntryType::Link => EntryKind::Hardlink,
-            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => return Ok(()),
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => return Ok(false),
             other => {
                 let what = match other {
                     tar::EntryType::Char => "character device",
@@ -259,20 +359,32 @@ impl Unpacker {
                 self.state
                     .lock()
                     .unwrap()
-                    .report
-                    .skipped
-                    .push((show(&path), format!("{what} not restored")));
-                return Ok(());
+                    .skip(&path, format!("{what} not restored"));
+                return Ok(false);
             }
         };
-        // Unselected entries are skipped (the tar reader skips their data), except files that
-        // are restored under an alias.
+        if self.is_reserved(&path) {
+            let mut st = self.state.lock().unwrap();
+            if self
+                .expected
+                .as_ref()
+                .is_some_and(|e| e.contains_key(&path))
+            {
+                st.seen_expected += 1;
+            }
+            if !path.contains(&b'/') {
+                st.skip(&path, "name reserved for wsr's staging directory".into());
+            }
+            return Ok(false);
+        }
+        // Unselected entries are skipped (their data is drained), except files that are
+        // restored under an alias.
         let (path, aliased_from) = if selected(&self.options.select, &path) {
             (path, None)
         } else {
             match self.options.aliases.get(&path) {
                 Some(alias) if kind == EntryKind::File => (alias.clone(), Some(path)),
-                _ => return Ok(()),
+                _ => return Ok(false),
             }
         };
         let expected = self.check_expected(
@@ -302,7 +414,7 @@ impl Unpacker {
             if expected.is_some() {
                 self.state.lock().unwrap().seen_expected += 1;
             }
-            return Ok(());
+            return Ok(false);
         }
 
         {
@@ -313,7 +425,8 @@ impl Unpacker {
                     limit: self.options.max_entries,
                 });
             }
-            if kind == EntryKind::File && st.report.bytes + size > self.options.max_bytes {
+            let total = st.report.bytes.checked_add(size);
+            if kind == EntryKind::File && total.is_none_or(|t| t > self.options.max_bytes) {
                 return Err(UnpackError::TooLarge {
                     path: show(&path),
                     limit: self.options.max_bytes,
@@ -354,18 +467,32 @@ impl Unpacker {
                 }
             }
         }
-        if kind == EntryKind::File {
-            let digest = self.write_file(&path, &mut entry, mode, mtime)?;
-            if let Some(want) = expected.and_then(|e| e.sha256)
-                && want != digest
-            {
-                return Err(UnpackError::Mismatch {
-                    path: show(&path),
-                    what: format!("content digest {digest}, index says {want}"),
-                });
-            }
+        if kind != EntryKind::File {
+            return Ok(false);
         }
-        Ok(())
+        let want = expected.and_then(|e| e.sha256);
+        if !self.options.write && want.is_none() {
+            // Nothing to write and nothing to compare the content with.
+            return Ok(false);
+        }
+        let digest = self.write_file(&path, entry, size, mode, mtime, want.is_some())?;
+        if let (Some(want), Some(digest)) = (want, digest)
+            && want != digest
+        {
+            return Err(UnpackError::Mismatch {
+                path: show(&path),
+                what: format!("content digest {digest}, index says {want}"),
+            });
+        }
+        Ok(true)
+    }
+
+    fn is_reserved(&self, path: &[u8]) -> bool {
+        let top = path.split(|&b| b == b'/').next().unwrap_or_default();
+        self.options
+            .reserved_prefix
+            .as_deref()
+            .is_some_and(|prefix| top.starts_with(prefix))
     }
 
     /// Records `path` as created by us, creating missing parents. Fails if the path or any
@@ -416,14 +543,18 @@ impl Unpacker {
         }
     }
 
+    /// Writes a file's content (all-zero stretches become holes, so sparse entries are restored
+    /// sparse) and returns its digest when `hash` is set. The content must be exactly `size`.
     fn write_file(
         &self,
         path: &[u8],
         data: &mut impl Read,
+        size: u64,
         mode: u32,
         mtime: i64,
-    ) -> Result<Digest, UnpackError> {
-        let mut hasher = Hasher::new();
+        hash: bool,
+    ) -> Result<Option<Digest>, UnpackError> {
+        let mut hasher = hash.then(Hasher::new);
         let mut buf = vec![0u8; 256 * 1024];
         let mut file = if self.options.write {
             Some(
@@ -438,24 +569,45 @@ impl Unpacker {
         } else {
             None
         };
+        let mut total = 0u64;
         loop {
             let n = data.read(&mut buf).map_err(UnpackError::Corrupt)?;
             if n == 0 {
                 break;
             }
-            hasher.update(&buf[..n]);
+            total += n as u64;
+            if let Some(h) = hasher.as_mut() {
+                h.update(&buf[..n]);
+            }
             if let Some(f) = file.as_mut() {
-                f.write_all(&buf[..n]).map_err(self.io_err(path))?;
+                if buf[..n].iter().all(|&b| b == 0) {
+                    f.seek(io::SeekFrom::Current(n as i64))
+                        .map(drop)
+                        .map_err(self.io_err(path))?;
+                } else {
+                    f.write_all(&buf[..n]).map_err(self.io_err(path))?;
+                }
             }
         }
+        if total != size {
+            return Err(UnpackError::Corrupt(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{}: {total} bytes of content, the header says {size}",
+                    show(path)
+                ),
+            )));
+        }
         if let Some(f) = file {
+            // A trailing hole exists only once the length is set.
+            f.set_len(total).map_err(self.io_err(path))?;
             f.set_permissions(fs::Permissions::from_mode(mode))
                 .map_err(self.io_err(path))?;
             let t = system_time(mtime);
             f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
                 .map_err(self.io_err(path))?;
         }
-        Ok(hasher.finish().0)
+        Ok(hasher.map(|h| h.finish().0))
     }
 
     fn check_expected(
@@ -524,13 +676,15 @@ impl Unpacker {
                     st.report.hardlinks += 1;
                 }
                 None if self.options.select.is_some() => {
-                    st.report.skipped.push((
-                        show(path),
-                        format!(
-                            "hard-link target {:?} is outside the selected paths",
-                            show(target)
-                        ),
-                    ));
+                    let reason = format!(
+                        "hard-link target {:?} is outside the selected paths",
+                        show(target)
+                    );
+                    if st.report.skipped.len() < MAX_SKIPPED_LISTED {
+                        st.report.skipped.push((show(path), reason));
+                    } else {
+                        st.skipped_unlisted += 1;
+                    }
                 }
                 _ => {
                     return Err(UnpackError::unsafe_entry(
@@ -549,7 +703,18 @@ impl Unpacker {
             });
             for (path, mode, mtime) in &st.dir_meta {
                 let full = self.full(path);
-                fs::set_permissions(&full, fs::Permissions::from_mode(*mode))
+                // Moving a directory to another parent needs write permission on it: a
+                // top-level directory keeps owner rwx until the caller has moved it.
+                let mut applied = *mode;
+                if !path.contains(&b'/') && mode & 0o700 != 0o700 {
+                    applied |= 0o700;
+                    st.report.deferred_dirs.push(DeferredDir {
+                        name: crate::native::RawPath(path.clone()),
+                        mode: *mode,
+                        mtime: *mtime,
+                    });
+                }
+                fs::set_permissions(&full, fs::Permissions::from_mode(applied))
                     .map_err(self.io_err(path))?;
                 let t = system_time(*mtime);
                 let dir = fs::File::open(&full).map_err(self.io_err(path))?;
@@ -566,7 +731,57 @@ impl Unpacker {
                 what: format!("{missing} entries of the file index are missing from the archive"),
             });
         }
+        if let Some(selection) = &self.options.select {
+            st.report.unmatched = selection
+                .iter()
+                .filter(|s| {
+                    !st.nodes
+                        .keys()
+                        .any(|p| path_selected(std::slice::from_ref(s), p))
+                })
+                .cloned()
+                .collect();
+        }
+        if st.skipped_unlisted > 0 {
+            let more = format!("and {} more skipped entries", st.skipped_unlisted);
+            st.report.skipped.push(("…".into(), more));
+        }
         Ok(st.report)
+    }
+}
+
+/// The bytes a GNU sparse entry occupies in the stream (its `size()` is the expanded size).
+fn stored_size<R: Read>(entry: &mut tar::Entry<'_, R>) -> u64 {
+    let from_pax = entry.pax_extensions().ok().flatten().and_then(|pax| {
+        pax.filter_map(Result::ok)
+            .find(|e| e.key_bytes() == b"size")
+            .and_then(|e| std::str::from_utf8(e.value_bytes()).ok()?.parse().ok())
+    });
+    from_pax.unwrap_or_else(|| entry.header().entry_size().unwrap_or(u64::MAX))
+}
+
+/// Bounds what the tar reader reads while it looks for the next entry (see
+/// [`MAX_ENTRY_METADATA`]): the tar crate buffers long names and PAX headers whole, so the
+/// limit has to be enforced underneath it. `allowance` is `None` while entry data is read.
+struct MetadataGuard<R> {
+    inner: R,
+    allowance: Rc<Cell<Option<u64>>>,
+    exceeded: Rc<Cell<bool>>,
+}
+
+impl<R: Read> Read for MetadataGuard<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let Some(left) = self.allowance.get() else {
+            return self.inner.read(out);
+        };
+        if left == 0 {
+            self.exceeded.set(true);
+            return Err(io::Error::other("entry metadata too large"));
+        }
+        let want = out.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut out[..want])?;
+        self.allowance.set(Some(left - n as u64));
+        Ok(n)
     }
 }
 
