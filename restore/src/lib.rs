@@ -140,16 +140,16 @@ pub async fn restore(
     if let (Some(selection), Some(index)) = (&selection, &opened.index) {
         check_selection_in_index(selection, index)?;
     }
-    let mut moved_aside = None;
-    if !existing.is_empty() {
-        let aside = target::move_aside(target, &existing)?;
-        tracing::warn!(aside = %aside.display(), "moved the target's existing content aside");
-        moved_aside = Some(aside.display().to_string());
-    }
     let staging = target::create_staging(target)?;
     let tree = staging.tree();
     let unpacked = run_unpack(options, store, opened, &tree, selection, true, &progress).await;
-    let (mut report, deferred) = match unpacked {
+    // The existing content is moved aside only once the new tree is complete and verified.
+    let aside = match unpacked {
+        Ok(done) if existing.is_empty() => Ok((done, None)),
+        Ok(done) => target::move_aside(target, &existing).map(|aside| (done, Some(aside))),
+        Err(e) => Err(e),
+    };
+    let ((mut report, deferred), moved_aside) = match aside {
         Ok(done) => done,
         Err(e) => {
             // Leave the target as it was: drop what was staged (ours, inside the target).
@@ -157,6 +157,10 @@ pub async fn restore(
             return Err(e);
         }
     };
+    let moved_aside = moved_aside.map(|aside| {
+        tracing::warn!(aside = %aside.display(), "moved the target's existing content aside");
+        aside.display().to_string()
+    });
     report.target = Some(target.display().to_string());
     report.moved_aside = moved_aside;
     report.duration_s = started.elapsed().as_secs_f64();

@@ -185,22 +185,69 @@ pub fn move_aside(target: &Path, entries: &[PathBuf]) -> Result<PathBuf, Restore
         (Some(Ok(parent)), Ok(t)) => parent.dev() == t.dev(),
         _ => false,
     };
+    check_movable(entries)?;
     let aside = if same_fs && fs::create_dir(&sibling).is_ok() {
         sibling
     } else {
-        let inside = target.join(format!(".wsr-aside-{stamp}"));
+        // A random suffix: an archive cannot guess the name and collide with it.
+        let suffix = &random_token().map_err(io(target))?[..8];
+        let inside = target.join(format!(".wsr-aside-{stamp}-{suffix}"));
         fs::create_dir(&inside).map_err(io(&inside))?;
         inside
     };
     for entry in entries {
         let dest = aside.join(entry.file_name().expect("directory entry has a name"));
-        rename_noreplace(entry, &dest).map_err(|source| RestoreError::MoveAside {
+        move_entry(entry, &dest).map_err(|source| RestoreError::MoveAside {
             from: entry.clone(),
             to: dest,
             source,
         })?;
     }
     Ok(aside)
+}
+
+/// Moving a directory to another parent needs write permission on it: one we own can be given
+/// that for the move, another user's must already grant it. Checked for every entry before
+/// the first one moves, so a refusal leaves the target as it was.
+fn check_movable(entries: &[PathBuf]) -> Result<(), RestoreError> {
+    for entry in entries {
+        let meta = fs::symlink_metadata(entry).map_err(io(entry))?;
+        if !meta.is_dir() || meta.uid() == euid() || euid() == 0 {
+            continue;
+        }
+        let c = CString::new(entry.as_os_str().as_bytes()).map_err(std::io::Error::other);
+        let c = c.map_err(io(entry))?;
+        // SAFETY: `c` is a valid NUL-terminated path.
+        let rc =
+            unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::W_OK, libc::AT_EACCESS) };
+        if rc != 0 {
+            return Err(RestoreError::Target {
+                path: entry.clone(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Renames without replacing; a directory of ours without owner write permission (which a
+/// rename to another parent needs) gets it for the move and its mode back afterwards.
+fn move_entry(from: &Path, to: &Path) -> std::io::Result<()> {
+    match rename_noreplace(from, to) {
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+            let meta = fs::symlink_metadata(from)?;
+            if !meta.is_dir() || meta.uid() != euid() {
+                return Err(e);
+            }
+            let mode = meta.mode() & 0o7777;
+            fs::set_permissions(from, fs::Permissions::from_mode(mode | 0o700))?;
+            let moved = rename_noreplace(from, to);
+            let at = if moved.is_ok() { to } else { from };
+            fs::set_permissions(at, fs::Permissions::from_mode(mode))?;
+            moved
+        }
+        other => other,
+    }
 }
 
 /// Removes our stale (incomplete) staging directories and creates a fresh one.

@@ -149,6 +149,8 @@ struct State {
     seen_expected: u64,
     report: UnpackReport,
     skipped_unlisted: u64,
+    /// Reserved top-level names already reported as skipped.
+    reserved_reported: std::collections::HashSet<Vec<u8>>,
     entries: u64,
 }
 
@@ -301,6 +303,14 @@ impl Unpacker {
                 Some(Err(e)) => return Err(UnpackError::Corrupt(e)),
             };
             let size = entry.size();
+            if entry.header().entry_type() == tar::EntryType::XGlobalHeader
+                && size > MAX_ENTRY_METADATA
+            {
+                // Not buffered by the tar reader, but capped like every other PAX header.
+                return Err(UnpackError::MetadataTooLarge {
+                    limit: MAX_ENTRY_METADATA,
+                });
+            }
             let consumed = self.unpack_entry(&mut entry)?;
             unread = 0;
             if !consumed {
@@ -372,8 +382,9 @@ impl Unpacker {
             {
                 st.seen_expected += 1;
             }
-            if !path.contains(&b'/') {
-                st.skip(&path, "name reserved for wsr's staging directory".into());
+            let top = path.split(|&b| b == b'/').next().unwrap_or_default();
+            if st.reserved_reported.insert(top.to_vec()) {
+                st.skip(top, "name reserved for wsr's staging directory".into());
             }
             return Ok(false);
         }
@@ -426,7 +437,13 @@ impl Unpacker {
                 });
             }
             let total = st.report.bytes.checked_add(size);
-            if kind == EntryKind::File && total.is_none_or(|t| t > self.options.max_bytes) {
+            if kind == EntryKind::File && total.is_none() {
+                return Err(UnpackError::unsafe_entry(
+                    &path,
+                    "file sizes add up beyond 2^64 bytes",
+                ));
+            }
+            if kind == EntryKind::File && total.is_some_and(|t| t > self.options.max_bytes) {
                 return Err(UnpackError::TooLarge {
                     path: show(&path),
                     limit: self.options.max_bytes,

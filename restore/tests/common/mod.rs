@@ -1,6 +1,9 @@
 //! Shared by the restore tests: publishing a compressed tarball as a single-layer `dwo`
 //! artifact in an OCI layout, without the backup engine.
 
+#[allow(dead_code)]
+pub mod archive;
+
 use std::path::Path;
 use wsr_format::artifact;
 use wsr_format::digest::Digest;
