@@ -86,11 +86,13 @@ pub async fn open_artifact(store: &Store, target: &Target) -> Result<Opened, Res
             let mut entries = Vec::new();
             let mut layer_of = Vec::new();
             let mut bytes_total = 0u64;
+            let mut index_budget = native::MAX_INDEX_BYTES;
             for (position, (index, info)) in indexes.iter().zip(&config.layers).enumerate() {
                 let bytes = fetch_document(store, index, native::MAX_INDEX_BLOB_BYTES).await?;
-                let layer_entries = native::read_index(&bytes[..], info.entries).map_err(|e| {
-                    RestoreError::Corrupt(format!("file index {}: {e}", index.digest))
-                })?;
+                let layer_entries = native::read_index(&bytes[..], info.entries, &mut index_budget)
+                    .map_err(|e| {
+                        RestoreError::Corrupt(format!("file index {}: {e}", index.digest))
+                    })?;
                 bytes_total = layer_entries
                     .iter()
                     .try_fold(bytes_total, |t, e| t.checked_add(e.size))

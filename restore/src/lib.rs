@@ -242,12 +242,13 @@ async fn run_unpack(
     write: bool,
     progress: &Arc<Progress>,
 ) -> Result<(RestoreReport, Vec<DeferredDir>), RestoreError> {
-    let (mut max_bytes, mut max_entries) = (options.max_size.unwrap_or(u64::MAX), u64::MAX);
+    let mut max_bytes = options.max_size.unwrap_or(u64::MAX);
+    let mut max_entries = wsr_format::native::MAX_ENTRIES;
     if write && let Some((free_bytes, free_inodes)) = target::free_space(root) {
         // Keep 1% (at most 64 MiB) for everything else on the volume.
         let reserve = (free_bytes / 100).min(64 << 20);
         max_bytes = max_bytes.min(free_bytes.saturating_sub(reserve));
-        max_entries = free_inodes;
+        max_entries = max_entries.min(free_inodes);
         if let Some(config) = &opened.config
             && selection.is_none()
             && config.totals.bytes > max_bytes

@@ -11,7 +11,9 @@ use std::io::{self, BufRead, Read, Write};
 pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
 /// Largest compressed file-index blob a reader accepts (its descriptor size).
 pub const MAX_INDEX_BLOB_BYTES: u64 = 64 << 20;
-/// Most entries a native backup may have (the whole file index is held in memory to verify
+/// Most bytes all file indexes of one backup may hold uncompressed (about 1M entries).
+pub const MAX_INDEX_BYTES: u64 = 128 << 20;
+/// Most entries a backup may have (the whole file index is held in memory to verify
 /// every entry).
 pub const MAX_ENTRIES: u64 = 1 << 20;
 
@@ -225,7 +227,13 @@ pub const MAX_INDEX_LINE: usize = 64 << 10;
 /// limits are enforced while decompressing: at most `expected` lines (so a small blob cannot
 /// expand into millions of entries before a count check), each at most [`MAX_INDEX_LINE`]
 /// bytes. The count must match exactly.
-pub fn read_index(compressed: impl Read, expected: u64) -> io::Result<Vec<IndexEntry>> {
+/// `budget` is the most decompressed bytes that may still be read (all of an artifact's
+/// indexes share [`MAX_INDEX_BYTES`]); it is reduced by what was read.
+pub fn read_index(
+    compressed: impl Read,
+    expected: u64,
+    budget: &mut u64,
+) -> io::Result<Vec<IndexEntry>> {
     let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidData, msg);
     let mut reader = io::BufReader::new(zstd::stream::read::Decoder::new(compressed)?);
     // Capacity from a declared count is a promise, not a fact: grow as lines arrive.
@@ -239,6 +247,11 @@ pub fn read_index(compressed: impl Read, expected: u64) -> io::Result<Vec<IndexE
         if read == 0 {
             break;
         }
+        *budget = budget.checked_sub(read as u64).ok_or_else(|| {
+            invalid(format!(
+                "the file indexes exceed {MAX_INDEX_BYTES} bytes uncompressed"
+            ))
+        })?;
         if line.last() == Some(&b'\n') {
             line.pop();
         } else if line.len() > MAX_INDEX_LINE {
@@ -420,10 +433,14 @@ mod tests {
         ];
         let bytes = write_index(&entries).unwrap();
         assert_eq!(write_index(&entries).unwrap(), bytes, "deterministic");
-        assert_eq!(read_index(&bytes[..], 2).unwrap(), entries);
-        let fewer = read_index(&bytes[..], 1).unwrap_err().to_string();
+        let budget = &mut MAX_INDEX_BYTES.clone();
+        assert_eq!(read_index(&bytes[..], 2, budget).unwrap(), entries);
+        assert!(*budget < MAX_INDEX_BYTES);
+        let fewer = read_index(&bytes[..], 1, budget).unwrap_err().to_string();
         assert!(fewer.contains("more than the 1 entries"), "{fewer}");
-        let more = read_index(&bytes[..], 3).unwrap_err().to_string();
+        let tight = read_index(&bytes[..], 2, &mut 10).unwrap_err().to_string();
+        assert!(tight.contains("exceed"), "{tight}");
+        let more = read_index(&bytes[..], 3, budget).unwrap_err().to_string();
         assert!(
             more.contains("lists 2 entries, the config says 3"),
             "{more}"

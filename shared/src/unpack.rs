@@ -37,6 +37,9 @@ pub const MAX_ENTRY_METADATA: u64 = 1 << 20;
 /// Entries listed one by one in [`UnpackReport::skipped`]; further ones are only counted.
 pub const MAX_SKIPPED_LISTED: usize = 1000;
 
+/// Most bytes of names of hard links (link and target) held until the end of the unpack.
+pub const MAX_HARDLINK_NAME_BYTES: u64 = 32 << 20;
+
 /// Longest part of an archive name repeated in a message.
 const SHOWN_NAME_BYTES: usize = 256;
 
@@ -49,7 +52,9 @@ pub enum UnpackError {
         "archive expands beyond the limit of {limit} bytes at entry {path:?}; free space or --max-size bounds it"
     )]
     TooLarge { path: String, limit: u64 },
-    #[error("archive has more than {limit} entries (the target's free inodes bound it)")]
+    #[error(
+        "archive has more than {limit} entries (at most 1048576 are restored, and no more than the target's free inodes)"
+    )]
     TooManyEntries { limit: u64 },
     #[error(
         "corrupt archive: the headers, long-name and PAX records of one entry exceed {limit} bytes"
@@ -141,11 +146,38 @@ enum Node {
     Symlink,
 }
 
+/// A path's key in the model: a keyed 64-bit hash (SipHash, random keys per unpacker), so the
+/// model costs the same per entry whatever the length of its name. A collision, which an
+/// archive cannot aim for, can only make an entry be refused: every creation is exclusive
+/// (`O_EXCL`, `mkdir`, `symlink` fail on an existing name), a second path with a known key is
+/// refused as a duplicate, and a hard link's target is checked on disk (no symlink on the way,
+/// a regular file at the end) before it is linked.
+type PathKey = u64;
+
+fn path_key(keys: &std::hash::RandomState, path: &[u8]) -> PathKey {
+    use std::hash::BuildHasher;
+    keys.hash_one(path)
+}
+
+/// A directory's mode (12 bits) and mtime (clamped to 0..2^52 seconds) in one word.
+fn pack_dir_meta(mode: u32, mtime: i64) -> u64 {
+    (mtime.clamp(0, (1 << 52) - 1) as u64) << 12 | u64::from(mode & 0o7777)
+}
+
+fn unpack_dir_meta(packed: u64) -> (u32, i64) {
+    ((packed & 0o7777) as u32, (packed >> 12) as i64)
+}
+
 #[derive(Default)]
 struct State {
-    nodes: HashMap<Vec<u8>, Node>,
-    dir_meta: Vec<(Vec<u8>, u32, i64)>,
+    nodes: HashMap<PathKey, Node>,
+    /// Directories' modes and mtimes from their own entries (implicit parents have none).
+    dir_meta: HashMap<PathKey, u64>,
     hardlinks: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Bytes of names held in `hardlinks` (bounded by [`MAX_HARDLINK_NAME_BYTES`]).
+    hardlink_bytes: u64,
+    /// With a selection: which selected paths matched an entry.
+    matched: Vec<bool>,
     seen_expected: u64,
     report: UnpackReport,
     skipped_unlisted: u64,
@@ -167,6 +199,7 @@ impl State {
 /// Unpacks tar streams into `root`; see the module docs for the guarantees.
 pub struct Unpacker {
     root: PathBuf,
+    keys: std::hash::RandomState,
     options: UnpackOptions,
     expected: Option<HashMap<Vec<u8>, IndexEntry>>,
     state: Mutex<State>,
@@ -247,10 +280,13 @@ impl Unpacker {
                 .map(|mut e| (std::mem::take(&mut e.path.0), e))
                 .collect()
         });
+        let keys = std::hash::RandomState::new();
         let mut state = State::default();
-        state.nodes.insert(Vec::new(), Node::Dir);
+        state.nodes.insert(path_key(&keys, b""), Node::Dir);
+        state.matched = vec![false; options.select.as_ref().map_or(0, Vec::len)];
         Unpacker {
             root: root.to_owned(),
+            keys,
             options,
             expected,
             state: Mutex::new(state),
@@ -455,7 +491,10 @@ impl Unpacker {
             }
             match kind {
                 EntryKind::Dir => {
-                    st.dir_meta.push((path.clone(), mode, mtime));
+                    if self.options.write {
+                        st.dir_meta
+                            .insert(self.key(&path), pack_dir_meta(mode, mtime));
+                    }
                     st.report.dirs += 1;
                 }
                 EntryKind::Symlink => {
@@ -476,6 +515,13 @@ impl Unpacker {
                 EntryKind::Hardlink => {
                     let target = link_target.clone().expect("hard links have a target");
                     let target = self.options.aliases.get(&target).cloned().unwrap_or(target);
+                    st.hardlink_bytes += (path.len() + target.len()) as u64;
+                    if st.hardlink_bytes > MAX_HARDLINK_NAME_BYTES {
+                        return Err(UnpackError::unsafe_entry(
+                            &path,
+                            format!("the hard links' names exceed {MAX_HARDLINK_NAME_BYTES} bytes"),
+                        ));
+                    }
                     st.hardlinks.push((path.clone(), target));
                 }
                 EntryKind::File => {
@@ -504,6 +550,14 @@ impl Unpacker {
         Ok(true)
     }
 
+    fn key(&self, path: &[u8]) -> PathKey {
+        path_key(&self.keys, path)
+    }
+
+    fn node(&self, st: &State, path: &[u8]) -> Option<Node> {
+        st.nodes.get(&self.key(path)).copied()
+    }
+
     fn is_reserved(&self, path: &[u8]) -> bool {
         let top = path.split(|&b| b == b'/').next().unwrap_or_default();
         self.options
@@ -516,7 +570,7 @@ impl Unpacker {
     /// parent is something other than a directory we made.
     fn claim(&self, st: &mut State, path: &[u8], kind: EntryKind) -> Result<(), UnpackError> {
         for parent in parents(path) {
-            match st.nodes.get(parent) {
+            match self.node(st, parent) {
                 Some(Node::Dir) => {}
                 Some(Node::Symlink) => {
                     return Err(UnpackError::unsafe_entry(
@@ -534,7 +588,7 @@ impl Unpacker {
                     if self.options.write {
                         fs::create_dir(self.full(parent)).map_err(self.io_err(parent))?;
                     }
-                    st.nodes.insert(parent.to_vec(), Node::Dir);
+                    st.nodes.insert(self.key(parent), Node::Dir);
                 }
             }
         }
@@ -543,7 +597,12 @@ impl Unpacker {
             EntryKind::Symlink => Node::Symlink,
             EntryKind::File | EntryKind::Hardlink => Node::File,
         };
-        match st.nodes.get(path) {
+        if let Some(select) = &self.options.select {
+            for (matched, wanted) in st.matched.iter_mut().zip(select) {
+                *matched |= path_selected(std::slice::from_ref(wanted), path);
+            }
+        }
+        match self.node(st, path) {
             // A directory entry for a directory created implicitly (or listed twice) only updates metadata.
             Some(Node::Dir) if node == Node::Dir => Ok(()),
             Some(_) => Err(UnpackError::unsafe_entry(
@@ -554,7 +613,7 @@ impl Unpacker {
                 if node == Node::Dir && self.options.write {
                     fs::create_dir(self.full(path)).map_err(self.io_err(path))?;
                 }
-                st.nodes.insert(path.to_vec(), node);
+                st.nodes.insert(self.key(path), node);
                 Ok(())
             }
         }
@@ -679,10 +738,11 @@ impl Unpacker {
             hardlinks.iter().map(|(p, _)| p.as_slice()).collect();
         for (path, target) in &hardlinks {
             let (path, target) = (path.as_slice(), target.as_slice());
-            match st.nodes.get(target) {
+            match self.node(&st, target) {
                 // A link to another link entry (a chain) is not something wsr or GNU tar writes.
                 Some(Node::File) if !link_paths.contains(target) => {
                     if self.options.write {
+                        self.check_link_target(target)?;
                         fs::hard_link(self.full(target), self.full(path)).map_err(|source| {
                             UnpackError::Io {
                                 path: show(path),
@@ -715,29 +775,7 @@ impl Unpacker {
             }
         }
         if self.options.write {
-            st.dir_meta.sort_by_key(|(p, _, _)| {
-                std::cmp::Reverse(p.iter().filter(|&&b| b == b'/').count())
-            });
-            for (path, mode, mtime) in &st.dir_meta {
-                let full = self.full(path);
-                // Moving a directory to another parent needs write permission on it: a
-                // top-level directory keeps owner rwx until the caller has moved it.
-                let mut applied = *mode;
-                if !path.contains(&b'/') && mode & 0o700 != 0o700 {
-                    applied |= 0o700;
-                    st.report.deferred_dirs.push(DeferredDir {
-                        name: crate::native::RawPath(path.clone()),
-                        mode: *mode,
-                        mtime: *mtime,
-                    });
-                }
-                fs::set_permissions(&full, fs::Permissions::from_mode(applied))
-                    .map_err(self.io_err(path))?;
-                let t = system_time(*mtime);
-                let dir = fs::File::open(&full).map_err(self.io_err(path))?;
-                dir.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
-                    .map_err(self.io_err(path))?;
-            }
+            self.apply_dir_modes(&self.root, &mut Vec::new(), &mut st)?;
         }
         if let Some(expected) = &self.expected
             && st.seen_expected != expected.len() as u64
@@ -751,12 +789,9 @@ impl Unpacker {
         if let Some(selection) = &self.options.select {
             st.report.unmatched = selection
                 .iter()
-                .filter(|s| {
-                    !st.nodes
-                        .keys()
-                        .any(|p| path_selected(std::slice::from_ref(s), p))
-                })
-                .cloned()
+                .zip(&st.matched)
+                .filter(|(_, matched)| !**matched)
+                .map(|(s, _)| s.clone())
                 .collect();
         }
         if st.skipped_unlisted > 0 {
@@ -764,6 +799,77 @@ impl Unpacker {
             st.report.skipped.push(("…".into(), more));
         }
         Ok(st.report)
+    }
+}
+
+impl Unpacker {
+    /// A hard link's target, checked on disk: every parent a real directory (never a symlink),
+    /// the target itself a regular file. Only what this unpacker created is below the root.
+    fn check_link_target(&self, target: &[u8]) -> Result<(), UnpackError> {
+        let refuse =
+            |why: &str| UnpackError::unsafe_entry(target, format!("hard-link target {why}"));
+        for parent in parents(target) {
+            let meta = fs::symlink_metadata(self.full(parent)).map_err(self.io_err(parent))?;
+            if !meta.is_dir() {
+                return Err(refuse("is below something that is not a directory"));
+            }
+        }
+        let meta = fs::symlink_metadata(self.full(target)).map_err(self.io_err(target))?;
+        if !meta.is_file() {
+            return Err(refuse("is not a regular file"));
+        }
+        Ok(())
+    }
+
+    /// Applies the directories' own modes and times, children before their parent (a
+    /// read-only directory is filled first), by walking what this unpacker created below `dir`
+    /// (`rel` is its path relative to the root). Top-level directories without owner rwx are
+    /// left writable and reported in `deferred_dirs`.
+    fn apply_dir_modes(
+        &self,
+        dir: &Path,
+        rel: &mut Vec<u8>,
+        st: &mut State,
+    ) -> Result<(), UnpackError> {
+        // Names first, then recursion: one open directory at a time, whatever the depth.
+        let mut subdirs = Vec::new();
+        for e in fs::read_dir(dir).map_err(self.io_err(rel))? {
+            let e = e.map_err(self.io_err(rel))?;
+            if e.file_type().map_err(self.io_err(rel))?.is_dir() {
+                subdirs.push(e.file_name());
+            }
+        }
+        for name in subdirs {
+            let len = rel.len();
+            if len > 0 {
+                rel.push(b'/');
+            }
+            rel.extend_from_slice(name.as_bytes());
+            let full = dir.join(&name);
+            self.apply_dir_modes(&full, rel, st)?;
+            if let Some(&packed) = st.dir_meta.get(&self.key(rel)) {
+                let (mode, mtime) = unpack_dir_meta(packed);
+                // Moving a directory to another parent needs write permission on it: a
+                // top-level directory keeps owner rwx until the caller has moved it.
+                let mut applied = mode;
+                if len == 0 && mode & 0o700 != 0o700 {
+                    applied |= 0o700;
+                    st.report.deferred_dirs.push(DeferredDir {
+                        name: crate::native::RawPath(rel.clone()),
+                        mode,
+                        mtime,
+                    });
+                }
+                let t = system_time(mtime);
+                let opened = fs::File::open(&full).map_err(self.io_err(rel))?;
+                opened
+                    .set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
+                    .and_then(|()| opened.set_permissions(fs::Permissions::from_mode(applied)))
+                    .map_err(self.io_err(rel))?;
+            }
+            rel.truncate(len);
+        }
+        Ok(())
     }
 }
 
