@@ -576,6 +576,26 @@ fn big_record(jail: &Jail, name: &str, kind: u8, len: u64) -> String {
     ))
 }
 
+/// `n` empty files, each named by a GNU long-name record of about 3,000 bytes.
+fn many_long_names(jail: &Jail, n: usize) -> String {
+    use std::io::Write;
+    let stem = vec!["d".repeat(250); 12].join("/");
+    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+    for i in 0..n {
+        let mut name = format!("{stem}/f{i:08}").into_bytes();
+        name.push(0);
+        let tar = Tar::default()
+            .record(b'L', &name)
+            .raw(header(b'0', b"placeholder", b"", 0, 0o644), b"");
+        enc.write_all(&tar.bytes).unwrap();
+    }
+    enc.write_all(&[0u8; 1024]).unwrap();
+    readable(common::publish_blob(
+        &jail.layout("many"),
+        enc.finish().unwrap(),
+    ))
+}
+
 /// GNU long-name/long-link records and PAX headers (local and global) far beyond the limit,
 /// sparse maps too long, names too long: refused while reading, with short messages, in
 /// bounded memory.
@@ -625,6 +645,12 @@ fn metadata_is_bounded(run: Runner) {
     let out = run.restore(&reference, &jail.target(), &[]);
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
     assert!(stderr(&out).contains("exceed"), "{}", stderr(&out));
+    // Many entries with long names: the model keeps a fixed-size key per entry, not the
+    // name (20,000 × 3,000-byte names would otherwise be 60 MB of names).
+    let reference = many_long_names(&jail, 20_000);
+    let verify = run.verify(&reference);
+    assert!(verify.status.success(), "{}", stderr(&verify));
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("20000 files"));
     // PAX names that are fine still work.
     let deep = ["p".repeat(100), "q".repeat(100), "r".repeat(100)].join("/");
     let body = format!(" path=d/{deep}\n");
