@@ -294,3 +294,71 @@ fn the_job_controller_creates_pods_and_the_garbage_collector_removes_them_with_t
         left.trim().is_empty().then_some(())
     });
 }
+
+#[test]
+fn cluster_up_leaves_a_cluster_running_and_cluster_down_stops_every_process_idempotently() {
+    let exe = env!("CARGO_BIN_EXE_scenarios");
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(exe)
+            .args(args)
+            .arg("--dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "scenarios {args:?} failed:\n{stderr}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let stdout = run(&["cluster", "up", "--no-node"]);
+    let kubeconfig = stdout.lines().last().unwrap().to_owned();
+    assert_eq!(
+        Path::new(&kubeconfig),
+        dir.path().canonicalize().unwrap().join("kubeconfig")
+    );
+
+    // The command has exited; the cluster it started still answers.
+    let kubectl = scenarios::cluster::bin_dir().unwrap().join("kubectl");
+    let ns = std::process::Command::new(&kubectl)
+        .args([
+            "--kubeconfig",
+            &kubeconfig,
+            "get",
+            "namespace",
+            "kube-system",
+            "-o=name",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&ns.stdout).trim(),
+        "namespace/kube-system"
+    );
+
+    let pids: Vec<String> = std::fs::read_dir(dir.path().join("pids"))
+        .unwrap()
+        .map(|e| {
+            std::fs::read_to_string(e.unwrap().path())
+                .unwrap()
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        pids.len(),
+        4,
+        "etcd, API server, controller manager, scheduler: {pids:?}"
+    );
+    run(&["cluster", "down"]);
+    for pid in &pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .map(|(_, s)| s.trim_start().chars().next());
+        assert!(
+            stat.is_empty() || state == Some(Some('Z')),
+            "process {pid} still runs: {stat}"
+        );
+    }
+    run(&["cluster", "down"]);
+}
