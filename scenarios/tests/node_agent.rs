@@ -273,3 +273,98 @@ async fn failing_job_reports_the_termination_message_and_fails() -> Result<()> {
     );
     Ok(())
 }
+
+/// The workspace fixture as DWO leaves a running workspace, then stopped: the pod runs under
+/// `restricted` with DWO's labels and the claim's `<id>/projects` (fsGroup applied), and
+/// scaling the Deployment to 0 removes it (the agent stops the container and deletes the pod).
+#[tokio::test(flavor = "multi_thread")]
+async fn workspace_fixture_runs_and_stops_as_dwo_leaves_it() -> Result<()> {
+    let cluster = cluster();
+    let _logs = cluster.logs_on_failure();
+    let client = cluster.client().await?;
+    let ns = "wsr-node-agent-workspace";
+    cluster.create_namespace(ns, &[RESTRICTED])?;
+    tokio::task::block_in_place(fixtures::build_workspace_image)?;
+    fixtures::install_devworkspace_crd(&client).await?;
+    let ws = Workspace::new(ns, "running-ws", "workspace00000000000000aa");
+    let created = ws.create(&client, Phase::Running).await?;
+
+    let dw = serde_json::to_value(&created.devworkspace)?;
+    assert_eq!(dw["status"]["phase"], "Running", "{dw:#}");
+    assert_eq!(dw["status"]["devworkspaceId"], ws.id.as_str());
+    assert_eq!(dw["status"]["conditions"][0]["type"], "Started");
+    assert_eq!(dw["status"]["conditions"][0]["status"], "True");
+
+    let pod_name = created.pod.clone().expect("a running workspace has a pod");
+    let pod = serde_json::to_value(
+        Api::<Pod>::namespaced(client.clone(), ns)
+            .get(&pod_name)
+            .await?,
+    )?;
+    assert_eq!(
+        pod["metadata"]["labels"][fixtures::LABEL_ID],
+        ws.id.as_str(),
+        "{pod:#}"
+    );
+    assert_eq!(
+        pod["metadata"]["labels"][fixtures::LABEL_NAME],
+        ws.name.as_str()
+    );
+    assert_eq!(
+        pod["status"]["containerStatuses"][0]["ready"], true,
+        "{pod:#}"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let projects = std::fs::metadata(&created.projects_dir)?;
+    assert_eq!(
+        projects.gid(),
+        fixtures::WORKSPACE_UID as u32,
+        "fsGroup applied to the claim"
+    );
+
+    let stopped = serde_json::to_value(ws.stop(&client).await?)?;
+    assert_eq!(stopped["status"]["phase"], "Stopped", "{stopped:#}");
+    assert_eq!(stopped["status"]["conditions"][0]["status"], "False");
+    assert_eq!(stopped["spec"]["started"], false);
+    Ok(())
+}
+
+/// A pod asking for what the agent cannot do fails at once, naming the fields.
+#[tokio::test(flavor = "multi_thread")]
+async fn unsupported_pod_fails_with_a_reason() -> Result<()> {
+    let cluster = cluster();
+    let _logs = cluster.logs_on_failure();
+    let client = cluster.client().await?;
+    let ns = "wsr-node-agent-unsupported";
+    cluster.create_namespace(ns, &[])?;
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "probed", "namespace": ns},
+        "spec": {
+            "restartPolicy": "Never",
+            "shareProcessNamespace": true,
+            "containers": [{"name": "c", "image": image(),
+                            "readinessProbe": {"exec": {"command": ["true"]}}}],
+        },
+    }))?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    pods.create(&PostParams::default(), &pod).await?;
+    let status = fixtures::poll("the pod to fail", || async {
+        let p = serde_json::to_value(pods.get("probed").await?)?;
+        Ok((p["status"]["phase"] == "Failed").then(|| p["status"].clone()))
+    })
+    .await?;
+    assert_eq!(status["reason"], "NodeAgentUnsupported", "{status:#}");
+    let message = status["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("spec.shareProcessNamespace")
+            && message.contains("container c: readinessProbe"),
+        "{message}"
+    );
+    // Deleting it does not leave it Terminating: the agent deletes it with grace 0.
+    pods.delete("probed", &Default::default()).await?;
+    fixtures::poll("the pod to be gone", || async {
+        Ok(pods.get_opt("probed").await?.is_none().then_some(()))
+    })
+    .await?;
+    Ok(())
+}

@@ -238,6 +238,62 @@ impl Workspace {
         })
     }
 
+    /// Stops a running workspace as DWO does: `spec.started: false`, the Deployment scaled to
+    /// 0 (returns once its pods are gone), then status `Stopped` with a new `Started=False`
+    /// transition, the time the backup scheduler compares with the last backup.
+    pub async fn stop(&self, client: &Client) -> Result<DynamicObject> {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &self.namespace, &devworkspace_resource());
+        let params = PatchParams::default();
+        api.patch(
+            &self.name,
+            &params,
+            &Patch::Merge(json!({"spec": {"started": false}})),
+        )
+        .await?;
+        Api::<Deployment>::namespaced(client.clone(), &self.namespace)
+            .patch(
+                &self.id,
+                &params,
+                &Patch::Merge(json!({"spec": {"replicas": 0}})),
+            )
+            .await?;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &self.namespace);
+        let selector = format!("{LABEL_ID}={}", self.id);
+        poll("the workspace pods to be gone", || async {
+            let left = pods.list(&ListParams::default().labels(&selector)).await?;
+            Ok(left.items.is_empty().then_some(()))
+        })
+        .await?;
+        api.patch_status(
+            &self.name,
+            &params,
+            &Patch::Merge(self.status(Phase::Stopped)),
+        )
+        .await
+        .context("writing the DevWorkspace status")
+    }
+
+    fn status(&self, phase: Phase) -> Value {
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let (phase_name, status, message) = match phase {
+            Phase::Running => ("Running", "True", "DevWorkspace is started"),
+            Phase::Stopped => ("Stopped", "False", "Workspace is stopped"),
+        };
+        let mut conditions = vec![json!({"type": "Started", "status": status,
+            "lastTransitionTime": now, "message": message})];
+        if phase == Phase::Running {
+            conditions.push(json!({"type": "Ready", "status": "True", "lastTransitionTime": now}));
+        }
+        json!({"status": {
+            "devworkspaceId": self.id,
+            "phase": phase_name,
+            "message": message,
+            "mainUrl": format!("https://che.example.com/{}/{}/3100/", self.namespace, self.name),
+            "conditions": conditions,
+        }})
+    }
+
     async fn create_devworkspace(&self, client: &Client, phase: Phase) -> Result<DynamicObject> {
         let api: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), &self.namespace, &devworkspace_resource());
@@ -254,23 +310,7 @@ impl Workspace {
         api.create(&PostParams::default(), &object)
             .await
             .context("creating the DevWorkspace")?;
-        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let (phase_name, status, reason, message) = match phase {
-            Phase::Running => ("Running", "True", "", "DevWorkspace is started"),
-            Phase::Stopped => ("Stopped", "False", "", "Workspace is stopped"),
-        };
-        let mut conditions = vec![json!({"type": "Started", "status": status,
-            "lastTransitionTime": now, "reason": reason, "message": message})];
-        if phase == Phase::Running {
-            conditions.push(json!({"type": "Ready", "status": "True", "lastTransitionTime": now}));
-        }
-        let status = json!({"status": {
-            "devworkspaceId": self.id,
-            "phase": phase_name,
-            "message": message,
-            "mainUrl": format!("https://che.example.com/{}/{}/3100/", self.namespace, self.name),
-            "conditions": conditions,
-        }});
+        let status = self.status(phase);
         api.patch_status(&self.name, &PatchParams::default(), &Patch::Merge(status))
             .await
             .context("writing the DevWorkspace status")

@@ -362,14 +362,8 @@ mod tests {
     fn phases_follow_the_kubelet() {
         let waiting = || State::waiting("ContainerCreating", None);
         assert_eq!(pod(&[], &[waiting()], "Never").phase(), "Pending");
-        assert_eq!(
-            pod(&[running()], &[waiting()], "Never").phase(),
-            "Pending"
-        );
-        assert_eq!(
-            pod(&[done(1)], &[waiting()], "Never").phase(),
-            "Failed"
-        );
+        assert_eq!(pod(&[running()], &[waiting()], "Never").phase(), "Pending");
+        assert_eq!(pod(&[done(1)], &[waiting()], "Never").phase(), "Failed");
         assert_eq!(
             pod(&[done(1)], &[waiting()], "OnFailure").phase(),
             "Pending"
