@@ -32,35 +32,6 @@ const NAMESPACE: &str = "jdoe-devspaces";
 const NAME: &str = "my-workspace";
 /// How long one container may run before the test gives up on it.
 const CONTAINER_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long `images/build.sh` may take (it only packages prebuilt binaries).
-const BUILD_TIMEOUT: Duration = Duration::from_secs(10 * 60);
-
-/// The directory of this test run's binaries (`target/[TRIPLE/]debug`): the test executable
-/// lives in its `deps/` subdirectory, and `cargo test --workspace` builds every binary.
-fn test_build_binaries() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps")
-        .to_owned();
-    for b in ["wsr-backup", "wsr-restore", "workspace-recovery"] {
-        assert!(
-            dir.join(b).is_file(),
-            "{} is missing: run the suite with scripts/test.sh (or `cargo build -p wsr-backup -p wsr-restore` \
-             with the same flags first)",
-            dir.join(b).display()
-        );
-    }
-    dir
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 /// Runs `command` to completion or kills it after `timeout`; output is captured.
 fn run(mut command: Command, timeout: Duration) -> Output {
@@ -142,21 +113,7 @@ struct Podman {
 
 impl Podman {
     fn command(&self) -> Command {
-        let mut command = Command::new("podman");
-        command
-            .arg("--root")
-            .arg(self.storage.join("root"))
-            .arg("--runroot")
-            .arg(self.storage.join("run"))
-            .args([
-                "--storage-driver",
-                "vfs",
-                "--runtime",
-                "runc",
-                "--cgroup-manager",
-                "cgroupfs",
-            ]);
-        command
+        scenarios::podman::command(&self.storage)
     }
 
     fn output(&self, args: &[&str]) -> Output {
@@ -171,28 +128,11 @@ impl Podman {
         output
     }
 
-    /// Builds the image with `images/build.sh` and returns its reference.
+    /// Builds the image with `images/build.sh` from this run's binaries; returns its reference.
     fn build_image(&self) -> String {
-        let root = repo_root();
-        let mut command = Command::new(root.join("images/build.sh"));
-        command
-            .arg("--binaries")
-            .arg(test_build_binaries())
-            .env("WSR_IMAGE_STORAGE", &self.storage)
-            .current_dir(&root);
-        let output = run(command, BUILD_TIMEOUT);
-        assert!(
-            output.status.success(),
-            "images/build.sh failed: {}",
-            describe(&output)
-        );
-        let stdout = String::from_utf8(output.stdout).unwrap();
-        stdout
-            .lines()
-            .last()
-            .expect("images/build.sh printed no image reference")
-            .trim()
-            .to_owned()
+        let binaries = scenarios::podman::test_build_binaries();
+        scenarios::podman::build_recovery_image(&binaries, &self.storage)
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 }
 
@@ -558,7 +498,7 @@ fn recovery_image_is_a_drop_in_for_upstream_project_backup() {
     require_container_tools();
     let started = Instant::now();
     let podman = Podman {
-        storage: repo_root().join("target/image/containers"),
+        storage: scenarios::podman::image_storage(),
     };
     let image = podman.build_image();
     eprintln!("built {image} in {:?}", started.elapsed());
