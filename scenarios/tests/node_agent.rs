@@ -135,6 +135,19 @@ async fn job_pods(client: &Client, ns: &str, job: &str) -> Result<Vec<Value>> {
         .collect())
 }
 
+fn owner_writable_dirs(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::symlink_metadata(dir)?.permissions().mode();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o200))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            owner_writable_dirs(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 fn clear_setgid(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::symlink_metadata(dir)?.permissions().mode();
@@ -149,7 +162,8 @@ fn clear_setgid(dir: &Path) -> std::io::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn backup_job_completes_under_restricted_and_restores_identically() -> Result<()> {
+async fn backup_job_completes_under_restricted_and_restores_identically_in_and_out_of_the_cluster()
+-> Result<()> {
     let cluster = cluster();
     let _logs = cluster.logs_on_failure();
     let image = image();
@@ -163,6 +177,10 @@ async fn backup_job_completes_under_restricted_and_restores_identically() -> Res
     let ws = Workspace::new(ns, "my-workspace", "workspace7f3c1e2a9b8d4c05");
     let created = ws.create(&client, Phase::Stopped).await?;
     scenarios::sample::write_sample(&created.projects_dir, false)?;
+    // A restore by a non-root uid (the in-cluster one below) fails today on a directory without
+    // owner write permission ("cannot use target .../locked-dir: Permission denied", also with
+    // wsr-restore from an OCI layout), so the sample's read-only directory is made writable.
+    owner_writable_dirs(&created.projects_dir)?;
 
     let source = format!("/workspace/{}/projects", ws.id);
     let job = backup_job(&ws, "backup-ok", &source, &registry)?;
@@ -199,6 +217,7 @@ async fn backup_job_completes_under_restricted_and_restores_identically() -> Res
     // Restores clear setuid/setgid bits (docs/FORMAT.md); the fsGroup change set setgid on
     // every directory of the claim, so the source is compared without it.
     clear_setgid(&created.projects_dir)?;
+    let expected = common::expected_snapshot(&created.projects_dir);
     let restored = tempfile::tempdir()?;
     let reference = format!("{}/backups/{ns}/{}:latest", registry.host(), ws.name);
     tokio::task::block_in_place(|| {
@@ -206,10 +225,84 @@ async fn backup_job_completes_under_restricted_and_restores_identically() -> Res
     })?;
     assert_eq!(
         scenarios::sample::snapshot(restored.path())?,
-        common::expected_snapshot(&created.projects_dir),
+        expected,
         "the restored tree differs from the workspace's /projects"
     );
+
+    // The same backup restored in the cluster by DWO's `workspace-restore` init container
+    // (upstream-dwo.md §4.3) into a new workspace's directory on the common claim; the main
+    // container runs the restore again, which must leave the now non-empty /projects alone.
+    let new_id = "workspace00000000restored1";
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    pods.create(
+        &PostParams::default(),
+        &restore_pod(ns, new_id, &reference)?,
+    )
+    .await?;
+    let status = fixtures::poll("the restore pod to finish", || async {
+        let p = serde_json::to_value(pods.get("restore-workspace").await?)?;
+        let phase = p["status"]["phase"].as_str().unwrap_or_default().to_owned();
+        Ok(matches!(phase.as_str(), "Succeeded" | "Failed").then(|| p["status"].clone()))
+    })
+    .await?;
+    assert_eq!(status["phase"], "Succeeded", "{status:#}");
+    assert_eq!(
+        status["initContainerStatuses"][0]["state"]["terminated"]["exitCode"],
+        0
+    );
+    let restored_in_cluster = created.claim_dir.join(new_id).join("projects");
+    assert_eq!(
+        scenarios::sample::snapshot(&restored_in_cluster)?,
+        expected,
+        "the tree the init container restored differs from the workspace's /projects"
+    );
     Ok(())
+}
+
+/// A pod shaped like a DWO workspace pod with restore requested, restricted-compliant.
+fn restore_pod(ns: &str, id: &str, image_ref: &str) -> Result<Pod> {
+    let restore = |name: &str| {
+        json!({
+            "name": name,
+            "image": image(),
+            "command": ["/workspace-recovery.sh"],
+            "args": ["--restore"],
+            "env": [
+                {"name": "DEVWORKSPACE_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+                {"name": "DEVWORKSPACE_NAME", "value": "restored-ws"},
+                {"name": "DEVWORKSPACE_ID", "value": id},
+                {"name": "PROJECTS_ROOT", "value": "/projects"},
+                {"name": "BACKUP_IMAGE", "value": image_ref},
+                {"name": "REGISTRY_AUTH_FILE", "value": "/tmp/.docker/.dockerconfigjson"},
+            ],
+            "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                                "capabilities": {"drop": ["ALL"]}},
+            "volumeMounts": [
+                {"name": fixtures::COMMON_PVC, "mountPath": "/projects", "subPath": format!("{id}/projects")},
+                {"name": "registry-auth-secret", "mountPath": "/tmp/.docker", "readOnly": true},
+                // The test registry's CA, trusted through the image's system trust store.
+                {"name": "registry-auth-secret", "mountPath": "/etc/pki/tls/certs/wsr-test-registry.crt",
+                 "subPath": "ca.crt", "readOnly": true},
+            ],
+        })
+    };
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": "restore-workspace", "namespace": ns, "labels": {fixtures::LABEL_ID: id}},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "securityContext": {"runAsNonRoot": true, "runAsUser": JOB_UID, "fsGroup": FS_GROUP,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
+            "initContainers": [restore("workspace-restore")],
+            "containers": [restore("restore-again")],
+            "volumes": [
+                {"name": fixtures::COMMON_PVC, "persistentVolumeClaim": {"claimName": fixtures::COMMON_PVC}},
+                // DWO mounts the auth Secret with defaultMode 0640.
+                {"name": "registry-auth-secret", "secret": {"secretName": "devworkspace-backup-registry-auth",
+                                                             "defaultMode": 0o640}},
+            ],
+        },
+    }))?)
 }
 
 #[tokio::test(flavor = "multi_thread")]
