@@ -66,8 +66,9 @@ pub struct Context {
     /// Where the policies' `authSecret`s live.
     pub operator_namespace: String,
     pub caches: Caches,
-    /// Jobs created but perhaps not yet in the Job cache, by (namespace, workspace).
-    in_flight: Mutex<HashMap<(String, String), DateTime<Utc>>>,
+    /// Jobs created but perhaps not yet in the Job cache: (namespace, workspace) to the Job's
+    /// name and creation time.
+    in_flight: Mutex<HashMap<(String, String), (String, DateTime<Utc>)>>,
     /// Jobs whose result was written, in case the workspace cache lags behind the patch.
     recorded: Mutex<HashSet<String>>,
 }
@@ -348,10 +349,18 @@ fn check(spec: &BackupPolicySpec) -> Result<Checked, String> {
 const IN_FLIGHT_GRACE: chrono::Duration = chrono::Duration::minutes(2);
 
 impl Context {
-    /// Workspaces whose Job was created in the last two minutes.
+    /// Workspaces whose Job was created less than two minutes ago and is not yet in the
+    /// Job cache.
     fn in_flight(&self, now: DateTime<Utc>) -> Vec<(String, String)> {
         let mut in_flight = self.in_flight.lock().expect("not poisoned");
-        in_flight.retain(|_, created| now - *created < IN_FLIGHT_GRACE);
+        in_flight.retain(|(ns, _), (job, created)| {
+            let cached = self
+                .caches
+                .jobs
+                .get(&reflector::ObjectRef::new(job).within(ns))
+                .is_some();
+            !cached && now - *created < IN_FLIGHT_GRACE
+        });
         in_flight.keys().cloned().collect()
     }
 }
@@ -392,10 +401,10 @@ async fn start(
         .create(&PostParams::default(), &job)
         .await?;
     let job_name = created.name_any();
-    ctx.in_flight
-        .lock()
-        .expect("not poisoned")
-        .insert((ns.clone(), ws_name.clone()), Utc::now());
+    ctx.in_flight.lock().expect("not poisoned").insert(
+        (ns.clone(), ws_name.clone()),
+        (job_name.clone(), Utc::now()),
+    );
     info!(namespace = %ns, workspace = %ws_name, job = %job_name, "backup Job created");
     publish(
         ctx,
