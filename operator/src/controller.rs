@@ -48,6 +48,9 @@ pub enum Error {
     },
 }
 
+/// (namespace, workspace name).
+type WorkspaceKey = (String, String);
+
 /// The watch caches a run reads.
 #[derive(Clone)]
 pub struct Caches {
@@ -68,7 +71,7 @@ pub struct Context {
     pub caches: Caches,
     /// Jobs created but perhaps not yet in the Job cache: (namespace, workspace) to the Job's
     /// name and creation time.
-    in_flight: Mutex<HashMap<(String, String), (String, DateTime<Utc>)>>,
+    in_flight: Mutex<HashMap<WorkspaceKey, (String, DateTime<Utc>)>>,
     /// Jobs whose result was written, in case the workspace cache lags behind the patch.
     recorded: Mutex<HashSet<String>>,
 }
@@ -351,7 +354,7 @@ const IN_FLIGHT_GRACE: chrono::Duration = chrono::Duration::minutes(2);
 impl Context {
     /// Workspaces whose Job was created less than two minutes ago and is not yet in the
     /// Job cache.
-    fn in_flight(&self, now: DateTime<Utc>) -> Vec<(String, String)> {
+    fn in_flight(&self, now: DateTime<Utc>) -> Vec<WorkspaceKey> {
         let mut in_flight = self.in_flight.lock().expect("not poisoned");
         in_flight.retain(|(ns, _), (job, created)| {
             let cached = self
