@@ -461,3 +461,60 @@ async fn unsupported_pod_fails_with_a_reason() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// `restartPolicy: OnFailure`: the container fails once and is restarted in the same pod (its
+/// emptyDir kept), after the init containers ran in order; the Job completes from it.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_failure_restarts_the_container_after_ordered_init_containers() -> Result<()> {
+    let cluster = cluster();
+    let _logs = cluster.logs_on_failure();
+    let client = cluster.client().await?;
+    let ns = "wsr-node-agent-restarts";
+    cluster.create_namespace(ns, &[RESTRICTED])?;
+    tokio::task::block_in_place(fixtures::build_workspace_image)?;
+    let step = |name: &str, script: &str| {
+        json!({"name": name, "image": fixtures::WORKSPACE_IMAGE,
+               "command": ["/bin/busybox", "sh", "-c", script],
+               "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}},
+               "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]})
+    };
+    let job: Job = serde_json::from_value(json!({
+        "metadata": {"name": "flaky", "namespace": ns},
+        "spec": {"backoffLimit": 3, "template": {"spec": {
+            "restartPolicy": "OnFailure",
+            "automountServiceAccountToken": false,
+            "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+            "initContainers": [
+                step("first", "echo first > /scratch/order"),
+                step("second", "echo second >> /scratch/order"),
+            ],
+            "containers": [step("main",
+                "test \"$(cat /scratch/order)\" = \"$(printf 'first\\nsecond')\" || exit 7; \
+                 if [ -e /scratch/failed-once ]; then exit 0; fi; \
+                 touch /scratch/failed-once; echo 'failing once' > /dev/termination-log; exit 1")],
+            "volumes": [{"name": "scratch", "emptyDir": {}}],
+        }}},
+    }))?;
+    Api::<Job>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &job)
+        .await?;
+    let (outcome, job) = finished(&client, ns, "flaky").await?;
+    let pods = job_pods(&client, ns, "flaky").await?;
+    assert_eq!(outcome, "Complete", "job: {job:#}\npods: {pods:#?}");
+    assert_eq!(pods.len(), 1, "restarted in place, not replaced: {pods:#?}");
+    let main = &pods[0]["status"]["containerStatuses"][0];
+    assert_eq!(main["restartCount"], 1, "{main:#}");
+    assert_eq!(main["lastState"]["terminated"]["exitCode"], 1, "{main:#}");
+    assert_eq!(main["lastState"]["terminated"]["message"], "failing once\n");
+    assert_eq!(main["state"]["terminated"]["exitCode"], 0, "{main:#}");
+    let inits = pods[0]["status"]["initContainerStatuses"]
+        .as_array()
+        .unwrap();
+    assert!(
+        inits
+            .iter()
+            .all(|c| c["state"]["terminated"]["exitCode"] == 0),
+        "{inits:#?}"
+    );
+    Ok(())
+}

@@ -90,11 +90,12 @@ pub async fn run(kubeconfig: &Path, dir: &Path) -> Result<()> {
         dir: dir.clone(),
     });
     remove_containers(&agent).await;
-    node::register(&client)
+    let since = runtime::now();
+    node::register(&client, &since)
         .await
         .context("registering the node")?;
     tracing::info!("node {NODE_NAME} registered");
-    tokio::spawn(node::heartbeat(client.clone()));
+    tokio::spawn(node::heartbeat(client.clone(), since));
     tokio::spawn(node::provision(client.clone(), dir.clone()));
     let mut pods = tokio::spawn(run_pods(agent.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -33,14 +33,16 @@ fn memory_kib() -> u64 {
         .unwrap_or(4 << 20)
 }
 
-fn status_body() -> serde_json::Value {
+/// The node status; `since` is when the conditions last changed (registration), so only the
+/// heartbeat time moves on later updates.
+fn status_body(since: &str) -> serde_json::Value {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let capacity =
         json!({"cpu": cpus.to_string(), "memory": format!("{}Ki", memory_kib()), "pods": "110"});
     let t = now();
     let condition = |kind: &str, status: &str, reason: &str, message: &str| {
         json!({"type": kind, "status": status, "reason": reason, "message": message,
-               "lastHeartbeatTime": t, "lastTransitionTime": t})
+               "lastHeartbeatTime": t, "lastTransitionTime": since})
     };
     json!({"status": {
         "capacity": capacity,
@@ -64,7 +66,7 @@ fn status_body() -> serde_json::Value {
 
 /// Creates the Node (or takes over an existing one), reports it Ready and removes the
 /// `not-ready` taint the API server's admission put on it at creation.
-pub async fn register(client: &Client) -> kube::Result<()> {
+pub async fn register(client: &Client, since: &str) -> kube::Result<()> {
     let api: Api<Node> = Api::all(client.clone());
     let node: Node = serde_json::from_value(json!({
         "metadata": {"name": NODE_NAME, "labels": {
@@ -79,7 +81,7 @@ pub async fn register(client: &Client) -> kube::Result<()> {
     api.patch_status(
         NODE_NAME,
         &PatchParams::default(),
-        &Patch::Merge(status_body()),
+        &Patch::Merge(status_body(since)),
     )
     .await?;
     let current = api.get(NODE_NAME).await?;
@@ -100,7 +102,7 @@ pub async fn register(client: &Client) -> kube::Result<()> {
 }
 
 /// Renews the node Lease and the Ready condition every [`HEARTBEAT`]; never returns.
-pub async fn heartbeat(client: Client) {
+pub async fn heartbeat(client: Client, since: String) {
     let nodes: Api<Node> = Api::all(client.clone());
     let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
     loop {
@@ -137,7 +139,7 @@ pub async fn heartbeat(client: Client) {
             .patch_status(
                 NODE_NAME,
                 &PatchParams::default(),
-                &Patch::Merge(status_body()),
+                &Patch::Merge(status_body(&since)),
             )
             .await
         {
@@ -285,7 +287,7 @@ mod tests {
 
     #[test]
     fn node_status_reports_ready_with_capacity() {
-        let s = status_body();
+        let s = status_body("2026-01-01T00:00:00Z");
         let ready = s["status"]["conditions"]
             .as_array()
             .unwrap()
@@ -293,6 +295,7 @@ mod tests {
             .find(|c| c["type"] == "Ready")
             .unwrap();
         assert_eq!(ready["status"], "True");
+        assert_eq!(ready["lastTransitionTime"], "2026-01-01T00:00:00Z");
         assert!(
             s["status"]["capacity"]["memory"]
                 .as_str()
