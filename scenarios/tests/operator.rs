@@ -1,0 +1,515 @@
+//! `wsr-operator run` on the real control plane (`scenarios::cluster`), as its own
+//! ServiceAccount with exactly `operator/deploy/rbac.yaml`, with the node agent running the
+//! backup Jobs' pods from the real recovery image, into a real registry. Every workspace
+//! namespace enforces the `restricted` Pod Security Standard, so each completed backup also
+//! shows that the Job's pod is admitted there.
+//!
+//! Each test has its own namespace and its own policy (selecting that namespace by label), so
+//! tests sharing the cluster do not see each other's workspaces. Needs what tests/node_agent.rs
+//! needs, plus the operator binary of this build (`cargo build -p wsr-operator`, which
+//! scripts/test.sh does).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+use anyhow::{Context, Result};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use scenarios::cluster::fixtures::{self, Phase, Workspace};
+use scenarios::cluster::{Cluster, StartOptions};
+use serde_json::{Value, json};
+use wsr_format::testing::{RegistryKind, TestRegistry};
+
+const RESTRICTED: (&str, &str) = ("pod-security.kubernetes.io/enforce", "restricted");
+const OPERATOR_NS: &str = "wsr-system";
+/// The namespace label each test's policy selects on.
+const TEST_LABEL: &str = "wsr-test";
+
+fn cluster() -> &'static Cluster {
+    let exe = Path::new(env!("CARGO_BIN_EXE_scenarios"));
+    let options = StartOptions {
+        node_agent: Some(exe.to_owned()),
+        ..Default::default()
+    };
+    Cluster::shared(&options, exe)
+}
+
+fn image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let binaries = scenarios::podman::test_build_binaries();
+        scenarios::podman::build_recovery_image(&binaries, &scenarios::podman::image_storage())
+            .expect("images/build.sh")
+    })
+}
+
+fn repo_file(path: &str) -> String {
+    std::fs::read_to_string(scenarios::podman::repo_root().join(path)).expect(path)
+}
+
+/// The CRDs, the operator namespace and its RBAC, once per test binary; returns the
+/// ServiceAccount's kubeconfig.
+fn install() -> &'static Path {
+    static SA: OnceLock<PathBuf> = OnceLock::new();
+    SA.get_or_init(|| {
+        let cluster = cluster();
+        cluster
+            .kubectl_stdin(["apply", "-f", "-"], &repo_file("operator/deploy/crd.yaml"))
+            .expect("CRD");
+        cluster
+            .kubectl([
+                "wait",
+                "--for=condition=Established",
+                "crd/backuppolicies.wsr.dev",
+            ])
+            .expect("CRD established");
+        cluster
+            .kubectl_stdin(
+                ["apply", "-f", "-"],
+                &repo_file("operator/deploy/namespace.yaml"),
+            )
+            .expect("namespace");
+        cluster
+            .kubectl_stdin(
+                ["apply", "-f", "-"],
+                &repo_file("operator/deploy/rbac.yaml"),
+            )
+            .expect("RBAC");
+        std::thread::spawn(|| {
+            let rt = common::runtime();
+            rt.block_on(async {
+                let client = self::cluster().client().await.expect("client");
+                fixtures::install_devworkspace_crd(&client)
+                    .await
+                    .expect("DevWorkspace CRD");
+            })
+        })
+        .join()
+        .expect("install thread");
+        cluster
+            .service_account_kubeconfig(OPERATOR_NS, "wsr-operator")
+            .expect("ServiceAccount kubeconfig")
+    })
+}
+
+/// A running `wsr-operator run`, killed on drop; its log is printed unless the test called
+/// [`Operator::passed`].
+struct Operator {
+    child: Child,
+    log: PathBuf,
+    passed: bool,
+}
+
+impl Operator {
+    fn start(name: &str) -> Result<Operator> {
+        let kubeconfig = install();
+        let exe = scenarios::podman::test_build_binaries().join("wsr-operator");
+        anyhow::ensure!(
+            exe.is_file(),
+            "{} is missing: cargo build -p wsr-operator (scripts/test.sh builds it)",
+            exe.display()
+        );
+        let log = cluster().dir().join(format!("operator-{name}.log"));
+        let file = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let child = Command::new(exe)
+            .args(["run", "--namespace", OPERATOR_NS])
+            .env("KUBECONFIG", kubeconfig)
+            .env("WSR_LOG", "info,wsr_operator=debug")
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting wsr-operator")?;
+        Ok(Operator {
+            child,
+            log,
+            passed: false,
+        })
+    }
+
+    fn passed(mut self) {
+        self.passed = true;
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+        if !self.passed {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- operator log (last 60 lines)");
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// What one test needs: its namespace (restricted, labelled for its policy), a registry with
+/// TLS and basic auth, the policy's auth Secret in the operator namespace and the CA Secret in
+/// the workspace namespace.
+struct Setup {
+    client: Client,
+    ns: String,
+    registry: TestRegistry,
+}
+
+async fn setup(ns: &str) -> Result<Setup> {
+    let cluster = cluster();
+    install();
+    let _ = image();
+    let client = cluster.client().await?;
+    cluster.create_namespace(ns, &[RESTRICTED, (TEST_LABEL, ns)])?;
+    let registry = TestRegistry::start(RegistryKind::TlsAuth)?;
+    let config = std::fs::read_to_string(registry.auth_file().expect("auth"))?;
+    let ca = std::fs::read_to_string(registry.ca_file().expect("tls"))?;
+    create_secret(
+        &client,
+        OPERATOR_NS,
+        &format!("push-{ns}"),
+        "kubernetes.io/dockerconfigjson",
+        ".dockerconfigjson",
+        &config,
+    )
+    .await?;
+    create_secret(&client, ns, "registry-ca", "Opaque", "ca.crt", &ca).await?;
+    Ok(Setup {
+        client,
+        ns: ns.into(),
+        registry,
+    })
+}
+
+async fn create_secret(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    type_: &str,
+    key: &str,
+    value: &str,
+) -> Result<Secret> {
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": ns}, "type": type_, "stringData": {key: value}}))?;
+    Ok(Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &secret)
+        .await?)
+}
+
+impl Setup {
+    /// A policy selecting this test's namespace; `extra` is merged into its spec.
+    async fn policy(&self, extra: Value) -> Result<()> {
+        let mut spec = json!({
+            "schedule": "0 0 1 1 *",
+            "registry": {"path": format!("{}/backups", self.registry.host()),
+                         "authSecret": format!("push-{}", self.ns), "caSecret": "registry-ca"},
+            "namespaceSelector": {"matchLabels": {TEST_LABEL: self.ns}},
+            "failureBackoff": {"initialSeconds": 2, "maxSeconds": 60},
+            "jobTemplate": {"image": image(), "imagePullPolicy": "IfNotPresent",
+                            // The workspace's uid: the claim is mounted read-only, so no fsGroup
+                            // change happens and only the files' owner can read owner-only files.
+                            "podSecurityContext": {"runAsUser": fixtures::WORKSPACE_UID}},
+        });
+        merge(&mut spec, extra);
+        let policy: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "wsr.dev/v1alpha1", "kind": "BackupPolicy",
+            "metadata": {"name": self.ns}, "spec": spec}))?;
+        self.policies()
+            .create(&PostParams::default(), &policy)
+            .await?;
+        Ok(())
+    }
+
+    fn policies(&self) -> Api<DynamicObject> {
+        let ar = ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk("wsr.dev", "v1alpha1", "BackupPolicy"),
+            "backuppolicies",
+        );
+        Api::all_with(self.client.clone(), &ar)
+    }
+
+    async fn run_now(&self, token: &str) -> Result<()> {
+        let patch = json!({"metadata": {"annotations": {"wsr.dev/run-now": token}}});
+        self.policies()
+            .patch(&self.ns, &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+        Ok(())
+    }
+
+    async fn policy_status(&self) -> Result<Value> {
+        Ok(serde_json::to_value(self.policies().get(&self.ns).await?)?["status"].clone())
+    }
+
+    fn workspaces(&self) -> Api<DynamicObject> {
+        Api::namespaced_with(
+            self.client.clone(),
+            &self.ns,
+            &fixtures::devworkspace_resource(),
+        )
+    }
+
+    async fn annotations(&self, ws: &str) -> Result<BTreeMap<String, String>> {
+        Ok(self
+            .workspaces()
+            .get(ws)
+            .await?
+            .metadata
+            .annotations
+            .unwrap_or_default())
+    }
+
+    /// The workspace's annotations once its backup result is recorded.
+    async fn recorded(&self, ws: &str) -> Result<BTreeMap<String, String>> {
+        let result = fixtures::poll(&format!("the backup result on {ws}"), || async {
+            let a = self.annotations(ws).await?;
+            Ok(
+                a.contains_key("controller.devfile.io/last-backup-successful")
+                    .then_some(a),
+            )
+        })
+        .await;
+        if result.is_err() {
+            self.diagnose();
+        }
+        result
+    }
+
+    /// Prints the namespace's Jobs, pods and events (for a failed wait).
+    fn diagnose(&self) {
+        for what in ["jobs,pods", "events"] {
+            let out = cluster().kubectl(["get", what, "-n", &self.ns, "-o", "yaml"]);
+            eprintln!(
+                "--- {what} in {}:\n{}",
+                self.ns,
+                out.unwrap_or_else(|e| e.to_string())
+            );
+        }
+        eprintln!("--- cluster logs\n{}", cluster().logs(30));
+    }
+
+    async fn jobs(&self, ws: &str) -> Result<Vec<Job>> {
+        let selector = format!(
+            "controller.devfile.io/backup-job=true,controller.devfile.io/devworkspace_name={ws}"
+        );
+        Ok(Api::<Job>::namespaced(self.client.clone(), &self.ns)
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .items)
+    }
+
+    async fn event_reasons(&self, ws: &str) -> Result<Vec<String>> {
+        let events = Api::<Event>::namespaced(self.client.clone(), &self.ns)
+            .list(&ListParams::default())
+            .await?;
+        Ok(events
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(ws))
+            .filter_map(|e| e.reason)
+            .collect())
+    }
+
+    fn reference(&self, ws: &str) -> String {
+        format!("{}/backups/{}/{ws}:latest", self.registry.host(), self.ns)
+    }
+
+    /// Restores the workspace's `latest` and compares it with its `/projects`.
+    fn assert_restorable(&self, ws: &str, projects: &Path) -> Result<()> {
+        let restored = tempfile::tempdir()?;
+        let (reference, connect) = (self.reference(ws), common::connect_for(&self.registry));
+        let target = restored.path().to_owned();
+        // The engine's helper runs its own runtime: off this one's threads.
+        std::thread::spawn(move || common::restore(&reference, &target, connect).map(|_| ()))
+            .join()
+            .expect("restore thread")?;
+        assert_eq!(
+            scenarios::sample::snapshot(restored.path())?,
+            common::expected_snapshot(projects),
+            "the restored tree differs from {ws}'s /projects"
+        );
+        Ok(())
+    }
+}
+
+/// Writes the sample workspace as the workspace's user (uid/gid 1234, as DWO runs workspaces
+/// on Kubernetes) would have left it.
+fn write_projects(projects: &Path) -> Result<()> {
+    scenarios::sample::write_sample(projects, false)?;
+    let id = fixtures::WORKSPACE_UID as u32;
+    for entry in walk(projects)? {
+        std::os::unix::fs::lchown(&entry, Some(id), Some(id))?;
+    }
+    Ok(())
+}
+
+fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = vec![dir.to_owned()];
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            out.extend(walk(&entry.path())?);
+        } else {
+            out.push(entry.path());
+        }
+    }
+    Ok(out)
+}
+
+fn merge(base: &mut Value, extra: Value) {
+    match (base, extra) {
+        (Value::Object(b), Value::Object(e)) => {
+            for (k, v) in e {
+                merge(b.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (b, e) => *b = e,
+    }
+}
+
+/// A workspace that was created stopped, never having run: no `Started=False` transition.
+async fn never_started(setup: &Setup, ws: &Workspace) -> Result<()> {
+    ws.create(&setup.client, Phase::Stopped).await?;
+    let patch = json!({"status": {"conditions": []}});
+    setup
+        .workspaces()
+        .patch_status(&ws.name, &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
+    Ok(())
+}
+
+/// A workspace that stopped and was started again: `Running`, with an older `Started=False`
+/// transition. (Only the DevWorkspace status is set, as DWO would; no pod runs.)
+async fn restarted(setup: &Setup, ws: &Workspace) -> Result<()> {
+    ws.create(&setup.client, Phase::Stopped).await?;
+    set_phase(setup, &ws.name, "Running").await
+}
+
+/// Moves a workspace to `phase` with a `Started` transition now.
+async fn set_phase(setup: &Setup, ws: &str, phase: &str) -> Result<()> {
+    let started = if phase == "Running" { "True" } else { "False" };
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let patch = json!({"status": {"phase": phase, "conditions": [
+        {"type": "Started", "status": started, "lastTransitionTime": now, "reason": "", "message": ""}]}});
+    setup
+        .workspaces()
+        .patch_status(ws, &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_workspace_is_backed_up_and_running_or_never_started_ones_are_left_alone()
+-> Result<()> {
+    let cluster = cluster();
+    let _logs = cluster.logs_on_failure();
+    let setup = setup("op-backup").await?;
+    let stopped = Workspace::new(&setup.ns, "stopped", "workspace00000000000000a1");
+    let created = stopped.create(&setup.client, Phase::Stopped).await?;
+    write_projects(&created.projects_dir)?;
+    let running = Workspace::new(&setup.ns, "running", "workspace00000000000000a2");
+    restarted(&setup, &running).await?;
+    let fresh = Workspace::new(&setup.ns, "fresh", "workspace00000000000000a3");
+    never_started(&setup, &fresh).await?;
+
+    let operator = Operator::start("backup")?;
+    setup.policy(json!({})).await?;
+    setup.run_now("1").await?;
+
+    let a = setup.recorded("stopped").await?;
+    assert_eq!(
+        a["controller.devfile.io/last-backup-successful"], "true",
+        "{a:#?}"
+    );
+    assert!(
+        !a.contains_key("controller.devfile.io/last-backup-error"),
+        "{a:#?}"
+    );
+    chrono::DateTime::parse_from_rfc3339(&a["controller.devfile.io/last-backup-finished-at"])?;
+    let reference = &a["wsr.dev/last-backup-reference"];
+    assert!(
+        reference.starts_with(&format!(
+            "{}/backups/{}/stopped",
+            setup.registry.host(),
+            setup.ns
+        )),
+        "{reference}"
+    );
+    assert!(
+        a["wsr.dev/last-backup-job"].starts_with("devworkspace-backup-"),
+        "{a:#?}"
+    );
+    setup.assert_restorable("stopped", &created.projects_dir)?;
+
+    let reasons = fixtures::poll("the BackupSucceeded Event", || async {
+        let r = setup.event_reasons("stopped").await?;
+        Ok(r.iter().any(|r| r == "BackupSucceeded").then_some(r))
+    })
+    .await?;
+    assert!(reasons.contains(&"BackupStarted".to_owned()), "{reasons:?}");
+
+    // The policy's credentials were copied as upstream does: fixed name, watch label, no owner.
+    let copied = Api::<Secret>::namespaced(setup.client.clone(), &setup.ns)
+        .get("devworkspace-backup-registry-auth")
+        .await?;
+    assert_eq!(
+        copied.metadata.labels.unwrap_or_default()["controller.devfile.io/watch-secret"],
+        "true"
+    );
+    assert!(
+        copied
+            .metadata
+            .owner_references
+            .unwrap_or_default()
+            .is_empty()
+    );
+
+    // The running and the never-started workspace got no Job and no annotations.
+    for ws in ["running", "fresh"] {
+        assert!(setup.jobs(ws).await?.is_empty(), "{ws} got a backup Job");
+        let a = setup.annotations(ws).await?;
+        assert!(
+            !a.contains_key("controller.devfile.io/last-backup-finished-at"),
+            "{ws}: {a:#?}"
+        );
+    }
+    let status = fixtures::poll(
+        "the policy status to count the skipped workspaces",
+        || async {
+            let s = setup.policy_status().await?;
+            let skipped = &s["counts"]["skipped"];
+            Ok((skipped["notStopped"] == 1
+                && skipped["neverStarted"] == 1
+                && skipped["upToDate"] == 1)
+                .then_some(s))
+        },
+    )
+    .await;
+    if status.is_err() {
+        eprintln!("policy status: {:#}", setup.policy_status().await?);
+    }
+    let status = status?;
+    assert_eq!(status["conditions"][0]["status"], "True", "{status:#}");
+    assert_eq!(status["lastRunNow"], "1", "{status:#}");
+    assert_eq!(
+        setup.jobs("stopped").await?.len(),
+        1,
+        "one backup, not one per run"
+    );
+    operator.passed();
+    Ok(())
+}
