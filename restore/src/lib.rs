@@ -8,6 +8,7 @@
 //! moving the old content aside; stage, verify, then move into place) and the read-side reports.
 //! It must not write to registries, decide what gets backed up, talk to Kubernetes, or print.
 
+pub mod drill;
 mod fetch;
 pub mod target;
 pub mod test_hooks;

@@ -1,6 +1,8 @@
 //! `wsr-restore`: restore, list, inspect and verify workspace backups; `init` is the
 //! init-container mode. A thin shell over the `wsr_restore` library.
 
+mod drill_cli;
+
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -22,7 +24,8 @@ Exit codes:
   3  target problem (not empty without --force, not writable, no space)
   4  registry unreachable or TLS verification failed
   5  authentication or authorisation failed
-  6  backup not found, unreadable, or failed verification";
+  6  backup not found, unreadable, or failed verification
+     (drill: a backup failed or is older than --max-age)";
 
 /// Restore a workspace backup into an empty directory, verified and atomically.
 ///
@@ -128,6 +131,9 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = 4)]
         parallel: usize,
     },
+    /// Disaster-recovery drill: restore every backup below a registry path into a scratch
+    /// directory, check it file by file, and report status, age and restore time of each.
+    Drill(drill_cli::DrillArgs),
     /// Init-container mode with upstream DWO's environment (BACKUP_IMAGE, PROJECTS_ROOT,
     /// REGISTRY_AUTH_FILE, ORAS_EXTRA_ARGS; WSR_RESTORE_OPTIONAL=true to start empty on failure).
     /// A non-empty PROJECTS_ROOT is left alone without contacting the registry.
@@ -147,6 +153,16 @@ fn main() {
             }
             0
         }
+        Ok(Output::Failed(value, text, code)) => {
+            if json {
+                println!("{value}");
+            } else {
+                println!("{text}");
+            }
+            let first = text.lines().last().unwrap_or_default();
+            write_termination_log(first);
+            code
+        }
         Err(e) => {
             let code = exit_code(&e);
             let message = format!("{e:#}");
@@ -160,6 +176,8 @@ fn main() {
 
 enum Output {
     Json(serde_json::Value, String),
+    /// A result to print that still fails the command (a drill that found bad backups).
+    Failed(serde_json::Value, String, i32),
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -186,6 +204,13 @@ fn run(cli: Cli) -> anyhow::Result<Output> {
             do_restore(&options, cli.common.progress)
         }
         Some(Command::Init) => init(connect, cli.common.progress),
+        Some(Command::Drill(args)) => {
+            let (value, text, code) = drill_cli::run(args, connect, cli.common.progress)?;
+            Ok(match code {
+                0 => Output::Json(value, text),
+                _ => Output::Failed(value, text, code),
+            })
+        }
         Some(Command::List {
             registry,
             namespace,
