@@ -32,6 +32,8 @@ tools=(
     podman:podman
     buildah:buildah
     runc:runc                       # podman's default crun fails in this container
+    nginx:nginx                     # per-namespace access rules in front of the registry (drill)
+    chromium:chromium               # renders the drill's HTML report (drill)
 )
 missing=()
 for entry in "${tools[@]}"; do

@@ -33,6 +33,18 @@ fn color(status: Status) -> &'static str {
     }
 }
 
+/// Table order: what needs attention first.
+fn severity(status: Status) -> u8 {
+    match status {
+        Status::Corrupt => 0,
+        Status::MissingBlob => 1,
+        Status::Unreadable => 2,
+        Status::AuthDenied => 3,
+        Status::Stale => 4,
+        Status::Ok => 5,
+    }
+}
+
 fn css_class(status: Status) -> &'static str {
     match status {
         Status::Ok => "ok",
@@ -163,7 +175,10 @@ fn cards(report: &DrillReport) -> String {
         "info",
         "Backups drilled",
         &s.total.to_string(),
-        &format!("{} repositories ignored", report.ignored.len()),
+        &match report.ignored.len() {
+            1 => "1 unrelated repository ignored".to_owned(),
+            n => format!("{n} unrelated repositories ignored"),
+        },
     );
     card(
         &mut out,
@@ -532,12 +547,12 @@ fn shorten_digests(text: &str) -> String {
     out
 }
 
-/// `2026-11-25 15:50 UTC` from an RFC 3339 time (as given when it does not parse).
+/// `2026-11-25 15:50` (UTC) from an RFC 3339 time (as given when it does not parse).
 fn short_time(created: Option<&str>) -> String {
     match created.map(chrono::DateTime::parse_from_rfc3339) {
         Some(Ok(t)) => t
             .with_timezone(&chrono::Utc)
-            .format("%Y-%m-%d %H:%M UTC")
+            .format("%Y-%m-%d %H:%M")
             .to_string(),
         Some(Err(_)) => created.unwrap_or_default().to_owned(),
         None => "-".into(),
@@ -555,10 +570,13 @@ fn table(report: &DrillReport) -> String {
     let mut out = String::from(
         "<section class=\"panel\"><h2>Backups</h2><div class=\"sub\">Click a column to sort.</div>\n\
          <table class=\"sortable\"><thead><tr><th data-type=\"num\">Status</th><th>Backup</th><th>Format</th>\
-         <th>Created</th><th data-type=\"num\">Age</th><th data-type=\"num\">Size</th><th data-type=\"num\">Files</th>\
+         <th>Created (UTC)</th><th data-type=\"num\">Age</th><th data-type=\"num\">Size</th><th data-type=\"num\">Files</th>\
          <th data-type=\"num\">Restore</th><th data-type=\"num\">Throughput</th><th>Reason</th></tr></thead><tbody>\n",
     );
-    for b in &report.backups {
+    // Failures first, worst first; then by name.
+    let mut rows: Vec<&BackupResult> = report.backups.iter().collect();
+    rows.sort_by_key(|b| (severity(b.status), b.name()));
+    for b in rows {
         let digest = b
             .digest
             .as_deref()
@@ -656,6 +674,12 @@ mod tests {
             report.backups.len()
         );
         assert!(page.contains("table.sortable"));
+        // The table lists what needs attention first.
+        let table = &page[page.find("<table").unwrap()..];
+        let at = |name: &str| table.find(name).unwrap();
+        assert!(at("team-a/db:latest") < at("team-a/docs:latest"));
+        assert!(at("team-a/docs:latest") < at("team-a/web|ui:latest"));
+        assert!(at("team-a/web|ui:latest") < at("team-a/api:latest"));
     }
 
     #[test]

@@ -44,10 +44,10 @@ pub fn summary_line(report: &DrillReport) -> String {
         ));
     }
     if !report.ignored.is_empty() {
-        line.push_str(&format!(
-            "; {} unrelated repositories ignored",
-            report.ignored.len()
-        ));
+        line.push_str(&match report.ignored.len() {
+            1 => "; 1 unrelated repository ignored".to_owned(),
+            n => format!("; {n} unrelated repositories ignored"),
+        });
     }
     line
 }
@@ -255,7 +255,7 @@ pub(crate) mod tests {
         assert_eq!(
             lines[7],
             "FAILED: 5 backups, 1 ok, 4 failed (1 stale, 1 corrupt, 1 missing blob, 1 auth denied); \
-             oldest 3d 8h (max age 1d); slowest restore 3.50s, 4.75s in all; 1 unrelated repositories ignored"
+             oldest 3d 8h (max age 1d); slowest restore 3.50s, 4.75s in all; 1 unrelated repository ignored"
         );
     }
 

@@ -225,9 +225,9 @@ fn failed(repo: &Repository, ns: &str, ws: &str, tag: &str, error: &RestoreError
     }
 }
 
-/// The error and its causes on one line.
+/// The error and its causes on one line, with registry error bodies made readable.
 fn reason(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
+    let mut text = tidy_registry_errors(&error.to_string());
     let mut source = error.source();
     while let Some(s) = source {
         let more = s.to_string();
@@ -237,6 +237,37 @@ fn reason(error: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     text
+}
+
+/// Replaces a registry's JSON error body (`{"errors":[{"code":"DENIED","message":"…"}]}`) in
+/// `text` by `DENIED: …`.
+fn tidy_registry_errors(text: &str) -> String {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        errors: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        code: String,
+        #[serde(default)]
+        message: String,
+    }
+    let Some(start) = text.find("{\"errors\"") else {
+        return text.to_owned();
+    };
+    let mut stream = serde_json::Deserializer::from_str(&text[start..]).into_iter::<Body>();
+    match stream.next() {
+        Some(Ok(body)) => {
+            let end = start + stream.byte_offset();
+            let errors: Vec<String> = body
+                .errors
+                .iter()
+                .map(|e| format!("{}: {}", e.code, e.message))
+                .collect();
+            format!("{}{}{}", &text[..start], errors.join("; "), &text[end..])
+        }
+        _ => text.to_owned(),
+    }
 }
 
 /// The tags of one repository to drill.
@@ -451,6 +482,20 @@ async fn restore_into(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registry_error_bodies_become_readable() {
+        assert_eq!(
+            tidy_registry_errors(
+                r#"r:1: access denied ({"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]})"#
+            ),
+            "r:1: access denied (DENIED: requested access to the resource is denied)"
+        );
+        assert_eq!(
+            tidy_registry_errors("plain {\"errors\": 1"),
+            "plain {\"errors\": 1"
+        );
+    }
 
     #[test]
     fn workspaces_are_exactly_two_levels_below_the_path() {
