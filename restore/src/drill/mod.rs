@@ -97,6 +97,7 @@ pub fn status_of(error: &RestoreError) -> Status {
         ) => Status::Unreadable,
         RestoreError::Unpack(_) => Status::Corrupt,
         RestoreError::Invalid(_)
+        | RestoreError::Usage(_)
         | RestoreError::NotEmpty { .. }
         | RestoreError::Target { .. }
         | RestoreError::MoveAside { .. }
