@@ -11,9 +11,6 @@
 mod pki;
 mod process;
 
-pub mod fixtures;
-pub mod node_agent;
-
 use anyhow::{Context as _, Result, bail};
 use std::ffi::OsString;
 use std::fs;
@@ -110,6 +107,20 @@ impl Cluster {
     /// server is ready, the controller manager has made the `default` ServiceAccount and, with
     /// a node agent, Node `wsr-node` is Ready.
     pub fn start(dir: &Path, options: &StartOptions) -> Result<Cluster> {
+        // The ports are free when picked but released before the components bind them, so a
+        // process starting at the same moment may take one; then start again on new ports.
+        for _ in 1..3 {
+            match Cluster::start_once(dir, options) {
+                Err(e) if format!("{e:#}").contains("address already in use") => {
+                    eprintln!("a port was taken while the cluster started; starting again");
+                }
+                result => return result,
+            }
+        }
+        Cluster::start_once(dir, options)
+    }
+
+    fn start_once(dir: &Path, options: &StartOptions) -> Result<Cluster> {
         let started = Instant::now();
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let dir = dir.canonicalize()?;
