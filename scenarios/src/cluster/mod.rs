@@ -11,6 +11,9 @@
 mod pki;
 mod process;
 
+pub mod fixtures;
+pub mod node_agent;
+
 use anyhow::{Context as _, Result, bail};
 use std::ffi::OsString;
 use std::fs;
