@@ -159,20 +159,39 @@ fn path_key(keys: &std::hash::RandomState, path: &[u8]) -> PathKey {
     keys.hash_one(path)
 }
 
-/// A directory's mode (12 bits) and mtime (clamped to 0..2^52 seconds) in one word.
-fn pack_dir_meta(mode: u32, mtime: i64) -> u64 {
-    (mtime.clamp(0, (1 << 52) - 1) as u64) << 12 | u64::from(mode & 0o7777)
-}
+/// One created path in one word: its kind (bits 0–1) and, for a directory with its own entry,
+/// a flag (bit 2), its mode (bits 3–14) and mtime (bits 15–63, clamped to 0..2^49 seconds).
+#[derive(Clone, Copy)]
+struct Slot(u64);
 
-fn unpack_dir_meta(packed: u64) -> (u32, i64) {
-    ((packed & 0o7777) as u32, (packed >> 12) as i64)
+impl Slot {
+    fn new(node: Node) -> Slot {
+        Slot(match node {
+            Node::Dir => 0,
+            Node::File => 1,
+            Node::Symlink => 2,
+        })
+    }
+    fn node(self) -> Node {
+        match self.0 & 3 {
+            0 => Node::Dir,
+            1 => Node::File,
+            _ => Node::Symlink,
+        }
+    }
+    fn with_meta(self, mode: u32, mtime: i64) -> Slot {
+        let mtime = mtime.clamp(0, (1 << 49) - 1) as u64;
+        Slot((self.0 & 3) | 4 | u64::from(mode & 0o7777) << 3 | mtime << 15)
+    }
+    fn meta(self) -> Option<(u32, i64)> {
+        let (mode, mtime) = (((self.0 >> 3) & 0o7777) as u32, (self.0 >> 15) as i64);
+        (self.0 & 4 != 0).then_some((mode, mtime))
+    }
 }
 
 #[derive(Default)]
 struct State {
-    nodes: HashMap<PathKey, Node>,
-    /// Directories' modes and mtimes from their own entries (implicit parents have none).
-    dir_meta: HashMap<PathKey, u64>,
+    nodes: HashMap<PathKey, Slot>,
     hardlinks: Vec<(Vec<u8>, Vec<u8>)>,
     /// Bytes of names held in `hardlinks` (bounded by [`MAX_HARDLINK_NAME_BYTES`]).
     hardlink_bytes: u64,
@@ -282,7 +301,9 @@ impl Unpacker {
         });
         let keys = std::hash::RandomState::new();
         let mut state = State::default();
-        state.nodes.insert(path_key(&keys, b""), Node::Dir);
+        state
+            .nodes
+            .insert(path_key(&keys, b""), Slot::new(Node::Dir));
         state.matched = vec![false; options.select.as_ref().map_or(0, Vec::len)];
         Unpacker {
             root: root.to_owned(),
@@ -491,9 +512,8 @@ impl Unpacker {
             }
             match kind {
                 EntryKind::Dir => {
-                    if self.options.write {
-                        st.dir_meta
-                            .insert(self.key(&path), pack_dir_meta(mode, mtime));
+                    if let Some(slot) = st.nodes.get_mut(&self.key(&path)) {
+                        *slot = slot.with_meta(mode, mtime);
                     }
                     st.report.dirs += 1;
                 }
@@ -555,7 +575,7 @@ impl Unpacker {
     }
 
     fn node(&self, st: &State, path: &[u8]) -> Option<Node> {
-        st.nodes.get(&self.key(path)).copied()
+        st.nodes.get(&self.key(path)).map(|slot| slot.node())
     }
 
     fn is_reserved(&self, path: &[u8]) -> bool {
@@ -588,7 +608,7 @@ impl Unpacker {
                     if self.options.write {
                         fs::create_dir(self.full(parent)).map_err(self.io_err(parent))?;
                     }
-                    st.nodes.insert(self.key(parent), Node::Dir);
+                    st.nodes.insert(self.key(parent), Slot::new(Node::Dir));
                 }
             }
         }
@@ -613,7 +633,7 @@ impl Unpacker {
                 if node == Node::Dir && self.options.write {
                     fs::create_dir(self.full(path)).map_err(self.io_err(path))?;
                 }
-                st.nodes.insert(self.key(path), node);
+                st.nodes.insert(self.key(path), Slot::new(node));
                 Ok(())
             }
         }
@@ -847,8 +867,7 @@ impl Unpacker {
             rel.extend_from_slice(name.as_bytes());
             let full = dir.join(&name);
             self.apply_dir_modes(&full, rel, st)?;
-            if let Some(&packed) = st.dir_meta.get(&self.key(rel)) {
-                let (mode, mtime) = unpack_dir_meta(packed);
+            if let Some((mode, mtime)) = st.nodes.get(&self.key(rel)).and_then(|s| s.meta()) {
                 // Moving a directory to another parent needs write permission on it: a
                 // top-level directory keeps owner rwx until the caller has moved it.
                 let mut applied = mode;
@@ -943,4 +962,23 @@ pub fn normalize_selection(paths: &[String]) -> Result<Vec<Vec<u8>>, String> {
             Err(reason) => Err(format!("--paths {p:?}: {reason}")),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_keeps_kind_mode_and_mtime() {
+        for node in [Node::Dir, Node::File, Node::Symlink] {
+            assert_eq!(Slot::new(node).node(), node);
+            assert_eq!(Slot::new(node).meta(), None);
+        }
+        let slot = Slot::new(Node::Dir).with_meta(0o1755, 1_700_000_000);
+        assert_eq!(slot.node(), Node::Dir);
+        assert_eq!(slot.meta(), Some((0o1755, 1_700_000_000)));
+        let clamped = Slot::new(Node::Dir).with_meta(0o7777, i64::MAX).meta();
+        assert_eq!(clamped, Some((0o7777, (1 << 49) - 1)));
+        assert_eq!(Slot::new(Node::Dir).with_meta(0, -5).meta(), Some((0, 0)));
+    }
 }
