@@ -23,9 +23,10 @@ pub mod policy;
 pub mod results;
 pub mod schedule;
 pub mod snapshot;
-pub mod workload;
 
 pub use names::{annotation, label};
+/// PVC resolution and the hardened pod, shared with `wsr-restore --in-cluster`.
+pub use wsr_workload as workload;
 use wsr_format::reference::{
     InvalidReference, Reference, parse_registry_path, workspace_reference,
 };

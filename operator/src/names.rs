@@ -1,11 +1,7 @@
-//! Names shared with upstream DWO and the Che dashboard (kept exactly), and wsr's own.
+//! Names shared with upstream DWO and the Che dashboard (kept exactly), and wsr's own. The
+//! upstream names a restore Job needs too live in `wsr_workload::names` and are re-exported.
 
-/// DevWorkspace annotations the Che dashboard reads (upstream names, kept exactly).
-pub mod annotation {
-    pub const LAST_BACKUP_SUCCESSFUL: &str = "controller.devfile.io/last-backup-successful";
-    pub const LAST_BACKUP_FINISHED_AT: &str = "controller.devfile.io/last-backup-finished-at";
-    pub const LAST_BACKUP_ERROR: &str = "controller.devfile.io/last-backup-error";
-}
+pub use wsr_workload::names::{LEGACY_COMMON_PVC, REGISTRY_AUTH_SECRET, annotation, label};
 
 /// wsr's own DevWorkspace annotations, next to upstream's.
 pub mod wsr_annotation {
@@ -21,22 +17,7 @@ pub mod wsr_annotation {
     pub const RUN_NOW: &str = "wsr.dev/run-now";
 }
 
-/// Labels on backup Jobs and their pods (the dashboard lists in-progress backups by them).
-pub mod label {
-    pub const BACKUP_JOB: &str = "controller.devfile.io/backup-job";
-    pub const DEVWORKSPACE_NAME: &str = "controller.devfile.io/devworkspace_name";
-    pub const DEVWORKSPACE_ID: &str = "controller.devfile.io/devworkspace_id";
-    /// The BackupPolicy that created the Job.
-    pub const POLICY: &str = "wsr.dev/policy";
-    /// Upstream's label on Secrets its cache may see.
-    pub const WATCH_SECRET: &str = "controller.devfile.io/watch-secret";
-}
-
 /// Upstream's Job name prefix (`generateName`).
 pub const JOB_NAME_PREFIX: &str = "devworkspace-backup-";
-/// Upstream's per-namespace registry credentials Secret.
-pub const REGISTRY_AUTH_SECRET: &str = "devworkspace-backup-registry-auth";
-/// The legacy Che common PVC, preferred when it exists (as DWO's common provisioner does).
-pub const LEGACY_COMMON_PVC: &str = "claim-che-workspace";
 /// Field manager and event reporter name.
 pub const MANAGER: &str = "wsr-operator";
