@@ -319,7 +319,11 @@ fn wsr_restore_bin() -> PathBuf {
 }
 
 fn drill(args: &[&str]) -> Output {
-    let output = Command::new(wsr_restore_bin())
+    run_drill(Command::new(wsr_restore_bin()), args)
+}
+
+fn run_drill(mut command: Command, args: &[&str]) -> Output {
+    let output = command
         .arg("drill")
         .args(args)
         .args(["--progress", "never"])
@@ -639,7 +643,7 @@ fn drill_flags_exactly_the_bad_backups_in_a_registry_and_never_writes_to_it() {
 fn drill_flags_exactly_the_bad_backups_in_an_oci_layout_tree() {
     let work = Dir::new();
     let root = work.path().join("layouts");
-    let cases = cases(false);
+    let cases = cases(true);
     let layers = publish(
         &format!("oci:{}", root.display()),
         &cases,
@@ -652,15 +656,46 @@ fn drill_flags_exactly_the_bad_backups_in_an_oci_layout_tree() {
     let before = storage_snapshot(&root);
     let scratch = work.path().join("scratch");
     std::fs::create_dir(&scratch).unwrap();
-    let output = drill(&[
+    // A layout the drill may not read is "auth denied": its blobs directory is closed to the
+    // drill's user. Root reads everything, so as root the drill runs as nobody over a tree
+    // everyone else may read.
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    if as_root {
+        let status = Command::new("chmod")
+            .args(["-R", "a+rX"])
+            .arg(work.path())
+            .status()
+            .unwrap();
+        assert!(status.success());
+        set_mode(&scratch, 0o777);
+    }
+    let closed: Vec<PathBuf> = cases
+        .iter()
+        .filter(|c| c.damage == Damage::Denied)
+        .map(|c| root.join(c.ns).join(c.ws).join("blobs"))
+        .collect();
+    for dir in &closed {
+        set_mode(dir, 0o000);
+    }
+    let from = format!("oci:{}", root.display());
+    let args = [
         "--from",
-        &format!("oci:{}", root.display()),
+        &from,
         "--max-age",
         "1d",
         "--json",
         "--scratch",
         scratch.to_str().unwrap(),
-    ]);
+    ];
+    let output = if as_root {
+        run_drill(setpriv_nobody(), &args)
+    } else {
+        drill(&args)
+    };
+    for dir in &closed {
+        set_mode(dir, 0o755);
+    }
     assert_eq!(output.status.code(), Some(6));
     assert_verdicts(&json_of(&output), &cases);
     assert_eq!(
@@ -669,6 +704,45 @@ fn drill_flags_exactly_the_bad_backups_in_an_oci_layout_tree() {
         "the drill changed the layouts"
     );
     assert_scratch_empty(&scratch);
+
+    // --all-tags: the time-stamped tag wsr-backup wrote next to `latest` is drilled too.
+    let output = drill(&[
+        "--from",
+        &from,
+        "--all-tags",
+        "--json",
+        "--namespace",
+        "team-a",
+        "--workspace",
+        "api-gateway",
+        "--scratch",
+        scratch.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(0));
+    let report = json_of(&output);
+    let tags: Vec<&str> = report["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["tag"].as_str().unwrap())
+        .collect();
+    assert_eq!(tags.len(), 2, "{report:#}");
+    assert_eq!(tags[0], "latest");
+    assert!(tags[1].starts_with("wsr-"), "{tags:?}");
+    assert_scratch_empty(&scratch);
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// `wsr-restore` run as the unprivileged user nobody (util-linux `setpriv`).
+fn setpriv_nobody() -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(wsr_restore_bin());
+    c
 }
 
 #[test]
