@@ -25,11 +25,11 @@ pub mod schedule;
 pub mod snapshot;
 
 pub use names::{annotation, label};
-/// PVC resolution and the hardened pod, shared with `wsr-restore --in-cluster`.
-pub use wsr_workload as workload;
 use wsr_format::reference::{
     InvalidReference, Reference, parse_registry_path, workspace_reference,
 };
+/// PVC resolution and the hardened pod, shared with `wsr-restore --in-cluster`.
+pub use wsr_workload as workload;
 
 /// Upstream caps `last-backup-error` at 1024 characters.
 pub const MAX_ERROR_LEN: usize = 1024;

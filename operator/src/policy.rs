@@ -10,8 +10,7 @@ use std::collections::BTreeMap;
 /// Upstream's default schedule (`0 0 1 * *`, monthly) is kept for `import-dwoc`; a new policy
 /// without a schedule backs up daily at 01:00, which is what upstream's documentation promises.
 pub const DEFAULT_SCHEDULE: &str = "0 1 * * *";
-pub const DEFAULT_COMMON_PVC: &str = "claim-devworkspace";
-pub const DEFAULT_IMAGE: &str = concat!("localhost/wsr-recovery:", env!("CARGO_PKG_VERSION"));
+pub use wsr_workload::names::{DEFAULT_COMMON_PVC, DEFAULT_IMAGE};
 
 /// A backup policy: the schedule and trigger, the registry, retention, and the shape of the
 /// backup Jobs for every DevWorkspace its selectors match.

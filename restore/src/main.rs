@@ -1,7 +1,10 @@
 //! `wsr-restore`: restore, list, inspect and verify workspace backups; `init` is the
-//! init-container mode. A thin shell over the `wsr_restore` library.
+//! init-container mode. A thin shell over the `wsr_restore` library, plus the binary-only
+//! cluster modes in `in_cluster/` (`--in-cluster`, `--on-next-start`, `--clear`).
 
 mod drill_cli;
+/// Binary-only: the library (the restore engine) never depends on kube.
+mod in_cluster;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -41,6 +44,8 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     restore: RestoreArgs,
+    #[command(flatten)]
+    cluster: in_cluster::ClusterArgs,
     #[command(flatten)]
     common: Common,
 }
@@ -111,10 +116,15 @@ struct RestoreArgs {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// List backups below a registry path: workspace, namespace, tags, created, size, format.
+    /// With --in-cluster: the namespace's DevWorkspaces, their last backup and their backups.
     List {
-        /// Registry path (HOST[:PORT][/PREFIX] or oci:DIR).
-        #[arg(long, value_name = "PATH")]
-        registry: String,
+        /// Registry path (HOST[:PORT][/PREFIX] or oci:DIR); with --in-cluster, optional (default:
+        /// where each workspace's last backup went).
+        #[arg(long, value_name = "PATH", required_unless_present = "in_cluster")]
+        registry: Option<String>,
+        /// List the namespace's DevWorkspaces through the API server (needs --namespace).
+        #[arg(long, requires = "namespace")]
+        in_cluster: bool,
         #[arg(long, value_name = "NS")]
         namespace: Option<String>,
         #[arg(long, value_name = "NAME")]
@@ -199,6 +209,9 @@ fn connect_options(args: &ConnectArgs) -> ConnectOptions {
 fn run(cli: Cli) -> anyhow::Result<Output> {
     let connect = connect_options(&cli.common.connect);
     match cli.command {
+        None if cli.cluster.in_cluster || cli.cluster.on_next_start || cli.cluster.clear => {
+            cluster_mode(&cli.restore, &cli.cluster, &connect)
+        }
         None => {
             let options = restore_options(&cli.restore, connect)?;
             do_restore(&options, cli.common.progress)
@@ -213,9 +226,24 @@ fn run(cli: Cli) -> anyhow::Result<Output> {
         }
         Some(Command::List {
             registry,
+            in_cluster: true,
+            namespace,
+            ..
+        }) => {
+            let namespace = namespace.unwrap_or_default();
+            let (value, text) = runtime()?.block_on(async {
+                let client = in_cluster::client(&cli.cluster).await?;
+                in_cluster::list(&client, &namespace, registry.as_deref(), &connect).await
+            })?;
+            Ok(Output::Json(value, text))
+        }
+        Some(Command::List {
+            registry,
             namespace,
             workspace,
+            ..
         }) => {
+            let registry = registry.unwrap_or_default();
             let path = parse_registry_path(&registry)?;
             let rows = runtime()?.block_on(wsr_restore::list(
                 &path,
@@ -291,6 +319,43 @@ fn run(cli: Cli) -> anyhow::Result<Output> {
             Ok(Output::Json(serde_json::to_value(&report)?, text))
         }
     }
+}
+
+/// `--in-cluster`, `--on-next-start` and `--clear`: need --namespace and --workspace.
+fn cluster_mode(
+    args: &RestoreArgs,
+    cluster: &in_cluster::ClusterArgs,
+    connect: &ConnectOptions,
+) -> anyhow::Result<Output> {
+    let (Some(namespace), Some(workspace)) = (&args.namespace, &args.workspace) else {
+        anyhow::bail!(UsageError(
+            "--in-cluster, --on-next-start and --clear need --namespace and --workspace".into()
+        ));
+    };
+    if args.paths.is_some() {
+        anyhow::bail!(UsageError(
+            "--paths is not supported in the cluster modes".into()
+        ));
+    }
+    let request = in_cluster::Request {
+        namespace,
+        workspace,
+        from: args.from.as_deref(),
+        registry: args.registry.as_deref(),
+        tag: args.tag.as_deref(),
+        digest: args.digest.as_deref(),
+        force: args.force,
+        connect,
+    };
+    let (value, text) = runtime()?.block_on(async {
+        let client = in_cluster::client(cluster).await?;
+        if cluster.in_cluster {
+            in_cluster::restore(&client, &request, cluster).await
+        } else {
+            in_cluster::set_attributes(&client, &request, cluster.on_next_start).await
+        }
+    })?;
+    Ok(Output::Json(value, text))
 }
 
 fn restore_options(args: &RestoreArgs, connect: ConnectOptions) -> anyhow::Result<RestoreOptions> {
@@ -411,6 +476,17 @@ fn exit_code(e: &anyhow::Error) -> i32 {
     use wsr_format::unpack::UnpackError;
     if is_usage_error(e.as_ref()) {
         return 2;
+    }
+    if let Some(failed) = e.downcast_ref::<in_cluster::JobFailed>() {
+        // The pod's own exit code when it is one of ours, so scripts see the same codes.
+        return if (2..=6).contains(&failed.exit_code) {
+            failed.exit_code
+        } else {
+            1
+        };
+    }
+    if e.downcast_ref::<in_cluster::Refused>().is_some() {
+        return 3;
     }
     match e.downcast_ref::<RestoreError>() {
         Some(RestoreError::Usage(_)) => 2,

@@ -20,5 +20,9 @@ pub mod label {
 
 /// Upstream's per-namespace registry credentials Secret.
 pub const REGISTRY_AUTH_SECRET: &str = "devworkspace-backup-registry-auth";
+/// DWO's common PVC name (DWOC `config.workspace.pvcName` default).
+pub const DEFAULT_COMMON_PVC: &str = "claim-devworkspace";
+/// The recovery image wsr's Jobs run unless told otherwise (`images/build.sh` tags it).
+pub const DEFAULT_IMAGE: &str = concat!("localhost/wsr-recovery:", env!("CARGO_PKG_VERSION"));
 /// The legacy Che common PVC, preferred when it exists (as DWO's common provisioner does).
 pub const LEGACY_COMMON_PVC: &str = "claim-che-workspace";
