@@ -513,3 +513,221 @@ async fn a_stopped_workspace_is_backed_up_and_running_or_never_started_ones_are_
     operator.passed();
     Ok(())
 }
+
+async fn stopped_workspace(setup: &Setup, name: &str, id: &str) -> Result<PathBuf> {
+    let ws = Workspace::new(&setup.ns, name, id);
+    let created = ws.create(&setup.client, Phase::Stopped).await?;
+    write_projects(&created.projects_dir)?;
+    Ok(created.projects_dir)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_backup_records_the_real_reason_and_is_retried_after_a_backoff() -> Result<()> {
+    let _logs = cluster().logs_on_failure();
+    let mut setup = setup("op-failure").await?;
+    let projects = stopped_workspace(&setup, "ws", "workspace00000000000000b1").await?;
+    let registry_host = setup.registry.host();
+    setup.registry.stop();
+
+    let operator = Operator::start("failure")?;
+    setup
+        .policy(json!({"failureBackoff": {"initialSeconds": 20, "maxSeconds": 60}}))
+        .await?;
+    setup.run_now("1").await?;
+
+    let a = setup.recorded("ws").await?;
+    assert_eq!(
+        a["controller.devfile.io/last-backup-successful"], "false",
+        "{a:#?}"
+    );
+    let error = &a["controller.devfile.io/last-backup-error"];
+    // wsr-backup's own reason, from the pod's termination message, not the Job's
+    // "BackoffLimitExceeded".
+    assert!(error.contains(&registry_host), "{error}");
+    assert!(!error.contains("backoff limit"), "{error}");
+    assert_eq!(a["wsr.dev/backup-failures"], "1", "{a:#?}");
+    let reasons = setup.event_reasons("ws").await?;
+    assert!(reasons.contains(&"BackupFailed".to_owned()), "{reasons:?}");
+
+    // While backing off, no new Job: the policy reports the workspace as backing off.
+    let status = fixtures::poll("the policy to report the backoff", || async {
+        let s = setup.policy_status().await?;
+        Ok((s["counts"]["skipped"]["backingOff"] == 1).then_some(s))
+    })
+    .await?;
+    assert_eq!(status["counts"]["failed"], 1, "{status:#}");
+    assert_eq!(
+        setup.jobs("ws").await?.len(),
+        1,
+        "retried before the backoff ended"
+    );
+
+    // The registry comes back: the retry after the backoff succeeds, with no run-now.
+    setup.registry.restart()?;
+    let a = fixtures::poll("the retry to succeed", || async {
+        let a = setup.annotations("ws").await?;
+        Ok((a
+            .get("controller.devfile.io/last-backup-successful")
+            .map(String::as_str)
+            == Some("true"))
+        .then_some(a))
+    })
+    .await?;
+    assert!(
+        !a.contains_key("controller.devfile.io/last-backup-error"),
+        "{a:#?}"
+    );
+    assert!(!a.contains_key("wsr.dev/backup-failures"), "{a:#?}");
+    assert_eq!(setup.jobs("ws").await?.len(), 2);
+    setup.assert_restorable("ws", &projects)?;
+    operator.passed();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_users_own_registry_secret_wins_and_is_never_overwritten() -> Result<()> {
+    let _logs = cluster().logs_on_failure();
+    let setup = setup("op-user-secret").await?;
+    let projects = stopped_workspace(&setup, "ws", "workspace00000000000000c1").await?;
+    // The user's Secret holds the working credentials; the policy's names wrong ones, so a
+    // copy (or any change) of the user's Secret would make the backup fail.
+    let good = std::fs::read_to_string(setup.registry.auth_file().expect("auth"))?;
+    let users = create_secret(
+        &setup.client,
+        &setup.ns,
+        "devworkspace-backup-registry-auth",
+        "kubernetes.io/dockerconfigjson",
+        ".dockerconfigjson",
+        &good,
+    )
+    .await?;
+    let bad = json!({"auths": {setup.registry.host(): {"auth": "d3Jvbmc6d3Jvbmc="}}}).to_string();
+    create_secret(
+        &setup.client,
+        OPERATOR_NS,
+        "wrong-creds",
+        "kubernetes.io/dockerconfigjson",
+        ".dockerconfigjson",
+        &bad,
+    )
+    .await?;
+
+    let operator = Operator::start("user-secret")?;
+    setup
+        .policy(json!({"registry": {"authSecret": "wrong-creds"}}))
+        .await?;
+    setup.run_now("1").await?;
+    let a = setup.recorded("ws").await?;
+    assert_eq!(
+        a["controller.devfile.io/last-backup-successful"], "true",
+        "{a:#?}"
+    );
+    setup.assert_restorable("ws", &projects)?;
+    let after = Api::<Secret>::namespaced(setup.client.clone(), &setup.ns)
+        .get("devworkspace-backup-registry-auth")
+        .await?;
+    assert_eq!(
+        after.metadata.resource_version, users.metadata.resource_version,
+        "the user's Secret was modified"
+    );
+    assert_eq!(after.data, users.data);
+    operator.passed();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_stop_backs_up_after_the_delay_and_a_restart_inside_it_cancels() -> Result<()> {
+    let _logs = cluster().logs_on_failure();
+    let setup = setup("op-on-stop").await?;
+    let operator = Operator::start("on-stop")?;
+    // A schedule that does not fire during the test: only the onStop trigger can act.
+    setup
+        .policy(json!({"trigger": "onStop", "onStopDelaySeconds": 15}))
+        .await?;
+    // "quick" stops and starts again inside the delay; "slow" stays stopped.
+    stopped_workspace(&setup, "quick", "workspace00000000000000d1").await?;
+    set_phase(&setup, "quick", "Running").await?;
+    let projects = stopped_workspace(&setup, "slow", "workspace00000000000000d2").await?;
+    let stopped_at = {
+        let ws = serde_json::to_value(setup.workspaces().get("slow").await?)?;
+        chrono::DateTime::parse_from_rfc3339(
+            ws["status"]["conditions"][0]["lastTransitionTime"]
+                .as_str()
+                .unwrap_or_default(),
+        )?
+    };
+
+    let a = setup.recorded("slow").await?;
+    assert_eq!(
+        a["controller.devfile.io/last-backup-successful"], "true",
+        "{a:#?}"
+    );
+    let finished =
+        chrono::DateTime::parse_from_rfc3339(&a["controller.devfile.io/last-backup-finished-at"])?;
+    assert!(
+        finished >= stopped_at + chrono::Duration::seconds(15),
+        "backed up before the delay: stopped {stopped_at}, finished {finished}"
+    );
+    setup.assert_restorable("slow", &projects)?;
+    // By now the delay has long passed for "quick" too: it was cancelled, not postponed.
+    assert!(
+        setup.jobs("quick").await?.is_empty(),
+        "the restarted workspace was backed up"
+    );
+    assert!(
+        !setup
+            .annotations("quick")
+            .await?
+            .contains_key("controller.devfile.io/last-backup-finished-at")
+    );
+    operator.passed();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_result_that_arrives_while_the_operator_is_down_is_recorded_when_it_restarts()
+-> Result<()> {
+    let _logs = cluster().logs_on_failure();
+    let setup = setup("op-restart").await?;
+    let projects = stopped_workspace(&setup, "ws", "workspace00000000000000e1").await?;
+    let mut first = Operator::start("restart-1")?;
+    setup.policy(json!({})).await?;
+    setup.run_now("1").await?;
+    let job = fixtures::poll("the backup Job", || async {
+        Ok(setup.jobs("ws").await?.into_iter().next())
+    })
+    .await?;
+    first.kill();
+    first.passed();
+
+    let name = job.metadata.name.clone().unwrap_or_default();
+    let jobs: Api<Job> = Api::namespaced(setup.client.clone(), &setup.ns);
+    fixtures::poll("the Job to finish", || async {
+        let job = jobs.get(&name).await?;
+        Ok(job.status.and_then(|s| s.succeeded).filter(|n| *n > 0))
+    })
+    .await?;
+    assert!(
+        !setup
+            .annotations("ws")
+            .await?
+            .contains_key("controller.devfile.io/last-backup-successful"),
+        "recorded before the operator was killed: the test proves nothing"
+    );
+
+    let second = Operator::start("restart-2")?;
+    let a = setup.recorded("ws").await?;
+    assert_eq!(
+        a["controller.devfile.io/last-backup-successful"], "true",
+        "{a:#?}"
+    );
+    assert_eq!(a["wsr.dev/last-backup-job"], name);
+    setup.assert_restorable("ws", &projects)?;
+    assert_eq!(
+        setup.jobs("ws").await?.len(),
+        1,
+        "the restarted operator backed up again"
+    );
+    second.passed();
+    Ok(())
+}
