@@ -731,3 +731,67 @@ async fn a_result_that_arrives_while_the_operator_is_down_is_recorded_when_it_re
     second.passed();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_one_minute_schedule_backs_up_without_run_now() -> Result<()> {
+    let _logs = cluster().logs_on_failure();
+    let setup = setup("op-schedule").await?;
+    let projects = stopped_workspace(&setup, "ws", "workspace00000000000000f1").await?;
+    let operator = Operator::start("schedule")?;
+    setup.policy(json!({"schedule": "* * * * *"})).await?;
+    let a = setup.recorded("ws").await?;
+    assert_eq!(
+        a["controller.devfile.io/last-backup-successful"], "true",
+        "{a:#?}"
+    );
+    setup.assert_restorable("ws", &projects)?;
+    let status = setup.policy_status().await?;
+    assert!(status["lastRunTime"].is_string(), "{status:#}");
+    assert!(status.get("lastRunNow").is_none(), "{status:#}");
+    operator.passed();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_policies_are_refused_by_the_schema_or_reported_in_the_status() -> Result<()> {
+    let _logs = cluster().logs_on_failure();
+    let setup = setup("op-invalid").await?;
+    let operator = Operator::start("invalid")?;
+    // CEL rules and patterns: the API server refuses these outright.
+    for (spec, why) in [
+        (
+            json!({"failureBackoff": {"initialSeconds": 600, "maxSeconds": 60}}),
+            "maxSeconds must be at least initialSeconds",
+        ),
+        (
+            json!({"jobTemplate": {"podSecurityContext": {"runAsUser": 0}}}),
+            "restricted profile",
+        ),
+        (json!({"schedule": "every day"}), "schedule"),
+    ] {
+        let err = setup
+            .policy(spec)
+            .await
+            .expect_err("accepted an invalid policy");
+        assert!(format!("{err:#}").contains(why), "{err:#}");
+    }
+    // What only the operator can check: a pattern that never fires, an unknown time zone.
+    setup
+        .policy(json!({"schedule": "0 0 31 2 *", "timeZone": "Mars/Olympus_Mons"}))
+        .await?;
+    let status = fixtures::poll("the policy to be reported invalid", || async {
+        let s = setup.policy_status().await?;
+        Ok((s["conditions"][0]["reason"] == "InvalidSpec").then_some(s))
+    })
+    .await?;
+    assert_eq!(status["conditions"][0]["status"], "False", "{status:#}");
+    let message = status["conditions"][0]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("0 0 31 2 *") || message.contains("Mars"),
+        "{message}"
+    );
+    operator.passed();
+    Ok(())
+}
