@@ -795,3 +795,34 @@ async fn invalid_policies_are_refused_by_the_schema_or_reported_in_the_status() 
     operator.passed();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_on_a_common_claim_held_by_a_running_workspace_is_pinned_to_its_node() -> Result<()> {
+    let _logs = cluster().logs_on_failure();
+    let setup = setup("op-affinity").await?;
+    fixtures::build_workspace_image()?;
+    let running = Workspace::new(&setup.ns, "running", "workspace0000000000000a71");
+    let pod = running.create(&setup.client, Phase::Running).await?.pod;
+    let projects = stopped_workspace(&setup, "stopped", "workspace0000000000000a72").await?;
+    let operator = Operator::start("affinity")?;
+    setup.policy(json!({})).await?;
+    setup.run_now("1").await?;
+    let a = setup.recorded("stopped").await?;
+    assert_eq!(
+        a["controller.devfile.io/last-backup-successful"], "true",
+        "{a:#?}"
+    );
+    setup.assert_restorable("stopped", &projects)?;
+    let job = serde_json::to_value(&setup.jobs("stopped").await?[0])?;
+    let terms = &job["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"];
+    assert_eq!(
+        terms,
+        &json!([{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [scenarios::cluster::NODE_NAME]}]}]),
+        "running pod {pod:?}"
+    );
+    // The running workspace itself is left alone.
+    assert!(setup.jobs("running").await?.is_empty());
+    operator.passed();
+    Ok(())
+}
