@@ -14,7 +14,7 @@ pub mod walk;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use wsr_format::reference::Reference;
-use wsr_format::transport::{ConnectOptions, TransportError};
+use wsr_transport::{ConnectOptions, TransportError};
 
 pub use publish::run;
 

@@ -9,12 +9,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use wsr_backup::{BackupError, BackupOptions, Format, Progress};
-use wsr_format::cli::{
+use wsr_cli::{
     ProgressMode, Reporter, Sample, UsageError, human, init_logging, is_usage_error,
     transport_exit_code, write_termination_log,
 };
 use wsr_format::reference::{Reference, parse_registry_path, workspace_reference};
-use wsr_format::transport::{ConnectOptions, apply_oras_extra_args};
+use wsr_transport::{ConnectOptions, apply_oras_extra_args};
 
 const EXIT_CODES: &str = "\
 Exit codes:

@@ -26,7 +26,7 @@ use wsr_format::native::{
     self, BackupConfig, LayerCutter, LayerInfo, RawPath, SkippedEntry, Totals, WorkspaceInfo,
 };
 use wsr_format::reference::Target;
-use wsr_format::transport::{Access, Store, TransportError};
+use wsr_transport::{Access, Store, TransportError};
 
 /// Attempts per layer upload when the registry fails transiently.
 const UPLOAD_ATTEMPTS: u32 = 3;

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use wsr_format::manifest::Manifest;
 use wsr_format::reference::Repository;
-use wsr_format::transport::{Access, ConnectOptions, Store};
+use wsr_transport::{Access, ConnectOptions, Store};
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_wsr-backup"));

@@ -4,10 +4,10 @@
 use anyhow::Context as _;
 use std::path::PathBuf;
 use std::sync::Arc;
-use wsr_format::cli::{ProgressMode, Reporter, Sample, UsageError};
+use wsr_cli::{ProgressMode, Reporter, Sample, UsageError};
 use wsr_format::reference::parse_registry_path;
-use wsr_format::transport::ConnectOptions;
 use wsr_restore::drill::{self, DrillOptions, DrillProgress};
+use wsr_transport::ConnectOptions;
 
 /// Exit code when the drill ran but a backup failed or is stale (same as a failed verify).
 pub const EXIT_DRILL_FAILED: i32 = 6;

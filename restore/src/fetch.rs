@@ -16,8 +16,8 @@ use wsr_format::manifest::{Descriptor, Manifest};
 use wsr_format::media::{self, annotation};
 use wsr_format::native::{self, BackupConfig, IndexEntry};
 use wsr_format::reference::{Repository, Target};
-use wsr_format::transport::{Access, ConnectOptions, Store, TransportError, list_repositories};
 use wsr_format::unpack::{Unpacker, path_selected};
+use wsr_transport::{Access, ConnectOptions, Store, TransportError, list_repositories};
 
 /// A resolved artifact with its native documents loaded.
 pub struct Opened {

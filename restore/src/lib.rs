@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use wsr_format::reference::Reference;
-use wsr_format::transport::{Access, ConnectOptions, Store, TransportError};
 use wsr_format::unpack::{DeferredDir, UnpackError, UnpackOptions, Unpacker};
+use wsr_transport::{Access, ConnectOptions, Store, TransportError};
 
 /// Everything a restore needs.
 #[derive(Clone, Debug)]

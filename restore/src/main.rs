@@ -11,13 +11,13 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use wsr_format::cli::{
+use wsr_cli::{
     ProgressMode, Reporter, Sample, UsageError, human, init_logging, is_usage_error,
     transport_exit_code, write_termination_log,
 };
 use wsr_format::reference::{Reference, Target, parse_registry_path, workspace_reference};
-use wsr_format::transport::{ConnectOptions, apply_oras_extra_args};
 use wsr_restore::{Progress, RestoreError, RestoreOptions};
+use wsr_transport::{ConnectOptions, apply_oras_extra_args};
 
 const EXIT_CODES: &str = "\
 Exit codes:

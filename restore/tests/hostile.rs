@@ -8,8 +8,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use wsr_format::codec::gzip_encoder;
-use wsr_format::transport::ConnectOptions;
 use wsr_restore::{RestoreError, RestoreOptions};
+use wsr_transport::ConnectOptions;
 
 /// One raw tar entry, written byte by byte so that nothing sanitises it.
 struct Raw<'a> {

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use wsr_backup::{BackupOptions, Format};
-use wsr_format::transport::ConnectOptions;
 use wsr_restore::RestoreOptions;
+use wsr_transport::ConnectOptions;
 
 /// Runs the demo in `dir` (a fresh temporary directory when `None`, removed afterwards).
 pub fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {

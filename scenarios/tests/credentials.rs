@@ -7,7 +7,7 @@
 use scenarios::podman::test_build_binaries;
 use std::path::Path;
 use std::process::{Command, Output};
-use wsr_format::testing::{RegistryKind, TestRegistry};
+use wsr_transport::testing::{RegistryKind, TestRegistry};
 
 const WRONG_PASSWORD: &str = "Wr0ng-pa55word-4-wsr";
 

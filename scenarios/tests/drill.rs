@@ -18,8 +18,8 @@ use wsr_backup::Format;
 use wsr_format::manifest::Manifest;
 use wsr_format::media::{self, annotation};
 use wsr_format::reference::Repository;
-use wsr_format::testing::{RegistryKind, TestRegistry};
-use wsr_format::transport::{Access, ConnectOptions, Store};
+use wsr_transport::testing::{RegistryKind, TestRegistry};
+use wsr_transport::{Access, ConnectOptions, Store};
 
 const DAY: u64 = 86_400;
 

@@ -23,7 +23,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use wsr_format::testing::{RegistryKind, TestRegistry};
+use wsr_transport::testing::{RegistryKind, TestRegistry};
 
 /// An arbitrary non-root uid, as OpenShift assigns; group 0 as in upstream's image.
 const USER: &str = "12345:0";

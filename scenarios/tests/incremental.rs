@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use wsr_backup::Format;
 use wsr_format::manifest::Manifest;
 use wsr_format::reference::{Reference, Target};
-use wsr_format::testing::{RegistryKind, TestRegistry};
-use wsr_format::transport::{Access, ConnectOptions, Store};
+use wsr_transport::testing::{RegistryKind, TestRegistry};
+use wsr_transport::{Access, ConnectOptions, Store};
 
 /// A workspace of `files` source-like text files (about 2 KiB on average, compressing about
 /// 3:1 like real code) spread over directories, deterministic.

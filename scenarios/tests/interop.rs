@@ -9,7 +9,7 @@ use common::*;
 use std::path::PathBuf;
 use std::process::Command;
 use wsr_backup::Format;
-use wsr_format::testing::{RegistryKind, TestRegistry};
+use wsr_transport::testing::{RegistryKind, TestRegistry};
 
 /// The Go `oras` CLI, the client upstream's recovery image ships: `$WSR_ORAS`, which
 /// `scripts/test.sh` sets to the one `scenarios/cluster/build.sh` builds.

@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use wsr_backup::Format;
-use wsr_format::testing::{RegistryKind, TestRegistry};
-use wsr_format::transport::{ConnectOptions, TransportError};
+use wsr_transport::testing::{RegistryKind, TestRegistry};
+use wsr_transport::{ConnectOptions, TransportError};
 
 #[test]
 fn oci_layout_round_trip_in_both_formats() {

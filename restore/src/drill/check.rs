@@ -16,8 +16,8 @@ use wsr_format::codec::{Compression, EntryKind};
 use wsr_format::digest::{Digest, HashingReader};
 use wsr_format::manifest::Descriptor;
 use wsr_format::native::IndexEntry;
-use wsr_format::transport::{Store, TransportError};
 use wsr_format::unpack::normalize;
+use wsr_transport::{Store, TransportError};
 
 /// One entry as the backup recorded it.
 #[derive(Debug, Clone, PartialEq, Eq)]

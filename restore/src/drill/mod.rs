@@ -15,7 +15,7 @@ pub use report::{markdown, summary_line, table};
 pub use run::{DrillOptions, DrillProgress, drill};
 
 use crate::RestoreError;
-use wsr_format::transport::TransportError;
+use wsr_transport::TransportError;
 
 /// The verdict on one backup. Every status but `Ok` fails the drill.
 #[derive(

@@ -13,7 +13,7 @@ use wsr_format::artifact::{self, Artifact, ArtifactError};
 use wsr_format::manifest::Manifest;
 use wsr_format::media::{self, annotation};
 use wsr_format::reference::{Reference, Repository, Target};
-use wsr_format::transport::{Access, ConnectOptions, Store, list_repositories};
+use wsr_transport::{Access, ConnectOptions, Store, list_repositories};
 
 /// What to drill and how.
 #[derive(Clone, Debug)]

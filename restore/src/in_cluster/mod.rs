@@ -15,7 +15,7 @@ use kube::{Api, Client, Config};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use wsr_format::reference::{Reference, Target, parse_registry_path, workspace_reference};
-use wsr_format::transport::ConnectOptions;
+use wsr_transport::ConnectOptions;
 use wsr_workload::names::{DEFAULT_COMMON_PVC, DEFAULT_IMAGE, REGISTRY_AUTH_SECRET, annotation};
 use wsr_workload::pod::PodOptions;
 

@@ -7,7 +7,7 @@ use wsr_format::digest::Digest;
 use wsr_format::manifest::Descriptor;
 use wsr_format::media;
 use wsr_format::reference::Repository;
-use wsr_format::transport::{Access, ConnectOptions, Store};
+use wsr_transport::{Access, ConnectOptions, Store};
 
 pub const MTIME: u64 = 1_700_000_000;
 

@@ -10,7 +10,7 @@ use wsr_format::digest::Digest;
 use wsr_format::manifest::Descriptor;
 use wsr_format::media;
 use wsr_format::reference::Repository;
-use wsr_format::transport::{Access, ConnectOptions, Store};
+use wsr_transport::{Access, ConnectOptions, Store};
 
 /// Stores `blob` (a gzip or zstd tar stream) as the layer of a `dwo` artifact tagged `latest`
 /// in the layout `layout`; returns the reference.

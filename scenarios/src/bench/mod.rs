@@ -30,7 +30,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use wsr_format::testing::{RegistryKind, TestRegistry};
+use wsr_transport::testing::{RegistryKind, TestRegistry};
 
 use crate::corpus::{self, CorpusStats, Mutation, Profile, Scale, TreeSummary};
 use measure::{Step, Usage, run_step};

@@ -7,9 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 use wsr_backup::{BackupOptions, BackupReport, Format};
 use wsr_format::reference::Reference;
-use wsr_format::testing::{RegistryKind, TestRegistry};
-use wsr_format::transport::ConnectOptions;
 use wsr_restore::{RestoreOptions, RestoreReport};
+use wsr_transport::ConnectOptions;
+use wsr_transport::testing::{RegistryKind, TestRegistry};
 
 pub fn connect_for(registry: &TestRegistry) -> ConnectOptions {
     ConnectOptions {

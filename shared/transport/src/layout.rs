@@ -6,16 +6,16 @@
 //! known, so a blob file is never partial. `index.json` is replaced atomically (write + rename)
 //! under an exclusive lock, so concurrent writers don't lose tags.
 
-use super::{BlobStream, Result, TransportError};
-use crate::digest::{Digest, Hasher};
-use crate::manifest::{Descriptor, Index};
-use crate::media;
-use crate::reference::{Repository, Target};
+use crate::{BlobStream, Result, TransportError};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
+use wsr_format::digest::{Digest, Hasher};
+use wsr_format::manifest::{Descriptor, Index};
+use wsr_format::media;
+use wsr_format::reference::{Repository, Target};
 
 pub struct LayoutStore {
     dir: PathBuf,

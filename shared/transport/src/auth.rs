@@ -2,7 +2,7 @@
 //!
 //! Credentials never reach logs: `Credentials` redacts the password in `Debug`.
 
-use super::{Result, TransportError};
+use crate::{Result, TransportError};
 use std::fmt;
 use std::path::{Path, PathBuf};
 

@@ -1,26 +1,33 @@
-//! Where artifacts live: one `Store` API over an OCI distribution registry and an OCI image
-//! layout directory (the embedded default, no server needed).
+//! wsr-transport: where artifacts live. One `Store` API over an OCI distribution registry and
+//! an OCI image layout directory (the embedded default, no server needed), with docker
+//! `config.json` credentials.
 //!
 //! A `Store` is bound to one repository. Blobs are pushed as streams with the digest computed
 //! on the fly; manifests are pushed by digest and tagged separately, so callers can publish in
 //! the safe order (blobs, manifest, tags). Transient failures (connect errors, 5xx, 429) are
 //! retried with backoff for idempotent requests; streamed uploads report them via
 //! [`TransportError::is_transient`] so the caller can regenerate the stream and retry.
+//!
+//! It moves bytes and names; it must not interpret layer contents, decide what to back up or
+//! print to the terminal. The wire documents it stores are defined in `wsr-format`. With the
+//! `test-support` feature, [`testing`] starts real registries for tests.
 
 mod auth;
 mod layout;
 mod registry;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
 pub use auth::{Credentials, resolve_auth_file};
 pub use layout::LayoutStore;
 pub use registry::RegistryStore;
 
-use crate::digest::Digest;
-use crate::reference::{Repository, Target};
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use std::path::PathBuf;
 use tokio::sync::mpsc;
+use wsr_format::digest::Digest;
+use wsr_format::reference::{Repository, Target};
 
 /// Connection options, named as oras names them.
 #[derive(Clone, Debug, Default)]

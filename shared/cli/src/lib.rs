@@ -1,11 +1,11 @@
-//! The binaries' shared edge (feature `cli`): logging setup, progress rendering, the
-//! termination message, and exit codes for transport errors. Libraries never use it; only
-//! `wsr-backup` and `wsr-restore` do, so both behave alike at the terminal and in pods.
+//! wsr-cli: the binaries' shared edge. Logging setup, progress rendering, the termination
+//! message, and exit codes for transport errors. Libraries never use it; only the `wsr-backup`
+//! and `wsr-restore` binaries do, so both behave alike at the terminal and in pods.
 
-use crate::transport::TransportError;
 use std::io::IsTerminal;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use wsr_transport::TransportError;
 
 /// Logs to stderr, filtered by `WSR_LOG` (default `info`), coloured only on a terminal.
 pub fn init_logging() {
@@ -48,8 +48,8 @@ pub struct UsageError(pub String);
 /// that does not parse. Binaries exit with 2 for these.
 pub fn is_usage_error(error: &(dyn std::error::Error + 'static)) -> bool {
     error.is::<UsageError>()
-        || error.is::<crate::reference::InvalidReference>()
-        || error.is::<crate::digest::InvalidDigest>()
+        || error.is::<wsr_format::reference::InvalidReference>()
+        || error.is::<wsr_format::digest::InvalidDigest>()
 }
 
 /// Exit code for a transport failure: 4 unreachable or TLS, 5 auth, 2 configuration, 6 other.

@@ -7,8 +7,8 @@ use futures_util::StreamExt;
 use wsr_format::digest::Digest;
 use wsr_format::media;
 use wsr_format::reference::{Repository, Target};
-use wsr_format::testing::{RegistryKind, TestRegistry};
-use wsr_format::transport::{Access, ConnectOptions, Store, list_repositories};
+use wsr_transport::testing::{RegistryKind, TestRegistry};
+use wsr_transport::{Access, ConnectOptions, Store, list_repositories};
 
 async fn exercise(repo: &Repository, options: &ConnectOptions) {
     let store = Store::open(repo, options, Access::Push).await.unwrap();

@@ -7,16 +7,16 @@
 //! back to default settings on a bad config. Blobs are uploaded as POST, one streaming PATCH,
 //! PUT `?digest=`.
 
-use super::auth::{Credentials, credentials_for};
-use super::{Access, BlobStream, ConnectOptions, Result, TransportError};
-use crate::digest::{Digest, Hasher};
-use crate::reference::{Repository, Target};
+use crate::auth::{Credentials, credentials_for};
+use crate::{Access, BlobStream, ConnectOptions, Result, TransportError};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::{Method, RequestBuilder, Response, StatusCode, header};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
+use wsr_format::digest::{Digest, Hasher};
+use wsr_format::reference::{Repository, Target};
 
 /// Accepted manifest types: OCI first; Docker v2 so foreign single-layer artifacts still read.
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json;q=0.9";
