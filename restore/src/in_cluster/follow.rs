@@ -84,9 +84,15 @@ async fn stream_log(pods: Api<Pod>, name: String) {
                 eprintln!("  | {line}");
             }
         }
-        Err(e) => eprintln!(
-            "wsr-restore: pod log unavailable ({e}); following the Job and pod status only"
-        ),
+        Err(e) => {
+            let why = match e {
+                kube::Error::Api(status) => status.message,
+                other => other.to_string(),
+            };
+            eprintln!(
+                "wsr-restore: pod log unavailable ({why}); following the Job and pod status only"
+            )
+        }
     }
 }
 
