@@ -72,8 +72,9 @@ pub struct Context {
     /// Jobs created but perhaps not yet in the Job cache: (namespace, workspace) to the Job's
     /// name and creation time.
     in_flight: Mutex<HashMap<WorkspaceKey, (String, DateTime<Utc>)>>,
-    /// Jobs whose result was written, in case the workspace cache lags behind the patch.
-    recorded: Mutex<HashSet<String>>,
+    /// Jobs whose result was written, as (namespace, Job name), in case the workspace cache
+    /// lags behind the patch; pruned to the Jobs still in the cache.
+    recorded: Mutex<HashSet<WorkspaceKey>>,
 }
 
 /// `wsr-operator run`: watches, then reconciles policies until SIGTERM/SIGINT.
@@ -495,8 +496,22 @@ async fn record_results(
             newest.insert(key, (at, job));
         }
     }
-    for ((ns, ws_name), (_, job)) in newest {
-        let job_name = job.name_any();
+    {
+        // Jobs deleted by their TTL cannot come back: forget them.
+        let cached: HashSet<WorkspaceKey> = ctx
+            .caches
+            .jobs
+            .state()
+            .iter()
+            .map(|j| (j.namespace().unwrap_or_default(), j.name_any()))
+            .collect();
+        ctx.recorded
+            .lock()
+            .expect("not poisoned")
+            .retain(|key| cached.contains(key));
+    }
+    for ((ns, ws_name), (finished_at, job)) in newest {
+        let job_key = (ns.clone(), job.name_any());
         let Some(ws) = ctx
             .caches
             .workspaces
@@ -504,12 +519,16 @@ async fn record_results(
         else {
             continue;
         };
-        let recorded_before = crate::job::recorded_job(&ws) == Some(job_name.as_str())
+        let annotated = ws.backup_state().last_backup;
+        // Recorded already, or the annotations hold a newer result (e.g. written by another
+        // controller): never overwrite a newer result with an older one.
+        let recorded_before = crate::job::recorded_job(&ws) == Some(job_key.1.as_str())
+            || annotated.is_some_and(|last| last.finished >= finished_at)
             || ctx
                 .recorded
                 .lock()
                 .expect("not poisoned")
-                .contains(&job_name);
+                .contains(&job_key);
         if recorded_before {
             continue;
         }
@@ -521,10 +540,7 @@ async fn record_results(
         Api::<DevWorkspace>::namespaced(ctx.client.clone(), &ns)
             .patch(&ws_name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
-        ctx.recorded
-            .lock()
-            .expect("not poisoned")
-            .insert(job_name.clone());
+        ctx.recorded.lock().expect("not poisoned").insert(job_key);
         announce(ctx, &ws, &outcome, counts).await;
     }
     Ok(())
