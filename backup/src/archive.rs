@@ -1,82 +1,17 @@
-//! Archiving: entries → deterministic tar → zstd or gzip → chunks for the uploader, with the
-//! file digests, the uncompressed (diff id) digest and the compressed digest computed on the way.
+//! Archiving: entries → deterministic tar → zstd or gzip → the upload's writer, with the file
+//! digests and the uncompressed (diff id) digest computed on the way. The writer (a
+//! `BlobWriter`) hashes the compressed stream.
 //!
-//! Runs on a blocking thread; the chunks go through a bounded channel, so memory stays bounded
+//! Runs on a blocking thread; the writer applies back-pressure, so memory stays bounded
 //! whatever the size of the layer.
 
 use crate::BackupError;
 use crate::walk::{SourceEntry, full_path};
-use bytes::{Bytes, BytesMut};
 use std::io::{self, Read, Write};
 use std::path::Path;
-use tokio::sync::mpsc;
 use wsr_format::codec::{EntryHeader, EntryKind, TarWriter, gzip_encoder, zstd_encoder};
 use wsr_format::digest::{Digest, Hasher, HashingWriter};
 use wsr_format::native::{IndexEntry, RawPath};
-
-/// Size of the chunks handed to the uploader.
-const CHUNK: usize = 1 << 20;
-
-/// A `Write` that cuts the stream into chunks and sends them to the uploader, blocking when it
-/// falls behind (back-pressure).
-pub struct ChunkSender {
-    buf: BytesMut,
-    tx: mpsc::Sender<io::Result<Bytes>>,
-    finished: bool,
-}
-
-impl ChunkSender {
-    pub fn new(tx: mpsc::Sender<io::Result<Bytes>>) -> Self {
-        ChunkSender {
-            buf: BytesMut::with_capacity(CHUNK),
-            tx,
-            finished: false,
-        }
-    }
-
-    fn send(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = self.buf.split().freeze();
-        self.buf.reserve(CHUNK);
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "upload stopped"))
-    }
-
-    /// Sends what is buffered; dropping the sender then ends the stream.
-    pub fn finish(mut self) -> io::Result<()> {
-        self.send()?;
-        self.finished = true;
-        Ok(())
-    }
-}
-
-impl Drop for ChunkSender {
-    /// Dropped unfinished (archiving failed): the uploader must see an error, never a clean end
-    /// of stream that would commit a truncated blob.
-    fn drop(&mut self) {
-        if !self.finished {
-            let _ = self
-                .tx
-                .blocking_send(Err(io::Error::other("archiving stopped before the end")));
-        }
-    }
-}
-
-impl Write for ChunkSender {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= CHUNK {
-            self.send()?;
-        }
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Which codec and archive flavour to produce.
 #[derive(Clone, Copy, Debug)]
@@ -91,87 +26,61 @@ pub enum Codec {
     },
 }
 
-/// What archiving one layer produced.
+/// What archiving one layer produced (the compressed digest and size are the writer's).
 pub struct Archived {
-    pub compressed: Digest,
-    pub compressed_size: u64,
     pub diff_id: Digest,
     pub tar_size: u64,
     pub index: Vec<IndexEntry>,
 }
 
-/// Archives `entries` (read from `root`) and streams the compressed bytes into `out`.
+/// Archives `entries` (read from `root`) and writes the compressed bytes into `out`. A failed
+/// write is reported as [`BackupError::Archive`]; the writer knows whether it was its fault.
 pub fn archive(
     root: &Path,
     entries: &[SourceEntry],
     codec: Codec,
-    out: ChunkSender,
+    out: &mut dyn Write,
     on_entry: &dyn Fn(u64),
 ) -> Result<Archived, BackupError> {
-    let compressed = HashingWriter::new(out);
-    let result = match codec {
+    let (diff_id, tar_size, index) = match codec {
         Codec::Zstd { level } => {
-            let enc = zstd_encoder(compressed, level).map_err(BackupError::Archive)?;
-            write_tar(
-                root,
-                entries,
-                HashingWriter::new(enc),
-                false,
-                None,
-                on_entry,
-            )
-            .and_then(|(tar, index)| {
-                let (enc, diff_id, tar_size) = tar.finish();
-                let compressed = enc.finish().map_err(BackupError::Archive)?;
-                Ok((compressed, diff_id, tar_size, index))
-            })
+            let enc = zstd_encoder(out, level).map_err(BackupError::Archive)?;
+            let (tar, index) = write_tar(root, entries, HashingWriter::new(enc), None, on_entry)?;
+            let (enc, diff_id, tar_size) = tar.finish();
+            enc.finish().map_err(BackupError::Archive)?;
+            (diff_id, tar_size, index)
         }
         Codec::Gzip {
             level,
             root_mode,
             root_mtime,
         } => {
-            let enc = gzip_encoder(compressed, level);
-            write_tar(
-                root,
-                entries,
-                HashingWriter::new(enc),
-                true,
-                Some((root_mode, root_mtime)),
-                on_entry,
-            )
-            .and_then(|(tar, index)| {
-                let (enc, diff_id, tar_size) = tar.finish();
-                let compressed = enc.finish().map_err(BackupError::Archive)?;
-                Ok((compressed, diff_id, tar_size, index))
-            })
+            let enc = gzip_encoder(out, level);
+            let root_entry = Some((root_mode, root_mtime));
+            let (tar, index) =
+                write_tar(root, entries, HashingWriter::new(enc), root_entry, on_entry)?;
+            let (enc, diff_id, tar_size) = tar.finish();
+            enc.finish().map_err(BackupError::Archive)?;
+            (diff_id, tar_size, index)
         }
     };
-    match result {
-        Ok((compressed, diff_id, tar_size, index)) => {
-            let (out, digest, size) = compressed.finish();
-            out.finish().map_err(BackupError::Archive)?;
-            Ok(Archived {
-                compressed: digest,
-                compressed_size: size,
-                diff_id,
-                tar_size,
-                index,
-            })
-        }
-        Err(e) => Err(e),
-    }
+    Ok(Archived {
+        diff_id,
+        tar_size,
+        index,
+    })
 }
 
+/// Writes the tar stream; `root_entry` (mode, mtime) marks the `dwo` flavour: `./` names
+/// after a root entry.
 fn write_tar<W: Write>(
     root: &Path,
     entries: &[SourceEntry],
     out: HashingWriter<W>,
-    dot_prefix: bool,
     root_entry: Option<(u32, i64)>,
     on_entry: &dyn Fn(u64),
 ) -> Result<(HashingWriter<W>, Vec<IndexEntry>), BackupError> {
-    let mut tar = TarWriter::new(out, dot_prefix);
+    let mut tar = TarWriter::new(out, root_entry.is_some());
     if let Some((mode, mtime)) = root_entry {
         tar.append_root(mode, mtime).map_err(BackupError::Archive)?;
     }
@@ -198,20 +107,13 @@ fn write_tar<W: Write>(
                 file,
                 hasher: Hasher::new(),
                 remaining: e.size,
-                path: &path,
+                changed: false,
             };
-            tar.append(&header, &mut reader).map_err(|e| {
-                match e.get_ref().and_then(|i| i.downcast_ref::<ChangedError>()) {
-                    Some(changed) => BackupError::Changed {
-                        path: changed.0.clone(),
-                    },
-                    None if e.kind() == io::ErrorKind::BrokenPipe => BackupError::UploadStopped,
-                    None => BackupError::Archive(e),
-                }
-            })?;
-            if reader.remaining != 0 {
+            let appended = tar.append(&header, &mut reader);
+            if reader.changed || (appended.is_ok() && reader.remaining != 0) {
                 return Err(BackupError::Changed { path });
             }
+            appended.map_err(BackupError::Archive)?;
             Some(reader.hasher.finish().0)
         } else {
             tar.append(&header, io::empty())
@@ -232,25 +134,16 @@ fn write_tar<W: Write>(
     Ok((tar.finish().map_err(BackupError::Archive)?, index))
 }
 
-#[derive(Debug)]
-struct ChangedError(std::path::PathBuf);
-impl std::fmt::Display for ChangedError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} changed size while being backed up", self.0.display())
-    }
-}
-impl std::error::Error for ChangedError {}
-
-/// Reads exactly the size recorded by the walk, hashing it; a file that grew or shrank since
-/// is an error (a tar header cannot be corrected after the fact).
-struct FileReader<'a> {
+/// Reads exactly the size recorded by the walk, hashing it. A file that shrank since sets
+/// `changed`: a tar header cannot be corrected after the fact.
+struct FileReader {
     file: std::fs::File,
     hasher: Hasher,
     remaining: u64,
-    path: &'a Path,
+    changed: bool,
 }
 
-impl Read for FileReader<'_> {
+impl Read for FileReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.remaining == 0 {
             return Ok(0);
@@ -260,7 +153,8 @@ impl Read for FileReader<'_> {
             .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
         let n = self.file.read(&mut out[..want])?;
         if n == 0 {
-            return Err(io::Error::other(ChangedError(self.path.to_owned())));
+            self.changed = true;
+            return Err(io::Error::other("file shrank while being read"));
         }
         self.hasher.update(&out[..n]);
         self.remaining -= n as u64;

@@ -101,8 +101,6 @@ pub enum BackupError {
     Changed { path: PathBuf },
     #[error("archiving failed: {0}")]
     Archive(std::io::Error),
-    #[error("the upload stopped before the archive was complete")]
-    UploadStopped,
     #[error(transparent)]
     Transport(#[from] TransportError),
     #[error("{0}")]

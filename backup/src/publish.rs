@@ -3,7 +3,7 @@
 //! tag, and the moving tag last. Nothing is tagged until everything it references exists, so a
 //! failure at any point leaves the previous moving tag intact.
 
-use crate::archive::{Archived, ChunkSender, Codec, archive};
+use crate::archive::{Archived, Codec, archive};
 use crate::walk::{SourceEntry, Tree, walk};
 use crate::{BackupError, BackupOptions, BackupReport, Format, Progress};
 use bytes::Bytes;
@@ -16,7 +16,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 use wsr_format::artifact::{self, Artifact};
 use wsr_format::codec::EntryKind;
 use wsr_format::digest::Digest;
@@ -26,7 +25,7 @@ use wsr_format::native::{
     self, BackupConfig, LayerCutter, LayerInfo, RawPath, SkippedEntry, Totals, WorkspaceInfo,
 };
 use wsr_format::reference::Target;
-use wsr_transport::{Access, Store, TransportError};
+use wsr_transport::{Access, Store};
 
 /// Attempts per layer upload when the registry fails transiently.
 const UPLOAD_ATTEMPTS: u32 = 3;
@@ -327,7 +326,11 @@ async fn native_backup(
             let codec = Codec::Zstd {
                 level: options.level,
             };
-            let archived = upload_layer(
+            let Uploaded {
+                archived,
+                compressed,
+                compressed_size,
+            } = upload_layer(
                 store,
                 &options.source,
                 &entries,
@@ -349,13 +352,9 @@ async fn native_backup(
             } else {
                 0
             };
-            let layer = Descriptor::new(
-                media::LAYER_TAR_ZSTD,
-                archived.compressed.clone(),
-                archived.compressed_size,
-            );
+            let layer = Descriptor::new(media::LAYER_TAR_ZSTD, compressed.clone(), compressed_size);
             let info = LayerInfo {
-                digest: archived.compressed,
+                digest: compressed,
                 diff_id: archived.diff_id,
                 tar_size: archived.tar_size,
                 entries: range.len() as u64,
@@ -444,11 +443,11 @@ async fn dwo_backup(
     };
     let n = entries.len();
     let entries: Arc<[SourceEntry]> = entries.into();
-    let archived = upload_layer(store, &options.source, &entries, 0..n, 0, codec, progress).await?;
+    let uploaded = upload_layer(store, &options.source, &entries, 0..n, 0, codec, progress).await?;
     let layer = Descriptor::new(
         media::LAYER_TAR,
-        archived.compressed.clone(),
-        archived.compressed_size,
+        uploaded.compressed,
+        uploaded.compressed_size,
     );
     let small_uploaded = if store.push_blob_bytes(Bytes::from_static(b"{}")).await? {
         2
@@ -459,13 +458,19 @@ async fn dwo_backup(
         manifest: artifact::dwo_manifest(layer, annotations),
         layers: 1,
         reused: 0,
-        stored_bytes: archived.compressed_size,
+        stored_bytes: uploaded.compressed_size,
         small_uploaded,
     })
 }
 
-/// Archives and uploads one layer, regenerating the stream and retrying on transient registry
-/// failures.
+/// A layer as stored: what archiving produced, and the compressed blob's digest and size.
+struct Uploaded {
+    archived: Archived,
+    compressed: Digest,
+    compressed_size: u64,
+}
+
+/// Archives and uploads one layer, writing it again on transient registry failures.
 async fn upload_layer(
     store: &Store,
     root: &std::path::Path,
@@ -474,12 +479,12 @@ async fn upload_layer(
     layer: u32,
     codec: Codec,
     progress: &Arc<Progress>,
-) -> Result<Archived, BackupError> {
+) -> Result<Uploaded, BackupError> {
     let mut delay = Duration::from_millis(500);
     // What this attempt added to the shared progress, taken back if it has to be retried.
     let attempt = Arc::new(Progress::default());
     for attempt_no in 1..=UPLOAD_ATTEMPTS {
-        let (tx, rx) = mpsc::channel(4);
+        let mut blob = store.blob_writer().await?;
         let (root2, entries2, range2, progress2, attempt2): (PathBuf, _, _, _, _) = (
             root.to_owned(),
             entries.clone(),
@@ -494,33 +499,27 @@ async fn upload_layer(
                     p.bytes.fetch_add(bytes, Ordering::Relaxed);
                 }
             };
-            archive(
-                &root2,
-                &entries2[range2],
-                codec,
-                ChunkSender::new(tx),
-                &count,
-            )
-        });
-        let (uploaded, archived) = tokio::join!(store.push_blob_stream(rx), archiving);
-        let archived = archived.expect("archive task");
-        let error: BackupError = match (uploaded, archived) {
-            (Ok((digest, size)), Ok(archived)) => {
-                if digest != archived.compressed {
-                    return Err(TransportError::DigestMismatch {
-                        what: format!("layer {layer}"),
-                        expected: archived.compressed,
-                        actual: digest,
-                    }
-                    .into());
-                }
-                progress.uploaded.fetch_add(size, Ordering::Relaxed);
-                return Ok(archived);
+            match archive(&root2, &entries2[range2], codec, &mut blob, &count) {
+                Ok(archived) => blob
+                    .finish()
+                    .map(|stored| (archived, stored))
+                    .map_err(BackupError::from),
+                // A failed write is the upload's doing when the upload says so.
+                Err(e) => Err(blob.abort().map_or(e, BackupError::from)),
             }
-            // The archive side failed on its own (a source problem) and aborted the upload.
-            (Err(TransportError::Source(_)), Err(e)) | (Ok(_), Err(e)) => return Err(e),
-            // The upload failed; the archive side only saw its consumer go away.
-            (Err(t), _) => t.into(),
+        });
+        let error = match archiving.await.expect("archive task") {
+            Ok((archived, (compressed, compressed_size))) => {
+                progress
+                    .uploaded
+                    .fetch_add(compressed_size, Ordering::Relaxed);
+                return Ok(Uploaded {
+                    archived,
+                    compressed,
+                    compressed_size,
+                });
+            }
+            Err(e) => e,
         };
         let transient = matches!(&error, BackupError::Transport(t) if t.is_transient());
         if !transient || attempt_no == UPLOAD_ATTEMPTS {

@@ -3,12 +3,10 @@
 //! `list` / `inspect` reports.
 
 use crate::{Progress, RestoreError};
-use bytes::Bytes;
 use futures_util::StreamExt;
 use std::io::{self, BufReader, Read};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use tokio::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use wsr_format::artifact::{self, Artifact};
 use wsr_format::codec::Compression;
 use wsr_format::digest::{Digest, HashingReader};
@@ -17,7 +15,7 @@ use wsr_format::media::{self, annotation};
 use wsr_format::native::{self, BackupConfig, IndexEntry};
 use wsr_format::reference::{Repository, Target};
 use wsr_format::unpack::{Unpacker, path_selected};
-use wsr_transport::{Access, ConnectOptions, Store, TransportError, list_repositories};
+use wsr_transport::{Access, BlobReader, ConnectOptions, Store, list_repositories};
 
 /// A resolved artifact with its native documents loaded.
 pub struct Opened {
@@ -258,32 +256,6 @@ pub async fn unpack_layers(
 /// Most bytes accepted after a native layer's end-of-archive marker.
 const MAX_TRAILER: u64 = 1 << 20;
 
-/// A `Read` over chunks arriving from the download task.
-struct ChunkReader {
-    rx: mpsc::Receiver<Result<Bytes, TransportError>>,
-    current: Bytes,
-    error: Arc<std::sync::Mutex<Option<TransportError>>>,
-}
-
-impl Read for ChunkReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                None => return Ok(0),
-                Some(Ok(chunk)) => self.current = chunk,
-                Some(Err(e)) => {
-                    let msg = e.to_string();
-                    *self.error.lock().unwrap() = Some(e);
-                    return Err(io::Error::other(msg));
-                }
-            }
-        }
-        let n = out.len().min(self.current.len());
-        out[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
-    }
-}
-
 async fn unpack_layer(
     store: &Store,
     descriptor: Descriptor,
@@ -291,20 +263,32 @@ async fn unpack_layer(
     unpacker: Arc<Unpacker>,
     progress: Arc<Progress>,
 ) -> Result<(), RestoreError> {
-    let mut stream = store.fetch_blob(&descriptor.digest).await?;
-    let (tx, rx) = mpsc::channel(8);
-    let download_error = Arc::new(std::sync::Mutex::new(None));
-    let reader = ChunkReader {
-        rx,
-        current: Bytes::new(),
-        error: download_error.clone(),
-    };
-    let desc = descriptor.clone();
-    let unpacking = tokio::task::spawn_blocking(move || -> Result<(), RestoreError> {
-        // Never read more than the descriptor declares (one byte more proves a mismatch).
-        let mut compressed = HashingReader::new(reader.take(desc.size.saturating_add(1)));
-        let decoder = Compression::decoder(BufReader::with_capacity(256 * 1024, &mut compressed))
-            .map_err(corrupt(&desc))?;
+    let blob = store
+        .blob_reader(&descriptor.digest, descriptor.size)
+        .await?;
+    tokio::task::spawn_blocking(move || {
+        unpack_blob(blob, &descriptor, diff_id, &unpacker, &progress)
+    })
+    .await
+    .expect("unpack task")
+}
+
+/// Decompresses and unpacks one layer blob, then checks the blob (size, then digest: the
+/// reader never reads more than one byte past the declared size) and the tar's digest.
+fn unpack_blob(
+    mut blob: BlobReader,
+    desc: &Descriptor,
+    diff_id: Option<(Digest, u64)>,
+    unpacker: &Unpacker,
+    progress: &Progress,
+) -> Result<(), RestoreError> {
+    let unpacked = (|| {
+        let counted = Counted {
+            inner: &mut blob,
+            count: &progress.downloaded,
+        };
+        let decoder = Compression::decoder(BufReader::with_capacity(256 * 1024, counted))
+            .map_err(corrupt(desc))?;
         // A native layer's uncompressed length is declared too (`tar_size`).
         let tar_limit = diff_id
             .as_ref()
@@ -315,7 +299,7 @@ async fn unpack_layer(
             // The padding after the end-of-archive marker belongs to `diff_id`; wsr writes
             // 1 KiB, GNU tar pads to 10 KiB. Anything longer is refused, not decompressed.
             let trailer = io::copy(&mut (&mut tar).take(MAX_TRAILER + 1), &mut io::sink())
-                .map_err(corrupt(&desc))?;
+                .map_err(corrupt(desc))?;
             if trailer > MAX_TRAILER {
                 return Err(RestoreError::Corrupt(format!(
                     "layer {}: more than {MAX_TRAILER} bytes follow the end-of-archive marker",
@@ -323,59 +307,38 @@ async fn unpack_layer(
                 )));
             }
         }
-        let (decoder, tar_digest, tar_size) = tar.finish();
-        drop(decoder);
-        io::copy(&mut compressed, &mut io::sink()).map_err(corrupt(&desc))?;
-        let (_, digest, size) = compressed.finish();
-        if size != desc.size {
-            let got = if size > desc.size {
-                format!("more than {}", desc.size)
-            } else {
-                size.to_string()
-            };
-            return Err(RestoreError::Corrupt(format!(
-                "layer blob {} is {got} bytes, its descriptor says {}",
-                desc.digest, desc.size
-            )));
-        }
-        if digest != desc.digest {
-            return Err(TransportError::DigestMismatch {
-                what: format!("layer blob ({size} bytes)"),
-                expected: desc.digest.clone(),
-                actual: digest,
-            }
-            .into());
-        }
-        if let Some((want, want_size)) = diff_id
-            && (want != tar_digest || want_size != tar_size)
-        {
-            return Err(RestoreError::Corrupt(format!(
-                "layer {}: uncompressed digest {tar_digest} ({tar_size} bytes) differs from the config's {want} ({want_size} bytes)",
-                desc.digest
-            )));
-        }
-        Ok(())
-    });
-    let downloading = async {
-        while let Some(chunk) = stream.next().await {
-            if let Ok(c) = &chunk {
-                progress
-                    .downloaded
-                    .fetch_add(c.len() as u64, Ordering::Relaxed);
-            }
-            let failed = chunk.is_err();
-            if tx.send(chunk).await.is_err() || failed {
-                break;
-            }
-        }
-        drop(tx);
+        let (_, tar_digest, tar_size) = tar.finish();
+        Ok::<_, RestoreError>((tar_digest, tar_size))
+    })();
+    let (tar_digest, tar_size) = match unpacked {
+        Ok(tar) => tar,
+        // A read that failed because the download did is reported as the download's failure.
+        Err(e) => return Err(blob.into_failure().map_or(e, RestoreError::from)),
     };
-    let ((), unpacked) = tokio::join!(downloading, unpacking);
-    let unpacked = unpacked.expect("unpack task");
-    if let Some(e) = download_error.lock().unwrap().take() {
-        return Err(e.into());
+    blob.finish()?;
+    if let Some((want, want_size)) = diff_id
+        && (want != tar_digest || want_size != tar_size)
+    {
+        return Err(RestoreError::Corrupt(format!(
+            "layer {}: uncompressed digest {tar_digest} ({tar_size} bytes) differs from the config's {want} ({want_size} bytes)",
+            desc.digest
+        )));
     }
-    unpacked
+    Ok(())
+}
+
+/// Counts the bytes read through it into a progress counter.
+struct Counted<'a, R> {
+    inner: R,
+    count: &'a AtomicU64,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(out)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
 }
 
 fn corrupt(desc: &Descriptor) -> impl FnOnce(io::Error) -> RestoreError + '_ {

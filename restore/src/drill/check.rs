@@ -4,20 +4,17 @@
 //! nothing extra.
 
 use crate::RestoreError;
-use bytes::Bytes;
-use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::io::{self, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use tokio::sync::mpsc;
 use wsr_format::codec::{Compression, EntryKind};
 use wsr_format::digest::{Digest, HashingReader};
 use wsr_format::manifest::Descriptor;
 use wsr_format::native::IndexEntry;
 use wsr_format::unpack::normalize;
-use wsr_transport::{Store, TransportError};
+use wsr_transport::{BlobReader, Store};
 
 /// One entry as the backup recorded it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,16 +47,17 @@ pub(crate) async fn listing_from_tarball(
     store: &Store,
     layer: &Descriptor,
 ) -> Result<Vec<Listed>, RestoreError> {
-    let mut stream = store.fetch_blob(&layer.digest).await?;
-    let (tx, rx) = mpsc::channel::<Result<Bytes, TransportError>>(8);
+    let blob = store.blob_reader(&layer.digest, layer.size).await?;
     let desc = layer.clone();
-    let listing = tokio::task::spawn_blocking(move || -> Result<Vec<Listed>, RestoreError> {
-        let mut compressed = HashingReader::new(ChannelReader {
-            rx,
-            current: Bytes::new(),
-        });
+    tokio::task::spawn_blocking(move || list_blob(blob, &desc))
+        .await
+        .expect("listing task")
+}
+
+fn list_blob(mut blob: BlobReader, desc: &Descriptor) -> Result<Vec<Listed>, RestoreError> {
+    let listed = (|| {
         let corrupt = |e: io::Error| RestoreError::Corrupt(format!("layer {}: {e}", desc.digest));
-        let decoder = Compression::decoder(BufReader::with_capacity(256 * 1024, &mut compressed))
+        let decoder = Compression::decoder(BufReader::with_capacity(256 * 1024, &mut blob))
             .map_err(corrupt)?;
         let mut archive = tar::Archive::new(decoder);
         let mut out = Vec::new();
@@ -71,45 +69,15 @@ pub(crate) async fn listing_from_tarball(
         }
         let mut rest = archive.into_inner();
         io::copy(&mut rest, &mut io::sink()).map_err(corrupt)?;
-        drop(rest);
-        io::copy(&mut compressed, &mut io::sink()).map_err(corrupt)?;
-        let (_, digest, size) = compressed.finish();
-        if digest != desc.digest || size != desc.size {
-            return Err(TransportError::DigestMismatch {
-                what: format!("layer blob ({size} bytes)"),
-                expected: desc.digest.clone(),
-                actual: digest,
-            }
-            .into());
-        }
-        Ok(out)
-    });
-    let mut download_error = None;
-    while let Some(chunk) = stream.next().await {
-        let failed = chunk.is_err();
-        match chunk {
-            Err(e) => {
-                download_error = Some(e);
-                let _ = tx
-                    .send(Err(TransportError::Config("download failed".into())))
-                    .await;
-            }
-            Ok(c) => {
-                if tx.send(Ok(c)).await.is_err() {
-                    break;
-                }
-            }
-        }
-        if failed {
-            break;
-        }
-    }
-    drop(tx);
-    let listing = listing.await.expect("listing task");
-    match download_error {
-        Some(e) => Err(e.into()),
-        None => listing,
-    }
+        Ok::<_, RestoreError>(out)
+    })();
+    let listed = match listed {
+        Ok(listed) => listed,
+        // A read that failed because the download did is reported as the download's failure.
+        Err(e) => return Err(blob.into_failure().map_or(e, RestoreError::from)),
+    };
+    blob.finish()?;
+    Ok(listed)
 }
 
 fn list_entry<R: Read>(entry: &mut tar::Entry<R>) -> io::Result<Option<Listed>> {
@@ -151,27 +119,6 @@ fn list_entry<R: Read>(entry: &mut tar::Entry<R>) -> io::Result<Option<Listed>> 
         sha256,
         link,
     }))
-}
-
-/// A `Read` over chunks arriving from the download.
-struct ChannelReader {
-    rx: mpsc::Receiver<Result<Bytes, TransportError>>,
-    current: Bytes,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                None => return Ok(0),
-                Some(Ok(chunk)) => self.current = chunk,
-                Some(Err(e)) => return Err(io::Error::other(e.to_string())),
-            }
-        }
-        let n = out.len().min(self.current.len());
-        out[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
-    }
 }
 
 /// Compares the tree under `root` with `listing`. Returns the number of entries checked, or

@@ -6,13 +6,13 @@
 //! known, so a blob file is never partial. `index.json` is replaced atomically (write + rename)
 //! under an exclusive lock, so concurrent writers don't lose tags.
 
+use crate::blob::{BlobReader, BlobWriter, LayoutUpload, Source};
 use crate::{BlobStream, Result, TransportError};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::path::{Path, PathBuf};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
-use wsr_format::digest::{Digest, Hasher};
+use tokio::io::AsyncReadExt;
+use wsr_format::digest::Digest;
 use wsr_format::manifest::{Descriptor, Index};
 use wsr_format::media;
 use wsr_format::reference::{Repository, Target};
@@ -78,48 +78,45 @@ impl LayoutStore {
         write_atomic(&self.blob_path(digest), &bytes).await
     }
 
-    pub async fn push_blob_stream(
-        &self,
-        mut chunks: mpsc::Receiver<std::io::Result<Bytes>>,
-    ) -> Result<(Digest, u64)> {
-        let tmp = tempfile::Builder::new()
+    /// Starts an upload into a temporary file beside the blobs.
+    pub fn blob_writer(&self) -> Result<BlobWriter> {
+        let blobs = self.dir.join("blobs/sha256");
+        let (file, path) = tempfile::Builder::new()
             .prefix(".upload-")
-            .tempfile_in(self.dir.join("blobs/sha256"))
-            .map_err(io_error("create upload file"))?;
-        let (file, tmp_path) = tmp.into_parts();
-        let mut file = tokio::fs::File::from_std(file);
-        let mut hasher = Hasher::new();
-        while let Some(chunk) = chunks.recv().await {
-            let chunk = chunk.map_err(TransportError::Source)?;
-            hasher.update(&chunk);
-            file.write_all(&chunk)
-                .await
-                .map_err(io_error("write blob"))?;
-        }
-        file.sync_all().await.map_err(io_error("sync blob"))?;
-        let (digest, size) = hasher.finish();
-        let dest = self.blob_path(&digest);
-        // persist() renames; the TempPath deletes the file on every error path before this.
-        tmp_path.persist(&dest).map_err(|e| TransportError::Io {
-            what: format!("store blob {digest}"),
-            source: e.error,
-        })?;
-        Ok((digest, size))
+            .tempfile_in(&blobs)
+            .map_err(io_error("create upload file"))?
+            .into_parts();
+        Ok(BlobWriter::layout(LayoutUpload {
+            file: std::io::BufWriter::with_capacity(256 * 1024, file),
+            path,
+            blobs,
+            failure: None,
+        }))
     }
 
-    pub async fn fetch_blob(&self, digest: &Digest) -> Result<BlobStream> {
-        let path = self.blob_path(digest);
-        let file = tokio::fs::File::open(&path)
+    /// Opens a blob file for reading.
+    pub fn blob_reader(&self, digest: &Digest, size: u64) -> Result<BlobReader> {
+        let file =
+            std::fs::File::open(self.blob_path(digest)).map_err(|e| self.open_error(digest, e))?;
+        Ok(BlobReader::new(Source::Layout(file), digest, size))
+    }
+
+    fn open_error(&self, digest: &Digest, e: std::io::Error) -> TransportError {
+        match e.kind() {
+            std::io::ErrorKind::NotFound => TransportError::NotFound {
+                what: format!("blob {digest} in {}", self.dir.display()),
+            },
+            _ => TransportError::Io {
+                what: format!("open {}", self.blob_path(digest).display()),
+                source: e,
+            },
+        }
+    }
+
+    pub(crate) async fn fetch_blob(&self, digest: &Digest) -> Result<BlobStream> {
+        let file = tokio::fs::File::open(self.blob_path(digest))
             .await
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => TransportError::NotFound {
-                    what: format!("blob {digest} in {}", self.dir.display()),
-                },
-                _ => TransportError::Io {
-                    what: format!("open {}", path.display()),
-                    source: e,
-                },
-            })?;
+            .map_err(|e| self.open_error(digest, e))?;
         Ok(futures_util::stream::unfold(Some(file), |file| async move {
             let mut file = file?;
             let mut buf = vec![0u8; 256 * 1024];

@@ -6,26 +6,28 @@
 //! on the fly; manifests are pushed by digest and tagged separately, so callers can publish in
 //! the safe order (blobs, manifest, tags). Transient failures (connect errors, 5xx, 429) are
 //! retried with backoff for idempotent requests; streamed uploads report them via
-//! [`TransportError::is_transient`] so the caller can regenerate the stream and retry.
+//! [`TransportError::is_transient`] so the caller can write the blob again. Blob bytes move
+//! through one interface, a blocking [`BlobWriter`] and [`BlobReader`], which hash them once.
 //!
 //! It moves bytes and names; it must not interpret layer contents, decide what to back up or
 //! print to the terminal. The wire documents it stores are defined in `wsr-format`. With the
 //! `test-support` feature, [`testing`] starts real registries for tests.
 
 mod auth;
+mod blob;
 mod layout;
 mod registry;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
 pub use auth::{Credentials, resolve_auth_file};
+pub use blob::{BlobReader, BlobWriter};
 pub use layout::LayoutStore;
 pub use registry::RegistryStore;
 
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use std::path::PathBuf;
-use tokio::sync::mpsc;
 use wsr_format::digest::Digest;
 use wsr_format::reference::{Repository, Target};
 
@@ -51,7 +53,7 @@ pub enum Access {
 }
 
 /// A stream of blob bytes. Not yet verified: consumers hash what they read.
-pub type BlobStream = BoxStream<'static, Result<Bytes, TransportError>>;
+type BlobStream = BoxStream<'static, Result<Bytes, TransportError>>;
 
 /// Transport failures. Messages say what to do.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +96,12 @@ pub enum TransportError {
         expected: Digest,
         actual: Digest,
     },
+    #[error("blob {digest} is {found} bytes, its descriptor says {expected}")]
+    SizeMismatch {
+        digest: Digest,
+        expected: u64,
+        found: String,
+    },
     /// Display is `what`; the cause is the error's `source()` (printed by error chains).
     #[error("{what}")]
     Io {
@@ -102,8 +110,6 @@ pub enum TransportError {
     },
     #[error("{0}")]
     Config(String),
-    #[error("the data stream being uploaded failed: {0}")]
-    Source(std::io::Error),
 }
 
 impl TransportError {
@@ -185,20 +191,26 @@ impl Store {
         Ok(true)
     }
 
-    /// Pushes a blob whose bytes arrive through `chunks`; returns its digest and size, computed
-    /// while streaming. An `Err` item aborts the upload with [`TransportError::Source`].
-    pub async fn push_blob_stream(
-        &self,
-        chunks: mpsc::Receiver<std::io::Result<Bytes>>,
-    ) -> Result<(Digest, u64)> {
+    /// Starts uploading a blob whose digest is not known yet: write its bytes to the returned
+    /// [`BlobWriter`] (on a blocking thread), then `finish` it to store the blob under the
+    /// digest of what was written.
+    pub async fn blob_writer(&self) -> Result<BlobWriter> {
         match self {
-            Store::Registry(r) => r.push_blob_stream(chunks).await,
-            Store::Layout(l) => l.push_blob_stream(chunks).await,
+            Store::Registry(r) => r.blob_writer().await,
+            Store::Layout(l) => l.blob_writer(),
         }
     }
 
-    /// Streams a blob. The caller must verify the digest of what it reads.
-    pub async fn fetch_blob(&self, digest: &Digest) -> Result<BlobStream> {
+    /// Opens the blob `digest` of `size` bytes for reading (on a blocking thread); the
+    /// [`BlobReader`] checks both when it is finished.
+    pub async fn blob_reader(&self, digest: &Digest, size: u64) -> Result<BlobReader> {
+        match self {
+            Store::Registry(r) => r.blob_reader(digest, size).await,
+            Store::Layout(l) => l.blob_reader(digest, size),
+        }
+    }
+
+    async fn fetch_blob(&self, digest: &Digest) -> Result<BlobStream> {
         match self {
             Store::Registry(r) => r.fetch_blob(digest).await,
             Store::Layout(l) => l.fetch_blob(digest).await,

@@ -8,14 +8,15 @@
 //! PUT `?digest=`.
 
 use crate::auth::{Credentials, credentials_for};
+use crate::blob::{BlobReader, BlobWriter, DOWNLOAD_QUEUE, Piece, RegistryUpload, Source};
 use crate::{Access, BlobStream, ConnectOptions, Result, TransportError};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::{Method, RequestBuilder, Response, StatusCode, header};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::mpsc;
-use wsr_format::digest::{Digest, Hasher};
+use tokio::sync::{mpsc, oneshot};
+use wsr_format::digest::Digest;
 use wsr_format::reference::{Repository, Target};
 
 /// Accepted manifest types: OCI first; Docker v2 so foreign single-layer artifacts still read.
@@ -23,6 +24,7 @@ const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, appli
 
 const RETRIES: u32 = 4;
 
+#[derive(Clone)]
 pub struct RegistryStore {
     http: reqwest::Client,
     base: String,
@@ -379,54 +381,81 @@ impl RegistryStore {
         self.finish_upload(&location, digest, Some(bytes)).await
     }
 
-    pub async fn push_blob_stream(
-        &self,
-        mut chunks: mpsc::Receiver<std::io::Result<Bytes>>,
-    ) -> Result<(Digest, u64)> {
+    /// Starts an upload (POST) and returns its writer; the body (one streaming PATCH) and the
+    /// final PUT `?digest=` run in a task fed by the writer.
+    pub async fn blob_writer(&self) -> Result<BlobWriter> {
         let location = self.start_upload().await?;
-        let hasher = Arc::new(Mutex::new(Hasher::new()));
-        let source_error: Arc<Mutex<Option<std::io::Error>>> = Arc::default();
-        let (h, se) = (hasher.clone(), source_error.clone());
-        let body = async_stream(move |tx| async move {
-            while let Some(chunk) = chunks.recv().await {
-                match chunk {
-                    Ok(bytes) => {
-                        h.lock().unwrap().update(&bytes);
-                        if tx.send(Ok::<Bytes, std::io::Error>(bytes)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        let msg = e.to_string();
-                        *se.lock().unwrap() = Some(e);
-                        let _ = tx.send(Err(std::io::Error::other(msg))).await;
-                        return;
-                    }
-                }
+        let (pieces, pieces_rx) = RegistryUpload::channel();
+        let (digest, digest_rx) = oneshot::channel();
+        let (outcome_tx, outcome) = oneshot::channel();
+        let store = self.clone();
+        tokio::spawn(async move {
+            let outcome = store.upload(&location, pieces_rx, digest_rx).await;
+            let _ = outcome_tx.send(outcome);
+        });
+        Ok(BlobWriter::registry(RegistryUpload::new(
+            pieces, digest, outcome,
+        )))
+    }
+
+    async fn upload(
+        &self,
+        location: &str,
+        pieces: mpsc::Receiver<Piece>,
+        digest: oneshot::Receiver<Digest>,
+    ) -> Result<()> {
+        // A body that ends only at `End`: a writer that went away fails the request, so the
+        // registry never completes a truncated blob.
+        let body = futures_util::stream::unfold(Some(pieces), |pieces| async move {
+            let mut pieces = pieces?;
+            match pieces.recv().await {
+                Some(Piece::Data(bytes)) => Some((Ok(bytes), Some(pieces))),
+                Some(Piece::End) => None,
+                None => Some((Err(std::io::Error::other("upload abandoned")), None)),
             }
         });
-        // Not retried here: the stream is consumed. The caller regenerates it on a transient error.
-        let result = self
-            .request(Method::PATCH, &location)
+        // Not retried here: the body is consumed. The caller writes it again on a transient error.
+        let response = self
+            .request(Method::PATCH, location)
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .body(reqwest::Body::wrap_stream(body))
             .send()
-            .await;
-        if let Some(e) = source_error.lock().unwrap().take() {
-            return Err(TransportError::Source(e));
-        }
-        let response = result.map_err(|e| self.request_error(e, "upload blob"))?;
+            .await
+            .map_err(|e| self.request_error(e, "upload blob"))?;
         if response.status() != StatusCode::ACCEPTED && response.status() != StatusCode::NO_CONTENT
         {
             return Err(self.status_error(response, "upload blob").await);
         }
         let location = self.location(&response, "upload blob")?;
-        let (digest, size) = std::mem::take(&mut *hasher.lock().unwrap()).finish();
-        self.finish_upload(&location, &digest, None).await?;
-        Ok((digest, size))
+        let digest = digest.await.map_err(|_| TransportError::Protocol {
+            registry: self.host.clone(),
+            status: 0,
+            what: "upload blob".into(),
+            detail: "the upload was abandoned".into(),
+        })?;
+        self.finish_upload(&location, &digest, None).await
     }
 
-    pub async fn fetch_blob(&self, digest: &Digest) -> Result<BlobStream> {
+    /// Opens a blob for reading; a task reads ahead while the reader consumes.
+    pub async fn blob_reader(&self, digest: &Digest, size: u64) -> Result<BlobReader> {
+        let mut stream = self.fetch_blob(digest).await?;
+        let (pieces, pieces_rx) = mpsc::channel(DOWNLOAD_QUEUE);
+        tokio::spawn(async move {
+            while let Some(piece) = stream.next().await {
+                let failed = piece.is_err();
+                if pieces.send(piece).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let source = Source::Registry {
+            pieces: pieces_rx,
+            current: Bytes::new(),
+        };
+        Ok(BlobReader::new(source, digest, size))
+    }
+
+    pub(crate) async fn fetch_blob(&self, digest: &Digest) -> Result<BlobStream> {
         let what = format!("blob {digest}");
         let response = self
             .send(
@@ -612,19 +641,4 @@ pub(super) async fn list_repositories(
             return Ok(out);
         }
     }
-}
-
-/// A stream fed by an async producer through a small channel (bounded memory).
-fn async_stream<T: Send + 'static, F, Fut>(
-    producer: F,
-) -> impl futures_util::Stream<Item = T> + Send + 'static
-where
-    F: FnOnce(mpsc::Sender<T>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (tx, rx) = mpsc::channel(4);
-    tokio::spawn(producer(tx));
-    futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    })
 }

@@ -3,38 +3,56 @@
 //! repositories listed.
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use std::io::{Read, Write};
 use wsr_format::digest::Digest;
 use wsr_format::media;
 use wsr_format::reference::{Repository, Target};
 use wsr_transport::testing::{RegistryKind, TestRegistry};
-use wsr_transport::{Access, ConnectOptions, Store, list_repositories};
+use wsr_transport::{Access, BlobReader, ConnectOptions, Store, TransportError, list_repositories};
+
+/// Reads a whole blob on a blocking thread and checks it, as the restore engine does.
+async fn read_blob(mut reader: BlobReader) -> Result<Vec<u8>, TransportError> {
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        let _ = reader.read_to_end(&mut out);
+        reader.finish().map(|_| out)
+    })
+    .await
+    .unwrap()
+}
 
 async fn exercise(repo: &Repository, options: &ConnectOptions) {
     let store = Store::open(repo, options, Access::Push).await.unwrap();
     // A streamed blob: the digest is computed on the fly and must match the content.
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 31 % 251) as u8).collect();
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let chunks: Vec<Bytes> = data.chunks(700_000).map(Bytes::copy_from_slice).collect();
-    let sender = tokio::spawn(async move {
-        for c in chunks {
-            tx.send(Ok(c)).await.unwrap();
+    let mut writer = store.blob_writer().await.unwrap();
+    let written = data.clone();
+    let (digest, size) = tokio::task::spawn_blocking(move || {
+        for piece in written.chunks(700_000) {
+            writer.write_all(piece).unwrap();
         }
-    });
-    let (digest, size) = store.push_blob_stream(rx).await.unwrap();
-    sender.await.unwrap();
+        writer.finish()
+    })
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(
         (digest.clone(), size),
         (Digest::of(&data), data.len() as u64)
     );
     assert!(store.blob_exists(&digest).await.unwrap());
     assert!(!store.blob_exists(&Digest::of(b"absent")).await.unwrap());
-    let mut fetched = Vec::new();
-    let mut stream = store.fetch_blob(&digest).await.unwrap();
-    while let Some(c) = stream.next().await {
-        fetched.extend_from_slice(&c.unwrap());
-    }
+    let reader = store.blob_reader(&digest, size).await.unwrap();
+    let fetched = read_blob(reader).await.unwrap();
     assert_eq!(fetched, data);
+    // The reader checks what it read against the size (and digest) it was opened for: a blob
+    // longer than its descriptor says is cut off and refused, a shorter one refused.
+    let reader = store.blob_reader(&digest, size - 1).await.unwrap();
+    let err = read_blob(reader).await.unwrap_err();
+    assert!(err.to_string().contains("more than"), "{err}");
+    let reader = store.blob_reader(&digest, size + 1).await.unwrap();
+    let err = read_blob(reader).await.unwrap_err();
+    assert!(err.to_string().contains("its descriptor says"), "{err}");
     // Small blobs are skipped when present.
     assert!(
         store
@@ -49,15 +67,15 @@ async fn exercise(repo: &Repository, options: &ConnectOptions) {
             .unwrap()
     );
 
-    // A source error aborts the upload instead of committing a truncated blob.
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(Ok(Bytes::from_static(b"partial"))).await.unwrap();
-    tx.send(Err(std::io::Error::other("disk on fire")))
-        .await
-        .unwrap();
-    drop(tx);
-    let err = store.push_blob_stream(rx).await.unwrap_err();
-    assert!(err.to_string().contains("disk on fire"), "{err}");
+    // An abandoned upload stores nothing, instead of committing a truncated blob.
+    let mut writer = store.blob_writer().await.unwrap();
+    let healthy = tokio::task::spawn_blocking(move || {
+        writer.write_all(b"partial").unwrap();
+        writer.abort()
+    })
+    .await
+    .unwrap();
+    assert!(healthy.is_none(), "{healthy:?}");
     assert!(!store.blob_exists(&Digest::of(b"partial")).await.unwrap());
 
     let layer = wsr_format::manifest::Descriptor::new(media::LAYER_TAR_ZSTD, digest.clone(), size);
