@@ -25,6 +25,7 @@ use wsr_format::native::{
     self, BackupConfig, LayerCutter, LayerInfo, RawPath, SkippedEntry, Totals, WorkspaceInfo,
 };
 use wsr_format::reference::Target;
+use wsr_transport::read::{self, ReadError};
 use wsr_transport::{Access, Store};
 
 /// Attempts per layer upload when the registry fails transiently.
@@ -205,37 +206,25 @@ struct Previous {
     indexes: Vec<Descriptor>,
 }
 
+/// Reads the previous backup with the same code restore reads backups with. Any problem
+/// (including a previous backup in another format) means a full backup, not a failure.
 async fn load_previous(store: &Store, tag: &str) -> Option<Previous> {
-    let result: Result<Option<Previous>, String> = async {
-        let (_, bytes) = match store.fetch_manifest(&Target::Tag(tag.to_owned())).await {
-            Ok(m) => m,
-            Err(e) if e.is_not_found() => return Ok(None),
-            Err(e) => return Err(e.to_string()),
+    let result: Result<Option<Previous>, ReadError> = async {
+        let read = match read::read_manifest(store, &Target::Tag(tag.to_owned())).await {
+            Ok(read) => read,
+            Err(ReadError::Transport(e)) if e.is_not_found() => return Ok(None),
+            Err(ReadError::Shape(_)) => return Ok(None),
+            Err(e) => return Err(e),
         };
-        let manifest = Manifest::from_bytes(&bytes).map_err(|e| e.to_string())?;
-        let Ok(Artifact::Native {
+        let Artifact::Native {
             config,
             layers,
             indexes,
-        }) = artifact::classify(&manifest)
+        } = read.artifact
         else {
             return Ok(None);
         };
-        let config_bytes = store
-            .fetch_blob_bytes(&config.digest, 64 << 20)
-            .await
-            .map_err(|e| e.to_string())?;
-        let config = BackupConfig::from_bytes(&config_bytes).map_err(|e| e.to_string())?;
-        let consistent = config.layers.len() == layers.len()
-            && config
-                .layers
-                .iter()
-                .zip(&layers)
-                .zip(&indexes)
-                .all(|((c, l), i)| c.digest == l.digest && c.index == i.digest);
-        if !consistent {
-            return Err("config and manifest disagree on layers".into());
-        }
+        let config = read::read_config(store, &read.digest, &config, &layers, &indexes).await?;
         Ok(Some(Previous {
             config,
             layers,

@@ -3,6 +3,7 @@
 
 use crate::codec::EntryKind;
 use crate::digest::Digest;
+use crate::manifest::Descriptor;
 use serde::{Deserialize, Serialize};
 use std::io::{self, BufRead, Read, Write};
 
@@ -114,6 +115,19 @@ pub enum ConfigError {
 }
 
 impl BackupConfig {
+    /// Whether this config describes exactly these data layers and file indexes, in order
+    /// (as a manifest lists them).
+    pub fn lists(&self, layers: &[Descriptor], indexes: &[Descriptor]) -> bool {
+        self.layers.len() == layers.len()
+            && self.layers.len() == indexes.len()
+            && self
+                .layers
+                .iter()
+                .zip(layers)
+                .zip(indexes)
+                .all(|((c, l), i)| c.digest == l.digest && c.index == i.digest)
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("config serialises")
     }

@@ -16,6 +16,7 @@
 mod auth;
 mod blob;
 mod layout;
+pub mod read;
 mod registry;
 #[cfg(feature = "test-support")]
 pub mod testing;
