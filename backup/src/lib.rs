@@ -8,6 +8,7 @@
 //! renders progress from [`Progress`] and the [`BackupReport`].
 
 mod archive;
+pub mod dwo_env;
 mod publish;
 pub mod walk;
 
@@ -46,6 +47,49 @@ pub struct BackupOptions {
     /// Ignore the previous backup: archive every layer again.
     pub full: bool,
     pub connect: ConnectOptions,
+}
+
+/// The choices both ways of describing a backup (flags, `--dwo-env`) share; `None` means the
+/// default.
+#[derive(Clone, Debug)]
+pub struct Tuning {
+    /// Compression level; default 3 (zstd) for native, 1 (gzip) for dwo.
+    pub level: Option<i32>,
+    /// Layers at once; default 4.
+    pub workers: Option<u32>,
+    pub keep: Option<usize>,
+    pub skip_unreadable: bool,
+    pub full: bool,
+}
+
+impl BackupOptions {
+    /// Options with the tuning's defaults applied and no workspace identity.
+    pub fn new(
+        source: PathBuf,
+        to: Reference,
+        format: Format,
+        tuning: Tuning,
+        connect: ConnectOptions,
+    ) -> BackupOptions {
+        let default_level = match format {
+            Format::Native => 3,
+            Format::Dwo => 1,
+        };
+        BackupOptions {
+            source,
+            to,
+            format,
+            workspace: None,
+            namespace: None,
+            workspace_id: None,
+            level: tuning.level.unwrap_or(default_level),
+            workers: tuning.workers.unwrap_or(4),
+            keep: tuning.keep,
+            skip_unreadable: tuning.skip_unreadable,
+            full: tuning.full,
+            connect,
+        }
+    }
 }
 
 /// Live counters for progress display.
@@ -103,8 +147,9 @@ pub enum BackupError {
     Archive(std::io::Error),
     #[error(transparent)]
     Transport(#[from] TransportError),
-    #[error("{0}")]
-    Invalid(String),
+    /// The destination names a digest: a backup needs a tag to publish.
+    #[error("--to {0}: back up to a tag (e.g. :latest), not a digest")]
+    DigestDestination(Reference),
 }
 
 fn unsafe_uid() -> u32 {

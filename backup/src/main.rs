@@ -1,20 +1,19 @@
 //! `wsr-backup`: back up a workspace directory to an OCI registry or an OCI layout.
 //!
 //! A thin shell over the `wsr_backup` library: parse flags (or upstream DWO's environment with
-//! `--dwo-env`), render progress, print the report, map errors to exit codes.
+//! `--dwo-env`, read by `wsr_backup::dwo_env`), run, print the report, map errors to exit codes.
 
-use anyhow::Context as _;
 use clap::Parser;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use wsr_backup::{BackupError, BackupOptions, Format, Progress};
+use wsr_backup::dwo_env::{self, DwoEnvError};
+use wsr_backup::{BackupError, BackupOptions, Format, Progress, Tuning};
 use wsr_cli::{
-    ProgressMode, Reporter, Sample, UsageError, human, init_logging, is_usage_error,
-    transport_exit_code, write_termination_log,
+    ConnectArgs, ProgressMode, Sample, UsageError, block_on_with_progress, finish, human,
+    init_logging, is_usage_error, transport_exit_code,
 };
 use wsr_format::reference::{Reference, parse_registry_path, workspace_reference};
-use wsr_transport::{ConnectOptions, apply_oras_extra_args};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -91,22 +90,6 @@ struct Cli {
     dwo_env: bool,
 }
 
-#[derive(clap::Args, Debug)]
-struct ConnectArgs {
-    /// Use plain HTTP instead of HTTPS.
-    #[arg(long)]
-    plain_http: bool,
-    /// Skip TLS certificate verification.
-    #[arg(long)]
-    insecure: bool,
-    /// Trust this CA certificate (PEM) in addition to the system roots.
-    #[arg(long, value_name = "FILE")]
-    ca_file: Option<PathBuf>,
-    /// Docker config.json with credentials (default: REGISTRY_AUTH_FILE, then DOCKER_CONFIG, then ~/.docker).
-    #[arg(long, value_name = "FILE")]
-    auth_file: Option<PathBuf>,
-}
-
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 enum FormatArg {
     Native,
@@ -116,67 +99,53 @@ enum FormatArg {
 fn main() {
     let cli = Cli::parse();
     init_logging();
-    let json = cli.json;
-    let code = match run(cli) {
-        Ok(report) => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&report).expect("report serialises")
-                );
-            } else {
-                println!(
-                    "backed up {} files, {} dirs, {} symlinks ({}) to {} in {:.1}s; uploaded {} ({} of {} layers reused)",
-                    report.files,
-                    report.dirs,
-                    report.symlinks,
-                    human(report.bytes),
-                    report.reference,
-                    report.duration_s,
-                    human(report.uploaded_bytes),
-                    report.reused_layers,
-                    report.layers
-                );
-                for s in &report.skipped {
-                    println!("skipped: {s}");
-                }
-            }
-            0
-        }
-        Err(e) => {
-            let code = exit_code(&e);
-            let message = format!("{e:#}");
-            eprintln!("wsr-backup: error: {message}");
-            write_termination_log(&message);
-            code
-        }
-    };
-    std::process::exit(code);
+    finish("wsr-backup", run(cli), exit_code);
 }
 
-fn run(cli: Cli) -> anyhow::Result<wsr_backup::BackupReport> {
+fn run(cli: Cli) -> anyhow::Result<String> {
     let options = if cli.dwo_env {
-        options_from_env(&cli)?
+        let options = dwo_env::backup_options(
+            &|name| std::env::var(name).ok(),
+            tuning(&cli),
+            cli.connect.options(),
+        )?;
+        tracing::info!(source = %options.source.display(), to = %options.to, format = ?options.format, "DWO backup");
+        options
     } else {
         options_from_flags(&cli)?
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
     let progress = Arc::new(Progress::default());
-    let reporter = spawn_progress(progress.clone(), cli.progress);
-    let result = runtime.block_on(wsr_backup::run(&options, progress));
-    reporter.finish();
-    Ok(result?)
+    let sample = sampler(progress.clone());
+    let report =
+        block_on_with_progress(cli.progress, sample, wsr_backup::run(&options, progress))??;
+    if cli.json {
+        return Ok(serde_json::to_string(&report).expect("report serialises"));
+    }
+    let mut text = format!(
+        "backed up {} files, {} dirs, {} symlinks ({}) to {} in {:.1}s; uploaded {} ({} of {} layers reused)",
+        report.files,
+        report.dirs,
+        report.symlinks,
+        human(report.bytes),
+        report.reference,
+        report.duration_s,
+        human(report.uploaded_bytes),
+        report.reused_layers,
+        report.layers
+    );
+    for s in &report.skipped {
+        text.push_str(&format!("\nskipped: {s}"));
+    }
+    Ok(text)
 }
 
-fn connect_options(args: &ConnectArgs) -> ConnectOptions {
-    ConnectOptions {
-        plain_http: args.plain_http,
-        insecure: args.insecure,
-        ca_file: args.ca_file.clone(),
-        auth_file: args.auth_file.clone(),
+fn tuning(cli: &Cli) -> Tuning {
+    Tuning {
+        level: cli.level,
+        workers: cli.workers,
+        keep: cli.keep.map(|k| k as usize),
+        skip_unreadable: cli.skip_unreadable,
+        full: cli.full,
     }
 }
 
@@ -200,82 +169,19 @@ fn options_from_flags(cli: &Cli) -> anyhow::Result<BackupOptions> {
         FormatArg::Dwo => Format::Dwo,
     };
     let source = cli.source.clone().expect("clap requires --source");
-    let mut options = tuning_options(cli, source, to, format, connect_options(&cli.connect));
+    let mut options = BackupOptions::new(source, to, format, tuning(cli), cli.connect.options());
     options.workspace = cli.workspace.clone();
     options.namespace = cli.namespace.clone();
     options.workspace_id = cli.workspace_id.clone();
     Ok(options)
 }
 
-/// Options from the flags both modes share; the workspace identity is left for the caller.
-fn tuning_options(
-    cli: &Cli,
-    source: PathBuf,
-    to: Reference,
-    format: Format,
-    connect: ConnectOptions,
-) -> BackupOptions {
-    BackupOptions {
-        source,
-        to,
-        format,
-        workspace: None,
-        namespace: None,
-        workspace_id: None,
-        level: cli
-            .level
-            .unwrap_or(if format == Format::Native { 3 } else { 1 }),
-        workers: cli.workers.unwrap_or(4),
-        keep: cli.keep.map(|k| k as usize),
-        skip_unreadable: cli.skip_unreadable,
-        full: cli.full,
-        connect,
-    }
-}
-
-/// The upstream `project-backup` contract: the same variables `workspace-recovery.sh --backup` reads.
-fn options_from_env(cli: &Cli) -> anyhow::Result<BackupOptions> {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let required = |name: &str| {
-        var(name).ok_or_else(|| {
-            UsageError(format!(
-                "environment variable {name} is required with --dwo-env"
-            ))
-        })
-    };
-    let source = PathBuf::from(required("BACKUP_SOURCE_PATH")?);
-    let registry = required("DEVWORKSPACE_BACKUP_REGISTRY")?;
-    let namespace = required("DEVWORKSPACE_NAMESPACE")?;
-    let name = required("DEVWORKSPACE_NAME")?;
-    let mut connect = connect_options(&cli.connect);
-    connect.auth_file = var("REGISTRY_AUTH_FILE")
-        .map(PathBuf::from)
-        .or(connect.auth_file);
-    if let Some(extra) = var("ORAS_EXTRA_ARGS") {
-        apply_oras_extra_args(&mut connect, &extra).map_err(UsageError)?;
-    }
-    let format = match var("WSR_FORMAT").as_deref() {
-        None | Some("dwo") => Format::Dwo,
-        Some("native") => Format::Native,
-        Some(other) => anyhow::bail!(UsageError(format!(
-            "WSR_FORMAT={other:?}: expected native or dwo"
-        ))),
-    };
-    let to = workspace_reference(&parse_registry_path(&registry)?, &namespace, &name)?;
-    tracing::info!(source = %source.display(), to = %to, ?format, "DWO backup");
-    let mut options = tuning_options(cli, source, to, format, connect);
-    options.workspace = Some(name);
-    options.namespace = Some(namespace);
-    options.workspace_id = var("WORKSPACE_ID");
-    Ok(options)
-}
-
 fn exit_code(e: &anyhow::Error) -> i32 {
-    if is_usage_error(e.as_ref()) {
+    if is_usage_error(e.as_ref()) || e.is::<DwoEnvError>() {
         return 2;
     }
     match e.downcast_ref::<BackupError>() {
-        Some(BackupError::Invalid(_)) => 2,
+        Some(BackupError::DigestDestination(_)) => 2,
         Some(
             BackupError::Source { .. }
             | BackupError::Unreadable { .. }
@@ -286,12 +192,12 @@ fn exit_code(e: &anyhow::Error) -> i32 {
     }
 }
 
-fn spawn_progress(progress: Arc<Progress>, mode: ProgressMode) -> Reporter {
-    Reporter::spawn(mode, move || Sample {
+fn sampler(progress: Arc<Progress>) -> impl Fn() -> Sample + Send + 'static {
+    move || Sample {
         entries: progress.entries.load(Ordering::Relaxed),
         total_entries: progress.total_entries.load(Ordering::Relaxed),
         bytes: progress.bytes.load(Ordering::Relaxed),
         total_bytes: progress.total_bytes.load(Ordering::Relaxed),
         transfer: ("uploaded", progress.uploaded.load(Ordering::Relaxed)),
-    })
+    }
 }

@@ -39,10 +39,7 @@ pub async fn run(
     let started = Instant::now();
     let created = chrono::Utc::now();
     let Target::Tag(moving_tag) = &options.to.target else {
-        return Err(BackupError::Invalid(format!(
-            "--to {}: back up to a tag (e.g. :latest), not a digest",
-            options.to
-        )));
+        return Err(BackupError::DigestDestination(options.to.clone()));
     };
     let source = options.source.clone();
     let skip = options.skip_unreadable;

@@ -1,11 +1,88 @@
-//! wsr-cli: the binaries' shared edge. Logging setup, progress rendering, the termination
-//! message, and exit codes for transport errors. Libraries never use it; only the `wsr-backup`
-//! and `wsr-restore` binaries do, so both behave alike at the terminal and in pods.
+//! wsr-cli: the binaries' shared edge. The connection flags, logging setup, the async runtime,
+//! progress rendering, the end of `main` (output, error message, termination message, exit
+//! code) and exit codes for transport errors. Libraries never use it; only the `wsr-backup`
+//! and `wsr-restore` binaries do, so both behave alike at the terminal and in pods. A binary is
+//! then: parse flags, run, [`finish`].
 
+use std::future::Future;
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use wsr_transport::TransportError;
+use wsr_transport::{ConnectOptions, TransportError};
+
+/// The registry connection flags, named as oras names them.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConnectArgs {
+    /// Use plain HTTP instead of HTTPS.
+    #[arg(long, global = true)]
+    pub plain_http: bool,
+    /// Skip TLS certificate verification.
+    #[arg(long, global = true)]
+    pub insecure: bool,
+    /// Trust this CA certificate (PEM) in addition to the system roots.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
+    /// Docker config.json with credentials (default: REGISTRY_AUTH_FILE, then DOCKER_CONFIG, then ~/.docker).
+    #[arg(long, value_name = "FILE", global = true)]
+    pub auth_file: Option<PathBuf>,
+}
+
+impl ConnectArgs {
+    /// The transport's options for these flags.
+    pub fn options(&self) -> ConnectOptions {
+        ConnectOptions {
+            plain_http: self.plain_http,
+            insecure: self.insecure,
+            ca_file: self.ca_file.clone(),
+            auth_file: self.auth_file.clone(),
+        }
+    }
+}
+
+/// Runs `work` to completion on a multi-threaded runtime.
+pub fn block_on<F: Future>(work: F) -> anyhow::Result<F::Output> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::format_err!("starting the async runtime: {e}"))?;
+    Ok(runtime.block_on(work))
+}
+
+/// Runs `work` like [`block_on`] while a [`Reporter`] renders `sample`.
+pub fn block_on_with_progress<F: Future>(
+    mode: ProgressMode,
+    sample: impl Fn() -> Sample + Send + 'static,
+    work: F,
+) -> anyhow::Result<F::Output> {
+    let reporter = Reporter::spawn(mode, sample);
+    let result = block_on(work);
+    reporter.finish();
+    result
+}
+
+/// The end of `main`: prints `result`'s output to stdout and exits 0, or prints the error
+/// chain to stderr, writes its first line as the termination message and exits with
+/// `exit_code(error)`.
+pub fn finish(
+    program: &str,
+    result: anyhow::Result<String>,
+    exit_code: impl Fn(&anyhow::Error) -> i32,
+) -> ! {
+    let code = match result {
+        Ok(output) => {
+            println!("{output}");
+            0
+        }
+        Err(e) => {
+            let message = format!("{e:#}");
+            eprintln!("{program}: error: {message}");
+            write_termination_log(&message);
+            exit_code(&e)
+        }
+    };
+    std::process::exit(code)
+}
 
 /// Logs to stderr, filtered by `WSR_LOG` (default `info`), coloured only on a terminal.
 pub fn init_logging() {
