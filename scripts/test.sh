@@ -116,5 +116,8 @@ cargo fmt --all -- --check
 section "cargo clippy --workspace --all-targets --locked -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# Slow scenarios (scenarios/tests/incremental.rs) run only here; a plain `cargo test` skips them.
+export WSR_SLOW_TESTS=1
+
 section "cargo test --workspace --locked $*"
 cargo test --workspace --locked "$@"

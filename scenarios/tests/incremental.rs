@@ -69,6 +69,9 @@ fn layer_digests(store_ref: &str) -> Vec<String> {
 
 #[test]
 fn same_tree_gives_same_layer_digests() {
+    if !common::slow_tests_enabled("same_tree_gives_same_layer_digests") {
+        return;
+    }
     let work = sample(false);
     let src = work.path().join("projects");
     for format in [Format::Native, Format::Dwo] {
@@ -85,6 +88,9 @@ fn same_tree_gives_same_layer_digests() {
 
 #[test]
 fn re_backups_upload_only_what_changed() {
+    if !common::slow_tests_enabled("re_backups_upload_only_what_changed") {
+        return;
+    }
     let work = Dir::new();
     let src = work.path().join("projects");
     many_files(&src, 50_000);
@@ -150,6 +156,9 @@ fn re_backups_upload_only_what_changed() {
 
 #[test]
 fn keep_deletes_old_backups_but_never_latest() {
+    if !common::slow_tests_enabled("keep_deletes_old_backups_but_never_latest") {
+        return;
+    }
     let work = sample(false);
     let src = work.path().join("projects");
     let registry = TestRegistry::start(RegistryKind::Plain).unwrap();
@@ -246,6 +255,10 @@ fn cutting_proxy(upstream: String, limit: u64, on_limit: Box<dyn Fn() + Send + S
 
 #[test]
 fn registry_stopped_mid_upload_leaves_previous_latest_restorable() {
+    if !common::slow_tests_enabled("registry_stopped_mid_upload_leaves_previous_latest_restorable")
+    {
+        return;
+    }
     let work = sample(false);
     let src = work.path().join("projects");
     let registry = Arc::new(Mutex::new(

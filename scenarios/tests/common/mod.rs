@@ -117,3 +117,14 @@ pub fn sample(with_fifo: bool) -> Dir {
     scenarios::sample::write_sample(&src, with_fifo).expect("sample tree");
     dir
 }
+
+/// Whether the slow scenarios run: `scripts/test.sh` sets `WSR_SLOW_TESTS=1`, so a plain
+/// `cargo test` stays fast (as rust-analyzer gates its heavy tests on `RUN_SLOW_TESTS`).
+/// A skipped test says so on stderr.
+pub fn slow_tests_enabled(test: &str) -> bool {
+    let enabled = std::env::var_os("WSR_SLOW_TESTS").is_some_and(|v| v == "1");
+    if !enabled {
+        eprintln!("{test}: skipped (slow; set WSR_SLOW_TESTS=1, as scripts/test.sh does)");
+    }
+    enabled
+}
