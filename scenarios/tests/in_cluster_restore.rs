@@ -22,7 +22,7 @@ use kube::{Api, Client};
 use scenarios::cluster::fixtures::{self, Phase, Workspace};
 use scenarios::cluster::{Cluster, StartOptions};
 use serde_json::{Value, json};
-use wsr_format::testing::{RegistryKind, TestRegistry};
+use wsr_transport::testing::{RegistryKind, TestRegistry};
 
 const RESTRICTED: (&str, &str) = ("pod-security.kubernetes.io/enforce", "restricted");
 const RESTORE_WORKSPACE: &str = "controller.devfile.io/restore-workspace";
