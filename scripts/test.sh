@@ -82,6 +82,8 @@ export WSR_PYTHON=$VENV/bin/python
 # CARGO_TARGET_DIR or WSR_CACHE_DIR.
 export WSR_CACHE_DIR=${WSR_CACHE_DIR:-${HOME:-/root}/.cache/wsr}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$WSR_CACHE_DIR/target}
+# Incremental compilation only pays off for edit-compile loops; here it costs gigabytes of disk.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 echo "cargo target dir: $CARGO_TARGET_DIR"
 
 section "Kubernetes control plane and the oras CLI (scenarios/cluster/build.sh)"
