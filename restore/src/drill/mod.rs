@@ -81,7 +81,9 @@ pub fn status_of(error: &RestoreError) -> Status {
         RestoreError::Transport(t) => match t {
             t if t.is_auth() => Status::AuthDenied,
             TransportError::NotFound { .. } => Status::MissingBlob,
-            TransportError::DigestMismatch { .. } => Status::Corrupt,
+            TransportError::DigestMismatch { .. } | TransportError::SizeMismatch { .. } => {
+                Status::Corrupt
+            }
             TransportError::Io { source, .. }
                 if source.kind() == std::io::ErrorKind::PermissionDenied =>
             {
@@ -381,6 +383,16 @@ mod tests {
                 detail: "refused".into()
             }),
             Status::Unreadable
+        );
+        // A layer blob whose length differs from its descriptor (the transport's reader
+        // stops one byte past the declared size).
+        assert_eq!(
+            t(TransportError::SizeMismatch {
+                digest: wsr_format::digest::Digest::of(b"layer"),
+                expected: 10,
+                found: "more than 10".into()
+            }),
+            Status::Corrupt
         );
         assert_eq!(
             status_of(&RestoreError::Corrupt("x".into())),
