@@ -5,9 +5,9 @@
 //! shows that the Job's pod is admitted there.
 //!
 //! Each test has its own namespace and its own policy (selecting that namespace by label), so
-//! tests sharing the cluster do not see each other's workspaces. Needs what tests/node_agent.rs
-//! needs, plus the operator binary of this build (`cargo build -p wsr-operator`, which
-//! scripts/test.sh does).
+//! tests sharing the cluster do not see each other's workspaces; one operator runs at a time.
+//! Needs what tests/node_agent.rs needs, plus the operator binary of this build
+//! (`cargo build -p wsr-operator`; `cargo test --workspace` builds it).
 
 mod common;
 
@@ -165,12 +165,18 @@ impl Drop for Operator {
 /// TLS and basic auth, the policy's auth Secret in the operator namespace and the CA Secret in
 /// the workspace namespace.
 struct Setup {
+    /// Operators have no leader election yet (issue 11): one runs at a time, or several
+    /// would each create Jobs for every policy.
+    _one_operator: tokio::sync::MutexGuard<'static, ()>,
     client: Client,
     ns: String,
     registry: TestRegistry,
 }
 
+static ONE_OPERATOR: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn setup(ns: &str) -> Result<Setup> {
+    let one_operator = ONE_OPERATOR.lock().await;
     let cluster = cluster();
     install();
     let _ = image();
@@ -190,6 +196,7 @@ async fn setup(ns: &str) -> Result<Setup> {
     .await?;
     create_secret(&client, ns, "registry-ca", "Opaque", "ca.crt", &ca).await?;
     Ok(Setup {
+        _one_operator: one_operator,
         client,
         ns: ns.into(),
         registry,
