@@ -775,6 +775,93 @@ fn native_documents_are_bounded(run: Runner) {
     }
 }
 
+/// Files of an OCI layout are opened only if regular and read only up to their limit: a FIFO
+/// or `/dev/zero` in place of a blob, a manifest or `index.json` fails (without hanging), and
+/// so do a 5 MiB `index.json` and a 5 MiB manifest.
+fn layout_files_are_regular_and_bounded(run: Runner) {
+    let jail = Jail::new();
+    let reference = publish_tar(&jail, "a", Tar::default().file("f", b"data").end());
+    let layout = jail.layout("a");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest_hex = index["manifests"][0]["digest"].as_str().unwrap()[7..].to_owned();
+    let manifest_path = layout.join("blobs/sha256").join(&manifest_hex);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    let layer_hex = manifest["layers"][0]["digest"].as_str().unwrap()[7..].to_owned();
+    let layer_path = layout.join("blobs/sha256").join(&layer_hex);
+    let fifo = |p: &Path| {
+        let ok = Command::new("mkfifo").arg(p).status().unwrap().success();
+        assert!(ok);
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    };
+    let zero = |p: &Path| std::os::unix::fs::symlink("/dev/zero", p).unwrap();
+    let big = |p: &Path| {
+        let pad = "a".repeat(5 << 20);
+        let doc = format!(r#"{{"schemaVersion":2,"manifests":[],"pad":"{pad}"}}"#);
+        std::fs::write(p, doc).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    };
+    type Plant<'a> = (&'a str, &'a Path, &'a dyn Fn(&Path), &'a str);
+    let cases: [Plant; 7] = [
+        (
+            "layer blob is a FIFO",
+            &layer_path,
+            &fifo,
+            "not a regular file",
+        ),
+        (
+            "layer blob is /dev/zero",
+            &layer_path,
+            &zero,
+            "not a regular file",
+        ),
+        (
+            "manifest is a FIFO",
+            &manifest_path,
+            &fifo,
+            "not a regular file",
+        ),
+        (
+            "manifest is /dev/zero",
+            &manifest_path,
+            &zero,
+            "not a regular file",
+        ),
+        (
+            "manifest of 5 MiB",
+            &manifest_path,
+            &big,
+            "larger than 4194304 bytes",
+        ),
+        (
+            "index.json is a FIFO",
+            &layout.join("index.json"),
+            &fifo,
+            "not a regular file",
+        ),
+        (
+            "index.json of 5 MiB",
+            &layout.join("index.json"),
+            &big,
+            "larger than 4194304 bytes",
+        ),
+    ];
+    for (case, path, plant, want) in cases {
+        let saved = std::fs::read(path).unwrap();
+        std::fs::remove_file(path).unwrap();
+        plant(path);
+        let out = run.restore(&reference, &jail.target(), &[]);
+        assert_eq!(out.status.code(), Some(6), "{case}: {}", stderr(&out));
+        assert!(stderr(&out).contains(want), "{case}: {}", stderr(&out));
+        assert!(names(&jail.target()).is_empty(), "{case}");
+        std::fs::remove_file(path).unwrap();
+        std::fs::write(path, saved).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    report(&run.restore(&reference, &jail.target(), &[]));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Item 3: correct failure behaviour.
 
@@ -935,6 +1022,11 @@ fn end_of_archive_stops_reading() {
 #[test]
 fn native_documents_are_bounded_while_reading() {
     each_runner(native_documents_are_bounded);
+}
+
+#[test]
+fn layout_files_must_be_regular_and_small() {
+    each_runner(layout_files_are_regular_and_bounded);
 }
 
 #[test]

@@ -96,8 +96,7 @@ impl LayoutStore {
 
     /// Opens a blob file for reading.
     pub fn blob_reader(&self, digest: &Digest, size: u64) -> Result<BlobReader> {
-        let file =
-            std::fs::File::open(self.blob_path(digest)).map_err(|e| self.open_error(digest, e))?;
+        let file = open_regular(&self.blob_path(digest)).map_err(|e| self.open_error(digest, e))?;
         Ok(BlobReader::new(Source::Layout(file), digest, size))
     }
 
@@ -114,9 +113,8 @@ impl LayoutStore {
     }
 
     pub(crate) async fn fetch_blob(&self, digest: &Digest) -> Result<BlobStream> {
-        let file = tokio::fs::File::open(self.blob_path(digest))
-            .await
-            .map_err(|e| self.open_error(digest, e))?;
+        let file = open_regular(&self.blob_path(digest)).map_err(|e| self.open_error(digest, e))?;
+        let file = tokio::fs::File::from_std(file);
         Ok(futures_util::stream::unfold(Some(file), |file| async move {
             let mut file = file?;
             let mut buf = vec![0u8; 256 * 1024];
@@ -178,16 +176,13 @@ impl LayoutStore {
                     })?
             }
         };
-        tokio::fs::read(self.blob_path(&digest))
+        read_small(&self.blob_path(&digest), &format!("manifest {digest}"))
             .await
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => TransportError::NotFound {
                     what: format!("manifest {digest} in {}", self.dir.display()),
                 },
-                _ => TransportError::Io {
-                    what: format!("read manifest {digest}"),
-                    source: e,
-                },
+                _ => oversized_or(e, format!("read manifest {digest}")),
             })
     }
 
@@ -219,9 +214,9 @@ impl LayoutStore {
 
     async fn read_index(&self) -> Result<Index> {
         let path = self.dir.join("index.json");
-        let bytes = tokio::fs::read(&path)
+        let bytes = read_small(&path, &path.display().to_string())
             .await
-            .map_err(io_error(format!("read {}", path.display())))?;
+            .map_err(|e| oversized_or(e, format!("read {}", path.display())))?;
         serde_json::from_slice(&bytes).map_err(|e| {
             TransportError::Config(format!("{} is not a valid OCI index: {e}", path.display()))
         })
@@ -255,6 +250,57 @@ impl LayoutStore {
         })
         .await
         .expect("index update task")
+    }
+}
+
+/// Opens a file of the layout for reading. Only a regular file is accepted (a FIFO, device or
+/// directory in its place, even behind a symlink, is an error, and opening never blocks).
+fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    Ok(file)
+}
+
+/// Reads a manifest or `index.json`: a regular file of at most [`super::MAX_MANIFEST_BYTES`],
+/// bounded while reading. An oversized one is an `InvalidData` error wrapping
+/// [`TransportError::Oversized`].
+async fn read_small(path: &Path, what: &str) -> std::io::Result<Vec<u8>> {
+    let limit = super::MAX_MANIFEST_BYTES;
+    let mut bytes = Vec::new();
+    tokio::fs::File::from_std(open_regular(path)?)
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+        .await?;
+    if bytes.len() as u64 > limit {
+        let what = what.to_owned();
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            TransportError::Oversized { what, limit },
+        ));
+    }
+    Ok(bytes)
+}
+
+/// The `Oversized` error inside `e`, or `e` as an I/O error about `what`.
+fn oversized_or(e: std::io::Error, what: String) -> TransportError {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<TransportError>())
+    {
+        Some(TransportError::Oversized { what, limit }) => TransportError::Oversized {
+            what: what.clone(),
+            limit: *limit,
+        },
+        _ => TransportError::Io { what, source: e },
     }
 }
 

@@ -56,6 +56,9 @@ pub enum Access {
 /// A stream of blob bytes. Not yet verified: consumers hash what they read.
 type BlobStream = BoxStream<'static, Result<Bytes, TransportError>>;
 
+/// Largest manifest (or layout `index.json`) read, as registries and containerd cap manifests.
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+
 /// Transport failures. Messages say what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -111,6 +114,9 @@ pub enum TransportError {
     },
     #[error("{0}")]
     Config(String),
+    /// A document or blob beyond its limit (FORMAT.md §8.1); nothing more of it was read.
+    #[error("{what} is larger than {limit} bytes; refusing it")]
+    Oversized { what: String, limit: u64 },
 }
 
 impl TransportError {
@@ -226,9 +232,10 @@ impl Store {
         while let Some(chunk) = stream.next().await {
             out.extend_from_slice(&chunk?);
             if out.len() as u64 > max_size {
-                return Err(TransportError::Config(format!(
-                    "blob {digest} is larger than the {max_size} bytes expected"
-                )));
+                return Err(TransportError::Oversized {
+                    what: format!("blob {digest}"),
+                    limit: max_size,
+                });
             }
         }
         let actual = Digest::of(&out);

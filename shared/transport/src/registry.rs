@@ -526,16 +526,30 @@ impl RegistryStore {
         if !response.status().is_success() {
             return Err(self.status_error(response, &what).await);
         }
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| self.request_error(e, &what))?;
-        if bytes.len() > 4 << 20 {
-            return Err(TransportError::Config(format!(
-                "{what} is larger than 4 MiB; refusing it"
-            )));
+        // Bounded while reading: a hostile registry may send (or announce) any length.
+        let oversized = || TransportError::Oversized {
+            what: what.clone(),
+            limit: super::MAX_MANIFEST_BYTES,
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > super::MAX_MANIFEST_BYTES)
+        {
+            return Err(oversized());
         }
-        Ok(bytes.to_vec())
+        let mut response = response;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| self.request_error(e, &what))?
+        {
+            bytes.extend_from_slice(&chunk);
+            if bytes.len() as u64 > super::MAX_MANIFEST_BYTES {
+                return Err(oversized());
+            }
+        }
+        Ok(bytes)
     }
 
     pub async fn list_tags(&self) -> Result<Vec<String>> {
