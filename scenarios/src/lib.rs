@@ -4,5 +4,6 @@
 
 pub mod cluster;
 pub mod demo;
+pub mod oras;
 pub mod podman;
 pub mod sample;

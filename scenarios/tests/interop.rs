@@ -6,28 +6,15 @@
 mod common;
 
 use common::*;
+use scenarios::oras;
 use std::path::PathBuf;
 use std::process::Command;
 use wsr_backup::Format;
 use wsr_transport::testing::{RegistryKind, TestRegistry};
 
-/// The Go `oras` CLI, the client upstream's recovery image ships: `$WSR_ORAS`, which
-/// `scripts/test.sh` sets to the one `scenarios/cluster/build.sh` builds.
+/// The Go `oras` CLI, the client upstream's recovery image ships.
 fn oras() -> PathBuf {
-    let path = std::env::var_os("WSR_ORAS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            panic!(
-                "WSR_ORAS is not set: build the oras CLI with scenarios/cluster/build.sh and set \
-             WSR_ORAS=<the directory it prints>/oras (scripts/test.sh does both)"
-            )
-        });
-    assert!(
-        path.is_file(),
-        "WSR_ORAS={} is not a file; run scenarios/cluster/build.sh",
-        path.display()
-    );
-    path
+    scenarios::oras::cli().unwrap_or_else(|why| panic!("{why}"))
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -73,8 +60,6 @@ fn skopeo_copies_a_wsr_layout_to_the_registry_and_wsr_restores_it() {
     }
 }
 
-const ARTIFACT_TYPE: &str = "application/vnd.devworkspace.backup.artifact.v1+json";
-
 #[test]
 fn a_backup_pushed_by_the_oras_cli_like_upstream_restores_completely() {
     let oras = oras();
@@ -85,20 +70,20 @@ fn a_backup_pushed_by_the_oras_cli_like_upstream_restores_completely() {
     let push_dir = work.path().join("push");
     std::fs::create_dir(&push_dir).unwrap();
     run(Command::new("tar")
-        .args(["-czf", "devworkspace-backup.tar.gz", "-C"])
+        .args(["-czf", oras::ARCHIVE_NAME, "-C"])
         .arg(&src)
         .arg(".")
         .current_dir(&push_dir));
-    // Then `oras push "$BACKUP_IMAGE" --artifact-type ... --annotation ... --annotation ...
-    // --disable-path-validation <auth args> $ORAS_EXTRA_ARGS devworkspace-backup.tar.gz`, with
-    // `--plain-http` as the extra argument this plain-HTTP registry needs.
+    // Then `oras push` as upstream runs it, with `--plain-http` as the `ORAS_EXTRA_ARGS` this
+    // plain-HTTP registry needs.
     let target = format!("{}/ns/upstream:latest", registry.host());
     run(Command::new(&oras)
-        .args(["push", &target, "--artifact-type", ARTIFACT_TYPE])
-        .args(["--annotation", "devworkspace.name=upstream"])
-        .args(["--annotation", "devworkspace.namespace=ns"])
-        .args(["--disable-path-validation", "--plain-http"])
-        .arg("devworkspace-backup.tar.gz")
+        .args(oras::push_args(
+            &target,
+            "upstream",
+            "ns",
+            &["--plain-http"],
+        ))
         .current_dir(&push_dir));
 
     let out = work.path().join("restored");
@@ -131,24 +116,22 @@ fn the_oras_cli_pulls_a_wsr_dwo_backup_that_gnu_tar_extracts() {
         &target,
     ])))
     .unwrap();
-    assert_eq!(manifest["artifactType"], ARTIFACT_TYPE, "{manifest}");
+    assert_eq!(manifest["artifactType"], oras::ARTIFACT_TYPE, "{manifest}");
     assert_eq!(
         manifest["layers"][0]["annotations"]["org.opencontainers.image.title"],
-        "devworkspace-backup.tar.gz",
+        oras::ARCHIVE_NAME,
         "{manifest}"
     );
 
     // Upstream's restore: `oras pull "$BACKUP_IMAGE" --output /tmp`, then
     // `tar -xzvf /tmp/devworkspace-backup.tar.gz -C /tmp/extracted-backup`.
     let pulled = work.path().join("pulled");
-    run(Command::new(&oras)
-        .args(["pull", &target, "--plain-http", "--output"])
-        .arg(&pulled));
+    run(Command::new(&oras).args(oras::pull_args(&target, &pulled, &["--plain-http"])));
     let extracted = work.path().join("extracted");
     std::fs::create_dir(&extracted).unwrap();
     run(Command::new("tar")
         .arg("-xzf")
-        .arg(pulled.join("devworkspace-backup.tar.gz"))
+        .arg(pulled.join(oras::ARCHIVE_NAME))
         .arg("-C")
         .arg(&extracted));
     assert_same_tree(&src, &extracted);

@@ -4,7 +4,6 @@
 use std::fs;
 use std::path::Path;
 use std::process::Command;
-use std::time::Instant;
 
 use serde::Serialize;
 
@@ -20,8 +19,6 @@ pub struct Machine {
     pub kernel: String,
     pub os: String,
     pub wsr_commit: String,
-    /// Fastest of three `python -c 'import oras.client'`: the fixed cost of every oras-py step.
-    pub oras_import_s: Option<f64>,
     /// (tool, version line)
     pub tools: Vec<(String, String)>,
 }
@@ -137,39 +134,16 @@ pub fn describe(work: &Path, tools: &Tools) -> Machine {
         ),
         ("curl".into(), first_line("curl", &["--version"])),
     ];
-    match &tools.python {
-        Ok(py) => {
-            let py = py.display().to_string();
-            versions.push(("python".into(), first_line(&py, &["--version"])));
-            versions.push((
-                "oras-py".into(),
-                first_line(
-                    &py,
-                    &[
-                        "-c",
-                        "import importlib.metadata as m; print('oras', m.version('oras'))",
-                    ],
-                ),
-            ));
-        }
-        Err(why) => versions.push(("oras-py".into(), format!("unavailable: {why}"))),
-    }
+    versions.push((
+        "oras CLI".into(),
+        match &tools.oras {
+            Ok(oras) => first_line(&oras.display().to_string(), &["version"]),
+            Err(why) => format!("unavailable: {why}"),
+        },
+    ));
     versions.push(("rustc".into(), first_line("rustc", &["--version"])));
 
-    let oras_import_s = tools.python.as_ref().ok().and_then(|py| {
-        (0..3)
-            .filter_map(|_| {
-                let t = Instant::now();
-                let ok = Command::new(py)
-                    .args(["-c", "import oras.client"])
-                    .output()
-                    .is_ok_and(|o| o.status.success());
-                ok.then(|| t.elapsed().as_secs_f64())
-            })
-            .min_by(f64::total_cmp)
-    });
     Machine {
-        oras_import_s,
         date: first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
         cpu: proc_field("/proc/cpuinfo", "model name").unwrap_or_else(|| "unknown".into()),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -170,7 +170,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Err(why) = &tools.wsr {
         eprintln!("bench: wsr rows will be skipped: {why}");
     }
-    if let Err(why) = &tools.python {
+    if let Err(why) = &tools.oras {
         eprintln!("bench: upstream rows will be skipped: {why}");
     }
     let machine = machine::describe(&work, &tools);
@@ -711,14 +711,11 @@ fn compare_trees(source: &Path, want: &TreeSummary, restored: &Path) -> Result<S
 }
 
 fn setup_tools(root: &Path, target: &Path, work: &Path, build: bool) -> Result<Tools> {
-    let oras_script = work.join("oras_upstream.py");
-    fs::write(&oras_script, peers::ORAS_SCRIPT)?;
     Ok(Tools {
         wsr: find_wsr(root, target, build, work),
-        python: python_with_oras(target),
+        oras: scenarios::oras::cli(),
         restic: which("restic")
             .ok_or_else(|| "restic not found on PATH (Debian package `restic`)".to_string()),
-        oras_script,
         restic_cache: work.join("restic-cache"),
     })
 }
@@ -773,48 +770,6 @@ fn find_wsr(
         found.push(path);
     }
     Ok((found.remove(0), found.remove(0)))
-}
-
-/// A python that can `import oras`: `$WSR_PYTHON`, or `target/pyenv` (created on demand with
-/// the pinned `oras==0.2.43`).
-fn python_with_oras(target: &Path) -> Result<PathBuf, String> {
-    let works = |py: &Path| {
-        Command::new(py)
-            .args(["-c", "import oras.client"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if let Some(py) = env::var_os("WSR_PYTHON") {
-        let py = PathBuf::from(py);
-        return if works(&py) {
-            Ok(py)
-        } else {
-            Err(format!("WSR_PYTHON={} cannot `import oras`", py.display()))
-        };
-    }
-    let venv = target.join("pyenv");
-    let py = venv.join("bin/python");
-    if works(&py) {
-        return Ok(py);
-    }
-    eprintln!("bench: creating {} with oras==0.2.43", venv.display());
-    let run = |cmd: &mut Command| -> Result<(), String> {
-        let out = cmd.output().map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(tail_lines(&String::from_utf8_lossy(&out.stderr), 5))
-        }
-    };
-    run(Command::new("python3").arg("-m").arg("venv").arg(&venv))
-        .map_err(|e| format!("python3 -m venv failed: {e}"))?;
-    run(Command::new(venv.join("bin/pip")).args(["install", "-q", "oras==0.2.43"]))
-        .map_err(|e| format!("pip install oras==0.2.43 failed: {e}"))?;
-    if works(&py) {
-        Ok(py)
-    } else {
-        Err(format!("{} still cannot `import oras`", py.display()))
-    }
 }
 
 pub(crate) fn which(name: &str) -> Option<PathBuf> {

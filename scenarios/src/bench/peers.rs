@@ -7,65 +7,17 @@
 
 use std::path::{Path, PathBuf};
 
+use scenarios::oras::{self, ARCHIVE_NAME};
+
 use super::measure::Step;
-
-/// Upstream DWO's `oras push` / `oras pull` (`workspace-recovery.sh`), done with oras-py.
-pub const ORAS_SCRIPT: &str = r#""""Upstream DWO's oras push / oras pull, with the oras Python SDK (oras 0.2.43).
-
-push REF FILE NAME NAMESPACE   (run in FILE's directory, like `cd /tmp; oras push ...`)
-pull REF OUTDIR
-"""
-import datetime
-import sys
-
-import oras.client
-import oras.oci
-
-ARTIFACT_TYPE = "application/vnd.devworkspace.backup.artifact.v1+json"
-
-
-def main():
-    op, ref = sys.argv[1], sys.argv[2]
-    client = oras.client.OrasClient(hostname=ref.split("/", 1)[0], insecure=True)
-    if op == "push":
-        path, name, namespace = sys.argv[3:6]
-        # oras-py has no --artifact-type flag: put it on the manifest template push() copies.
-        oras.oci.EmptyManifest["artifactType"] = ARTIFACT_TYPE
-        with open("config.json", "w") as f:
-            f.write("{}")
-        created = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        client.push(
-            target=ref,
-            files=[path],
-            # The Go CLI (oras >= 1.2) writes the empty config descriptor; match it.
-            manifest_config="config.json:application/vnd.oci.empty.v1+json",
-            manifest_annotations={
-                "devworkspace.name": name,
-                "devworkspace.namespace": namespace,
-                "org.opencontainers.image.created": created,
-            },
-            disable_path_validation=True,
-            quiet=True,
-        )
-    elif op == "pull":
-        client.pull(target=ref, outdir=sys.argv[3])
-    else:
-        sys.exit(f"unknown operation {op}")
-
-
-main()
-"#;
-
-pub const ARCHIVE_NAME: &str = "devworkspace-backup.tar.gz";
 
 /// Everything a plan may refer to, resolved by the harness.
 pub struct Tools {
     /// (wsr-backup, wsr-restore), or why wsr cannot be measured.
     pub wsr: Result<(PathBuf, PathBuf), String>,
-    /// A python with oras-py importable.
-    pub python: Result<PathBuf, String>,
+    /// The Go `oras` CLI upstream's recovery image ships.
+    pub oras: Result<PathBuf, String>,
     pub restic: Result<PathBuf, String>,
-    pub oras_script: PathBuf,
     pub restic_cache: PathBuf,
 }
 
@@ -216,7 +168,7 @@ pub fn backup(tools: &Tools, peer: Peer, source: &Path, slot: &Slot) -> Result<P
             plan.wsr_json = true;
         }
         Peer::Upstream => {
-            let python = tools.python.clone()?;
+            let oras = tools.oras.clone()?;
             let tmp = &slot.upstream_tmp;
             plan.prepare.push(Step::exec(
                 "mkdir",
@@ -228,21 +180,10 @@ pub fn backup(tools: &Tools, peer: Peer, source: &Path, slot: &Slot) -> Result<P
             plan.steps.push(
                 Step::shell("tar -czf", &format!("tar -czf {ARCHIVE_NAME} -C '{src}' .")).cwd(tmp),
             );
-            plan.steps.push(
-                Step::exec(
-                    "oras push",
-                    python,
-                    [
-                        tools.oras_script.display().to_string(),
-                        "push".into(),
-                        upstream_ref(slot),
-                        ARCHIVE_NAME.into(),
-                        "upstream".into(),
-                        "bench".into(),
-                    ],
-                )
-                .cwd(tmp),
-            );
+            // `--plain-http` is the `ORAS_EXTRA_ARGS` a plain-HTTP registry needs.
+            let args = oras::push_args(&upstream_ref(slot), "upstream", "bench", &["--plain-http"]);
+            plan.steps
+                .push(Step::exec("oras push", oras, args).cwd(tmp));
             plan.growth = Some(slot.registry_data.to_path_buf());
             plan.cleanup.push(tmp.clone());
         }
@@ -342,21 +283,13 @@ pub fn restore(
             plan.wsr_json = true;
         }
         Peer::Upstream => {
-            let python = tools.python.clone()?;
+            let oras = tools.oras.clone()?;
             let tmp = slot.upstream_tmp.display().to_string();
             // PROJECTS_ROOT exists (it is the mounted volume) and is empty.
             plan.prepare
                 .push(Step::exec("mkdir", "mkdir", ["-p", &dst, &tmp]));
-            plan.steps.push(Step::exec(
-                "oras pull",
-                python,
-                [
-                    tools.oras_script.display().to_string(),
-                    "pull".into(),
-                    upstream_ref(slot),
-                    tmp.clone(),
-                ],
-            ));
+            let args = oras::pull_args(&upstream_ref(slot), &slot.upstream_tmp, &["--plain-http"]);
+            plan.steps.push(Step::exec("oras pull", oras, args));
             plan.steps.push(Step::shell(
                 "tar -xzf",
                 &format!("mkdir '{tmp}/extracted-backup' && tar -xzf '{tmp}/{ARCHIVE_NAME}' -C '{tmp}/extracted-backup'"),

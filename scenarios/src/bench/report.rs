@@ -281,11 +281,11 @@ pub fn render(machine: &Machine, runs: &[CorpusRun], reps: usize) -> String {
          are not reused for minutes). `sync` runs before every run and is not timed: times do not include \
          flushing written data to disk.\n\
          - Restores are compared with the source (paths, kinds, executable bits, contents, symlink targets).\n\
-         - The upstream pipeline is the one of DWO's `workspace-recovery.sh` with the `oras` Python SDK instead \
-         of the Go CLI (`tar -czf` without `-v`; push with the same artifact type, annotations and file name; \
-         restore = pull, `tar -xzf`, `cp -r extracted/*`). oras-py's monolithic upload reads the archive into \
-         memory, and Python start-up with `import oras.client` ({} s, measured) is part of each oras step.\n",
-        machine.oras_import_s.map_or("not measured".into(), secs)
+         - The upstream pipeline is DWO's `workspace-recovery.sh` with the Go `oras` CLI its recovery image \
+         ships (`$WSR_ORAS`, built by `scenarios/cluster/build.sh`): `tar -czf` without `-v`, then `oras push` \
+         with the same artifact type, annotations, `--disable-path-validation` and file name; restore = \
+         `oras pull --output`, `tar -xzf`, `cp -r extracted/*`. `--plain-http` stands in for the \
+         `ORAS_EXTRA_ARGS` a plain-HTTP registry needs.\n"
     );
     if let Some(run) = runs.first() {
         let _ = writeln!(
@@ -742,9 +742,13 @@ fn limits_section(md: &mut String, t: &Table, run: &CorpusRun) {
             })
             .collect();
         notes.push(format!(
-            "Upstream's backup: {}. gzip runs on one core; oras-py's peak RSS is {} MiB because it reads the whole archive into memory to upload it.",
+            "Upstream's backup: {}. gzip runs on one core; the oras CLI's peak RSS is {} MiB.",
             parts.join(", "),
-            mib(u.steps.iter().find(|s| s.0 == "oras push").map_or(0, |s| s.3))
+            mib(u
+                .steps
+                .iter()
+                .find(|s| s.0 == "oras push")
+                .map_or(0, |s| s.3))
         ));
         if let Some(stored) = u.stored {
             notes.push(format!(
