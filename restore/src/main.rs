@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use wsr_cli::{
-    ProgressMode, Reporter, Sample, UsageError, human, init_logging, is_usage_error,
+    ConnectArgs, ProgressMode, Reporter, Sample, UsageError, human, init_logging, is_usage_error,
     transport_exit_code, write_termination_log,
 };
 use wsr_format::reference::{Reference, Target, parse_registry_path, workspace_reference};
@@ -60,22 +60,6 @@ struct Common {
     /// Print the result as one JSON object on the last line of stdout.
     #[arg(long, global = true)]
     json: bool,
-}
-
-#[derive(clap::Args, Debug, Clone)]
-struct ConnectArgs {
-    /// Use plain HTTP instead of HTTPS.
-    #[arg(long, global = true)]
-    plain_http: bool,
-    /// Skip TLS certificate verification.
-    #[arg(long, global = true)]
-    insecure: bool,
-    /// Trust this CA certificate (PEM) in addition to the system roots.
-    #[arg(long, value_name = "FILE", global = true)]
-    ca_file: Option<PathBuf>,
-    /// Docker config.json with credentials (default: REGISTRY_AUTH_FILE, then DOCKER_CONFIG, then ~/.docker).
-    #[arg(long, value_name = "FILE", global = true)]
-    auth_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -197,17 +181,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn connect_options(args: &ConnectArgs) -> ConnectOptions {
-    ConnectOptions {
-        plain_http: args.plain_http,
-        insecure: args.insecure,
-        ca_file: args.ca_file.clone(),
-        auth_file: args.auth_file.clone(),
-    }
-}
-
 fn run(cli: Cli) -> anyhow::Result<Output> {
-    let connect = connect_options(&cli.common.connect);
+    let connect = cli.common.connect.options();
     match cli.command {
         None if cli.cluster.in_cluster || cli.cluster.on_next_start || cli.cluster.clear => {
             cluster_mode(&cli.restore, &cli.cluster, &connect)
