@@ -1,14 +1,11 @@
 #!/usr/bin/env bash
 # The project's test command (CI runs it through .ci/run): installs the Debian tools the
-# tests drive (a real registry, skopeo, restic, podman, ...) when missing, prepares the
-# Python venv with oras-py, then runs rustfmt, clippy and the whole test suite.
+# tests drive (a real registry, skopeo, restic, podman, ...) when missing, builds the cluster
+# binaries and the oras CLI, then runs rustfmt, clippy and the whole test suite.
 # Extra arguments go to `cargo test`, e.g. `scripts/test.sh -p wsr-format testing::`.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-ROOT=$(pwd)
-
-ORAS_VERSION=0.2.43
 
 section() { printf '\n==> %s\n' "$*"; }
 
@@ -39,11 +36,6 @@ missing=()
 for entry in "${tools[@]}"; do
     have "${entry%%:*}" || missing+=("${entry#*:}")
 done
-PYTHON=${PYTHON:-python3}
-if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
-    missing+=(python3 python3-venv)
-    PYTHON=/usr/bin/python3
-fi
 
 if ((${#missing[@]})); then
     if [[ $(id -u) -eq 0 ]] && have apt-get; then
@@ -63,19 +55,6 @@ for tool in cargo rustfmt cargo-clippy; do
     fi
 done
 echo "all tools present"
-
-section "Python venv with oras-py $ORAS_VERSION (target/pyenv)"
-VENV=$ROOT/target/pyenv
-# A venv breaks when the interpreter it points at goes away; rebuild it then.
-if ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
-    rm -rf "$VENV"
-    "$PYTHON" -m venv "$VENV"
-fi
-if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('oras') != '$ORAS_VERSION')" >/dev/null 2>&1; then
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "oras==$ORAS_VERSION"
-fi
-export WSR_PYTHON=$VENV/bin/python
-"$WSR_PYTHON" -c "import oras, importlib.metadata as m; print('WSR_PYTHON=$WSR_PYTHON oras', m.version('oras'))"
 
 # Slow builds are cached in one stable directory per machine (CI clones the repo afresh each run,
 # so a target/ inside the clone would rebuild everything every time). Override with

@@ -474,7 +474,13 @@ impl Ctx<'_> {
             }
         };
         let root = format!("{}/", workspace_root().display());
+        let oras = scenarios::oras::cli().map_or(String::new(), |p| p.display().to_string());
         let redact = |s: String| {
+            let s = if oras.is_empty() {
+                s
+            } else {
+                s.replace(&oras, "$WSR_ORAS")
+            };
             s.replace(&self.corpus.display().to_string(), "$CORPUS")
                 .replace(&self.dir.display().to_string(), "$RUN")
                 .replace(&self.work.display().to_string(), "$WORK")

@@ -291,7 +291,7 @@ pub fn render(machine: &Machine, runs: &[CorpusRun], reps: usize) -> String {
         let _ = writeln!(
             md,
             "Commands (`$CORPUS` = the corpus, `$WORK` = the work dir, `$RUN` = this corpus's scratch dir in it, \
-             `$REGISTRY` = this repetition's registry; paths relative to the workspace root):\n"
+             `$REGISTRY` = this repetition's registry, `$WSR_ORAS` = the oras CLI; paths relative to the workspace root):\n"
         );
         let _ = writeln!(md, "| phase | tool | command(s) |\n|---|---|---|");
         let mut seen = Vec::new();
