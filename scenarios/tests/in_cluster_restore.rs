@@ -10,42 +10,24 @@
 
 mod common;
 
+use common::{RESTRICTED, cluster, image};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
+use scenarios::cluster::Cluster;
 use scenarios::cluster::fixtures::{self, Phase, Workspace};
-use scenarios::cluster::{Cluster, StartOptions};
 use serde_json::{Value, json};
 use wsr_transport::testing::{RegistryKind, TestRegistry};
 
-const RESTRICTED: (&str, &str) = ("pod-security.kubernetes.io/enforce", "restricted");
 const RESTORE_WORKSPACE: &str = "controller.devfile.io/restore-workspace";
 const RESTORE_SOURCE_IMAGE: &str = "controller.devfile.io/restore-source-image";
 const USER: &str = "developer";
-
-fn cluster() -> &'static Cluster {
-    let exe = Path::new(env!("CARGO_BIN_EXE_scenarios"));
-    let options = StartOptions {
-        node_agent: Some(exe.to_owned()),
-        ..Default::default()
-    };
-    Cluster::shared(&options, exe)
-}
-
-fn image() -> &'static str {
-    static IMAGE: OnceLock<String> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let binaries = scenarios::podman::test_build_binaries();
-        scenarios::podman::build_recovery_image(&binaries, &scenarios::podman::image_storage())
-            .expect("images/build.sh")
-    })
-}
 
 /// The Role the user guide (docs/RESTORE.md) asks for, bound to ServiceAccount `developer`;
 /// returns a kubeconfig authenticating as it.

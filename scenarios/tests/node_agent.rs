@@ -9,8 +9,9 @@
 
 mod common;
 
+use common::{RESTRICTED, cluster, image};
+
 use std::path::Path;
-use std::sync::OnceLock;
 
 use anyhow::Result;
 use k8s_openapi::api::batch::v1::Job;
@@ -18,33 +19,12 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 use scenarios::cluster::fixtures::{self, Phase, Workspace};
-use scenarios::cluster::{Cluster, StartOptions};
 use serde_json::{Value, json};
 use wsr_transport::testing::{RegistryKind, TestRegistry};
 
-const RESTRICTED: (&str, &str) = ("pod-security.kubernetes.io/enforce", "restricted");
 /// The backup Job's uid, and the fsGroup that lets it read the workspace's owner-only files.
 const JOB_UID: i64 = 12345;
 const FS_GROUP: i64 = 1234;
-
-fn cluster() -> &'static Cluster {
-    let exe = Path::new(env!("CARGO_BIN_EXE_scenarios"));
-    let options = StartOptions {
-        node_agent: Some(exe.to_owned()),
-        ..Default::default()
-    };
-    Cluster::shared(&options, exe)
-}
-
-/// The recovery image, built once per test binary from this run's static binaries.
-fn image() -> &'static str {
-    static IMAGE: OnceLock<String> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let binaries = scenarios::podman::test_build_binaries();
-        scenarios::podman::build_recovery_image(&binaries, &scenarios::podman::image_storage())
-            .expect("images/build.sh")
-    })
-}
 
 /// A registry auth Secret as DWO copies it into the workspace namespace, plus the registry's
 /// CA (which DWOC `oras.extraArgs: --ca-file ...` points at).

@@ -11,6 +11,8 @@
 
 mod common;
 
+use common::{RESTRICTED, cluster, image};
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -23,32 +25,12 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use scenarios::cluster::fixtures::{self, Phase, Workspace};
-use scenarios::cluster::{Cluster, StartOptions};
 use serde_json::{Value, json};
 use wsr_transport::testing::{RegistryKind, TestRegistry};
 
-const RESTRICTED: (&str, &str) = ("pod-security.kubernetes.io/enforce", "restricted");
 const OPERATOR_NS: &str = "wsr-system";
 /// The namespace label each test's policy selects on.
 const TEST_LABEL: &str = "wsr-test";
-
-fn cluster() -> &'static Cluster {
-    let exe = Path::new(env!("CARGO_BIN_EXE_scenarios"));
-    let options = StartOptions {
-        node_agent: Some(exe.to_owned()),
-        ..Default::default()
-    };
-    Cluster::shared(&options, exe)
-}
-
-fn image() -> &'static str {
-    static IMAGE: OnceLock<String> = OnceLock::new();
-    IMAGE.get_or_init(|| {
-        let binaries = scenarios::podman::test_build_binaries();
-        scenarios::podman::build_recovery_image(&binaries, &scenarios::podman::image_storage())
-            .expect("images/build.sh")
-    })
-}
 
 fn repo_file(path: &str) -> String {
     std::fs::read_to_string(scenarios::podman::repo_root().join(path)).expect(path)
@@ -537,8 +519,10 @@ async fn a_failed_backup_records_the_real_reason_and_is_retried_after_a_backoff(
     setup.registry.stop();
 
     let operator = Operator::start("failure")?;
+    // The first backoff must outlast the checks below on a loaded machine, so that the registry
+    // is back before the retry (a retry into the stopped registry would add a failed Job).
     setup
-        .policy(json!({"failureBackoff": {"initialSeconds": 20, "maxSeconds": 60}}))
+        .policy(json!({"failureBackoff": {"initialSeconds": 45, "maxSeconds": 90}}))
         .await?;
     setup.run_now("1").await?;
 

@@ -128,3 +128,27 @@ pub fn slow_tests_enabled(test: &str) -> bool {
     }
     enabled
 }
+
+/// The label that makes a namespace enforce the "restricted" Pod Security Standard.
+pub const RESTRICTED: (&str, &str) = ("pod-security.kubernetes.io/enforce", "restricted");
+
+/// The cluster this test binary shares (one per binary: start-up costs seconds), with the node
+/// agent of this build.
+pub fn cluster() -> &'static scenarios::cluster::Cluster {
+    let exe = Path::new(env!("CARGO_BIN_EXE_scenarios"));
+    let options = scenarios::cluster::StartOptions {
+        node_agent: Some(exe.to_owned()),
+        ..Default::default()
+    };
+    scenarios::cluster::Cluster::shared(&options, exe)
+}
+
+/// The recovery image, built once per test binary from this run's static binaries.
+pub fn image() -> &'static str {
+    static IMAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let binaries = scenarios::podman::test_build_binaries();
+        scenarios::podman::build_recovery_image(&binaries, &scenarios::podman::image_storage())
+            .expect("images/build.sh")
+    })
+}
