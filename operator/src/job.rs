@@ -4,10 +4,11 @@
 use crate::devworkspace::DevWorkspace;
 use crate::names::{JOB_NAME_PREFIX, REGISTRY_AUTH_SECRET, label, wsr_annotation};
 use crate::policy::{BackupPolicySpec, DEFAULT_IMAGE};
-use crate::workload::pod::{PROJECTS_MOUNT, PodOptions, SecretMount, hardened_pod_spec};
+use crate::workload::pod::{
+    PROJECTS_MOUNT, PodOptions, SecretMount, hardened_pod_spec, run_once_job_spec,
+};
 use crate::workload::storage::WorkspaceVolume;
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::api::batch::v1::Job;
 use kube::Resource;
 use kube::api::ObjectMeta;
 use std::collections::BTreeMap;
@@ -148,24 +149,13 @@ impl BackupJob<'_> {
                 }),
                 ..Default::default()
             },
-            spec: Some(JobSpec {
-                backoff_limit: Some(0),
-                active_deadline_seconds: Some(
-                    t.active_deadline_seconds
-                        .unwrap_or(DEFAULT_DEADLINE_SECONDS),
-                ),
-                ttl_seconds_after_finished: Some(
-                    t.ttl_seconds_after_finished.unwrap_or(DEFAULT_TTL_SECONDS),
-                ),
-                template: PodTemplateSpec {
-                    metadata: Some(ObjectMeta {
-                        labels: Some(labels),
-                        ..Default::default()
-                    }),
-                    spec: Some(pod),
-                },
-                ..Default::default()
-            }),
+            spec: Some(run_once_job_spec(
+                pod,
+                labels,
+                t.active_deadline_seconds
+                    .unwrap_or(DEFAULT_DEADLINE_SECONDS),
+                t.ttl_seconds_after_finished.unwrap_or(DEFAULT_TTL_SECONDS),
+            )),
             status: None,
         }
     }

@@ -4,13 +4,15 @@
 //! [`restricted_violations`] checks a pod spec against every rule of that profile.
 
 use super::storage::WorkspaceVolume;
+use k8s_openapi::api::batch::v1::JobSpec;
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, EmptyDirVolumeSource, NodeAffinity, NodeSelector,
     NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaimVolumeSource,
-    PodSecurityContext, PodSpec, ResourceRequirements, SeccompProfile, SecretVolumeSource,
-    SecurityContext, Toleration, Volume, VolumeMount,
+    PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Toleration, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::collections::BTreeMap;
 
 /// Where the workspace's files appear in the pod.
@@ -284,6 +286,30 @@ pub fn restricted_violations(spec: &PodSpec) -> Vec<String> {
         }
     }
     bad
+}
+
+/// The spec of a Job that runs `pod` once: no Job-level retries (a backup is retried by the
+/// operator's own backoff; a restore's second attempt would find a non-empty target), bounded
+/// by `deadline_seconds` and removed `ttl_seconds` after it finishes.
+pub fn run_once_job_spec(
+    pod: PodSpec,
+    labels: BTreeMap<String, String>,
+    deadline_seconds: i64,
+    ttl_seconds: i32,
+) -> JobSpec {
+    JobSpec {
+        backoff_limit: Some(0),
+        active_deadline_seconds: Some(deadline_seconds),
+        ttl_seconds_after_finished: Some(ttl_seconds),
+        template: PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: Some(labels),
+                ..Default::default()
+            }),
+            spec: Some(pod),
+        },
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]

@@ -1,12 +1,13 @@
 //! The restore Job: the operator's hardened pod (from `wsr-workload`) with the workspace's sub
 //! path mounted read-write, running `wsr-restore` into `/projects`. Pure: builds the object only.
 
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::PodTemplateSpec;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use std::collections::BTreeMap;
 use wsr_workload::names::{REGISTRY_AUTH_SECRET, label};
-use wsr_workload::pod::{PROJECTS_MOUNT, PodOptions, SecretMount, hardened_pod_spec};
+use wsr_workload::pod::{
+    PROJECTS_MOUNT, PodOptions, SecretMount, hardened_pod_spec, run_once_job_spec,
+};
 use wsr_workload::storage::WorkspaceVolume;
 
 pub const CONTAINER: &str = "restore-workspace";
@@ -131,20 +132,12 @@ impl RestoreJob<'_> {
                 owner_references: self.owner.clone().map(|o| vec![o]),
                 ..Default::default()
             },
-            spec: Some(JobSpec {
-                // A restore is not retried: a second attempt would find a non-empty target.
-                backoff_limit: Some(0),
-                active_deadline_seconds: Some(DEADLINE_SECONDS),
-                ttl_seconds_after_finished: Some(TTL_SECONDS),
-                template: PodTemplateSpec {
-                    metadata: Some(ObjectMeta {
-                        labels: Some(labels),
-                        ..Default::default()
-                    }),
-                    spec: Some(pod),
-                },
-                ..Default::default()
-            }),
+            spec: Some(run_once_job_spec(
+                pod,
+                labels,
+                DEADLINE_SECONDS,
+                TTL_SECONDS,
+            )),
             status: None,
         }
     }
