@@ -8,8 +8,14 @@
 //! renders progress from [`Progress`] and the [`BackupReport`].
 
 mod archive;
+mod dwo;
 pub mod dwo_env;
+mod incremental;
+mod plan;
+mod previous;
 mod publish;
+mod retention;
+mod upload;
 pub mod walk;
 
 use std::path::PathBuf;

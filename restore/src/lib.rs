@@ -9,18 +9,22 @@
 //! It must not write to registries, decide what gets backed up, talk to Kubernetes, or print.
 
 pub mod drill;
-mod fetch;
+mod open;
+mod pipeline;
+mod reports;
+mod select;
 pub mod target;
 pub mod test_hooks;
 
-pub use fetch::{Inspection, ListRow, inspect, list, open_artifact};
+pub use open::{Opened, open_artifact};
+pub use reports::{Inspection, ListRow, inspect, list};
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use wsr_format::reference::Reference;
-use wsr_format::unpack::{DeferredDir, UnpackError, UnpackOptions, Unpacker};
+use wsr_format::unpack::{DeferredDir, EntryCallback, UnpackError, UnpackOptions, Unpacker};
 use wsr_transport::{Access, ConnectOptions, Store, TransportError};
 
 /// Everything a restore needs.
@@ -137,13 +141,27 @@ pub async fn restore(
             path: target.to_owned(),
         });
     }
-    let (store, opened) = open(options).await?;
+    let (store, opened) = open(&options.from, &options.connect).await?;
     if let (Some(selection), Some(index)) = (&selection, &opened.index) {
-        check_selection_in_index(selection, index)?;
+        select::check_selection_in_index(selection, index)?;
     }
     let staging = target::create_staging(target)?;
     let tree = staging.tree();
-    let unpacked = run_unpack(options, store, opened, &tree, selection, true, &progress).await;
+    let destination = Destination {
+        target,
+        tree: &tree,
+        selection,
+        max_size: options.max_size,
+    };
+    let unpacked = run_unpack(
+        &options.from,
+        store,
+        opened,
+        Some(destination),
+        options.parallel,
+        &progress,
+    )
+    .await;
     // The existing content is moved aside only once the new tree is complete and verified.
     let aside = match unpacked {
         Ok(done) if existing.is_empty() => Ok((done, None)),
@@ -169,35 +187,12 @@ pub async fn restore(
     Ok(report)
 }
 
-/// A `--paths` entry that names nothing in the backup is an error (caught before any layer is
-/// downloaded when there is an index).
-fn check_selection_in_index(
-    selection: &[Vec<u8>],
-    index: &[wsr_format::native::IndexEntry],
-) -> Result<(), RestoreError> {
-    for wanted in selection {
-        let one = std::slice::from_ref(wanted);
-        if !index
-            .iter()
-            .any(|e| wsr_format::unpack::path_selected(one, &e.path.0))
-        {
-            return Err(unmatched(wanted));
-        }
-    }
-    Ok(())
-}
-
-fn unmatched(path: &[u8]) -> RestoreError {
-    RestoreError::Usage(format!(
-        "--paths {:?} matches nothing in the backup",
-        String::from_utf8_lossy(path)
-    ))
-}
-
-async fn open(options: &RestoreOptions) -> Result<(Arc<Store>, fetch::Opened), RestoreError> {
-    let store =
-        Arc::new(Store::open(&options.from.repository, &options.connect, Access::Pull).await?);
-    let opened = open_artifact(&store, &options.from.target).await?;
+async fn open(
+    from: &Reference,
+    connect: &ConnectOptions,
+) -> Result<(Arc<Store>, Opened), RestoreError> {
+    let store = Arc::new(Store::open(&from.repository, connect, Access::Pull).await?);
+    let opened = open_artifact(&store, &from.target).await?;
     Ok((store, opened))
 }
 
@@ -210,57 +205,36 @@ pub async fn verify(
     progress: Arc<Progress>,
 ) -> Result<RestoreReport, RestoreError> {
     let started = Instant::now();
-    let options = RestoreOptions {
-        from: from.clone(),
-        to: PathBuf::new(),
-        paths: None,
-        force: false,
-        max_size: None,
-        parallel,
-        connect: connect.clone(),
-    };
-    let (store, opened) = open(&options).await?;
-    let (mut report, _) = run_unpack(
-        &options,
-        store,
-        opened,
-        Path::new("/nonexistent-verify-only"),
-        None,
-        false,
-        &progress,
-    )
-    .await?;
+    let (store, opened) = open(from, connect).await?;
+    let (mut report, _) = run_unpack(from, store, opened, None, parallel, &progress).await?;
     report.duration_s = started.elapsed().as_secs_f64();
     Ok(report)
 }
 
-async fn run_unpack(
-    options: &RestoreOptions,
-    store: Arc<Store>,
-    mut opened: fetch::Opened,
-    root: &Path,
+/// Where a restore writes and what it is allowed to write; a verify has none.
+struct Destination<'a> {
+    /// The user's target directory (what messages name).
+    target: &'a Path,
+    /// The staging tree the entries are written into.
+    tree: &'a Path,
     selection: Option<Vec<Vec<u8>>>,
-    write: bool,
+    max_size: Option<u64>,
+}
+
+/// Streams the artifact's layers into an unpacker writing to `destination` (or only checking,
+/// without one) and reports what it holds.
+async fn run_unpack(
+    from: &Reference,
+    store: Arc<Store>,
+    mut opened: Opened,
+    destination: Option<Destination<'_>>,
+    parallel: usize,
     progress: &Arc<Progress>,
 ) -> Result<(RestoreReport, Vec<DeferredDir>), RestoreError> {
-    let mut max_bytes = options.max_size.unwrap_or(u64::MAX);
-    let mut max_entries = wsr_format::native::MAX_ENTRIES;
-    if write && let Some((free_bytes, free_inodes)) = target::free_space(root) {
-        // Keep 1% (at most 64 MiB) for everything else on the volume.
-        let reserve = (free_bytes / 100).min(64 << 20);
-        max_bytes = max_bytes.min(free_bytes.saturating_sub(reserve));
-        max_entries = max_entries.min(free_inodes);
-        if let Some(config) = &opened.config
-            && selection.is_none()
-            && config.totals.bytes > max_bytes
-        {
-            return Err(RestoreError::NoSpace {
-                path: options.to.clone(),
-                needed: config.totals.bytes,
-                available: max_bytes,
-            });
-        }
-    }
+    let (max_bytes, max_entries) = match &destination {
+        Some(destination) => write_limits(destination, &opened)?,
+        None => (u64::MAX, wsr_format::native::MAX_ENTRIES),
+    };
     if let Some(config) = &opened.config {
         progress
             .total_entries
@@ -269,35 +243,33 @@ async fn run_unpack(
             .total_bytes
             .store(config.totals.bytes, Ordering::Relaxed);
     }
+    let selection = destination.as_ref().and_then(|d| d.selection.clone());
     let aliases = match (&selection, &opened.index) {
-        (Some(selection), Some(index)) => fetch::hard_link_aliases(index, selection),
+        (Some(selection), Some(index)) => select::hard_link_aliases(index, selection),
         _ => Default::default(),
     };
+    let layers = select::layers_to_fetch(&opened, selection.as_deref());
     let unpack_options = UnpackOptions {
         max_bytes,
         max_entries,
-        select: selection.clone(),
+        select: selection,
         aliases,
-        write,
         reserved_prefix: Some(target::STAGING_PREFIX.as_bytes().to_vec()),
     };
-    let layers = fetch::layers_to_fetch(&opened, selection.as_deref());
     // The unpacker takes the index over: one copy in memory, not two.
     let verified_index = opened.index.is_some();
     let index = opened.index.take();
-    let p = progress.clone();
-    let unpacker = Unpacker::new(root, unpack_options, index).on_entry(Box::new(move |size| {
-        p.entries.fetch_add(1, Ordering::Relaxed);
-        p.bytes.fetch_add(size, Ordering::Relaxed);
-        test_hooks::count_entries(1);
-    }));
-    let unpacker = Arc::new(unpacker);
-    fetch::unpack_layers(
+    let unpacker = match &destination {
+        Some(destination) => Unpacker::new(destination.tree, unpack_options, index),
+        None => Unpacker::verify_only(unpack_options, index),
+    };
+    let unpacker = Arc::new(unpacker.on_entry(entry_callback(progress)));
+    pipeline::unpack_layers(
         &store,
         &opened,
         &layers,
         unpacker.clone(),
-        options.parallel.max(1),
+        parallel.max(1),
         progress,
     )
     .await?;
@@ -306,10 +278,10 @@ async fn run_unpack(
         .await
         .expect("finish task")?;
     if let Some(wanted) = result.unmatched.first() {
-        return Err(unmatched(wanted));
+        return Err(select::unmatched(wanted));
     }
     let report = RestoreReport {
-        reference: format!("{}@{}", options.from.repository, opened.digest),
+        reference: format!("{}@{}", from.repository, opened.digest),
         digest: opened.digest.to_string(),
         format: opened.format_name().into(),
         target: None,
@@ -331,4 +303,45 @@ async fn run_unpack(
         duration_s: 0.0,
     };
     Ok((report, result.deferred_dirs))
+}
+
+/// The most bytes and entries a restore may write: `--max-size`, the free space (keeping 1%,
+/// at most 64 MiB, for everything else on the volume) and free inodes. A backup whose config
+/// declares more than fits is refused before any download.
+fn write_limits(destination: &Destination, opened: &Opened) -> Result<(u64, u64), RestoreError> {
+    let mut max_bytes = destination.max_size.unwrap_or(u64::MAX);
+    let mut max_entries = wsr_format::native::MAX_ENTRIES;
+    if let Some((free_bytes, free_inodes)) = target::free_space(destination.tree) {
+        let reserve = (free_bytes / 100).min(64 << 20);
+        max_bytes = max_bytes.min(free_bytes.saturating_sub(reserve));
+        max_entries = max_entries.min(free_inodes);
+        if let Some(config) = &opened.config
+            && destination.selection.is_none()
+            && config.totals.bytes > max_bytes
+        {
+            return Err(RestoreError::NoSpace {
+                path: destination.target.to_owned(),
+                needed: config.totals.bytes,
+                available: max_bytes,
+            });
+        }
+    }
+    Ok((max_bytes, max_entries))
+}
+
+/// Counts each unpacked entry into the progress; with the crash-test hook set (and only then),
+/// also into the hook's counter.
+fn entry_callback(progress: &Arc<Progress>) -> EntryCallback {
+    let p = progress.clone();
+    let count = move |size| {
+        p.entries.fetch_add(1, Ordering::Relaxed);
+        p.bytes.fetch_add(size, Ordering::Relaxed);
+    };
+    match test_hooks::abort_after_entries() {
+        None => Box::new(count),
+        Some(limit) => Box::new(move |size| {
+            count(size);
+            test_hooks::entry_unpacked(limit);
+        }),
+    }
 }

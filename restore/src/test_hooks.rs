@@ -1,30 +1,38 @@
 //! Fault injection for crash tests: `WSR_TEST_ABORT_AT=<point>` makes the process abort (as a
 //! SIGKILL would) at that point. Points: `after-entries:<N>` (mid-unpack) and `after-marker`
-//! (tree complete, nothing moved yet). Unset in production: one environment lookup per check.
+//! (tree complete, nothing moved yet). The variable is read once per process; unset (as in
+//! production), the per-entry path has no hook at all (see `abort_after_entries`).
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 static ENTRIES: AtomicU64 = AtomicU64::new(0);
 
-fn wanted() -> Option<String> {
-    std::env::var("WSR_TEST_ABORT_AT").ok()
+fn wanted() -> Option<&'static str> {
+    static WANTED: OnceLock<Option<String>> = OnceLock::new();
+    WANTED
+        .get_or_init(|| std::env::var("WSR_TEST_ABORT_AT").ok())
+        .as_deref()
 }
 
+/// Aborts the process when the hook names `point`.
 pub fn maybe_abort(point: &str) {
-    if wanted().as_deref() == Some(point) {
+    if wanted() == Some(point) {
         eprintln!("wsr-restore: test hook: aborting at {point}");
         std::process::abort();
     }
 }
 
-/// Called once per unpacked layer chunk of entries.
-pub fn count_entries(n: u64) {
-    let total = ENTRIES.fetch_add(n, Ordering::Relaxed) + n;
-    if let Some(limit) = wanted().and_then(|w| {
-        w.strip_prefix("after-entries:")
-            .and_then(|n| n.parse::<u64>().ok())
-    }) && total >= limit
-    {
+/// `N` when the hook is `after-entries:N`: the caller then calls [`entry_unpacked`] once per
+/// entry (and only then).
+pub fn abort_after_entries() -> Option<u64> {
+    wanted()?.strip_prefix("after-entries:")?.parse().ok()
+}
+
+/// Counts one unpacked entry and aborts the process once `limit` have been unpacked.
+pub fn entry_unpacked(limit: u64) {
+    let total = ENTRIES.fetch_add(1, Ordering::Relaxed) + 1;
+    if total >= limit {
         eprintln!("wsr-restore: test hook: aborting after {total} entries");
         std::process::abort();
     }

@@ -439,7 +439,7 @@ async fn restore_into(
     repo: &Repository,
     store: &Store,
     digest: &wsr_format::digest::Digest,
-    opened: crate::fetch::Opened,
+    opened: crate::Opened,
     scratch: &Path,
     result: &mut BackupResult,
     progress: &Arc<Progress>,

@@ -104,8 +104,6 @@ pub struct UnpackOptions {
     /// link's path. The file's content is restored at the link's path instead (so a partial
     /// restore never loses a file because its other name was not selected).
     pub aliases: HashMap<Vec<u8>, Vec<u8>>,
-    /// Write to disk. `false` checks and hashes everything but creates nothing (verify mode).
-    pub write: bool,
     /// Top-level names starting with this are never created (reported as skipped): the caller's
     /// own bookkeeping lives under such names.
     pub reserved_prefix: Option<Vec<u8>>,
@@ -215,9 +213,10 @@ impl State {
     }
 }
 
-/// Unpacks tar streams into `root`; see the module docs for the guarantees.
+/// Unpacks tar streams into `root`, or only checks them; see the module docs for the guarantees.
 pub struct Unpacker {
-    root: PathBuf,
+    /// Where entries are written; `None` checks and hashes everything but creates nothing.
+    root: Option<PathBuf>,
     keys: std::hash::RandomState,
     options: UnpackOptions,
     expected: Option<HashMap<Vec<u8>, IndexEntry>>,
@@ -287,9 +286,22 @@ fn system_time(mtime: i64) -> SystemTime {
 }
 
 impl Unpacker {
-    /// `root` must exist; `expected` is the native file index, when there is one, against which
-    /// every entry (type, mode, size, mtime, link, content hash) is checked.
+    /// Unpacks into `root`, which must exist; `expected` is the native file index, when there is
+    /// one, against which every entry (type, mode, size, mtime, link, content hash) is checked.
     pub fn new(root: &Path, options: UnpackOptions, expected: Option<Vec<IndexEntry>>) -> Unpacker {
+        Unpacker::with_root(Some(root.to_owned()), options, expected)
+    }
+
+    /// Checks and hashes every entry as [`Unpacker::new`] does, but creates nothing (verify).
+    pub fn verify_only(options: UnpackOptions, expected: Option<Vec<IndexEntry>>) -> Unpacker {
+        Unpacker::with_root(None, options, expected)
+    }
+
+    fn with_root(
+        root: Option<PathBuf>,
+        options: UnpackOptions,
+        expected: Option<Vec<IndexEntry>>,
+    ) -> Unpacker {
         let expected = expected.map(|entries| {
             entries
                 .into_iter()
@@ -306,7 +318,7 @@ impl Unpacker {
             .insert(path_key(&keys, b""), Slot::new(Node::Dir));
         state.matched = vec![false; options.select.as_ref().map_or(0, Vec::len)];
         Unpacker {
-            root: root.to_owned(),
+            root,
             keys,
             options,
             expected,
@@ -321,8 +333,10 @@ impl Unpacker {
         self
     }
 
-    fn full(&self, path: &[u8]) -> PathBuf {
-        self.root.join(std::ffi::OsStr::from_bytes(path))
+    /// Where `path` is written; `None` when verifying only.
+    fn full(&self, path: &[u8]) -> Option<PathBuf> {
+        let root = self.root.as_ref()?;
+        Some(root.join(std::ffi::OsStr::from_bytes(path)))
     }
 
     fn io_err(&self, path: &[u8]) -> impl FnOnce(io::Error) -> UnpackError + '_ {
@@ -524,8 +538,7 @@ impl Unpacker {
                         .ok_or_else(|| {
                             UnpackError::unsafe_entry(&path, "symlink without a valid target")
                         })?;
-                    if self.options.write {
-                        let full = self.full(&path);
+                    if let Some(full) = self.full(&path) {
                         std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), &full)
                             .map_err(self.io_err(&path))?;
                         set_symlink_mtime(&full, mtime).map_err(self.io_err(&path))?;
@@ -554,7 +567,7 @@ impl Unpacker {
             return Ok(false);
         }
         let want = expected.and_then(|e| e.sha256);
-        if !self.options.write && want.is_none() {
+        if self.root.is_none() && want.is_none() {
             // Nothing to write and nothing to compare the content with.
             return Ok(false);
         }
@@ -605,8 +618,8 @@ impl Unpacker {
                     ));
                 }
                 None => {
-                    if self.options.write {
-                        fs::create_dir(self.full(parent)).map_err(self.io_err(parent))?;
+                    if let Some(full) = self.full(parent) {
+                        fs::create_dir(full).map_err(self.io_err(parent))?;
                     }
                     st.nodes.insert(self.key(parent), Slot::new(Node::Dir));
                 }
@@ -630,8 +643,10 @@ impl Unpacker {
                 "duplicate entry would replace an earlier one",
             )),
             None => {
-                if node == Node::Dir && self.options.write {
-                    fs::create_dir(self.full(path)).map_err(self.io_err(path))?;
+                if node == Node::Dir
+                    && let Some(full) = self.full(path)
+                {
+                    fs::create_dir(full).map_err(self.io_err(path))?;
                 }
                 st.nodes.insert(self.key(path), Slot::new(node));
                 Ok(())
@@ -652,18 +667,17 @@ impl Unpacker {
     ) -> Result<Option<Digest>, UnpackError> {
         let mut hasher = hash.then(Hasher::new);
         let mut buf = vec![0u8; 256 * 1024];
-        let mut file = if self.options.write {
-            Some(
+        let mut file = match self.full(path) {
+            Some(full) => Some(
                 fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
                     .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                    .open(self.full(path))
+                    .open(full)
                     .map_err(self.io_err(path))?,
-            )
-        } else {
-            None
+            ),
+            None => None,
         };
         let mut total = 0u64;
         loop {
@@ -761,13 +775,12 @@ impl Unpacker {
             match self.node(&st, target) {
                 // A link to another link entry (a chain) is not something wsr or GNU tar writes.
                 Some(Node::File) if !link_paths.contains(target) => {
-                    if self.options.write {
-                        self.check_link_target(target)?;
-                        fs::hard_link(self.full(target), self.full(path)).map_err(|source| {
-                            UnpackError::Io {
-                                path: show(path),
-                                source,
-                            }
+                    if let Some(root) = &self.root {
+                        self.check_link_target(root, target)?;
+                        let at = |p: &[u8]| root.join(std::ffi::OsStr::from_bytes(p));
+                        fs::hard_link(at(target), at(path)).map_err(|source| UnpackError::Io {
+                            path: show(path),
+                            source,
                         })?;
                     }
                     st.report.hardlinks += 1;
@@ -794,8 +807,8 @@ impl Unpacker {
                 }
             }
         }
-        if self.options.write {
-            self.apply_dir_modes(&self.root, &mut Vec::new(), &mut st)?;
+        if let Some(root) = &self.root {
+            self.apply_dir_modes(root, &mut Vec::new(), &mut st)?;
         }
         if let Some(expected) = &self.expected
             && st.seen_expected != expected.len() as u64
@@ -825,16 +838,17 @@ impl Unpacker {
 impl Unpacker {
     /// A hard link's target, checked on disk: every parent a real directory (never a symlink),
     /// the target itself a regular file. Only what this unpacker created is below the root.
-    fn check_link_target(&self, target: &[u8]) -> Result<(), UnpackError> {
+    fn check_link_target(&self, root: &Path, target: &[u8]) -> Result<(), UnpackError> {
+        let at = |p: &[u8]| root.join(std::ffi::OsStr::from_bytes(p));
         let refuse =
             |why: &str| UnpackError::unsafe_entry(target, format!("hard-link target {why}"));
         for parent in parents(target) {
-            let meta = fs::symlink_metadata(self.full(parent)).map_err(self.io_err(parent))?;
+            let meta = fs::symlink_metadata(at(parent)).map_err(self.io_err(parent))?;
             if !meta.is_dir() {
                 return Err(refuse("is below something that is not a directory"));
             }
         }
-        let meta = fs::symlink_metadata(self.full(target)).map_err(self.io_err(target))?;
+        let meta = fs::symlink_metadata(at(target)).map_err(self.io_err(target))?;
         if !meta.is_file() {
             return Err(refuse("is not a regular file"));
         }

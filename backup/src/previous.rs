@@ -1,0 +1,54 @@
+//! The previous backup at the moving tag, read for incremental reuse with the same code restore
+//! reads backups with (`wsr_transport::read`).
+
+use wsr_format::artifact::Artifact;
+use wsr_format::manifest::Descriptor;
+use wsr_format::native::BackupConfig;
+use wsr_format::reference::Target;
+use wsr_transport::Store;
+use wsr_transport::read::{self, ReadError};
+
+/// The previous native backup at the moving tag, if any and readable: its config and the
+/// descriptors of its data and index layers.
+pub(crate) struct Previous {
+    pub(crate) config: BackupConfig,
+    pub(crate) layers: Vec<Descriptor>,
+    pub(crate) indexes: Vec<Descriptor>,
+}
+
+/// Reads the previous backup with the same code restore reads backups with. Any problem
+/// (including a previous backup in another format) means a full backup, not a failure.
+pub(crate) async fn load(store: &Store, tag: &str) -> Option<Previous> {
+    let result: Result<Option<Previous>, ReadError> = async {
+        let read = match read::read_manifest(store, &Target::Tag(tag.to_owned())).await {
+            Ok(read) => read,
+            Err(ReadError::Transport(e)) if e.is_not_found() => return Ok(None),
+            Err(ReadError::Shape(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Artifact::Native {
+            config,
+            layers,
+            indexes,
+        } = read.artifact
+        else {
+            return Ok(None);
+        };
+        let config = read::read_config(store, &read.digest, &config, &layers, &indexes).await?;
+        Ok(Some(Previous {
+            config,
+            layers,
+            indexes,
+        }))
+    }
+    .await;
+    match result {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(
+                "previous backup at :{tag} is not usable for incremental reuse ({e}); doing a full backup"
+            );
+            None
+        }
+    }
+}

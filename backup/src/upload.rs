@@ -1,0 +1,93 @@
+//! One layer archived and uploaded through a `BlobWriter` on a blocking thread, written again
+//! (with backoff) when the registry fails transiently; progress from a failed attempt is taken
+//! back.
+
+use crate::archive::{Archived, Codec, archive};
+use crate::walk::SourceEntry;
+use crate::{BackupError, Progress};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use wsr_format::digest::Digest;
+use wsr_transport::Store;
+
+/// Attempts per layer upload when the registry fails transiently.
+const UPLOAD_ATTEMPTS: u32 = 3;
+
+/// A layer as stored: what archiving produced, and the compressed blob's digest and size.
+pub(crate) struct Uploaded {
+    pub(crate) archived: Archived,
+    pub(crate) compressed: Digest,
+    pub(crate) compressed_size: u64,
+}
+
+/// Archives and uploads one layer, writing it again on transient registry failures.
+pub(crate) async fn upload_layer(
+    store: &Store,
+    root: &Path,
+    entries: &Arc<[SourceEntry]>,
+    range: Range<usize>,
+    layer: u32,
+    codec: Codec,
+    progress: &Arc<Progress>,
+) -> Result<Uploaded, BackupError> {
+    let mut delay = Duration::from_millis(500);
+    // What this attempt added to the shared progress, taken back if it has to be retried.
+    let attempt = Arc::new(Progress::default());
+    for attempt_no in 1..=UPLOAD_ATTEMPTS {
+        let mut blob = store.blob_writer().await?;
+        let (root2, entries2, range2, progress2, attempt2): (PathBuf, _, _, _, _) = (
+            root.to_owned(),
+            entries.clone(),
+            range.clone(),
+            progress.clone(),
+            attempt.clone(),
+        );
+        let archiving = tokio::task::spawn_blocking(move || {
+            let count = |bytes: u64| {
+                for p in [&progress2, &attempt2] {
+                    p.entries.fetch_add(1, Ordering::Relaxed);
+                    p.bytes.fetch_add(bytes, Ordering::Relaxed);
+                }
+            };
+            match archive(&root2, &entries2[range2], codec, &mut blob, &count) {
+                Ok(archived) => blob
+                    .finish()
+                    .map(|stored| (archived, stored))
+                    .map_err(BackupError::from),
+                // A failed write is the upload's doing when the upload says so.
+                Err(e) => Err(blob.abort().map_or(e, BackupError::from)),
+            }
+        });
+        let error = match archiving.await.expect("archive task") {
+            Ok((archived, (compressed, compressed_size))) => {
+                progress
+                    .uploaded
+                    .fetch_add(compressed_size, Ordering::Relaxed);
+                return Ok(Uploaded {
+                    archived,
+                    compressed,
+                    compressed_size,
+                });
+            }
+            Err(e) => e,
+        };
+        let transient = matches!(&error, BackupError::Transport(t) if t.is_transient());
+        if !transient || attempt_no == UPLOAD_ATTEMPTS {
+            return Err(error);
+        }
+        tracing::warn!(%error, attempt = attempt_no, "layer {layer} upload failed; retrying in {delay:?}");
+        progress.entries.fetch_sub(
+            attempt.entries.swap(0, Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        progress
+            .bytes
+            .fetch_sub(attempt.bytes.swap(0, Ordering::Relaxed), Ordering::Relaxed);
+        tokio::time::sleep(delay).await;
+        delay *= 2;
+    }
+    unreachable!("the loop returns on its last attempt")
+}
