@@ -16,6 +16,7 @@
 
 mod machine;
 mod measure;
+mod network;
 mod peers;
 mod report;
 
@@ -34,6 +35,7 @@ use wsr_transport::testing::{RegistryKind, TestRegistry};
 
 use crate::corpus::{self, CorpusStats, Mutation, Profile, Scale, TreeSummary};
 use measure::{Step, Usage, run_step};
+use network::{Network, ShapingProxy};
 use peers::{Peer, Plan, Slot, Tools};
 
 #[derive(Args)]
@@ -44,6 +46,11 @@ pub struct BenchArgs {
     /// Corpus profiles, comma-separated: workspace, many-files.
     #[arg(long, value_delimiter = ',', default_value = "workspace")]
     profile: Vec<Profile>,
+    /// Network profiles, comma-separated: loopback (direct), cluster (1 ms each way,
+    /// 10 Gbit/s), region (10 ms, 1 Gbit/s), remote (40 ms, 200 Mbit/s). Every tool that talks
+    /// to the registry goes through the same shaping proxy.
+    #[arg(long, value_delimiter = ',', default_value = "loopback")]
+    network: Vec<Network>,
     /// Repetitions per measurement; the report shows medians.
     #[arg(long, default_value_t = 3)]
     reps: usize,
@@ -121,6 +128,8 @@ impl Record {
 /// Everything measured on one corpus.
 #[derive(Serialize)]
 pub struct CorpusRun {
+    /// What lies between the tools and the registry.
+    pub network: Network,
     pub profile: String,
     pub size: String,
     pub stats: CorpusStats,
@@ -176,11 +185,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let machine = machine::describe(&work, &tools);
 
     let mut runs = Vec::new();
-    for profile in &args.profile {
-        for scale in &args.size {
-            runs.push(bench_corpus(
-                &work, &tools, *profile, scale, &args, timeout,
-            )?);
+    for network in &args.network {
+        for profile in &args.profile {
+            for scale in &args.size {
+                runs.push(bench_corpus(
+                    &work, &tools, *profile, scale, *network, &args, timeout,
+                )?);
+            }
         }
     }
 
@@ -203,11 +214,12 @@ fn bench_corpus(
     tools: &Tools,
     profile: Profile,
     scale: &Scale,
+    network: Network,
     args: &BenchArgs,
     timeout: Duration,
 ) -> Result<CorpusRun> {
     let (corpus, stats, summary) = ensure_corpus(&work.join("corpus"), profile, scale)?;
-    let dir = work.join(format!("run-{profile}-{}", scale.bytes));
+    let dir = work.join(format!("run-{profile}-{}-{network}", scale.bytes));
     if dir.exists() {
         fs::remove_dir_all(&dir)?;
     }
@@ -225,7 +237,7 @@ fn bench_corpus(
     // The raw-blob floors push the `tar | zstd` bytes; making them also warms the page cache,
     // so every measured run reads the corpus from memory, not from disk.
     eprintln!(
-        "bench: {profile}/{scale}: {} files, {} bytes; preparing archive",
+        "bench: {profile}/{scale} over {network}: {} files, {} bytes; preparing archive",
         stats.files, stats.bytes
     );
     let archive = dir.join("prep.tar.zst");
@@ -244,10 +256,10 @@ fn bench_corpus(
     let zstd_bytes = fs::metadata(&archive)?.len();
 
     let mut records = Vec::new();
-    let slot = |rep: usize, reg: &TestRegistry| -> (String, PathBuf, PathBuf, PathBuf, PathBuf) {
+    let slot = |rep: usize, reg: &Served| -> (String, PathBuf, PathBuf, PathBuf, PathBuf) {
         (
             reg.host(),
-            reg.data_dir().to_path_buf(),
+            reg.registry.data_dir().to_path_buf(),
             dir.join(format!("restic-{rep}")),
             dir.join(format!("zstd-{rep}.tar.zst")),
             dir.join("upstream-tmp"),
@@ -257,7 +269,7 @@ fn bench_corpus(
     // 1. Full backups.
     let mut registries = Vec::new();
     for rep in 0..args.reps {
-        let reg = TestRegistry::start(RegistryKind::Plain).context("start registry")?;
+        let reg = Served::start(network)?;
         let (host, data, restic_repo, zstd_file, upstream_tmp) = slot(rep, &reg);
         let s = Slot {
             host: &host,
@@ -359,7 +371,7 @@ fn bench_corpus(
             ),
             &dir,
         )?;
-        let reg = TestRegistry::start(RegistryKind::Plain).context("start registry")?;
+        let reg = Served::start(network)?;
         let (host, data, _, zstd_file, upstream_tmp) = slot(rep, &reg);
         let restic_repo = dir.join(format!("inc-restic-{rep}"));
         remove(&restic_repo)?;
@@ -404,6 +416,7 @@ fn bench_corpus(
     remove(&copy)?;
 
     Ok(CorpusRun {
+        network,
         profile: profile.to_string(),
         size: scale.label.clone(),
         stats,
@@ -433,7 +446,7 @@ impl Ctx<'_> {
         &self,
         plan: Result<Plan, String>,
         id: RunId,
-        reg: &TestRegistry,
+        reg: &Served,
         defer_cleanup: Option<&mut Vec<PathBuf>>,
     ) -> Result<Record> {
         let RunId {
@@ -486,6 +499,7 @@ impl Ctx<'_> {
                 .replace(&self.work.display().to_string(), "$WORK")
                 .replace(&root, "")
                 .replace(&host, "$REGISTRY")
+                .replace(&reg.registry.host(), "$REGISTRY")
         };
         rec.commands = plan.steps.iter().map(|s| redact(s.display())).collect();
         let logs = self.dir.join("logs");
@@ -583,9 +597,36 @@ impl Ctx<'_> {
     }
 }
 
-/// The pid of `reg`'s process: the one whose command line names its config file.
-fn registry_pid(reg: &TestRegistry) -> Option<u32> {
-    let config = reg.data_dir().parent()?.join("config.yml");
+/// A repetition's registry, and the shaping proxy in front of it unless the network profile
+/// is plain loopback.
+struct Served {
+    registry: TestRegistry,
+    proxy: Option<ShapingProxy>,
+}
+
+impl Served {
+    fn start(network: Network) -> Result<Served> {
+        let registry = TestRegistry::start(RegistryKind::Plain).context("start registry")?;
+        let proxy = if network.is_direct() {
+            None
+        } else {
+            let addr = registry.host().parse().context("registry address")?;
+            Some(ShapingProxy::start(addr, network)?)
+        };
+        Ok(Served { registry, proxy })
+    }
+
+    /// Where tools connect: the proxy if there is one.
+    fn host(&self) -> String {
+        self.proxy
+            .as_ref()
+            .map_or_else(|| self.registry.host(), ShapingProxy::host)
+    }
+}
+
+/// The pid of `reg`'s registry process: the one whose command line names its config file.
+fn registry_pid(reg: &Served) -> Option<u32> {
+    let config = reg.registry.data_dir().parent()?.join("config.yml");
     let config = config.to_string_lossy();
     fs::read_dir("/proc")
         .ok()?
@@ -733,7 +774,12 @@ fn find_wsr(
     build: bool,
     work: &Path,
 ) -> Result<(PathBuf, PathBuf), String> {
-    let bin_dir = env::var_os("WSR_BIN_DIR").map_or_else(|| target.join("release"), PathBuf::from);
+    // With a build target configured (as scripts/test.sh does), cargo puts binaries under it.
+    let release = match env::var("CARGO_BUILD_TARGET") {
+        Ok(triple) if !triple.is_empty() => target.join(triple).join("release"),
+        _ => target.join("release"),
+    };
+    let bin_dir = env::var_os("WSR_BIN_DIR").map_or(release, PathBuf::from);
     if build {
         eprintln!("bench: cargo build --release -p wsr-backup -p wsr-restore");
         let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
