@@ -7,7 +7,7 @@
 use crate::{BackupOptions, Format, Tuning};
 use std::path::PathBuf;
 use wsr_format::reference::{InvalidReference, parse_registry_path, workspace_reference};
-use wsr_transport::{ConnectOptions, apply_oras_extra_args};
+use wsr_transport::{ConnectOptions, OrasArgsError, apply_oras_extra_args};
 
 /// Why the environment does not describe a backup. All are the caller's input at fault.
 #[derive(Debug, thiserror::Error)]
@@ -16,8 +16,8 @@ pub enum DwoEnvError {
     Missing(&'static str),
     #[error("WSR_FORMAT={0:?}: expected native or dwo")]
     Format(String),
-    #[error("{0}")]
-    OrasExtraArgs(String),
+    #[error(transparent)]
+    OrasExtraArgs(#[from] OrasArgsError),
     #[error(transparent)]
     Reference(#[from] InvalidReference),
 }
@@ -39,7 +39,13 @@ pub fn backup_options(
         .map(PathBuf::from)
         .or(connect.auth_file);
     if let Some(extra) = var("ORAS_EXTRA_ARGS") {
-        apply_oras_extra_args(&mut connect, &extra).map_err(DwoEnvError::OrasExtraArgs)?;
+        let ignored = apply_oras_extra_args(&mut connect, &extra)?;
+        if !ignored.is_empty() {
+            tracing::info!(
+                "ORAS_EXTRA_ARGS: accepted without effect: {}",
+                ignored.join(" ")
+            );
+        }
     }
     let format = match var("WSR_FORMAT").as_deref() {
         None | Some("dwo") => Format::Dwo,
@@ -141,8 +147,12 @@ mod tests {
         vars.push(("WSR_FORMAT", "zip"));
         assert!(matches!(options(&vars), Err(DwoEnvError::Format(_))));
         let mut vars = JOB.to_vec();
-        vars.push(("ORAS_EXTRA_ARGS", "--debug"));
+        vars.push(("ORAS_EXTRA_ARGS", "--debug --oci-layout"));
         let err = options(&vars).unwrap_err();
-        assert!(err.to_string().contains("\"--debug\""), "{err}");
+        assert!(matches!(err, DwoEnvError::OrasExtraArgs(_)), "{err}");
+        assert!(
+            err.to_string().contains("--oci-layout is not supported"),
+            "{err}"
+        );
     }
 }

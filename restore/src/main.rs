@@ -420,7 +420,13 @@ fn init(mut connect: ConnectOptions, progress: ProgressMode) -> anyhow::Result<O
         connect.auth_file = Some(file.into());
     }
     if let Some(extra) = var("ORAS_EXTRA_ARGS") {
-        apply_oras_extra_args(&mut connect, &extra).map_err(UsageError)?;
+        let ignored = apply_oras_extra_args(&mut connect, &extra)?;
+        if !ignored.is_empty() {
+            tracing::info!(
+                "ORAS_EXTRA_ARGS: accepted without effect: {}",
+                ignored.join(" ")
+            );
+        }
     }
     let options = RestoreOptions {
         from: image.parse()?,

@@ -17,6 +17,7 @@ pub fn connect_for(registry: &TestRegistry) -> ConnectOptions {
         insecure: false,
         ca_file: registry.ca_file().map(Path::to_owned),
         auth_file: registry.auth_file().map(Path::to_owned),
+        ..Default::default()
     }
 }
 

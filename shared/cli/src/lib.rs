@@ -26,6 +26,12 @@ pub struct ConnectArgs {
     /// Docker config.json with credentials (default: REGISTRY_AUTH_FILE, then DOCKER_CONFIG, then ~/.docker).
     #[arg(long, value_name = "FILE", global = true)]
     pub auth_file: Option<PathBuf>,
+    /// Client certificate (PEM) for registries that require mutual TLS; needs --key-file.
+    #[arg(long, value_name = "FILE", global = true, requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --cert-file.
+    #[arg(long, value_name = "FILE", global = true, requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
 }
 
 impl ConnectArgs {
@@ -36,6 +42,12 @@ impl ConnectArgs {
             insecure: self.insecure,
             ca_file: self.ca_file.clone(),
             auth_file: self.auth_file.clone(),
+            client_cert: self
+                .cert_file
+                .clone()
+                .zip(self.key_file.clone())
+                .map(|(cert, key)| wsr_transport::ClientCert { cert, key }),
+            ..Default::default()
         }
     }
 }
@@ -121,10 +133,11 @@ pub fn write_termination_log(message: &str) {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// Whether `error` is the user's input at fault: a [`UsageError`], or a reference or digest
-/// that does not parse. Binaries exit with 2 for these.
+/// Whether `error` is the user's input at fault: a [`UsageError`], `ORAS_EXTRA_ARGS` that
+/// cannot be applied, or a reference or digest that does not parse. Binaries exit with 2 for these.
 pub fn is_usage_error(error: &(dyn std::error::Error + 'static)) -> bool {
     error.is::<UsageError>()
+        || error.is::<wsr_transport::OrasArgsError>()
         || error.is::<wsr_format::reference::InvalidReference>()
         || error.is::<wsr_format::digest::InvalidDigest>()
 }

@@ -15,7 +15,9 @@
 
 mod auth;
 mod blob;
+mod challenge;
 mod layout;
+mod oras_args;
 pub mod read;
 mod registry;
 #[cfg(feature = "test-support")]
@@ -24,10 +26,12 @@ pub mod testing;
 pub use auth::{Credentials, resolve_auth_file};
 pub use blob::{BlobReader, BlobWriter};
 pub use layout::LayoutStore;
+pub use oras_args::{OrasArgsError, apply_oras_extra_args};
 pub use registry::RegistryStore;
 
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use wsr_format::digest::Digest;
 use wsr_format::reference::{Repository, Target};
@@ -44,6 +48,43 @@ pub struct ConnectOptions {
     /// A docker `config.json`; when `None`, `REGISTRY_AUTH_FILE`, then `DOCKER_CONFIG`, then
     /// `~/.docker/config.json` are consulted.
     pub auth_file: Option<PathBuf>,
+    /// A client certificate for registries that require mutual TLS.
+    pub client_cert: Option<ClientCert>,
+    /// Credentials that take precedence over the auth file (oras' `--username`/`--password`
+    /// or `--identity-token`).
+    pub credentials: Option<Credentials>,
+    /// Addresses to use instead of DNS for `host:port` (oras' and curl's `--resolve`).
+    pub resolve: Vec<Resolve>,
+    /// Extra headers sent with every registry request (oras' `--header`).
+    pub headers: Vec<RequestHeader>,
+}
+
+/// A client certificate and its private key, both PEM files.
+#[derive(Clone, Debug)]
+pub struct ClientCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Connect to `address` whenever the registry is `host:port`.
+#[derive(Clone, Debug)]
+pub struct Resolve {
+    pub host: String,
+    pub port: u16,
+    pub address: IpAddr,
+}
+
+/// An extra request header. `Debug` shows only its name: a header may carry a secret.
+#[derive(Clone)]
+pub struct RequestHeader {
+    pub name: String,
+    pub value: String,
+}
+
+impl std::fmt::Debug for RequestHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: <redacted>", self.name)
+    }
 }
 
 /// What a store will be used for (decides the token scope).
@@ -321,53 +362,5 @@ pub async fn list_repositories(
             registry::list_repositories(host, path, options).await
         }
         Repository::Layout { dir } => layout::list_layouts(dir).await,
-    }
-}
-
-/// Applies upstream's `ORAS_EXTRA_ARGS` (a word-split string appended to `oras` commands) to
-/// `options`. Understands `--insecure`, `--plain-http` and `--ca-file F` / `--ca-file=F`; anything
-/// else is an error naming it, rather than being silently ignored.
-pub fn apply_oras_extra_args(options: &mut ConnectOptions, extra: &str) -> Result<(), String> {
-    let mut words = extra.split_whitespace();
-    while let Some(word) = words.next() {
-        match word {
-            "--insecure" => options.insecure = true,
-            "--plain-http" => options.plain_http = true,
-            "--ca-file" => {
-                let file = words
-                    .next()
-                    .ok_or("ORAS_EXTRA_ARGS: --ca-file needs a file name")?;
-                options.ca_file = Some(file.into());
-            }
-            w if w.starts_with("--ca-file=") => {
-                options.ca_file = Some(w["--ca-file=".len()..].into())
-            }
-            other => {
-                return Err(format!(
-                    "ORAS_EXTRA_ARGS: unsupported option {other:?}; wsr understands --insecure, --plain-http and --ca-file FILE"
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn oras_extra_args_are_understood_or_rejected_by_name() {
-        let mut o = ConnectOptions::default();
-        apply_oras_extra_args(&mut o, "  --insecure --plain-http --ca-file /c.pem ").unwrap();
-        assert!(o.insecure && o.plain_http);
-        assert_eq!(o.ca_file.as_deref(), Some(std::path::Path::new("/c.pem")));
-        let mut o = ConnectOptions::default();
-        apply_oras_extra_args(&mut o, "--ca-file=/x").unwrap();
-        assert_eq!(o.ca_file.as_deref(), Some(std::path::Path::new("/x")));
-        apply_oras_extra_args(&mut o, "").unwrap();
-        let err = apply_oras_extra_args(&mut o, "--insecure --debug").unwrap_err();
-        assert!(err.contains("\"--debug\""), "{err}");
-        assert!(apply_oras_extra_args(&mut o, "--ca-file").is_err());
     }
 }

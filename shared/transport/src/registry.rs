@@ -1,18 +1,22 @@
 //! The OCI distribution registry transport.
 //!
-//! oci-client performs the auth handshake (Basic, or the Bearer token flow with realm, service
-//! and scope). The HTTP calls themselves are made directly with reqwest on the same TLS
-//! settings, because oci-client has no DELETE, cuts streamed uploads into fixed 4 MiB PATCH
-//! requests (measurably slower, and broken on registries that answer 201) and silently falls
-//! back to default settings on a bad config. Blobs are uploaded as POST, one streaming PATCH,
-//! PUT `?digest=`.
+//! Every request, the auth handshake included (`challenge.rs`: Basic, or the Bearer token flow
+//! with realm, service and scopes), goes through one reqwest client, so client certificates,
+//! `--resolve` and extra headers apply to all of them. oci-client is not used: it has no
+//! DELETE, no client certificates and no DNS overrides, cuts streamed uploads into fixed 4 MiB
+//! PATCH requests (measurably slower) and silently falls back to default settings on a bad
+//! config. Blobs are uploaded as POST, one streaming PATCH, PUT `?digest=`.
 
 use crate::auth::{Credentials, credentials_for};
 use crate::blob::{BlobReader, BlobWriter, DOWNLOAD_QUEUE, Piece, RegistryUpload, Source};
+use crate::challenge::{
+    Challenge, TokenFailure, basic, fetch_token, parse_challenge, repository_scope,
+};
 use crate::{Access, BlobStream, ConnectOptions, Result, TransportError};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::{Method, RequestBuilder, Response, StatusCode, header};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -30,8 +34,21 @@ pub struct RegistryStore {
     base: String,
     host: String,
     path: String,
-    /// The `Authorization` header value, if any (Basic, or a Bearer token from the handshake).
-    authorization: Arc<Mutex<Option<String>>>,
+    credentials: Arc<Credentials>,
+    auth: Arc<Mutex<AuthState>>,
+}
+
+/// What the store sends as `Authorization`, and the token scopes asked for so far.
+struct AuthState {
+    header: Option<String>,
+    scopes: Vec<String>,
+}
+
+fn read_file(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| TransportError::Io {
+        what: format!("{what} {}", path.display()),
+        source,
+    })
 }
 
 fn http_client(options: &ConnectOptions) -> Result<reqwest::Client> {
@@ -42,10 +59,7 @@ fn http_client(options: &ConnectOptions) -> Result<reqwest::Client> {
         .hickory_dns(true)
         .tls_danger_accept_invalid_certs(options.insecure);
     if let Some(ca) = &options.ca_file {
-        let pem = std::fs::read(ca).map_err(|source| TransportError::Io {
-            what: format!("CA file {}", ca.display()),
-            source,
-        })?;
+        let pem = read_file(ca, "CA file")?;
         for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
             TransportError::Config(format!(
                 "CA file {}: not a PEM certificate: {e}",
@@ -55,7 +69,30 @@ fn http_client(options: &ConnectOptions) -> Result<reqwest::Client> {
             builder = builder.add_root_certificate(cert);
         }
     }
+    if let Some(client) = &options.client_cert {
+        let mut pem = read_file(&client.cert, "client certificate")?;
+        pem.push(b'\n');
+        pem.extend(read_file(&client.key, "client key")?);
+        let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+            TransportError::Config(format!(
+                "client certificate {} with key {}: {e}",
+                client.cert.display(),
+                client.key.display()
+            ))
+        })?;
+        builder = builder.identity(identity);
+    }
+    for rule in &options.resolve {
+        builder = builder.resolve(&rule.host, SocketAddr::new(rule.address, rule.port));
+    }
+    let mut headers = header::HeaderMap::new();
+    for h in &options.headers {
+        let bad = || TransportError::Config(format!("header {:?} is not valid", h.name));
+        let name = header::HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad())?;
+        headers.append(name, h.value.parse().map_err(|_| bad())?);
+    }
     builder
+        .default_headers(headers)
         .build()
         .map_err(|e| TransportError::Config(format!("cannot set up HTTP client: {e}")))
 }
@@ -67,7 +104,13 @@ impl RegistryStore {
         options: &ConnectOptions,
         access: Access,
     ) -> Result<RegistryStore> {
-        let credentials = credentials_for(host, options.auth_file.as_deref())?;
+        let credentials = match &options.credentials {
+            Some(explicit) => explicit.clone(),
+            None => credentials_for(host, options.auth_file.as_deref())?,
+        };
+        let scopes = repository_scope(path, access == Access::Push)
+            .into_iter()
+            .collect();
         let store = RegistryStore {
             http: http_client(options)?,
             base: format!(
@@ -76,117 +119,111 @@ impl RegistryStore {
             ),
             host: host.to_owned(),
             path: path.to_owned(),
-            authorization: Arc::new(Mutex::new(None)),
+            credentials: Arc::new(credentials),
+            auth: Arc::new(Mutex::new(AuthState {
+                header: None,
+                scopes,
+            })),
         };
-        let authorization = store.handshake(options, &credentials, access).await?;
-        *store.authorization.lock().unwrap() = authorization;
-        store.ping(&credentials).await?;
+        store.ping().await?;
         Ok(store)
     }
 
-    async fn handshake(
-        &self,
-        options: &ConnectOptions,
-        credentials: &Credentials,
-        access: Access,
-    ) -> Result<Option<String>> {
-        use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-        use oci_client::secrets::RegistryAuth;
-        let mut extra_root_certificates = Vec::new();
-        if let Some(ca) = &options.ca_file {
-            let data = std::fs::read(ca).map_err(|source| TransportError::Io {
-                what: format!("CA file {}", ca.display()),
-                source,
-            })?;
-            extra_root_certificates.push(Certificate {
-                encoding: CertificateEncoding::Pem,
-                data,
-            });
-        }
-        let config = ClientConfig {
-            protocol: if options.plain_http {
-                ClientProtocol::Http
-            } else {
-                ClientProtocol::Https
-            },
-            accept_invalid_certificates: options.insecure,
-            extra_root_certificates,
-            ..Default::default()
-        };
-        let client = oci_client::Client::try_from(config)
-            .map_err(|e| TransportError::Config(format!("cannot set up registry client: {e}")))?;
-        let reference = oci_client::Reference::with_tag(
-            self.host.clone(),
-            self.path_or_probe(),
-            "latest".into(),
-        );
-        let auth = match credentials {
-            Credentials::Anonymous => RegistryAuth::Anonymous,
-            Credentials::Basic { username, password } => {
-                RegistryAuth::Basic(username.clone(), password.clone())
-            }
-            Credentials::Token(t) => RegistryAuth::Bearer(t.clone()),
-        };
-        let op = match access {
-            Access::Pull => oci_client::RegistryOperation::Pull,
-            Access::Push => oci_client::RegistryOperation::Push,
-        };
-        match client.auth(&reference, &auth, op).await {
-            Ok(Some(token)) => Ok(Some(format!("Bearer {token}"))),
-            Ok(None) => Ok(match credentials {
-                Credentials::Basic { username, password } => {
-                    use base64::Engine;
-                    Some(format!(
-                        "Basic {}",
-                        base64::engine::general_purpose::STANDARD
-                            .encode(format!("{username}:{password}"))
-                    ))
-                }
-                Credentials::Token(t) => Some(format!("Bearer {t}")),
-                Credentials::Anonymous => None,
-            }),
-            Err(oci_client::errors::OciDistributionError::AuthenticationFailure(detail)) => {
-                Err(TransportError::Unauthorized {
-                    registry: self.host.clone(),
-                    detail: detail.chars().take(200).collect(),
-                })
-            }
-            Err(oci_client::errors::OciDistributionError::RequestError(e)) => {
-                Err(self.request_error(e, "GET /v2/"))
-            }
-            Err(e) => Err(TransportError::Protocol {
-                registry: self.host.clone(),
-                status: 0,
-                what: "auth".into(),
-                detail: e.to_string(),
-            }),
-        }
-    }
-
-    fn path_or_probe(&self) -> String {
-        if self.path.is_empty() {
-            "library/probe".into()
-        } else {
-            self.path.clone()
-        }
-    }
-
-    /// `GET /v2/` with our credentials: turns a wrong password into an error before any work.
-    async fn ping(&self, credentials: &Credentials) -> Result<()> {
+    /// `GET /v2/`, answering the registry's challenge: turns a wrong password into an error
+    /// before any work.
+    async fn ping(&self) -> Result<()> {
         let url = format!("{}/v2/", self.base);
         let response = self.send(Method::GET, &url, "GET /v2/", |r| r).await?;
         match response.status() {
             s if s.is_success() => Ok(()),
-            StatusCode::UNAUTHORIZED if matches!(credentials, Credentials::Anonymous) => {
+            StatusCode::UNAUTHORIZED if matches!(*self.credentials, Credentials::Anonymous) => {
                 Err(TransportError::AuthRequired {
                     registry: self.host.clone(),
                 })
             }
             StatusCode::UNAUTHORIZED => Err(TransportError::Unauthorized {
                 registry: self.host.clone(),
-                detail: "the registry rejected the user name or password".into(),
+                detail: "the registry rejected the credentials".into(),
             }),
             _ => Err(self.status_error(response, "GET /v2/").await),
+        }
+    }
+
+    /// Answers a 401's challenge: Basic credentials, or a token for every scope asked so far
+    /// plus the one the challenge names. `false` when there is nothing new to try.
+    async fn answer_challenge(&self, response: &Response) -> Result<bool> {
+        let Some(challenge) = response
+            .headers()
+            .get(header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_challenge)
+        else {
+            return Ok(false);
+        };
+        match challenge {
+            Challenge::Basic => {
+                let Credentials::Basic { username, password } = &*self.credentials else {
+                    return Ok(false);
+                };
+                let value = basic(username, password);
+                let mut auth = self.auth.lock().unwrap();
+                if auth.header.as_deref() == Some(value.as_str()) {
+                    return Ok(false);
+                }
+                auth.header = Some(value);
+                Ok(true)
+            }
+            Challenge::Bearer {
+                realm,
+                service,
+                scope,
+            } => {
+                let scopes = {
+                    let mut auth = self.auth.lock().unwrap();
+                    if let Some(scope) = scope.filter(|s| !auth.scopes.contains(s)) {
+                        auth.scopes.push(scope);
+                    }
+                    auth.scopes.clone()
+                };
+                tracing::debug!(%realm, ?scopes, "fetching a registry token");
+                let token = fetch_token(
+                    &self.http,
+                    &realm,
+                    service.as_deref(),
+                    &scopes,
+                    &self.credentials,
+                )
+                .await
+                .map_err(|failure| self.token_error(&realm, failure))?;
+                self.auth.lock().unwrap().header = Some(format!("Bearer {token}"));
+                Ok(true)
+            }
+        }
+    }
+
+    fn token_error(&self, realm: &str, failure: TokenFailure) -> TransportError {
+        if let Some(e) = failure.request {
+            return self.request_error(e, &format!("token request to {realm}"));
+        }
+        match failure.status {
+            401 | 403 if matches!(*self.credentials, Credentials::Anonymous) => {
+                TransportError::AuthRequired {
+                    registry: self.host.clone(),
+                }
+            }
+            401 | 403 => TransportError::Unauthorized {
+                registry: self.host.clone(),
+                detail: format!(
+                    "the token service {realm} answered {}: {}",
+                    failure.status, failure.detail
+                ),
+            },
+            status => TransportError::Protocol {
+                registry: self.host.clone(),
+                status,
+                what: format!("token request to {realm}"),
+                detail: failure.detail,
+            },
         }
     }
 
@@ -203,13 +240,14 @@ impl RegistryStore {
 
     fn request(&self, method: Method, url: &str) -> RequestBuilder {
         let mut r = self.http.request(method, url);
-        if let Some(value) = self.authorization.lock().unwrap().as_ref() {
+        if let Some(value) = self.auth.lock().unwrap().header.as_ref() {
             r = r.header(header::AUTHORIZATION, value);
         }
         r
     }
 
-    /// Sends an idempotent request, retrying transient failures with exponential backoff.
+    /// Sends an idempotent request, answering one auth challenge and retrying transient
+    /// failures with exponential backoff.
     async fn send(
         &self,
         method: Method,
@@ -219,9 +257,17 @@ impl RegistryStore {
     ) -> Result<Response> {
         let mut delay = Duration::from_millis(250);
         let mut attempt = 0;
+        let mut answered = false;
         loop {
             let result = customize(self.request(method.clone(), url)).send().await;
             let error = match result {
+                Ok(response) if response.status() == StatusCode::UNAUTHORIZED && !answered => {
+                    answered = true;
+                    if self.answer_challenge(&response).await? {
+                        continue;
+                    }
+                    return Ok(response);
+                }
                 Ok(response)
                     if response.status().is_server_error()
                         || response.status() == StatusCode::TOO_MANY_REQUESTS =>

@@ -33,6 +33,9 @@ pub enum RegistryKind {
     Tls,
     /// HTTPS as [`RegistryKind::Tls`] plus htpasswd (bcrypt) basic auth.
     TlsAuth,
+    /// HTTPS as [`RegistryKind::Tls`] that requires a client certificate signed by its own
+    /// client CA ([`TestRegistry::client_cert`]), no other auth.
+    MutualTls,
 }
 
 impl RegistryKind {
@@ -53,6 +56,7 @@ pub struct TestRegistry {
     ca: Option<PathBuf>,
     credentials: Option<(String, String)>,
     auth_file: Option<PathBuf>,
+    client_cert: Option<(PathBuf, PathBuf)>,
     port: u16,
     child: Option<Child>,
     // Declared last so it is removed after everything that points into it.
@@ -107,6 +111,14 @@ impl TestRegistry {
         } else {
             None
         };
+        let client_cert = if kind == RegistryKind::MutualTls {
+            let (client_ca, cert, key) = generate_client_cert(dir.path())?;
+            // With client CAs set, the registry's Go TLS requires and verifies a client cert.
+            http["tls"]["clientcas"] = serde_json::json!([client_ca]);
+            Some((cert, key))
+        } else {
+            None
+        };
 
         let credentials = if kind == RegistryKind::TlsAuth {
             let password = random_hex(12)?;
@@ -133,6 +145,7 @@ impl TestRegistry {
             ca,
             credentials,
             auth_file: None,
+            client_cert,
             port: 0,
             child: None,
             dir,
@@ -176,6 +189,14 @@ impl TestRegistry {
         self.credentials
             .as_ref()
             .map(|(user, password)| (user.as_str(), password.as_str()))
+    }
+
+    /// `(certificate, key)` PEM files of a client certificate the registry accepts
+    /// (`MutualTls` only).
+    pub fn client_cert(&self) -> Option<(&Path, &Path)> {
+        self.client_cert
+            .as_ref()
+            .map(|(cert, key)| (cert.as_path(), key.as_path()))
     }
 
     /// A docker `config.json` holding this registry's credentials (`TlsAuth` only).
@@ -429,6 +450,49 @@ fn generate_leaf_cert(dir: &Path) -> io::Result<(PathBuf, PathBuf)> {
     Ok((cert, key))
 }
 
+/// Writes a client CA and a client certificate it signed into `dir`; returns
+/// `(ca, cert, key)`.
+fn generate_client_cert(dir: &Path) -> io::Result<(PathBuf, PathBuf, PathBuf)> {
+    let ca = dir.join("client-ca.pem");
+    let ca_key = dir.join("client-ca-key.pem");
+    let cert = dir.join("client.pem");
+    let key = dir.join("client-key.pem");
+    run_tool(
+        Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec"])
+            .args(["-pkeyopt", "ec_paramgen_curve:prime256v1"])
+            .args(["-nodes", "-days", "2", "-subj", "/CN=wsr-test-client-ca"])
+            .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+            .args(["-addext", "keyUsage=critical,keyCertSign"])
+            .arg("-keyout")
+            .arg(&ca_key)
+            .arg("-out")
+            .arg(&ca),
+        "openssl",
+        "openssl",
+    )?;
+    run_tool(
+        Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec"])
+            .args(["-pkeyopt", "ec_paramgen_curve:prime256v1"])
+            .args(["-nodes", "-days", "2", "-subj", "/CN=wsr-test-client"])
+            .arg("-CA")
+            .arg(&ca)
+            .arg("-CAkey")
+            .arg(&ca_key)
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .args(["-addext", "keyUsage=critical,digitalSignature"])
+            .args(["-addext", "extendedKeyUsage=clientAuth"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+        "openssl",
+        "openssl",
+    )?;
+    Ok((ca, cert, key))
+}
+
 /// bcrypt (`-B`) is required: the registry rejects apr1/MD5 entries with a plain 401.
 fn write_htpasswd(path: &Path, user: &str, password: &str) -> io::Result<()> {
     let line = run_tool(
@@ -609,6 +673,27 @@ mod tests {
             .decode(encoded)
             .unwrap();
         assert_eq!(decoded, good.as_bytes());
+    }
+
+    #[test]
+    fn mutual_tls_requires_the_client_certificate() {
+        let registry = TestRegistry::start(RegistryKind::MutualTls).unwrap();
+        let ca = registry.ca_file().unwrap().display().to_string();
+        let (cert, key) = registry.client_cert().unwrap();
+        let (cert, key) = (cert.display().to_string(), key.display().to_string());
+        let with = [
+            "--cacert",
+            &ca,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            &v2(&registry),
+        ];
+        assert_eq!(curl(&registry, &with).0, 200);
+        // Without a client certificate the handshake fails: no HTTP status at all.
+        assert_eq!(curl(&registry, &["--cacert", &ca, &v2(&registry)]).0, 0);
+        assert!(registry.credentials().is_none());
     }
 
     #[test]

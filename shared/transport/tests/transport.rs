@@ -136,7 +136,7 @@ fn connect(registry: &TestRegistry) -> ConnectOptions {
         plain_http: registry.kind() == RegistryKind::Plain,
         ca_file: registry.ca_file().map(Into::into),
         auth_file: registry.auth_file().map(Into::into),
-        insecure: false,
+        ..Default::default()
     }
 }
 

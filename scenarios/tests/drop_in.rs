@@ -1,0 +1,289 @@
+//! Drop-in fidelity: what upstream's `workspace-recovery.sh` accepts, wsr accepts too. The
+//! binaries run as the recovery image runs them (`wsr-backup --dwo-env`, `wsr-restore init`,
+//! upstream's environment) against real registries, and the Go `oras` CLI, upstream's client,
+//! gets the same `ORAS_EXTRA_ARGS` against the same registry: each pulls what the other pushed.
+
+mod common;
+
+use common::*;
+use scenarios::oras;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use wsr_transport::testing::{RegistryKind, TestRegistry};
+
+/// Runs the binaries and the oras CLI with a clean environment of upstream's variables.
+struct DropIn {
+    bin: PathBuf,
+    oras: PathBuf,
+    work: Dir,
+}
+
+impl DropIn {
+    fn new() -> DropIn {
+        let work = sample(false);
+        std::fs::create_dir(work.path().join("home")).unwrap();
+        DropIn {
+            bin: scenarios::podman::test_build_binaries(),
+            oras: oras::cli().unwrap_or_else(|why| panic!("{why}")),
+            work,
+        }
+    }
+
+    fn src(&self) -> PathBuf {
+        self.work.path().join("projects")
+    }
+
+    /// A command with no credentials from the developer's home.
+    fn command(&self, program: &Path) -> Command {
+        let mut c = Command::new(program);
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.work.path().join("home"))
+            .env("WSR_LOG", "info");
+        c
+    }
+
+    /// `/workspace-recovery.sh --backup` as DWO's Job runs it, to `<registry>/ns/<name>:latest`.
+    fn backup(&self, registry: &str, name: &str, extra: &str, auth: Option<&Path>) -> Output {
+        let mut c = self.command(&self.bin.join("wsr-backup"));
+        c.arg("--dwo-env")
+            .env("BACKUP_SOURCE_PATH", self.src())
+            .env("DEVWORKSPACE_BACKUP_REGISTRY", registry)
+            .env("DEVWORKSPACE_NAMESPACE", "ns")
+            .env("DEVWORKSPACE_NAME", name)
+            .env("ORAS_EXTRA_ARGS", extra);
+        if let Some(auth) = auth {
+            c.env("REGISTRY_AUTH_FILE", auth);
+        }
+        c.output().unwrap()
+    }
+
+    /// `/workspace-recovery.sh --restore` as DWO's init container runs it, into a new directory.
+    fn restore(&self, image: &str, into: &str, extra: &str, auth: Option<&Path>) -> Output {
+        let projects = self.work.path().join(into);
+        std::fs::create_dir(&projects).unwrap();
+        let mut c = self.command(&self.bin.join("wsr-restore"));
+        c.arg("init")
+            .env("BACKUP_IMAGE", image)
+            .env("PROJECTS_ROOT", &projects)
+            .env("ORAS_EXTRA_ARGS", extra);
+        if let Some(auth) = auth {
+            c.env("REGISTRY_AUTH_FILE", auth);
+        }
+        c.output().unwrap()
+    }
+
+    /// Upstream's backup: `tar -czf` of the source, then `oras push … <ORAS_EXTRA_ARGS…>`.
+    fn oras_push(&self, image: &str, name: &str, extra: &[&str]) -> Output {
+        let dir = self.work.path().join(format!("push-{name}"));
+        std::fs::create_dir(&dir).unwrap();
+        let tar = Command::new("tar")
+            .args(["-czf", oras::ARCHIVE_NAME, "-C"])
+            .arg(self.src())
+            .arg(".")
+            .current_dir(&dir)
+            .status()
+            .unwrap();
+        assert!(tar.success());
+        self.command(&self.oras)
+            .args(oras::push_args(image, name, "ns", extra))
+            .current_dir(&dir)
+            .output()
+            .unwrap()
+    }
+
+    /// Upstream's restore: `oras pull … <ORAS_EXTRA_ARGS…>`, then `tar -xzf` into `into`.
+    fn oras_pull(&self, image: &str, into: &str, extra: &[&str]) -> Output {
+        let pulled = self.work.path().join(format!("{into}-pulled"));
+        let out = self
+            .command(&self.oras)
+            .args(oras::pull_args(image, &pulled, extra))
+            .output()
+            .unwrap();
+        if out.status.success() {
+            let extracted = self.work.path().join(into);
+            std::fs::create_dir(&extracted).unwrap();
+            let tar = Command::new("tar")
+                .arg("-xzf")
+                .arg(pulled.join(oras::ARCHIVE_NAME))
+                .arg("-C")
+                .arg(&extracted)
+                .status()
+                .unwrap();
+            assert!(tar.success());
+        }
+        out
+    }
+
+    fn restored(&self, into: &str) -> PathBuf {
+        self.work.path().join(into)
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\n{}\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[track_caller]
+fn ok(out: Output) -> Output {
+    assert!(out.status.success(), "{}", text(&out));
+    out
+}
+
+#[track_caller]
+fn fails(out: Output, code: i32, says: &str) -> Output {
+    assert_eq!(out.status.code(), Some(code), "{}", text(&out));
+    assert!(
+        text(&out).contains(says),
+        "expected {says:?} in {}",
+        text(&out)
+    );
+    out
+}
+
+/// Both clients with the same arguments, both directions: wsr pushes and oras pulls, oras
+/// pushes and wsr restores.
+fn both_ways(t: &DropIn, registry: &str, case: &str, extra: &[&str], auth: Option<&Path>) {
+    let joined = extra.join(" ");
+    let by_wsr = format!("{registry}/ns/{case}-wsr:latest");
+    ok(t.backup(registry, &format!("{case}-wsr"), &joined, auth));
+    let mut oras_extra = extra.to_vec();
+    let config;
+    if let Some(auth) = auth {
+        config = auth.display().to_string();
+        oras_extra.extend(["--registry-config", &config]);
+    }
+    ok(t.oras_pull(&by_wsr, &format!("{case}-oras-pulled"), &oras_extra));
+    assert_same_tree(&t.src(), &t.restored(&format!("{case}-oras-pulled")));
+
+    let by_oras = format!("{registry}/ns/{case}-oras:latest");
+    ok(t.oras_push(&by_oras, &format!("{case}-oras"), &oras_extra));
+    ok(t.restore(&by_oras, &format!("{case}-wsr-restored"), &joined, auth));
+    assert_same_tree(&t.src(), &t.restored(&format!("{case}-wsr-restored")));
+}
+
+#[test]
+fn mutual_tls_client_certificates_from_oras_extra_args() {
+    let t = DropIn::new();
+    let registry = TestRegistry::start(RegistryKind::MutualTls).unwrap();
+    let ca = registry.ca_file().unwrap().display().to_string();
+    let (cert, key) = registry.client_cert().unwrap();
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let host = registry.host();
+    let args = ["--ca-file", &ca, "--cert-file", &cert, "--key-file", &key];
+    both_ways(&t, &host, "mtls", &args, None);
+
+    // Without the client certificate the registry refuses both clients.
+    let without = format!("--ca-file {ca}");
+    fails(t.backup(&host, "no-cert", &without, None), 4, "TLS");
+    let image = format!("{host}/ns/no-cert:latest");
+    assert!(
+        !t.oras_push(&image, "no-cert", &["--ca-file", &ca])
+            .status
+            .success()
+    );
+    // Half a pair is refused before any network access.
+    let half = format!("--ca-file {ca} --cert-file {cert}");
+    fails(t.backup(&host, "half", &half, None), 2, "--key-file");
+}
+
+#[test]
+fn credentials_and_registry_config_from_oras_extra_args() {
+    let t = DropIn::new();
+    let registry = TestRegistry::start(RegistryKind::TlsAuth).unwrap();
+    let host = registry.host();
+    let ca = registry.ca_file().unwrap().display().to_string();
+    let (user, password) = registry.credentials().unwrap();
+    both_ways(
+        &t,
+        &host,
+        "userpass",
+        &["--ca-file", &ca, "-u", user, "--password", password],
+        None,
+    );
+    both_ways(
+        &t,
+        &host,
+        "config",
+        &["--insecure=true"],
+        registry.auth_file(),
+    );
+
+    // A quoted path with a space: upstream's bash would split it, wsr keeps it whole.
+    let spaced = t.work.path().join("auth dir");
+    std::fs::create_dir(&spaced).unwrap();
+    std::fs::copy(registry.auth_file().unwrap(), spaced.join("config.json")).unwrap();
+    let quoted = format!(
+        "--ca-file {ca} --registry-config '{}'",
+        spaced.join("config.json").display()
+    );
+    ok(t.backup(&host, "quoted", &quoted, None));
+
+    let wrong = format!("--ca-file {ca} -u {user} -p wrong-password");
+    let out = fails(
+        t.backup(&host, "wrong", &wrong, None),
+        5,
+        "authentication failed",
+    );
+    assert!(!text(&out).contains(password));
+}
+
+#[test]
+fn resolve_and_harmless_flags_from_oras_extra_args() {
+    let t = DropIn::new();
+    let registry = TestRegistry::start(RegistryKind::Plain).unwrap();
+    let port = registry.host().rsplit(':').next().unwrap().to_owned();
+    // A name no DNS knows: only --resolve makes it reachable.
+    let host = format!("wsr-resolve.invalid:{port}");
+    let rule = format!("{host}:127.0.0.1");
+    let args = [
+        "--plain-http",
+        "--resolve",
+        &rule,
+        "--concurrency",
+        "2",
+        "--no-tty",
+    ];
+    both_ways(&t, &host, "resolve", &args, None);
+    let out = ok(t.backup(&host, "logged", &args.join(" "), None));
+    assert!(
+        text(&out).contains("accepted without effect: --concurrency --no-tty"),
+        "{}",
+        text(&out)
+    );
+    // Without the rule the name does not resolve.
+    fails(
+        t.backup(&host, "unresolved", "--plain-http", None),
+        4,
+        "cannot connect",
+    );
+}
+
+#[test]
+fn flags_that_cannot_work_are_refused_by_name_before_any_network_access() {
+    let t = DropIn::new();
+    // Nothing listens on port 1: a refusal must come before any connection attempt.
+    let host = "127.0.0.1:1";
+    for (i, (extra, says)) in [
+        ("--oci-layout", "--oci-layout is not supported"),
+        (
+            "--artifact-type application/x",
+            "--artifact-type is not supported",
+        ),
+        ("--password-stdin", "a Job has no stdin"),
+        ("--frobnicate", "unknown oras flag \"--frobnicate\""),
+        ("--plain-http extra.tar.gz", "is not a flag"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        fails(t.backup(host, "refused", extra, None), 2, says);
+        let image = format!("{host}/ns/refused:latest");
+        fails(t.restore(&image, &format!("r{i}"), extra, None), 2, says);
+    }
+}
