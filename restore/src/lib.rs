@@ -9,6 +9,7 @@
 //! It must not write to registries, decide what gets backed up, talk to Kubernetes, or print.
 
 pub mod drill;
+pub mod init;
 mod open;
 mod pipeline;
 mod reports;
@@ -23,8 +24,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
+use wsr_format::artifact::ArtifactError;
+use wsr_format::native::ConfigError;
 use wsr_format::reference::Reference;
-use wsr_format::unpack::{DeferredDir, EntryCallback, UnpackError, UnpackOptions, Unpacker};
+use wsr_format::unpack::{
+    DeferredDir, EntryCallback, SelectionError, UnpackError, UnpackOptions, Unpacker,
+};
 use wsr_transport::{Access, ConnectOptions, Store, TransportError};
 
 /// Everything a restore needs.
@@ -105,13 +110,29 @@ pub enum RestoreError {
     Transport(#[from] TransportError),
     #[error(transparent)]
     Unpack(#[from] UnpackError),
+    /// The artifact is not a backup this wsr reads (not a workspace backup, or a newer format).
+    #[error(transparent)]
+    Unsupported(#[from] ArtifactError),
+    /// The native config cannot be used (a newer major format version, or not valid JSON).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The backup contradicts itself or its descriptors (sizes, digests, counts, the file
+    /// index); the message says where. Callers treat every such case alike.
     #[error("{0}")]
     Corrupt(String),
-    #[error("{0}")]
-    Invalid(String),
-    /// The caller's arguments cannot work (e.g. `--paths` outside the backup).
-    #[error("{0}")]
-    Usage(String),
+    /// Leftover restore state in the target that passed its identity check but whose marker is
+    /// unusable (unreadable, not this user's, another restore's).
+    #[error("{path}: {problem}")]
+    Marker { path: PathBuf, problem: String },
+    /// A `--paths` entry that is not a relative path below the root.
+    #[error(transparent)]
+    Paths(#[from] SelectionError),
+    /// A `--paths` entry that names nothing in the backup.
+    #[error("--paths {path:?} matches nothing in the backup")]
+    Unmatched { path: String },
+    /// The target has no directory name (e.g. `/`), so its content cannot be moved aside.
+    #[error("{path} has no directory name; restore into a named directory")]
+    TargetName { path: PathBuf },
 }
 
 /// Restores `options.from` into `options.to`.
@@ -123,7 +144,7 @@ pub async fn restore(
     let target = options.to.as_path();
     // Arguments first: nothing is touched for a restore that cannot run.
     let selection = match &options.paths {
-        Some(p) => Some(wsr_format::unpack::normalize_selection(p).map_err(RestoreError::Usage)?),
+        Some(p) => Some(wsr_format::unpack::normalize_selection(p)?),
         None => None,
     };
     // An interrupted restore whose tree was already complete and verified: finish it.

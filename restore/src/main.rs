@@ -16,8 +16,9 @@ use wsr_cli::{
     transport_exit_code, write_termination_log,
 };
 use wsr_format::reference::{Reference, Target, parse_registry_path, workspace_reference};
-use wsr_restore::{Progress, RestoreError, RestoreOptions};
-use wsr_transport::{ConnectOptions, apply_oras_extra_args};
+use wsr_restore::init::{InitError, InitOutcome};
+use wsr_restore::{Progress, RestoreError, RestoreOptions, RestoreReport};
+use wsr_transport::ConnectOptions;
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -371,7 +372,10 @@ fn do_restore(options: &RestoreOptions, progress_mode: ProgressMode) -> anyhow::
     let reporter = spawn_progress(progress.clone(), progress_mode);
     let result = runtime()?.block_on(wsr_restore::restore(options, progress));
     reporter.finish();
-    let report = result?;
+    restored(&result?)
+}
+
+fn restored(report: &RestoreReport) -> anyhow::Result<Output> {
     let mut text = format!(
         "restored {} ({} format) into {}: {} files, {} dirs, {} symlinks, {} hard links, {} in {:.1}s (downloaded {})",
         report.reference,
@@ -391,70 +395,44 @@ fn do_restore(options: &RestoreOptions, progress_mode: ProgressMode) -> anyhow::
     for s in &report.skipped {
         text.push_str(&format!("\nskipped: {s}"));
     }
-    Ok(Output::Json(serde_json::to_value(&report)?, text))
+    Ok(Output::Json(serde_json::to_value(report)?, text))
 }
 
-/// The init container: checks the target first, without any network access.
-fn init(mut connect: ConnectOptions, progress: ProgressMode) -> anyhow::Result<Output> {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let root = PathBuf::from(
-        var("PROJECTS_ROOT")
-            .ok_or_else(|| UsageError("PROJECTS_ROOT is required in init mode".into()))?,
-    );
-    let existing = wsr_restore::target::user_entries(&root)?;
-    if !existing.is_empty() && wsr_restore::target::completed_staging(&root)?.is_none() {
-        let text = format!(
-            "PROJECTS_ROOT '{}' is not empty ({} entries); skipping restore",
-            root.display(),
-            existing.len()
-        );
-        tracing::info!("{text}");
-        return Ok(Output::Json(
-            serde_json::json!({ "skipped": true, "reason": "target not empty", "target": root }),
-            text,
-        ));
-    }
-    let image = var("BACKUP_IMAGE")
-        .ok_or_else(|| UsageError("BACKUP_IMAGE is required in init mode".into()))?;
-    if let Some(file) = var("REGISTRY_AUTH_FILE") {
-        connect.auth_file = Some(file.into());
-    }
-    if let Some(extra) = var("ORAS_EXTRA_ARGS") {
-        let ignored = apply_oras_extra_args(&mut connect, &extra)?;
-        if !ignored.is_empty() {
-            tracing::info!(
-                "ORAS_EXTRA_ARGS: accepted without effect: {}",
-                ignored.join(" ")
+/// The init container (`wsr_restore::init` holds the contract).
+fn init(connect: ConnectOptions, mode: ProgressMode) -> anyhow::Result<Output> {
+    let progress = Arc::new(Progress::default());
+    let reporter = spawn_progress(progress.clone(), mode);
+    let lookup = |name: &str| std::env::var(name).ok();
+    let outcome = runtime()?.block_on(wsr_restore::init::init(&lookup, connect, progress));
+    reporter.finish();
+    match outcome? {
+        InitOutcome::NotEmpty { target, entries } => {
+            let text = format!(
+                "PROJECTS_ROOT '{}' is not empty ({entries} entries); skipping restore",
+                target.display()
             );
-        }
-    }
-    let options = RestoreOptions {
-        from: image.parse()?,
-        to: root.clone(),
-        paths: None,
-        force: false,
-        max_size: None,
-        parallel: 4,
-        connect,
-    };
-    match do_restore(&options, progress) {
-        Ok(out) => Ok(out),
-        Err(e) if var("WSR_RESTORE_OPTIONAL").as_deref() == Some("true") => {
-            tracing::warn!(
-                "RESTORE FAILED; starting with an empty {} because WSR_RESTORE_OPTIONAL=true: {e:#}",
-                root.display()
-            );
+            tracing::info!("{text}");
             Ok(Output::Json(
-                serde_json::json!({ "skipped": true, "reason": format!("{e:#}"), "target": root }),
-                format!("WARNING: restore failed, workspace starts empty: {e:#}"),
+                serde_json::json!({ "skipped": true, "reason": "target not empty", "target": target }),
+                text,
             ))
         }
-        Err(e) => Err(e),
+        InitOutcome::Restored(report) => restored(&report),
+        InitOutcome::FailedOptional { target, error } => {
+            let error = anyhow::Error::from(error);
+            tracing::warn!(
+                "RESTORE FAILED; starting with an empty {} because WSR_RESTORE_OPTIONAL=true: {error:#}",
+                target.display()
+            );
+            Ok(Output::Json(
+                serde_json::json!({ "skipped": true, "reason": format!("{error:#}"), "target": target }),
+                format!("WARNING: restore failed, workspace starts empty: {error:#}"),
+            ))
+        }
     }
 }
 
 fn exit_code(e: &anyhow::Error) -> i32 {
-    use wsr_format::unpack::UnpackError;
     if is_usage_error(e.as_ref()) {
         return 2;
     }
@@ -469,26 +447,44 @@ fn exit_code(e: &anyhow::Error) -> i32 {
     if e.downcast_ref::<in_cluster::Refused>().is_some() {
         return 3;
     }
-    match e.downcast_ref::<RestoreError>() {
-        Some(RestoreError::Usage(_)) => 2,
-        Some(RestoreError::Invalid(_)) => 6,
-        Some(
-            RestoreError::NotEmpty { .. }
-            | RestoreError::Target { .. }
-            | RestoreError::MoveAside { .. }
-            | RestoreError::NoSpace { .. },
-        ) => 3,
-        Some(RestoreError::Transport(t)) => transport_exit_code(t),
+    match (
+        e.downcast_ref::<RestoreError>(),
+        e.downcast_ref::<InitError>(),
+    ) {
+        (Some(e), _) | (None, Some(InitError::Restore(e))) => restore_exit_code(e),
+        (None, Some(InitError::Env(_))) => 2,
+        (None, None) => 1,
+    }
+}
+
+/// The documented exit code (see `EXIT_CODES`) for a restore engine error.
+fn restore_exit_code(e: &RestoreError) -> i32 {
+    use wsr_format::unpack::UnpackError;
+    match e {
+        RestoreError::Paths(_)
+        | RestoreError::Unmatched { .. }
+        | RestoreError::TargetName { .. } => 2,
+        RestoreError::NotEmpty { .. }
+        | RestoreError::Target { .. }
+        | RestoreError::MoveAside { .. }
+        | RestoreError::NoSpace { .. }
+        | RestoreError::Marker { .. } => 3,
+        RestoreError::Transport(t) => transport_exit_code(t),
         // A name the target cannot hold is the archive's problem, not the target's.
-        Some(RestoreError::Unpack(UnpackError::Io { source, .. }))
+        RestoreError::Unpack(UnpackError::Io { source, .. })
             if source.raw_os_error() == Some(libc::ENAMETOOLONG) =>
         {
             6
         }
-        Some(RestoreError::Unpack(UnpackError::Io { .. } | UnpackError::TooLarge { .. })) => 3,
-        Some(RestoreError::Unpack(UnpackError::TooManyEntries { .. })) => 3,
-        Some(RestoreError::Unpack(_) | RestoreError::Corrupt(_)) => 6,
-        None => 1,
+        RestoreError::Unpack(
+            UnpackError::Io { .. }
+            | UnpackError::TooLarge { .. }
+            | UnpackError::TooManyEntries { .. },
+        ) => 3,
+        RestoreError::Unpack(_)
+        | RestoreError::Unsupported(_)
+        | RestoreError::Config(_)
+        | RestoreError::Corrupt(_) => 6,
     }
 }
 

@@ -47,8 +47,7 @@ pub async fn open_artifact(store: &Store, target: &Target) -> Result<Opened, Res
             "manifest {digest} is not a valid OCI manifest: {e}"
         ))
     })?;
-    let artifact =
-        artifact::classify(&manifest).map_err(|e| RestoreError::Invalid(e.to_string()))?;
+    let artifact = artifact::classify(&manifest)?;
     let (config, index) = match &artifact {
         Artifact::Native {
             config,
@@ -81,8 +80,7 @@ async fn load_native(
     indexes: &[Descriptor],
 ) -> Result<(BackupConfig, (Vec<IndexEntry>, Vec<usize>)), RestoreError> {
     let config_bytes = fetch_document(store, config, native::MAX_CONFIG_BYTES).await?;
-    let config = BackupConfig::from_bytes(&config_bytes)
-        .map_err(|e| RestoreError::Invalid(e.to_string()))?;
+    let config = BackupConfig::from_bytes(&config_bytes)?;
     drop(config_bytes);
     let consistent = config.layers.len() == layers.len()
         && config

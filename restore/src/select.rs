@@ -78,8 +78,7 @@ pub(crate) fn check_selection_in_index(
 }
 
 pub(crate) fn unmatched(path: &[u8]) -> RestoreError {
-    RestoreError::Usage(format!(
-        "--paths {:?} matches nothing in the backup",
-        String::from_utf8_lossy(path)
-    ))
+    RestoreError::Unmatched {
+        path: String::from_utf8_lossy(path).into_owned(),
+    }
 }

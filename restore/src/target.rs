@@ -173,8 +173,8 @@ pub fn completed_staging(target: &Path) -> Result<Option<Staging>, RestoreError>
 /// filesystem and writable, and otherwise (a mount point, a read-only parent) to
 /// `<target>/.wsr-aside-<time>`, which a rename can always reach. Returns where it went.
 pub fn move_aside(target: &Path, entries: &[PathBuf]) -> Result<PathBuf, RestoreError> {
-    let name = target.file_name().ok_or_else(|| {
-        RestoreError::Usage(format!("{} has no directory name", target.display()))
+    let name = target.file_name().ok_or_else(|| RestoreError::TargetName {
+        path: target.to_owned(),
     })?;
     let stamp = chrono::Utc::now()
         .format("%Y%m%dT%H%M%S%.3fZ")
@@ -350,19 +350,20 @@ pub fn commit(
 /// The report and deferred directory modes stored in a completed staging directory's marker.
 pub fn read_marker(staging: &Staging) -> Result<(RestoreReport, Vec<DeferredDir>), RestoreError> {
     let marker = staging.dir.join(COMPLETE);
-    let bytes = read_own_file(&marker, MAX_MARKER_BYTES).ok_or_else(|| {
-        RestoreError::Corrupt(format!(
-            "{}: not a completion marker of this user",
-            marker.display()
-        ))
+    let bytes = read_own_file(&marker, MAX_MARKER_BYTES).ok_or_else(|| RestoreError::Marker {
+        path: marker.clone(),
+        problem: "not a completion marker of this user".into(),
     })?;
-    let completed: Completed = serde_json::from_slice(&bytes)
-        .map_err(|e| RestoreError::Corrupt(format!("{}: {e}", marker.display())))?;
+    let completed: Completed =
+        serde_json::from_slice(&bytes).map_err(|e| RestoreError::Marker {
+            path: marker.clone(),
+            problem: e.to_string(),
+        })?;
     if completed.token != staging.token {
-        return Err(RestoreError::Corrupt(format!(
-            "{}: marker of another restore",
-            marker.display()
-        )));
+        return Err(RestoreError::Marker {
+            path: marker,
+            problem: "marker of another restore".into(),
+        });
     }
     Ok((completed.report, completed.deferred_dirs))
 }

@@ -98,12 +98,15 @@ pub fn status_of(error: &RestoreError) -> Status {
             | wsr_format::unpack::UnpackError::TooManyEntries { .. },
         ) => Status::Unreadable,
         RestoreError::Unpack(_) => Status::Corrupt,
-        RestoreError::Invalid(_)
-        | RestoreError::Usage(_)
+        RestoreError::Unsupported(_) | RestoreError::Config(_) => Status::Unreadable,
+        RestoreError::Paths(_)
+        | RestoreError::Unmatched { .. }
+        | RestoreError::TargetName { .. }
         | RestoreError::NotEmpty { .. }
         | RestoreError::Target { .. }
         | RestoreError::MoveAside { .. }
-        | RestoreError::NoSpace { .. } => Status::Unreadable,
+        | RestoreError::NoSpace { .. }
+        | RestoreError::Marker { .. } => Status::Unreadable,
     }
 }
 
@@ -399,7 +402,9 @@ mod tests {
             Status::Corrupt
         );
         assert_eq!(
-            status_of(&RestoreError::Invalid("x".into())),
+            status_of(&RestoreError::Unsupported(
+                wsr_format::artifact::ArtifactError::Unrecognised("x".into())
+            )),
             Status::Unreadable
         );
     }

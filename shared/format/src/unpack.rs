@@ -965,17 +965,29 @@ fn set_symlink_mtime(path: &Path, mtime: i64) -> io::Result<()> {
 }
 
 /// Normalises user-given `--paths` selections with the same rules as archive paths.
-pub fn normalize_selection(paths: &[String]) -> Result<Vec<Vec<u8>>, String> {
+pub fn normalize_selection(paths: &[String]) -> Result<Vec<Vec<u8>>, SelectionError> {
     paths
         .iter()
         .map(|p| match normalize(p.as_bytes()) {
             Ok(Some(n)) => Ok(n),
-            Ok(None) => Err(format!(
-                "--paths {p:?} names the root; omit --paths to restore everything"
-            )),
-            Err(reason) => Err(format!("--paths {p:?}: {reason}")),
+            Ok(None) => Err(SelectionError::Root { path: p.clone() }),
+            Err(reason) => Err(SelectionError::Unsafe {
+                path: p.clone(),
+                reason,
+            }),
         })
         .collect()
+}
+
+/// Why a `--paths` entry cannot select part of a backup.
+#[derive(Debug, thiserror::Error)]
+pub enum SelectionError {
+    /// The entry names the archive root itself.
+    #[error("--paths {path:?} names the root; omit --paths to restore everything")]
+    Root { path: String },
+    /// The entry is not a relative path below the root (absolute, `..`, NUL, too long).
+    #[error("--paths {path:?}: {reason}")]
+    Unsafe { path: String, reason: String },
 }
 
 #[cfg(test)]
