@@ -6,8 +6,10 @@
 //! whatever the size of the layer.
 
 use crate::BackupError;
-use crate::walk::{SourceEntry, full_path};
+use crate::walk::{MIN_HOLES, SourceEntry, full_path};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use wsr_format::codec::{EntryHeader, EntryKind, TarWriter, gzip_encoder, zstd_encoder};
 use wsr_format::digest::{Digest, Hasher, HashingWriter};
@@ -103,18 +105,36 @@ fn write_tar<W: Write>(
                     source,
                 },
             })?;
-            let mut reader = FileReader {
-                file,
-                hasher: Hasher::new(),
-                remaining: e.size,
-                changed: false,
+            let runs = if e.sparse {
+                data_runs(&file, e.size).map_err(|source| BackupError::Source {
+                    path: path.clone(),
+                    source,
+                })?
+            } else {
+                None
             };
-            let appended = tar.append(&header, &mut reader);
-            if reader.changed || (appended.is_ok() && reader.remaining != 0) {
-                return Err(BackupError::Changed { path });
+            if let Some(runs) = runs {
+                let mut reader = SparseReader::new(file, runs, e.size);
+                let appended = tar.append_sparse(&header, &reader.runs.clone(), &mut reader);
+                if reader.changed || (appended.is_ok() && !reader.done()) {
+                    return Err(BackupError::Changed { path });
+                }
+                appended.map_err(BackupError::Archive)?;
+                Some(reader.finish())
+            } else {
+                let mut reader = FileReader {
+                    file,
+                    hasher: Hasher::new(),
+                    remaining: e.size,
+                    changed: false,
+                };
+                let appended = tar.append(&header, &mut reader);
+                if reader.changed || (appended.is_ok() && reader.remaining != 0) {
+                    return Err(BackupError::Changed { path });
+                }
+                appended.map_err(BackupError::Archive)?;
+                Some(reader.hasher.finish().0)
             }
-            appended.map_err(BackupError::Archive)?;
-            Some(reader.hasher.finish().0)
         } else {
             tar.append(&header, io::empty())
                 .map_err(BackupError::Archive)?;
@@ -159,5 +179,159 @@ impl Read for FileReader {
         self.hasher.update(&out[..n]);
         self.remaining -= n as u64;
         Ok(n)
+    }
+}
+
+/// Most data runs a sparse entry may list; a file with more is stored whole (FORMAT.md §3.2).
+const MAX_RUNS: usize = 16384;
+
+/// The data runs (offset, length) of a file of `size` bytes, found with `SEEK_DATA` and
+/// `SEEK_HOLE`, or `None` when it should be stored whole: its holes add up to less than
+/// [`MIN_HOLES`], it has more than [`MAX_RUNS`] runs, or the filesystem cannot tell.
+fn data_runs(file: &std::fs::File, size: u64) -> io::Result<Option<Vec<(u64, u64)>>> {
+    let fd = file.as_raw_fd();
+    let seek = |offset: u64, whence| -> io::Result<Option<u64>> {
+        let offset = libc::off_t::try_from(offset).map_err(io::Error::other)?;
+        // SAFETY: lseek on a descriptor we own; it only moves the file offset.
+        match unsafe { libc::lseek(fd, offset, whence) } {
+            -1 => match io::Error::last_os_error() {
+                // ENXIO: no data at or after `offset`.
+                e if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
+                e => Err(e),
+            },
+            at => Ok(Some(at as u64)),
+        }
+    };
+    let mut runs = Vec::new();
+    let mut pos = 0;
+    while pos < size {
+        let Some(start) = seek(pos, libc::SEEK_DATA)? else {
+            break;
+        };
+        if start >= size {
+            break;
+        }
+        let end = seek(start, libc::SEEK_HOLE)?.unwrap_or(size).min(size);
+        runs.push((start, end - start));
+        if runs.len() > MAX_RUNS {
+            return Ok(None);
+        }
+        pos = end;
+    }
+    // Reads use positioned I/O; the offset lseek moved is not used again.
+    let data: u64 = runs.iter().map(|(_, len)| len).sum();
+    Ok((size - data >= MIN_HOLES).then_some(runs))
+}
+
+/// Reads a sparse file's data runs back to back (what a sparse entry stores), hashing the
+/// file's whole content on the way: zeros for the holes, so the index digest is the same as
+/// for a file stored whole. A file that shrank sets `changed`.
+struct SparseReader {
+    file: std::fs::File,
+    runs: Vec<(u64, u64)>,
+    /// The run being read, and how far into it.
+    run: usize,
+    done_in_run: u64,
+    /// How much of the whole content has been hashed.
+    hashed: u64,
+    size: u64,
+    hasher: Hasher,
+    changed: bool,
+}
+
+impl SparseReader {
+    fn new(file: std::fs::File, runs: Vec<(u64, u64)>, size: u64) -> SparseReader {
+        SparseReader {
+            file,
+            runs,
+            run: 0,
+            done_in_run: 0,
+            hashed: 0,
+            size,
+            hasher: Hasher::new(),
+            changed: false,
+        }
+    }
+
+    /// Whether every run was read to its end.
+    fn done(&self) -> bool {
+        match self.runs.get(self.run) {
+            None => true,
+            Some(&(_, len)) => self.run + 1 == self.runs.len() && self.done_in_run == len,
+        }
+    }
+
+    fn hash_zeros_to(&mut self, end: u64) {
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        while self.hashed < end {
+            let n = (end - self.hashed).min(ZEROS.len() as u64) as usize;
+            self.hasher.update(&ZEROS[..n]);
+            self.hashed += n as u64;
+        }
+    }
+
+    /// The digest of the whole content, trailing hole included.
+    fn finish(mut self) -> Digest {
+        self.hash_zeros_to(self.size);
+        self.hasher.finish().0
+    }
+}
+
+impl Read for SparseReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while let Some(&(offset, len)) = self.runs.get(self.run) {
+            if self.done_in_run < len {
+                self.hash_zeros_to(offset);
+                let at = offset + self.done_in_run;
+                let want = out
+                    .len()
+                    .min(usize::try_from(len - self.done_in_run).unwrap_or(usize::MAX));
+                let n = self.file.read_at(&mut out[..want], at)?;
+                if n == 0 {
+                    self.changed = true;
+                    return Err(io::Error::other("file shrank while being read"));
+                }
+                self.hasher.update(&out[..n]);
+                self.hashed += n as u64;
+                self.done_in_run += n as u64;
+                return Ok(n);
+            }
+            self.run += 1;
+            self.done_in_run = 0;
+        }
+        Ok(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holes_are_found_and_the_digest_covers_the_whole_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.img");
+        let size = 64u64 << 20;
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(size).unwrap();
+        file.write_all_at(&[7u8; 4096], 1 << 20).unwrap();
+        file.write_all_at(&[9u8; 4096], size - 4096).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let runs = data_runs(&file, size).unwrap().expect("holes found");
+        let data: u64 = runs.iter().map(|r| r.1).sum();
+        assert!((8192..1 << 20).contains(&data), "{runs:?}");
+
+        let mut reader = SparseReader::new(file, runs, size);
+        let mut stored = Vec::new();
+        reader.read_to_end(&mut stored).unwrap();
+        assert_eq!(stored.len() as u64, data);
+        assert!(reader.done());
+        assert_eq!(reader.finish(), Digest::of(&std::fs::read(&path).unwrap()));
+
+        // A file without enough holes is stored whole.
+        let dense = dir.path().join("dense");
+        std::fs::write(&dense, vec![1u8; 1 << 20]).unwrap();
+        let dense = std::fs::File::open(&dense).unwrap();
+        assert_eq!(data_runs(&dense, 1 << 20).unwrap(), None);
     }
 }

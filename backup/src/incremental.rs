@@ -118,7 +118,14 @@ pub(crate) async fn backup(
             reason: r.clone(),
         })
         .collect();
-    let config = backup_config(options, created, totals, target, layer_infos, skipped);
+    // FORMAT.md §4.1: version 2 only when a layer may hold a sparse entry, so readers that
+    // know version 1 only keep reading everything else.
+    let sparse = entries.iter().any(|e| e.sparse)
+        || (reused > 0 && previous.as_ref().is_some_and(|p| p.config.major() >= 2));
+    let mut config = backup_config(options, created, totals, target, layer_infos, skipped);
+    if sparse {
+        config.format_version = native::FORMAT_VERSION_SPARSE.into();
+    }
     let config_bytes = Bytes::from(config.to_bytes());
     let config_desc = Descriptor::new(
         media::NATIVE_CONFIG,
@@ -132,6 +139,7 @@ pub(crate) async fn backup(
     let layers = descriptors.len();
     Ok(Prepared {
         manifest: artifact::native_manifest(
+            config.major(),
             config_desc,
             descriptors,
             index_descriptors,

@@ -80,6 +80,7 @@ mod tests {
             mtime_nsec: 0,
             size,
             link: None,
+            sparse: false,
         }
     }
 

@@ -23,7 +23,13 @@ pub struct SourceEntry {
     pub size: u64,
     /// Symlink target, or the first path of the hard-link group.
     pub link: Option<Vec<u8>>,
+    /// A regular file whose allocated size is at least [`MIN_HOLES`] below its size: the
+    /// archiver looks for its holes (FORMAT.md §3.2).
+    pub sparse: bool,
 }
+
+/// Holes smaller than this in total are not worth a sparse entry's map and headers.
+pub const MIN_HOLES: u64 = 64 << 10;
 
 /// The walk's result.
 #[derive(Debug, Default)]
@@ -114,6 +120,7 @@ fn walk_dir(
             mtime_nsec: meta.mtime_nsec(),
             size: 0,
             link: None,
+            sparse: false,
         };
         if ft.is_dir() {
             if !readable(&path, true) {
@@ -154,6 +161,8 @@ fn walk_dir(
                 links.insert((meta.dev(), meta.ino()), rel.clone());
             }
             entry.size = meta.len();
+            entry.sparse =
+                meta.blocks().saturating_mul(512).saturating_add(MIN_HOLES) <= meta.len();
             tree.entries.push(entry);
         } else {
             let what = if ft_is(&meta, libc::S_IFSOCK) {

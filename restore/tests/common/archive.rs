@@ -166,6 +166,7 @@ impl Native {
             (config.len() as i64 + self.config_size_lie) as u64,
         );
         let manifest = wsr_format::artifact::native_manifest(
+            1,
             config_desc,
             vec![layer_desc],
             vec![index_desc],

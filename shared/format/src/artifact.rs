@@ -21,7 +21,7 @@ pub enum Artifact {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ArtifactError {
     #[error(
-        "artifact has type {0:?}, a newer wsr format than this wsr reads (application/vnd.wsr.backup.v1); upgrade wsr"
+        "artifact has type {0:?}, a newer wsr format than this wsr reads (application/vnd.wsr.backup.v1 and v2); upgrade wsr"
     )]
     UnsupportedVersion(String),
     #[error("not a workspace backup: {0}")]
@@ -42,6 +42,7 @@ pub fn classify(manifest: &Manifest) -> Result<Artifact, ArtifactError> {
         .as_deref()
         .unwrap_or(&manifest.config.media_type);
     if artifact_type == media::NATIVE_ARTIFACT_TYPE
+        || artifact_type == media::NATIVE_ARTIFACT_TYPE_V2
         || manifest.config.media_type == media::NATIVE_CONFIG
     {
         let n = manifest.layers.len() / 2;
@@ -130,7 +131,9 @@ pub fn dwo_manifest(layer: Descriptor, annotations: Annotations) -> Manifest {
 }
 
 /// The native manifest: data layers in order, then their file indexes in the same order.
+/// `major` is the config's format major (1 or 2), which the `artifactType` repeats.
 pub fn native_manifest(
+    major: u32,
     config: Descriptor,
     layers: Vec<Descriptor>,
     indexes: Vec<Descriptor>,
@@ -141,7 +144,14 @@ pub fn native_manifest(
     Manifest {
         schema_version: 2,
         media_type: Some(media::MANIFEST_V1.into()),
-        artifact_type: Some(media::NATIVE_ARTIFACT_TYPE.into()),
+        artifact_type: Some(
+            if major >= 2 {
+                media::NATIVE_ARTIFACT_TYPE_V2
+            } else {
+                media::NATIVE_ARTIFACT_TYPE
+            }
+            .into(),
+        ),
         config,
         layers: all,
         annotations: Some(annotations),
@@ -169,6 +179,7 @@ mod tests {
             desc(media::NATIVE_INDEX, b"j"),
         ];
         let m = native_manifest(
+            1,
             config.clone(),
             layers.clone(),
             indexes.clone(),
@@ -183,6 +194,19 @@ mod tests {
                 indexes: indexes.clone()
             })
         );
+        // Version 2 differs only in its artifactType (and config version).
+        let v2 = native_manifest(
+            2,
+            config.clone(),
+            layers.clone(),
+            indexes.clone(),
+            Annotations::new(),
+        );
+        assert_eq!(
+            v2.artifact_type.as_deref(),
+            Some(media::NATIVE_ARTIFACT_TYPE_V2)
+        );
+        assert!(matches!(classify(&v2), Ok(Artifact::Native { .. })));
         let mut odd = m.clone();
         odd.layers.pop();
         assert!(classify(&odd).is_err());
@@ -228,7 +252,7 @@ mod tests {
         assert!(classify(&m).is_ok());
         m.layers.push(m.layers[0].clone());
         assert!(matches!(classify(&m), Err(ArtifactError::Unrecognised(_))));
-        m.artifact_type = Some("application/vnd.wsr.backup.v2".into());
+        m.artifact_type = Some("application/vnd.wsr.backup.v3".into());
         assert!(matches!(
             classify(&m),
             Err(ArtifactError::UnsupportedVersion(_))

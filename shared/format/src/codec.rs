@@ -87,6 +87,64 @@ impl<W: Write> TarWriter<W> {
         self.write_named(&mut header, name, link, data.take(size))
     }
 
+    /// Appends a regular file stored sparse, as PAX GNU sparse format 1.0 (what GNU tar writes
+    /// with `--format=posix --sparse`): a PAX header naming the real path and size, then an
+    /// entry under `GNUSparseFile.0/` whose data is the map (decimal lines: the number of data
+    /// runs, then each run's offset and length), padded to 512 bytes, followed by the runs.
+    /// `map` lists the data runs (offset, length), ascending and non-overlapping, within
+    /// `entry.size`; `data` yields exactly their bytes back to back.
+    pub fn append_sparse(
+        &mut self,
+        entry: &EntryHeader<'_>,
+        map: &[(u64, u64)],
+        data: impl Read,
+    ) -> io::Result<()> {
+        let mut name = Vec::with_capacity(entry.path.len() + 2);
+        if self.dot_prefix {
+            name.extend_from_slice(b"./");
+        }
+        name.extend_from_slice(entry.path);
+        let (dir, base) = match name.iter().rposition(|&b| b == b'/') {
+            Some(i) => (&name[..=i], &name[i + 1..]),
+            None => (&b""[..], &name[..]),
+        };
+        // Both names are placeholders (readers take the real one from `GNU.sparse.name`), so
+        // they are cut to the header's field rather than given long-name records.
+        let mut stored_name = [dir, b"GNUSparseFile.0/", base].concat();
+        stored_name.truncate(NAME_FIELD);
+        let mut pax_name = [dir, b"PaxHeaders/", base].concat();
+        pax_name.truncate(NAME_FIELD);
+
+        let mut records = Vec::new();
+        for (key, value) in [
+            ("GNU.sparse.major", b"1".to_vec()),
+            ("GNU.sparse.minor", b"0".to_vec()),
+            ("GNU.sparse.name", name.clone()),
+            ("GNU.sparse.realsize", entry.size.to_string().into_bytes()),
+        ] {
+            records.extend_from_slice(&pax_record(key, &value));
+        }
+        let mut pax = posix_header(tar::EntryType::XHeader, 0o644, entry.mtime, 0);
+        pax.set_size(records.len() as u64);
+        self.write_named(&mut pax, pax_name, None, &records[..])?;
+
+        let mut map_text = format!("{}\n", map.len());
+        for (offset, len) in map {
+            map_text.push_str(&format!("{offset}\n{len}\n"));
+        }
+        let mut map_block = map_text.into_bytes();
+        map_block.resize(map_block.len().div_ceil(512) * 512, 0);
+        let data_len: u64 = map.iter().map(|(_, len)| len).sum();
+        let stored = map_block.len() as u64 + data_len;
+        let mut header = posix_header(tar::EntryType::Regular, entry.mode, entry.mtime, stored);
+        self.write_named(
+            &mut header,
+            stored_name,
+            None,
+            (&map_block[..]).chain(data.take(data_len)),
+        )
+    }
+
     fn write_named(
         &mut self,
         header: &mut tar::Header,
@@ -129,8 +187,36 @@ impl<W: Write> TarWriter<W> {
     }
 }
 
+/// One PAX extended-header record: `"<len> <key>=<value>\n"`, where `len` counts the whole
+/// record including its own digits.
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let rest = key.len() + value.len() + 3; // space, '=', newline
+    let mut len = rest + 1;
+    while len != rest + len.to_string().len() {
+        len = rest + len.to_string().len();
+    }
+    let mut out = format!("{len} {key}=").into_bytes();
+    out.extend_from_slice(value);
+    out.push(b'\n');
+    out
+}
+
 fn base_header(kind: tar::EntryType, mode: u32, mtime: i64, size: u64) -> tar::Header {
-    let mut h = tar::Header::new_gnu();
+    normalised(tar::Header::new_gnu(), kind, mode, mtime, size)
+}
+
+/// A POSIX (`ustar\0` `00`) header: GNU tar decodes sparse PAX records only on these.
+fn posix_header(kind: tar::EntryType, mode: u32, mtime: i64, size: u64) -> tar::Header {
+    normalised(tar::Header::new_ustar(), kind, mode, mtime, size)
+}
+
+fn normalised(
+    mut h: tar::Header,
+    kind: tar::EntryType,
+    mode: u32,
+    mtime: i64,
+    size: u64,
+) -> tar::Header {
     h.set_entry_type(kind);
     h.set_mode(mode & 0o7777);
     h.set_uid(0);

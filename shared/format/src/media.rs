@@ -13,8 +13,11 @@ pub const DWO_ARTIFACT_TYPE: &str = "application/vnd.devworkspace.backup.artifac
 /// The layer title upstream's restore script depends on (`oras pull` writes a file of that name).
 pub const DWO_LAYER_TITLE: &str = "devworkspace-backup.tar.gz";
 
-/// `artifactType` of wsr's native format; the major version is part of the name.
+/// `artifactType` of wsr's native format; the major version is part of the name. Version 1:
+/// no sparse entries.
 pub const NATIVE_ARTIFACT_TYPE: &str = "application/vnd.wsr.backup.v1";
+/// `artifactType` of native format version 2: data layers may hold sparse entries.
+pub const NATIVE_ARTIFACT_TYPE_V2: &str = "application/vnd.wsr.backup.v2";
 /// Media type of the native config blob.
 pub const NATIVE_CONFIG: &str = "application/vnd.wsr.backup.config.v1+json";
 /// Media type of the native file-index blob (zstd-compressed JSON lines).

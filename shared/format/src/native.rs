@@ -18,9 +18,15 @@ pub const MAX_INDEX_BYTES: u64 = 128 << 20;
 /// every entry).
 pub const MAX_ENTRIES: u64 = 1 << 20;
 
-/// The format version this code writes. Readers accept any minor of the same major.
+/// The format version this code writes when no file is stored sparse (FORMAT.md §4.1), so that
+/// readers that only know version 1 keep reading such backups.
 pub const FORMAT_VERSION: &str = "1.0";
-const FORMAT_MAJOR: u32 = 1;
+/// The format version this code writes when a data layer holds a sparse entry (FORMAT.md §3.2).
+pub const FORMAT_VERSION_SPARSE: &str = "2.0";
+/// The majors this code reads; any minor of them is accepted.
+const KNOWN_MAJORS: [u32; 2] = [1, 2];
+/// The highest major this code reads (for messages).
+const FORMAT_MAJOR: u32 = 2;
 
 /// The config blob (`application/vnd.wsr.backup.config.v1+json`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,7 +113,7 @@ pub struct SkippedEntry {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
-        "backup was written in format {found}, but this wsr reads format {FORMAT_MAJOR}.x only; upgrade wsr to restore it"
+        "backup was written in format {found}, but this wsr reads formats 1.x to {FORMAT_MAJOR}.x only; upgrade wsr to restore it"
     )]
     UnsupportedVersion { found: String },
     #[error("backup config is not valid JSON: {0}")]
@@ -132,6 +138,16 @@ impl BackupConfig {
         serde_json::to_vec(self).expect("config serialises")
     }
 
+    /// The major of `format_version` (checked by [`BackupConfig::from_bytes`]; 0 if a config
+    /// built in memory has none).
+    pub fn major(&self) -> u32 {
+        self.format_version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Parses a config, checking the version first so that a future major with a different
     /// shape gets the version error, not a JSON one.
     pub fn from_bytes(bytes: &[u8]) -> Result<BackupConfig, ConfigError> {
@@ -145,7 +161,7 @@ impl BackupConfig {
             .split('.')
             .next()
             .and_then(|m| m.parse::<u32>().ok());
-        if major != Some(FORMAT_MAJOR) {
+        if !major.is_some_and(|m| KNOWN_MAJORS.contains(&m)) {
             return Err(ConfigError::UnsupportedVersion {
                 found: v.format_version,
             });
@@ -411,10 +427,18 @@ mod tests {
             .unwrap()
             .replace("\"1.0\"", "\"1.7\"");
         assert!(BackupConfig::from_bytes(minor.as_bytes()).is_ok());
+        // Version 2 (sparse entries) is read, and so is version 1 above.
+        let v2 = String::from_utf8(c.to_bytes())
+            .unwrap()
+            .replace("\"1.0\"", &format!("\"{FORMAT_VERSION_SPARSE}\""));
+        let v2 = BackupConfig::from_bytes(v2.as_bytes()).unwrap();
+        assert_eq!((c.major(), v2.major()), (1, 2));
+        // A major this code does not know is refused with the upgrade message, as version-1
+        // readers refuse "2.0" (this very check, with KNOWN_MAJORS = [1]).
         let err =
-            BackupConfig::from_bytes(br#"{"format_version":"2.0","whatever":1}"#).unwrap_err();
+            BackupConfig::from_bytes(br#"{"format_version":"3.0","whatever":1}"#).unwrap_err();
         assert!(
-            err.to_string().contains("format 2.0") && err.to_string().contains("upgrade wsr"),
+            err.to_string().contains("format 3.0") && err.to_string().contains("upgrade wsr"),
             "{err}"
         );
         assert!(matches!(

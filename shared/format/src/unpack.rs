@@ -401,15 +401,28 @@ impl Unpacker {
 
     /// Restores one entry. Returns whether its data was read to the end.
     fn unpack_entry<R: Read>(&self, entry: &mut tar::Entry<'_, R>) -> Result<bool, UnpackError> {
-        let raw = entry.path_bytes().into_owned();
+        let sparse = pax_sparse(entry)
+            .map_err(|reason| UnpackError::unsafe_entry(&entry.path_bytes(), reason))?;
+        let raw = match &sparse {
+            Some(s) => s.name.clone(),
+            None => entry.path_bytes().into_owned(),
+        };
         let header = entry.header();
         let kind = header.entry_type();
+        if sparse.is_some() && !matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous)
+        {
+            return Err(UnpackError::unsafe_entry(
+                &raw,
+                "GNU sparse PAX records on an entry that is not a regular file",
+            ));
+        }
         let mode = header.mode().map_err(UnpackError::Corrupt)? & 0o1777; // setuid/setgid dropped
         let mtime = header
             .mtime()
             .map_err(UnpackError::Corrupt)?
             .min(i64::MAX as u64) as i64;
-        let size = entry.size();
+        // A sparse file counts at its full size, like any other (its holes are not written).
+        let size = sparse.as_ref().map_or(entry.size(), |s| s.realsize);
         let link = entry.link_name_bytes().map(|l| l.into_owned());
 
         let Some(path) = normalize(&raw).map_err(|r| UnpackError::unsafe_entry(&raw, r))? else {
@@ -571,7 +584,19 @@ impl Unpacker {
             // Nothing to write and nothing to compare the content with.
             return Ok(false);
         }
-        let digest = self.write_file(&path, entry, size, mode, mtime, want.is_some())?;
+        let digest = match sparse {
+            None => self.write_file(&path, entry, size, mode, mtime, want.is_some())?,
+            Some(sparse) => {
+                let mut content = SparseContent::new(entry, sparse.realsize)
+                    .map_err(|reason| UnpackError::unsafe_entry(&path, reason))?;
+                let digest =
+                    self.write_file(&path, &mut content, size, mode, mtime, want.is_some())?;
+                content
+                    .finish()
+                    .map_err(|reason| UnpackError::unsafe_entry(&path, reason))?;
+                digest
+            }
+        };
         if let (Some(want), Some(digest)) = (want, digest)
             && want != digest
         {
@@ -906,6 +931,168 @@ impl Unpacker {
     }
 }
 
+/// A PAX GNU sparse 1.0 entry's real name and size (FORMAT.md §3.2).
+struct PaxSparse {
+    name: Vec<u8>,
+    realsize: u64,
+}
+
+/// Reads the entry's PAX records for GNU sparse 1.0. `Ok(None)` when there are none; an error
+/// for other sparse versions (0.x keeps its map in the PAX records; not supported) or
+/// incomplete records.
+fn pax_sparse<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Option<PaxSparse>, String> {
+    let Some(pax) = entry.pax_extensions().map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let (mut major, mut minor, mut name, mut realsize, mut any) = (None, None, None, None, false);
+    for record in pax {
+        let record = record.map_err(|e| format!("bad PAX record: {e}"))?;
+        let value = record.value_bytes();
+        match record.key_bytes() {
+            b"GNU.sparse.major" => major = Some(value.to_vec()),
+            b"GNU.sparse.minor" => minor = Some(value.to_vec()),
+            b"GNU.sparse.name" => name = Some(value.to_vec()),
+            b"GNU.sparse.realsize" => {
+                realsize = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok())
+            }
+            key if key.starts_with(b"GNU.sparse.") => any = true,
+            _ => {}
+        }
+    }
+    if major.is_none() && minor.is_none() && name.is_none() && realsize.is_none() && !any {
+        return Ok(None);
+    }
+    if major.as_deref() != Some(b"1") || minor.as_deref() != Some(b"0") {
+        return Err("GNU sparse format other than PAX 1.0 is not supported".into());
+    }
+    match (name, realsize) {
+        (Some(name), Some(realsize)) => Ok(Some(PaxSparse { name, realsize })),
+        _ => Err("GNU sparse 1.0 entry without a valid name or real size".into()),
+    }
+}
+
+/// A PAX GNU sparse 1.0 entry's content as the file it stands for: the map at the start of
+/// the stored data is read (at most [`MAX_ENTRY_METADATA`] bytes) and checked (data runs
+/// ascending, not overlapping, within the real size), then reads yield zeros for the holes
+/// and the stored bytes for the runs.
+struct SparseContent<'a, R> {
+    stored: &'a mut R,
+    runs: Vec<(u64, u64)>,
+    next: usize,
+    pos: u64,
+    size: u64,
+}
+
+impl<'a, R: Read> SparseContent<'a, R> {
+    fn new(stored: &'a mut R, size: u64) -> Result<Self, String> {
+        let mut numbers: Vec<u64> = Vec::new();
+        let mut wanted = None;
+        let mut digits: Option<u64> = None;
+        let mut read = 0u64;
+        let mut block = [0u8; 512];
+        while wanted.is_none_or(|w| numbers.len() < w) {
+            if read >= MAX_ENTRY_METADATA {
+                return Err(format!("sparse map longer than {MAX_ENTRY_METADATA} bytes"));
+            }
+            stored
+                .read_exact(&mut block)
+                .map_err(|e| format!("truncated sparse map: {e}"))?;
+            read += 512;
+            for &b in &block {
+                if wanted.is_some_and(|w| numbers.len() >= w) {
+                    break; // the rest of the block is padding
+                }
+                match b {
+                    b'0'..=b'9' => {
+                        let d = u64::from(b - b'0');
+                        digits = Some(
+                            digits
+                                .unwrap_or(0)
+                                .checked_mul(10)
+                                .and_then(|v| v.checked_add(d))
+                                .ok_or("number in the sparse map overflows")?,
+                        );
+                    }
+                    b'\n' => {
+                        numbers.push(digits.take().ok_or("empty line in the sparse map")?);
+                        if wanted.is_none() {
+                            let runs = usize::try_from(numbers[0])
+                                .ok()
+                                .and_then(|n| n.checked_mul(2))
+                                .ok_or("too many runs in the sparse map")?;
+                            wanted = Some(1 + runs);
+                        }
+                    }
+                    _ => return Err("sparse map holds something other than numbers".into()),
+                }
+            }
+        }
+        let mut runs = Vec::with_capacity(numbers.len() / 2);
+        let mut end = 0u64;
+        for pair in numbers[1..].chunks_exact(2) {
+            let (offset, len) = (pair[0], pair[1]);
+            let run_end = offset
+                .checked_add(len)
+                .filter(|&e| offset >= end && e <= size)
+                .ok_or("sparse map runs overlap, go backwards or pass the real size")?;
+            runs.push((offset, len));
+            end = run_end;
+        }
+        Ok(SparseContent {
+            stored,
+            runs,
+            next: 0,
+            pos: 0,
+            size,
+        })
+    }
+
+    /// Checks that the stored data held exactly the map's runs.
+    fn finish(self) -> Result<(), String> {
+        let mut extra = [0u8; 1];
+        match self.stored.read(&mut extra) {
+            Ok(0) => Ok(()),
+            Ok(_) => Err("sparse entry stores more data than its map lists".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+impl<R: Read> Read for SparseContent<'_, R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while let Some(&(offset, len)) = self.runs.get(self.next) {
+            if self.pos < offset + len {
+                break;
+            }
+            self.next += 1;
+        }
+        let (hole_end, run_end) = match self.runs.get(self.next) {
+            Some(&(offset, len)) => (offset, offset + len),
+            None => (self.size, self.size),
+        };
+        let (limit, zeros) = if self.pos < hole_end {
+            (hole_end - self.pos, true)
+        } else {
+            (run_end - self.pos, false)
+        };
+        let n = out.len().min(usize::try_from(limit).unwrap_or(usize::MAX));
+        if n == 0 {
+            return Ok(0);
+        }
+        let got = if zeros {
+            out[..n].fill(0);
+            n
+        } else {
+            match self.stored.read(&mut out[..n])? {
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                got => got,
+            }
+        };
+        self.pos += got as u64;
+        Ok(got)
+    }
+}
+
 /// The bytes a GNU sparse entry occupies in the stream (its `size()` is the expanded size).
 fn stored_size<R: Read>(entry: &mut tar::Entry<'_, R>) -> u64 {
     let from_pax = entry.pax_extensions().ok().flatten().and_then(|pax| {
@@ -1006,5 +1193,211 @@ mod tests {
         let clamped = Slot::new(Node::Dir).with_meta(0o7777, i64::MAX).meta();
         assert_eq!(clamped, Some((0o7777, (1 << 49) - 1)));
         assert_eq!(Slot::new(Node::Dir).with_meta(0, -5).meta(), Some((0, 0)));
+    }
+
+    use crate::codec::{EntryHeader, TarWriter};
+    use std::os::unix::fs::MetadataExt;
+
+    /// A tar stream holding one sparse file `disk.img` of `size` bytes with `runs` of data
+    /// (each run's bytes are its index + 1), written by wsr's writer.
+    fn sparse_tar(size: u64, runs: &[(u64, u64)]) -> (Vec<u8>, Vec<u8>) {
+        let mut content = vec![0u8; size as usize];
+        let mut stored = Vec::new();
+        for (i, &(offset, len)) in runs.iter().enumerate() {
+            let bytes = vec![i as u8 + 1; len as usize];
+            content[offset as usize..(offset + len) as usize].copy_from_slice(&bytes);
+            stored.extend_from_slice(&bytes);
+        }
+        let mut w = TarWriter::new(Vec::new(), false);
+        let dir = EntryHeader {
+            path: b"vm",
+            kind: EntryKind::Dir,
+            mode: 0o755,
+            mtime: 1_700_000_000,
+            size: 0,
+            link: None,
+        };
+        w.append(&dir, io::empty()).unwrap();
+        let header = EntryHeader {
+            path: b"vm/disk.img",
+            kind: EntryKind::File,
+            mode: 0o640,
+            mtime: 1_700_000_000,
+            size,
+            link: None,
+        };
+        w.append_sparse(&header, runs, &stored[..]).unwrap();
+        (w.finish().unwrap(), content)
+    }
+
+    fn options() -> UnpackOptions {
+        UnpackOptions {
+            max_bytes: u64::MAX,
+            max_entries: 1000,
+            select: None,
+            aliases: HashMap::new(),
+            reserved_prefix: None,
+        }
+    }
+
+    fn index_line(content: &[u8]) -> IndexEntry {
+        let mut h = Hasher::new();
+        h.update(content);
+        IndexEntry {
+            path: crate::native::RawPath(b"vm/disk.img".to_vec()),
+            kind: EntryKind::File,
+            mode: 0o640,
+            mtime: 1_700_000_000,
+            size: content.len() as u64,
+            sha256: Some(h.finish().0),
+            link: None,
+        }
+    }
+
+    #[test]
+    fn pax_sparse_entries_round_trip_as_holes_and_match_the_index() {
+        let size = 64 << 20;
+        let runs = [(0, 4096), (32 << 20, 8192), (size - 512, 512)];
+        let (tar, content) = sparse_tar(size, &runs);
+        assert!(
+            tar.len() < 64 << 10,
+            "holes must not be stored: {} bytes",
+            tar.len()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let dir_line = IndexEntry {
+            path: crate::native::RawPath(b"vm".to_vec()),
+            kind: EntryKind::Dir,
+            mode: 0o755,
+            mtime: 1_700_000_000,
+            size: 0,
+            sha256: None,
+            link: None,
+        };
+        let expected = vec![dir_line.clone(), index_line(&content)];
+        let unpacker = Unpacker::new(dir.path(), options(), Some(expected));
+        unpacker.unpack_tar(&mut &tar[..]).unwrap();
+        let path = dir.path().join("vm/disk.img");
+        let meta = fs::metadata(&path).unwrap();
+        assert_eq!(meta.len(), size);
+        assert_eq!(meta.mode() & 0o7777, 0o640);
+        assert!(
+            meta.blocks() * 512 <= 1 << 20,
+            "{} blocks allocated",
+            meta.blocks()
+        );
+        assert_eq!(fs::read(&path).unwrap(), content);
+
+        // A different content digest in the index fails the entry.
+        let mut wrong = content.clone();
+        wrong[1] = 9;
+        let dir = tempfile::tempdir().unwrap();
+        let unpacker = Unpacker::new(
+            dir.path(),
+            options(),
+            Some(vec![dir_line, index_line(&wrong)]),
+        );
+        let err = unpacker.unpack_tar(&mut &tar[..]).unwrap_err();
+        assert!(matches!(err, UnpackError::Mismatch { .. }), "{err}");
+    }
+
+    #[test]
+    fn gnu_tar_reads_wsr_sparse_entries_and_wsr_reads_gnu_tar_ones() {
+        let Ok(version) = std::process::Command::new("tar").arg("--version").output() else {
+            panic!("GNU tar is needed for this test (Debian package `tar`)");
+        };
+        assert!(String::from_utf8_lossy(&version.stdout).contains("GNU tar"));
+        let size = 16 << 20;
+        let (tar, content) = sparse_tar(size, &[(1 << 20, 4096), (size, 0)]);
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("a.tar"), &tar).unwrap();
+        fs::create_dir(dir.path().join("out")).unwrap();
+        let out = std::process::Command::new("tar")
+            .args(["-xf", "a.tar", "-C", "out"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let extracted = dir.path().join("out/vm/disk.img");
+        assert_eq!(fs::read(&extracted).unwrap(), content);
+        assert!(fs::metadata(&extracted).unwrap().blocks() * 512 <= 1 << 20);
+
+        // GNU tar's own PAX sparse 1.0 archive of that file.
+        let out = std::process::Command::new("tar")
+            .args([
+                "--format=posix",
+                "--sparse",
+                "-cf",
+                "gnu.tar",
+                "-C",
+                "out",
+                "vm",
+            ])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let gnu = fs::read(dir.path().join("gnu.tar")).unwrap();
+        let back = dir.path().join("back");
+        fs::create_dir(&back).unwrap();
+        Unpacker::new(&back, options(), None)
+            .unpack_tar(&mut &gnu[..])
+            .unwrap();
+        let restored = back.join("vm/disk.img");
+        assert_eq!(fs::read(&restored).unwrap(), content);
+        assert!(fs::metadata(&restored).unwrap().blocks() * 512 <= 1 << 20);
+    }
+
+    /// Replaces the sparse map of a one-entry archive from [`sparse_tar`] (same length).
+    fn with_map(tar: &[u8], map: &[u8]) -> Vec<u8> {
+        let mut tar = tar.to_vec();
+        // The directory's header, the PAX header and its records, the entry's header, then
+        // the map block.
+        let at = 4 * 512;
+        assert!(map.len() <= 512);
+        tar[at..at + 512].fill(0);
+        tar[at..at + map.len()].copy_from_slice(map);
+        tar
+    }
+
+    #[test]
+    fn hostile_sparse_maps_are_refused() {
+        let (tar, _) = sparse_tar(1 << 20, &[(0, 512), (4096, 512)]);
+        assert_eq!(&tar[4 * 512..4 * 512 + 14], b"2\n0\n512\n4096\n5");
+        let cases: [(&[u8], &str); 5] = [
+            (b"2\n4096\n512\n0\n512\n", "overlap, go backwards"),
+            (b"2\n0\n512\n1048400\n512\n", "pass the real size"),
+            (b"2\n0\n512\n99999999999999999999999\n", "overflows"),
+            (b"2\n0\n5x2\n4096\n512\n", "other than numbers"),
+            (b"1\n0\n512\n", "more data than its map"),
+        ];
+        for (map, want) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let err = Unpacker::new(dir.path(), options(), None)
+                .unpack_tar(&mut &with_map(&tar, map)[..])
+                .unwrap_err();
+            assert!(err.to_string().contains(want), "{want}: {err}");
+        }
+        // A map that never ends is cut at the metadata limit, not buffered.
+        let mut endless = tar[..4 * 512].to_vec();
+        let mut header = tar::Header::from_byte_slice(&tar[3 * 512..4 * 512]).clone();
+        header.set_size(4 << 20);
+        header.set_cksum();
+        endless[3 * 512..4 * 512].copy_from_slice(header.as_bytes());
+        endless.extend_from_slice(b"100000000\n");
+        endless.extend(b"1\n".repeat(2 << 20));
+        let dir = tempfile::tempdir().unwrap();
+        let err = Unpacker::new(dir.path(), options(), None)
+            .unpack_tar(&mut &endless[..])
+            .unwrap_err();
+        assert!(err.to_string().contains("sparse map longer than"), "{err}");
     }
 }
