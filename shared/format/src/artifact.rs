@@ -9,12 +9,21 @@ pub enum Artifact {
     /// wsr's own format: config, data layers (in order), and one file-index blob per data
     /// layer (same order).
     Native {
+        /// The native config blob.
         config: Descriptor,
+        /// The data layers, in order.
         layers: Vec<Descriptor>,
+        /// One file-index blob per data layer, in the same order.
         indexes: Vec<Descriptor>,
     },
     /// One tar layer (gzip, zstd or plain): upstream DWO backups and compatible artifacts.
-    Tarball { layer: Descriptor, dwo: bool },
+    /// `dwo` is set when the manifest carries upstream's artifact type.
+    Tarball {
+        /// The one data layer.
+        layer: Descriptor,
+        /// Whether the manifest carries upstream DWO's artifact type.
+        dwo: bool,
+    },
 }
 
 /// Why a manifest is not a backup we can read.
@@ -23,8 +32,10 @@ pub enum ArtifactError {
     #[error(
         "artifact has type {0:?}, a newer wsr format than this wsr reads (application/vnd.wsr.backup.v1 and v2); upgrade wsr"
     )]
+    /// The manifest's artifact type is a later wsr major version.
     UnsupportedVersion(String),
     #[error("not a workspace backup: {0}")]
+    /// The manifest is neither a native backup nor a single-tarball artifact; the text says why.
     Unrecognised(String),
 }
 

@@ -11,8 +11,11 @@ use std::io::{self, Read, Write};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EntryKind {
+    /// A directory.
     Dir,
+    /// A regular file with content.
     File,
+    /// A symbolic link (its target in `link`).
     Symlink,
     /// A hard link to a regular file stored earlier in the same artifact.
     Hardlink,
@@ -21,7 +24,9 @@ pub enum EntryKind {
 /// One entry to write. `path` is relative, `/`-separated, without `./` or a trailing slash.
 #[derive(Clone, Debug)]
 pub struct EntryHeader<'a> {
+    /// Relative, `/`-separated, without `./` or a trailing slash.
     pub path: &'a [u8],
+    /// What the entry is.
     pub kind: EntryKind,
     /// Permission bits (`0o7777` mask).
     pub mode: u32,
@@ -43,6 +48,7 @@ pub struct TarWriter<W: Write> {
 const NAME_FIELD: usize = 100;
 
 impl<W: Write> TarWriter<W> {
+    /// A writer into `out`; `dot_prefix` names entries `./path` (the `dwo` layout).
     pub fn new(out: W, dot_prefix: bool) -> Self {
         let mut out = tar::Builder::new(out);
         out.mode(tar::HeaderMode::Deterministic);
@@ -182,6 +188,7 @@ impl<W: Write> TarWriter<W> {
         self.out.into_inner()
     }
 
+    /// The writer underneath (e.g. to flush a compressor).
     pub fn get_mut(&mut self) -> &mut W {
         self.out.get_mut()
     }
@@ -229,8 +236,11 @@ fn normalised(
 /// A compression codec of a tar layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compression {
+    /// A plain tar stream.
     None,
+    /// gzip (RFC 1952).
     Gzip,
+    /// zstd (RFC 8878).
     Zstd,
 }
 

@@ -86,9 +86,11 @@ pub struct Hasher {
 }
 
 impl Hasher {
+    /// A hasher with nothing hashed.
     pub fn new() -> Hasher {
         Hasher::default()
     }
+    /// Hashes `bytes`.
     pub fn update(&mut self, bytes: &[u8]) {
         self.inner.update(bytes);
         self.len += bytes.len() as u64;
@@ -97,9 +99,11 @@ impl Hasher {
     pub fn len(&self) -> u64 {
         self.len
     }
+    /// Whether nothing was hashed yet.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// The digest and the number of bytes hashed.
     pub fn finish(self) -> (Digest, u64) {
         (Digest::from_hasher(self.inner), self.len)
     }
@@ -112,6 +116,7 @@ pub struct HashingWriter<W> {
 }
 
 impl<W: Write> HashingWriter<W> {
+    /// Hashes what is written to `inner`.
     pub fn new(inner: W) -> Self {
         HashingWriter {
             inner,
@@ -122,6 +127,7 @@ impl<W: Write> HashingWriter<W> {
     pub fn written(&self) -> u64 {
         self.hasher.len()
     }
+    /// The writer underneath; bytes written to it directly are not hashed.
     pub fn get_mut(&mut self) -> &mut W {
         &mut self.inner
     }
@@ -150,15 +156,18 @@ pub struct HashingReader<R> {
 }
 
 impl<R: Read> HashingReader<R> {
+    /// Hashes what is read from `inner`.
     pub fn new(inner: R) -> Self {
         HashingReader {
             inner,
             hasher: Hasher::new(),
         }
     }
+    /// Bytes read so far.
     pub fn read_so_far(&self) -> u64 {
         self.hasher.len()
     }
+    /// The inner reader, the digest and the byte count.
     pub fn finish(self) -> (R, Digest, u64) {
         let (digest, len) = self.hasher.finish();
         (self.inner, digest, len)

@@ -11,6 +11,8 @@
 //! terminal, touch the network, or depend on the engines: it is the shared vocabulary, not a
 //! policy. It links no HTTP client and no async runtime, so the operator can use it alone.
 
+#![deny(missing_docs)]
+
 pub mod artifact;
 pub mod codec;
 pub mod digest;

@@ -37,9 +37,11 @@ pub struct BackupConfig {
     pub created: String,
     /// The program that wrote it, e.g. `wsr-backup 0.1.0`.
     pub tool: String,
+    /// Which workspace was backed up, when known.
     pub workspace: WorkspaceInfo,
     /// The directory that was backed up, as seen by the backup process.
     pub source_path: String,
+    /// What the backup holds.
     pub totals: Totals,
     /// The layering target size in bytes (see [`LayerCutter`]); kept so a re-backup cuts at the
     /// same places.
@@ -52,20 +54,29 @@ pub struct BackupConfig {
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// The workspace a backup belongs to (each field absent when unknown).
 pub struct WorkspaceInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The DevWorkspace's name.
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Its namespace.
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Its id (`DEVWORKSPACE_ID`, upstream's `WORKSPACE_ID`).
     pub id: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Counts of what a backup holds.
 pub struct Totals {
+    /// Regular files.
     pub files: u64,
+    /// Directories, the root included.
     pub dirs: u64,
+    /// Symbolic links.
     pub symlinks: u64,
+    /// Hard links (each name after a file's first).
     pub hardlinks: u64,
     /// Sum of regular file sizes.
     pub bytes: u64,
@@ -87,6 +98,7 @@ impl Totals {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The config's record of one data layer.
 pub struct LayerInfo {
     /// Digest of the compressed blob (as in the manifest).
     pub digest: Digest,
@@ -104,8 +116,11 @@ pub struct LayerInfo {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// An entry that was not backed up.
 pub struct SkippedEntry {
+    /// Its path, relative to the source root.
     pub path: RawPath,
+    /// Why (e.g. `socket`, `permission denied`).
     pub reason: String,
 }
 
@@ -115,8 +130,13 @@ pub enum ConfigError {
     #[error(
         "backup was written in format {found}, but this wsr reads formats 1.x to {FORMAT_MAJOR}.x only; upgrade wsr to restore it"
     )]
-    UnsupportedVersion { found: String },
+    /// The config's `format_version` has a major this wsr does not read.
+    UnsupportedVersion {
+        /// The config's `format_version`.
+        found: String,
+    },
     #[error("backup config is not valid JSON: {0}")]
+    /// The config is not valid JSON or lacks a field.
     Json(#[from] serde_json::Error),
 }
 
@@ -134,6 +154,7 @@ impl BackupConfig {
                 .all(|((c, l), i)| c.digest == l.digest && c.index == i.digest)
     }
 
+    /// The config's canonical encoding (its digest is the config blob's).
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("config serialises")
     }
@@ -222,8 +243,10 @@ impl std::fmt::Display for RawPath {
 /// One line of the file index.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexEntry {
+    /// Relative to the archive root, as in the tar stream.
     pub path: RawPath,
     #[serde(rename = "type")]
+    /// What the entry is.
     pub kind: EntryKind,
     /// Permission bits as stored in the archive.
     pub mode: u32,
@@ -325,11 +348,13 @@ pub struct LayerCutter {
     current: u64,
 }
 
-/// Smallest and largest layering targets, in bytes.
+/// Smallest layering target, in bytes.
 pub const MIN_LAYER_TARGET: u64 = 1 << 20;
+/// Largest layering target, in bytes.
 pub const MAX_LAYER_TARGET: u64 = 64 << 20;
 
 impl LayerCutter {
+    /// A cutter for `target` bytes per layer (clamped to the bounds above).
     pub fn new(target: u64) -> LayerCutter {
         LayerCutter {
             target: target.clamp(MIN_LAYER_TARGET, MAX_LAYER_TARGET),
@@ -337,6 +362,7 @@ impl LayerCutter {
         }
     }
 
+    /// The target it cuts at, after clamping.
     pub fn target(&self) -> u64 {
         self.target
     }

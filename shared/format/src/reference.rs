@@ -9,7 +9,9 @@ use std::path::PathBuf;
 /// Which manifest of a repository is meant.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
+    /// A tag: the manifest it currently points at.
     Tag(String),
+    /// A manifest digest: exactly that manifest.
     Digest(Digest),
 }
 
@@ -26,9 +28,17 @@ impl fmt::Display for Target {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Repository {
     /// `HOST[:PORT]/PATH` in an OCI distribution registry.
-    Registry { host: String, path: String },
+    Registry {
+        /// `HOST[:PORT]`.
+        host: String,
+        /// The repository path below the host, without leading or trailing `/`.
+        path: String,
+    },
     /// An OCI image layout directory.
-    Layout { dir: PathBuf },
+    Layout {
+        /// The layout's root (holding `oci-layout` and `index.json`).
+        dir: PathBuf,
+    },
 }
 
 impl Repository {
@@ -53,7 +63,9 @@ impl fmt::Display for Repository {
 /// A repository plus a tag or digest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reference {
+    /// Where the manifest lives.
     pub repository: Repository,
+    /// Which manifest.
     pub target: Target,
 }
 
@@ -67,7 +79,9 @@ impl fmt::Display for Reference {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid reference {input:?}: {reason}")]
 pub struct InvalidReference {
+    /// The text as given.
     pub input: String,
+    /// What is wrong with it.
     pub reason: String,
 }
 

@@ -46,26 +46,59 @@ const SHOWN_NAME_BYTES: usize = 256;
 /// Why unpacking stopped. Every variant names the entry.
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
+    /// An entry that would escape the root, replace something, or is malformed.
     #[error("refusing archive entry {path:?}: {reason}")]
-    Unsafe { path: String, reason: String },
+    Unsafe {
+        /// The entry's name (shortened when long).
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     #[error(
         "archive expands beyond the limit of {limit} bytes at entry {path:?}; free space or --max-size bounds it"
     )]
-    TooLarge { path: String, limit: u64 },
+    /// The content would exceed `UnpackOptions::max_bytes`.
+    TooLarge {
+        /// The entry at which the limit was reached.
+        path: String,
+        /// The limit in bytes.
+        limit: u64,
+    },
     #[error(
         "archive has more than {limit} entries (at most 1048576 are restored, and no more than the target's free inodes)"
     )]
-    TooManyEntries { limit: u64 },
+    /// More entries than `UnpackOptions::max_entries`.
+    TooManyEntries {
+        /// The limit.
+        limit: u64,
+    },
     #[error(
         "corrupt archive: the headers, long-name and PAX records of one entry exceed {limit} bytes"
     )]
-    MetadataTooLarge { limit: u64 },
+    /// One entry's headers and long-name/PAX records exceed the metadata bound (FORMAT.md §8.1).
+    MetadataTooLarge {
+        /// The bound in bytes.
+        limit: u64,
+    },
+    /// An entry differs from the file index, or the index lists entries the archive lacks.
     #[error("verification failed for {path:?}: {what}")]
-    Mismatch { path: String, what: String },
+    Mismatch {
+        /// The entry (empty for missing entries).
+        path: String,
+        /// What differs.
+        what: String,
+    },
+    /// The tar stream itself cannot be read (bad header, truncated, decompression failed).
     #[error("corrupt archive: {0}")]
     Corrupt(io::Error),
+    /// Creating or writing an entry below the root failed.
     #[error("cannot write {path}")]
-    Io { path: String, source: io::Error },
+    Io {
+        /// The entry.
+        path: String,
+        /// The operating system's error.
+        source: io::Error,
+    },
 }
 
 impl UnpackError {
@@ -112,10 +145,15 @@ pub struct UnpackOptions {
 /// What was restored.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UnpackReport {
+    /// Regular files.
     pub files: u64,
+    /// Directories (explicit entries).
     pub dirs: u64,
+    /// Symbolic links.
     pub symlinks: u64,
+    /// Hard links created.
     pub hardlinks: u64,
+    /// Bytes of file content.
     pub bytes: u64,
     /// Entries deliberately not created, with the reason (device nodes, FIFOs, …); at most
     /// [`MAX_SKIPPED_LISTED`], then one line counting the rest.
@@ -132,8 +170,11 @@ pub struct UnpackReport {
 /// [`UnpackReport::deferred_dirs`]).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeferredDir {
+    /// The top-level directory's name.
     pub name: crate::native::RawPath,
+    /// Its mode from the archive.
     pub mode: u32,
+    /// Its mtime from the archive.
     pub mtime: i64,
 }
 
@@ -1171,10 +1212,18 @@ pub fn normalize_selection(paths: &[String]) -> Result<Vec<Vec<u8>>, SelectionEr
 pub enum SelectionError {
     /// The entry names the archive root itself.
     #[error("--paths {path:?} names the root; omit --paths to restore everything")]
-    Root { path: String },
+    Root {
+        /// The entry as given.
+        path: String,
+    },
     /// The entry is not a relative path below the root (absolute, `..`, NUL, too long).
     #[error("--paths {path:?}: {reason}")]
-    Unsafe { path: String, reason: String },
+    Unsafe {
+        /// The entry as given.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 #[cfg(test)]
