@@ -19,6 +19,7 @@ mod measure;
 mod network;
 mod peers;
 mod report;
+mod sparse;
 
 use std::env;
 use std::fs;
@@ -71,6 +72,10 @@ pub struct BenchArgs {
     /// filesystem (e.g. /dev/shm/wsr-restore) to take that disk out of restore times.
     #[arg(long)]
     restore_dir: Option<PathBuf>,
+    /// Size in GiB of the sparse file (a few KiB of data) backed up and restored once by wsr
+    /// and upstream, on loopback; 0 skips it.
+    #[arg(long, default_value_t = 4)]
+    sparse_gib: u64,
     /// Kill a measured command after this many seconds.
     #[arg(long, default_value_t = 3600)]
     timeout_s: u64,
@@ -195,8 +200,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
     }
 
+    let sparse = if args.sparse_gib > 0 && tools.wsr.is_ok() {
+        Some(sparse::run(&work, &tools, args.sparse_gib, timeout)?)
+    } else {
+        None
+    };
+
     fs::write(work.join("results.json"), serde_json::to_vec_pretty(&runs)?)?;
-    let md = report::render(&machine, &runs, args.reps);
+    let md = report::render(&machine, &runs, sparse.as_ref(), args.reps);
     if let Some(parent) = out.parent() {
         fs::create_dir_all(parent)?;
     }
