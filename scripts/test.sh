@@ -31,6 +31,7 @@ tools=(
     runc:runc                       # podman's default crun fails in this container
     nginx:nginx                     # per-namespace access rules in front of the registry (drill)
     chromium:chromium               # renders the drill's HTML report (drill)
+    shellcheck:shellcheck           # lints the kind scripts (scenarios/kind, tests/cluster_demo.rs)
 )
 missing=()
 for entry in "${tools[@]}"; do

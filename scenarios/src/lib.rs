@@ -3,6 +3,7 @@
 //! workspace with every entry kind, and tree snapshots for byte- and metadata-exact comparison.
 
 pub mod cluster;
+pub mod cluster_demo;
 pub mod demo;
 pub mod oras;
 pub mod podman;

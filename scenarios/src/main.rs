@@ -1,7 +1,8 @@
 //! `scenarios`: tools that exercise wsr from the outside.
 //!
 //! `scenarios demo` runs the main job end to end on the sample workspace (see
-//! `scenarios::demo`); `scenarios corpus` writes a deterministic synthetic workspace (see
+//! `scenarios::demo`); `scenarios cluster-demo` the operator's story on the local cluster (see
+//! `scenarios::cluster_demo`); `scenarios corpus` writes a deterministic synthetic workspace (see
 //! [`corpus`]); `scenarios bench` runs wsr and its peers (upstream DWO pipeline, `tar | zstd`, restic and
 //! the machine's floors) on the same corpus and regenerates `docs/BENCHMARKS.md` (see
 //! [`bench`]). This file only parses arguments and dispatches: one [`Command`] variant per
@@ -39,6 +40,9 @@ enum Command {
     Corpus(CorpusArgs),
     /// Benchmark wsr against upstream, tar|zstd, restic and the machine's floors.
     Bench(bench::BenchArgs),
+    /// The operator's whole story on the local cluster: back up two workspaces, lose their
+    /// claim, restore one with DWO's init container and one with `wsr-restore --in-cluster`.
+    ClusterDemo(scenarios::cluster_demo::Args),
     /// Start or stop a real Kubernetes control plane (see `scenarios::cluster`).
     #[command(subcommand)]
     Cluster(scenarios::cluster::ClusterCommand),
@@ -76,6 +80,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Bench(a) => bench::run(a),
+        Command::ClusterDemo(a) => scenarios::cluster_demo::main(a),
         Command::Cluster(c) => scenarios::cluster::run(c),
         Command::NodeAgent { kubeconfig, dir } => {
             scenarios::cluster::node_agent::main(&kubeconfig, &dir)

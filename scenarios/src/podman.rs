@@ -94,6 +94,19 @@ pub fn build_recovery_image(binaries: &Path, storage: &Path) -> Result<String> {
         .to_owned())
 }
 
+/// The recovery image built from `binaries` into [`image_storage`], where the node agent runs
+/// it from; built once per process (a second call returns the first reference).
+pub fn recovery_image(binaries: &Path) -> Result<String> {
+    static IMAGE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+    let mut image = IMAGE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(reference) = image.as_ref() {
+        return Ok(reference.clone());
+    }
+    let reference = build_recovery_image(binaries, &image_storage())?;
+    *image = Some(reference.clone());
+    Ok(reference)
+}
+
 /// The directory of a test run's binaries (`target/[TRIPLE/]debug`), found from the running
 /// test executable in its `deps/` subdirectory; fails with the command that builds them.
 pub fn test_build_binaries() -> PathBuf {

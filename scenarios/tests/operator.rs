@@ -515,6 +515,19 @@ async fn a_failed_backup_records_the_real_reason_and_is_retried_after_a_backoff(
     let _logs = cluster().logs_on_failure();
     let mut setup = setup("op-failure").await?;
     let projects = stopped_workspace(&setup, "ws", "workspace00000000000000b1").await?;
+    // An earlier backup (made here, as any client could have): its `latest` must survive.
+    let earlier = {
+        let options = common::backup_options(
+            &projects,
+            &setup.reference("ws"),
+            wsr_backup::Format::Native,
+            common::connect_for(&setup.registry),
+        );
+        std::thread::spawn(move || common::backup(&options))
+            .join()
+            .expect("backup thread")?
+            .digest
+    };
     let registry_host = setup.registry.host();
     setup.registry.stop();
 
@@ -539,6 +552,12 @@ async fn a_failed_backup_records_the_real_reason_and_is_retried_after_a_backoff(
     assert_eq!(a["wsr.dev/backup-failures"], "1", "{a:#?}");
     let reasons = setup.event_reasons("ws").await?;
     assert!(reasons.contains(&"BackupFailed".to_owned()), "{reasons:?}");
+    // `latest` still names the earlier backup (read from the stopped registry's storage).
+    let latest = setup.registry.data_dir().join(format!(
+        "docker/registry/v2/repositories/backups/{}/ws/_manifests/tags/latest/current/link",
+        setup.ns
+    ));
+    assert_eq!(std::fs::read_to_string(&latest)?, earlier);
 
     // While backing off, no new Job: the policy reports the workspace as backing off.
     let status = fixtures::poll("the policy to report the backoff", || async {

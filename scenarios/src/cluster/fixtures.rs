@@ -47,6 +47,8 @@ pub const LABEL_NAME: &str = "controller.devfile.io/devworkspace_name";
 pub const LABEL_CREATOR: &str = "controller.devfile.io/creator";
 /// A busybox image for long-lived workspace containers ([`build_workspace_image`]).
 pub const WORKSPACE_IMAGE: &str = "localhost/wsr-test-workspace:busybox";
+/// The label that makes a namespace enforce the "restricted" Pod Security Standard.
+pub const RESTRICTED: (&str, &str) = ("pod-security.kubernetes.io/enforce", "restricted");
 /// uid and fsGroup DWO gives workspace pods on Kubernetes.
 pub const WORKSPACE_UID: i64 = 1234;
 
@@ -412,12 +414,21 @@ pub async fn claim_dir(client: &Client, namespace: &str, name: &str) -> Result<P
 
 /// Polls `check` every 250 ms until it returns a value; fails after two minutes (errors in
 /// between are retried, and the last one is reported).
-pub async fn poll<T, F, Fut>(what: &str, mut check: F) -> Result<T>
+pub async fn poll<T, F, Fut>(what: &str, check: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Option<T>>>,
 {
-    let deadline = Instant::now() + WAIT;
+    poll_for(what, WAIT, check).await
+}
+
+/// [`poll`] with its own time limit.
+pub async fn poll_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + limit;
     let mut last_error = None;
     loop {
         match check().await {
@@ -431,7 +442,7 @@ where
                 .unwrap_or_default();
             bail!(
                 "waiting for {what}: not reached within {} s{detail}",
-                WAIT.as_secs()
+                limit.as_secs()
             );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

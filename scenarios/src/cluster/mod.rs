@@ -259,6 +259,42 @@ impl Cluster {
         })
     }
 
+    /// The cluster that `scenarios cluster up --dir DIR` started and left running, to use
+    /// without owning it: dropping the value leaves it running.
+    pub fn attach(dir: &Path) -> Result<Cluster> {
+        let dir = dir
+            .canonicalize()
+            .with_context(|| format!("no cluster directory {}", dir.display()))?;
+        let kubeconfig = dir.join("kubeconfig");
+        let config: serde_json::Value = serde_json::from_slice(
+            &fs::read(&kubeconfig).with_context(|| format!("reading {}", kubeconfig.display()))?,
+        )
+        .with_context(|| {
+            format!(
+                "{} is not a kubeconfig written by `scenarios cluster up`",
+                kubeconfig.display()
+            )
+        })?;
+        let server = config["clusters"][0]["cluster"]["server"]
+            .as_str()
+            .with_context(|| format!("{} names no server", kubeconfig.display()))?
+            .to_owned();
+        if !process::any_running(&dir) {
+            bail!(
+                "no cluster is running in {}; start one with `scenarios cluster up --dir {0}`",
+                dir.display()
+            );
+        }
+        Ok(Cluster {
+            dir,
+            bin: bin_dir()?,
+            server,
+            children: Mutex::new(Vec::new()),
+            _guard: None,
+            attached: false,
+        })
+    }
+
     /// Stops every component and waits for them (idempotent).
     pub fn stop(&self) -> Result<()> {
         stop(&self.dir)?;
@@ -443,31 +479,40 @@ impl Drop for LogsOnFailure<'_> {
 }
 
 fn start_shared(options: &StartOptions, exe: &Path) -> Result<Cluster> {
-    let dir = tempfile::Builder::new()
-        .prefix("wsr-cluster-")
-        .tempdir()?
-        .keep();
-    let mut cluster = Cluster::start(&dir, options)?;
-    // The guard waits for its stdin to close: when this process exits, the kernel closes the
-    // pipe and the guard runs `cluster down` and removes the directory.
-    let mut guard = Command::new(exe);
-    guard
-        .args(["cluster", "guard", "--dir"])
-        .arg(cluster.dir())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: setsid is async-signal-safe; a session of its own keeps the guard alive through
-    // a Ctrl-C that kills the test binary.
-    unsafe {
-        use std::os::unix::process::CommandExt as _;
-        guard.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
+    Cluster::start_guarded(options, exe)
+}
+
+impl Cluster {
+    /// Starts a cluster in a fresh temporary directory with a guard process (`exe cluster
+    /// guard`) that stops it and removes the directory when this process exits, however it
+    /// exits.
+    pub fn start_guarded(options: &StartOptions, exe: &Path) -> Result<Cluster> {
+        let dir = tempfile::Builder::new()
+            .prefix("wsr-cluster-")
+            .tempdir()?
+            .keep();
+        let mut cluster = Cluster::start(&dir, options)?;
+        // The guard waits for its stdin to close: when this process exits, the kernel closes the
+        // pipe and the guard runs `cluster down` and removes the directory.
+        let mut guard = Command::new(exe);
+        guard
+            .args(["cluster", "guard", "--dir"])
+            .arg(cluster.dir())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: setsid is async-signal-safe; a session of its own keeps the guard alive through
+        // a Ctrl-C that kills the test binary.
+        unsafe {
+            use std::os::unix::process::CommandExt as _;
+            guard.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        cluster._guard = Some(guard.spawn().context("starting the cluster guard")?);
+        Ok(cluster)
     }
-    cluster._guard = Some(guard.spawn().context("starting the cluster guard")?);
-    Ok(cluster)
 }
 
 /// A kube client for `kubeconfig`.

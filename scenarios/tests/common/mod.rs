@@ -9,16 +9,10 @@ use wsr_backup::{BackupOptions, BackupReport, Format};
 use wsr_format::reference::Reference;
 use wsr_restore::{RestoreOptions, RestoreReport};
 use wsr_transport::ConnectOptions;
-use wsr_transport::testing::{RegistryKind, TestRegistry};
+use wsr_transport::testing::TestRegistry;
 
 pub fn connect_for(registry: &TestRegistry) -> ConnectOptions {
-    ConnectOptions {
-        plain_http: registry.kind() == RegistryKind::Plain,
-        insecure: false,
-        ca_file: registry.ca_file().map(Path::to_owned),
-        auth_file: registry.auth_file().map(Path::to_owned),
-        ..Default::default()
-    }
+    scenarios::cluster_demo::connect_for(registry)
 }
 
 pub fn backup_options(
@@ -130,8 +124,7 @@ pub fn slow_tests_enabled(test: &str) -> bool {
     enabled
 }
 
-/// The label that makes a namespace enforce the "restricted" Pod Security Standard.
-pub const RESTRICTED: (&str, &str) = ("pod-security.kubernetes.io/enforce", "restricted");
+pub const RESTRICTED: (&str, &str) = scenarios::cluster::fixtures::RESTRICTED;
 
 /// The cluster this test binary shares (one per binary: start-up costs seconds), with the node
 /// agent of this build.
@@ -148,8 +141,7 @@ pub fn cluster() -> &'static scenarios::cluster::Cluster {
 pub fn image() -> &'static str {
     static IMAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     IMAGE.get_or_init(|| {
-        let binaries = scenarios::podman::test_build_binaries();
-        scenarios::podman::build_recovery_image(&binaries, &scenarios::podman::image_storage())
+        scenarios::podman::recovery_image(&scenarios::podman::test_build_binaries())
             .expect("images/build.sh")
     })
 }
