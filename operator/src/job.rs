@@ -175,7 +175,7 @@ mod tests {
     use super::*;
     use crate::devworkspace::fixtures::workspace;
     use crate::policy::{JobTemplate, Retention};
-    use crate::workload::pod::restricted_violations;
+    use crate::workload::pod::{openshift_restricted_v2_violations, restricted_violations};
     use k8s_openapi::api::core::v1::Toleration;
 
     fn policy() -> BackupPolicySpec {
@@ -236,10 +236,34 @@ mod tests {
     }
 
     #[test]
-    fn the_backup_pod_passes_the_restricted_profile() {
+    fn the_backup_pod_passes_the_restricted_profile_and_restricted_v2() {
         let job = job();
         let pod = job.spec.unwrap().template.spec.unwrap();
         assert_eq!(restricted_violations(&pod), Vec::<String>::new());
+        assert_eq!(
+            openshift_restricted_v2_violations(&pod),
+            Vec::<String>::new()
+        );
+    }
+
+    /// The drill Job docs/DRILL.md tells users to run (wsr has no builder for it).
+    #[test]
+    fn the_documented_drill_job_passes_the_restricted_profile_and_restricted_v2() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/DRILL.md");
+        let doc = std::fs::read_to_string(path).unwrap();
+        let start = doc
+            .find("```yaml\napiVersion: batch/v1\nkind: Job")
+            .expect("the Job");
+        let body = &doc[start + "```yaml\n".len()..];
+        let yaml = &body[..body.find("```").unwrap()];
+        let job: Job = serde_saphyr::from_str(yaml).expect("a Job");
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.containers[0].name, "drill");
+        assert_eq!(restricted_violations(&pod), Vec::<String>::new());
+        assert_eq!(
+            openshift_restricted_v2_violations(&pod),
+            Vec::<String>::new()
+        );
     }
 
     #[test]

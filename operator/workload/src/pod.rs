@@ -1,7 +1,8 @@
 //! The hardened pod every wsr Job runs: the Kubernetes "restricted" Pod Security Standard
 //! (and OpenShift restricted-v2: no fixed UID), a read-only root filesystem with a `/tmp`
 //! emptyDir, no service-account token, and only the workspace's sub path of its PVC mounted.
-//! [`restricted_violations`] checks a pod spec against every rule of that profile.
+//! [`restricted_violations`] checks a pod spec against every rule of that profile, and
+//! [`openshift_restricted_v2_violations`] against OpenShift's restricted-v2 SCC.
 
 use super::storage::WorkspaceVolume;
 use k8s_openapi::api::batch::v1::JobSpec;
@@ -288,6 +289,113 @@ pub fn restricted_violations(spec: &PodSpec) -> Vec<String> {
     bad
 }
 
+/// Every rule of OpenShift's `restricted-v2` SecurityContextConstraints that `spec` breaks, one
+/// line each; empty when the pod is admitted under it in any namespace. The SCC's strategies
+/// are checked as a pod that cannot know its namespace's ranges must meet them:
+///
+/// - `runAsUser: MustRunAsRange`: no `runAsUser` on the pod or any container (a fixed UID is
+///   outside most namespaces' `openshift.io/sa.scc.uid-range`; unset, OpenShift assigns one).
+/// - `fsGroup: MustRunAs`: no `fsGroup` (the namespace's supplemental-groups range assigns it).
+/// - `supplementalGroups: RunAsAny` in the SCC; wsr is stricter and sets none, so a pod that
+///   sets some is flagged too.
+/// - `seLinuxContext: MustRunAs`: no `seLinuxOptions` on the pod or any container.
+/// - `allowPrivilegedContainer: false`, `allowPrivilegeEscalation: false`: no container
+///   `privileged: true`, and `allowPrivilegeEscalation` set to `false` (restricted-v2 defaults
+///   it to false; wsr states it).
+/// - `requiredDropCapabilities: [ALL]`, `allowedCapabilities: [NET_BIND_SERVICE]`: every
+///   container drops `ALL` (OpenShift would add the drop; wsr states it) and adds nothing
+///   but `NET_BIND_SERVICE`.
+/// - `seccompProfiles: [runtime/default]`: every seccomp profile, where set, is
+///   `RuntimeDefault` (`Localhost` and `Unconfined` are refused).
+/// - `allowHostNetwork/PID/IPC/Ports: false`, `allowHostDirVolumePlugin: false`, `volumes:
+///   [configMap, csi, downwardAPI, emptyDir, ephemeral, persistentVolumeClaim, projected,
+///   secret]`: no host namespaces, host ports or other volume types.
+pub fn openshift_restricted_v2_violations(spec: &PodSpec) -> Vec<String> {
+    let mut bad = Vec::new();
+    let pod = spec.security_context.clone().unwrap_or_default();
+    if spec.host_network == Some(true) || spec.host_pid == Some(true) || spec.host_ipc == Some(true)
+    {
+        bad.push("host namespaces".to_owned());
+    }
+    if pod.run_as_user.is_some() {
+        bad.push("pod runAsUser is set (MustRunAsRange assigns it)".to_owned());
+    }
+    if pod.fs_group.is_some() {
+        bad.push("pod fsGroup is set (MustRunAs assigns it)".to_owned());
+    }
+    if pod
+        .supplemental_groups
+        .as_ref()
+        .is_some_and(|g| !g.is_empty())
+    {
+        bad.push("pod supplementalGroups are set".to_owned());
+    }
+    if pod.se_linux_options.is_some() {
+        bad.push("pod seLinuxOptions are set (MustRunAs assigns them)".to_owned());
+    }
+    let runtime_default_or_unset =
+        |p: &Option<SeccompProfile>| p.as_ref().is_none_or(|p| p.type_ == "RuntimeDefault");
+    if !runtime_default_or_unset(&pod.seccomp_profile) {
+        bad.push("pod seccompProfile is not RuntimeDefault".to_owned());
+    }
+    for v in spec.volumes.iter().flatten() {
+        let allowed = v.config_map.is_some()
+            || v.csi.is_some()
+            || v.downward_api.is_some()
+            || v.empty_dir.is_some()
+            || v.ephemeral.is_some()
+            || v.persistent_volume_claim.is_some()
+            || v.projected.is_some()
+            || v.secret.is_some();
+        if !allowed {
+            bad.push(format!(
+                "volume {} has a type restricted-v2 does not allow",
+                v.name
+            ));
+        }
+    }
+    let containers = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten());
+    for c in containers {
+        let sc = c.security_context.clone().unwrap_or_default();
+        let who = format!("container {}", c.name);
+        if sc.privileged == Some(true) {
+            bad.push(format!("{who}: privileged"));
+        }
+        if sc.allow_privilege_escalation != Some(false) {
+            bad.push(format!("{who}: allowPrivilegeEscalation is not false"));
+        }
+        if sc.run_as_user.is_some() {
+            bad.push(format!(
+                "{who}: runAsUser is set (MustRunAsRange assigns it)"
+            ));
+        }
+        if sc.se_linux_options.is_some() {
+            bad.push(format!("{who}: seLinuxOptions are set"));
+        }
+        if !runtime_default_or_unset(&sc.seccomp_profile) {
+            bad.push(format!("{who}: seccompProfile is not RuntimeDefault"));
+        }
+        let caps = sc.capabilities.unwrap_or_default();
+        if !caps.drop.iter().flatten().any(|d| d == "ALL") {
+            bad.push(format!("{who}: capabilities do not drop ALL"));
+        }
+        if let Some(extra) = caps.add.iter().flatten().find(|a| *a != "NET_BIND_SERVICE") {
+            bad.push(format!("{who}: adds capability {extra}"));
+        }
+        if c.ports
+            .iter()
+            .flatten()
+            .any(|p| p.host_port.is_some_and(|h| h != 0))
+        {
+            bad.push(format!("{who}: hostPort"));
+        }
+    }
+    bad
+}
+
 /// The spec of a Job that runs `pod` once: no Job-level retries (a backup is retried by the
 /// operator's own backoff; a restore's second attempt would find a non-empty target), bounded
 /// by `deadline_seconds` and removed `ttl_seconds` after it finishes.
@@ -315,6 +423,7 @@ pub fn run_once_job_spec(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::SELinuxOptions;
 
     fn volume() -> WorkspaceVolume {
         WorkspaceVolume {
@@ -400,6 +509,170 @@ mod tests {
             weaken(&mut s);
             assert!(!restricted_violations(&s).is_empty(), "{name} not caught");
         }
+    }
+
+    fn container(s: &mut PodSpec) -> &mut SecurityContext {
+        s.containers[0].security_context.as_mut().unwrap()
+    }
+
+    /// One case per restricted-v2 rule: the weakened pod must be refused, and (where the
+    /// Kubernetes profile allows it) shows where restricted-v2 is stricter.
+    #[test]
+    fn restricted_v2_admits_the_hardened_pod_and_catches_each_weakening() {
+        let secret = SecretMount {
+            volume: "auth".into(),
+            secret: "registry-auth".into(),
+            path: "/auth".into(),
+        };
+        for (writable, node) in [(false, None), (true, Some("node-a".to_owned()))] {
+            let options = PodOptions {
+                node,
+                ..Default::default()
+            };
+            let pod = hardened_pod_spec(
+                "c",
+                vec!["true".into()],
+                &volume(),
+                writable,
+                std::slice::from_ref(&secret),
+                &options,
+            );
+            assert_eq!(
+                openshift_restricted_v2_violations(&pod),
+                Vec::<String>::new()
+            );
+        }
+        let good = spec(&PodOptions::default());
+        type Weaken = Box<dyn Fn(&mut PodSpec)>;
+        let cases: Vec<(&str, bool, Weaken)> = vec![
+            // (rule, also refused by the Kubernetes restricted profile, weakening)
+            (
+                "pod runAsUser",
+                false,
+                Box::new(|s| s.security_context.as_mut().unwrap().run_as_user = Some(1000)),
+            ),
+            (
+                "container runAsUser",
+                false,
+                Box::new(|s| container(s).run_as_user = Some(1000)),
+            ),
+            (
+                "fsGroup",
+                false,
+                Box::new(|s| s.security_context.as_mut().unwrap().fs_group = Some(1000)),
+            ),
+            (
+                "supplementalGroups",
+                false,
+                Box::new(|s| {
+                    s.security_context.as_mut().unwrap().supplemental_groups = Some(vec![5])
+                }),
+            ),
+            (
+                "pod seLinuxOptions",
+                false,
+                Box::new(|s| {
+                    s.security_context.as_mut().unwrap().se_linux_options = Some(SELinuxOptions {
+                        level: Some("s0:c1,c2".into()),
+                        ..Default::default()
+                    })
+                }),
+            ),
+            (
+                "container seLinuxOptions",
+                false,
+                Box::new(move |s| {
+                    container(s).se_linux_options = Some(SELinuxOptions {
+                        type_: Some("container_t".into()),
+                        ..Default::default()
+                    })
+                }),
+            ),
+            (
+                "Localhost seccomp",
+                false,
+                Box::new(move |s| {
+                    container(s).seccomp_profile = Some(SeccompProfile {
+                        type_: "Localhost".into(),
+                        localhost_profile: Some("profiles/wsr.json".into()),
+                    })
+                }),
+            ),
+            (
+                "Unconfined pod seccomp",
+                true,
+                Box::new(|s| {
+                    s.security_context.as_mut().unwrap().seccomp_profile = Some(SeccompProfile {
+                        type_: "Unconfined".into(),
+                        ..Default::default()
+                    })
+                }),
+            ),
+            (
+                "privileged",
+                true,
+                Box::new(|s| container(s).privileged = Some(true)),
+            ),
+            (
+                "escalation",
+                true,
+                Box::new(|s| container(s).allow_privilege_escalation = Some(true)),
+            ),
+            (
+                "caps kept",
+                true,
+                Box::new(|s| container(s).capabilities.as_mut().unwrap().drop = None),
+            ),
+            (
+                "caps added",
+                true,
+                Box::new(move |s| {
+                    container(s).capabilities.as_mut().unwrap().add =
+                        Some(vec!["NET_BIND_SERVICE".into(), "CHOWN".into()])
+                }),
+            ),
+            (
+                "hostPath",
+                true,
+                Box::new(|s| {
+                    s.volumes.as_mut().unwrap().push(Volume {
+                        name: "h".into(),
+                        host_path: Some(Default::default()),
+                        ..Default::default()
+                    })
+                }),
+            ),
+            ("host PID", true, Box::new(|s| s.host_pid = Some(true))),
+            (
+                "hostPort",
+                true,
+                Box::new(|s| {
+                    s.containers[0].ports = Some(vec![k8s_openapi::api::core::v1::ContainerPort {
+                        container_port: 8080,
+                        host_port: Some(8080),
+                        ..Default::default()
+                    }])
+                }),
+            ),
+        ];
+        for (rule, kubernetes_too, weaken) in cases {
+            let mut s = good.clone();
+            weaken(&mut s);
+            assert!(
+                !openshift_restricted_v2_violations(&s).is_empty(),
+                "{rule} not caught"
+            );
+            assert_eq!(
+                !restricted_violations(&s).is_empty(),
+                kubernetes_too,
+                "{rule}: the Kubernetes profile"
+            );
+        }
+        // NET_BIND_SERVICE is the one capability restricted-v2 lets a pod add.
+        let mut s = good.clone();
+        container(&mut s).capabilities.as_mut().unwrap().add =
+            Some(vec!["NET_BIND_SERVICE".into()]);
+        assert_eq!(openshift_restricted_v2_violations(&s), Vec::<String>::new());
     }
 
     #[test]

@@ -147,7 +147,7 @@ impl RestoreJob<'_> {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::PodSecurityContext;
-    use wsr_workload::pod::restricted_violations;
+    use wsr_workload::pod::{openshift_restricted_v2_violations, restricted_violations};
 
     fn golden_job() -> Job {
         let volume = WorkspaceVolume {
@@ -208,6 +208,23 @@ mod tests {
         }
         let expected = std::fs::read_to_string(path).unwrap();
         assert_eq!(actual, expected, "restore Job differs from {path}");
+    }
+
+    /// Without overrides the restore pod passes restricted-v2; the golden Job's `fsGroup`
+    /// override (for clusters that need it) is exactly what restricted-v2 refuses.
+    #[test]
+    fn the_restore_pod_passes_restricted_v2_unless_overridden() {
+        let job = golden_job();
+        let mut pod = job.spec.unwrap().template.spec.unwrap();
+        assert_eq!(
+            openshift_restricted_v2_violations(&pod),
+            ["pod fsGroup is set (MustRunAs assigns it)"]
+        );
+        pod.security_context.as_mut().unwrap().fs_group = None;
+        assert_eq!(
+            openshift_restricted_v2_violations(&pod),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
