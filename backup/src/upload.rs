@@ -1,6 +1,6 @@
 //! One layer archived and uploaded through a `BlobWriter` on a blocking thread, written again
-//! (with backoff) when the registry fails transiently; progress from a failed attempt is taken
-//! back.
+//! when the registry fails transiently (under the transport's retry policy); progress from a
+//! failed attempt is taken back.
 
 use crate::archive::{Archived, Codec, archive};
 use crate::walk::SourceEntry;
@@ -9,12 +9,9 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 use wsr_format::digest::Digest;
 use wsr_transport::Store;
-
-/// Attempts per layer upload when the registry fails transiently.
-const UPLOAD_ATTEMPTS: u32 = 3;
+use wsr_transport::retry::RetryPolicy;
 
 /// A layer as stored: what archiving produced, and the compressed blob's digest and size.
 pub(crate) struct Uploaded {
@@ -33,10 +30,10 @@ pub(crate) async fn upload_layer(
     codec: Codec,
     progress: &Arc<Progress>,
 ) -> Result<Uploaded, BackupError> {
-    let mut delay = Duration::from_millis(500);
+    let mut backoff = RetryPolicy::current().backoff();
     // What this attempt added to the shared progress, taken back if it has to be retried.
     let attempt = Arc::new(Progress::default());
-    for attempt_no in 1..=UPLOAD_ATTEMPTS {
+    loop {
         let mut blob = store.blob_writer().await?;
         let (root2, entries2, range2, progress2, attempt2): (PathBuf, _, _, _, _) = (
             root.to_owned(),
@@ -74,11 +71,14 @@ pub(crate) async fn upload_layer(
             }
             Err(e) => e,
         };
-        let transient = matches!(&error, BackupError::Transport(t) if t.is_transient());
-        if !transient || attempt_no == UPLOAD_ATTEMPTS {
+        let delay = match &error {
+            BackupError::Transport(t) => backoff.delay_after(t),
+            _ => None,
+        };
+        let Some(delay) = delay else {
             return Err(error);
-        }
-        tracing::warn!(%error, attempt = attempt_no, "layer {layer} upload failed; retrying in {delay:?}");
+        };
+        tracing::warn!(%error, failures = backoff.failures(), "layer {layer} upload failed; retrying in {delay:?}");
         progress.entries.fetch_sub(
             attempt.entries.swap(0, Ordering::Relaxed),
             Ordering::Relaxed,
@@ -87,7 +87,5 @@ pub(crate) async fn upload_layer(
             .bytes
             .fetch_sub(attempt.bytes.swap(0, Ordering::Relaxed), Ordering::Relaxed);
         tokio::time::sleep(delay).await;
-        delay *= 2;
     }
-    unreachable!("the loop returns on its last attempt")
 }

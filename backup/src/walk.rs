@@ -1,5 +1,6 @@
 //! Walking the source tree into the canonical entry list: depth-first, children sorted by name
-//! bytes, symlinks never followed, hard links detected by (device, inode).
+//! bytes, symlinks never followed, hard links detected by (device, inode); a restore's staging
+//! directories at the top are left out.
 
 use crate::BackupError;
 use std::collections::HashMap;
@@ -9,6 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use wsr_format::codec::EntryKind;
+use wsr_format::media;
 
 /// One entry of the source tree.
 #[derive(Clone, Debug)]
@@ -99,6 +101,13 @@ fn walk_dir(
         .map_err(io)?;
     names.sort_unstable();
     for name in names {
+        // An interrupted restore's leftovers are wsr's bookkeeping, not the workspace's; a
+        // restore would never restore them either (FORMAT.md §8.2).
+        if rel_dir.is_empty() && name.starts_with(media::STAGING_PREFIX.as_bytes()) {
+            tree.skipped
+                .push((name, "a restore's staging directory, not backed up".into()));
+            continue;
+        }
         let rel = if rel_dir.is_empty() {
             name
         } else {
@@ -181,4 +190,39 @@ fn walk_dir(
 
 fn ft_is(meta: &fs::Metadata, kind: libc::mode_t) -> bool {
     meta.mode() & libc::S_IFMT == kind
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restores_staging_directories_at_the_top_are_left_out() {
+        let root = tempfile::tempdir().unwrap();
+        let staging = root
+            .path()
+            .join(".wsr-restore-0123456789abcdef0123456789abcdef");
+        fs::create_dir_all(staging.join("tree/src")).unwrap();
+        fs::write(staging.join("identity"), "{}").unwrap();
+        fs::write(staging.join("tree/src/a.rs"), "x").unwrap();
+        fs::write(root.path().join(".wsr-restore-file"), "x").unwrap();
+        // Only the top level is the restore's: the same name deeper is the user's.
+        fs::create_dir_all(root.path().join("sub/.wsr-restore-kept")).unwrap();
+        fs::write(root.path().join(".wsr-restorex"), "kept").unwrap();
+        let tree = walk(root.path(), false).unwrap();
+        let names: Vec<String> = tree
+            .entries
+            .iter()
+            .map(|e| String::from_utf8_lossy(&e.rel).into_owned())
+            .collect();
+        assert_eq!(names, [".wsr-restorex", "sub", "sub/.wsr-restore-kept"]);
+        let skipped: Vec<&[u8]> = tree.skipped.iter().map(|(p, _)| p.as_slice()).collect();
+        assert_eq!(
+            skipped,
+            [
+                b".wsr-restore-0123456789abcdef0123456789abcdef".as_slice(),
+                b".wsr-restore-file".as_slice()
+            ]
+        );
+    }
 }

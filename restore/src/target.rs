@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use wsr_format::unpack::DeferredDir;
 
 /// Names starting with this, at the top of a target, may be wsr's staging directories.
-pub const STAGING_PREFIX: &str = ".wsr-restore-";
+pub const STAGING_PREFIX: &str = wsr_format::media::STAGING_PREFIX;
 const IDENTITY: &str = "identity";
 const COMPLETE: &str = "complete";
 const TREE: &str = "tree";

@@ -145,7 +145,9 @@ pub fn is_usage_error(error: &(dyn std::error::Error + 'static)) -> bool {
 /// Exit code for a transport failure: 4 unreachable or TLS, 5 auth, 2 configuration, 6 other.
 pub fn transport_exit_code(error: &TransportError) -> i32 {
     match error {
-        TransportError::Connect { .. } | TransportError::Tls { .. } => 4,
+        TransportError::Connect { .. }
+        | TransportError::Stalled { .. }
+        | TransportError::Tls { .. } => 4,
         e if e.is_auth() => 5,
         TransportError::Config(_) => 2,
         _ => 6,

@@ -31,6 +31,10 @@ pub const EMPTY_CONFIG_DIGEST: &str =
 /// The config media type oras-py writes when it is not told otherwise.
 pub const UNKNOWN_CONFIG: &str = "application/vnd.unknown.config.v1+json";
 
+/// Top-level names starting with this in a restore target are the restore's staging
+/// directories (FORMAT.md §8.2): never restored from an archive, never backed up.
+pub const STAGING_PREFIX: &str = ".wsr-restore-";
+
 /// Plain tar layer. Upstream labels its gzip tarball with this type (oras's default).
 pub const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 /// gzip-compressed tar layer.

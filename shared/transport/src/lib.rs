@@ -4,9 +4,11 @@
 //!
 //! A `Store` is bound to one repository. Blobs are pushed as streams with the digest computed
 //! on the fly; manifests are pushed by digest and tagged separately, so callers can publish in
-//! the safe order (blobs, manifest, tags). Transient failures (connect errors, 5xx, 429) are
-//! retried with backoff for idempotent requests; streamed uploads report them via
-//! [`TransportError::is_transient`] so the caller can write the blob again. Blob bytes move
+//! the safe order (blobs, manifest, tags). Transient failures (connect errors, resets, stalls, 5xx, 429)
+//! are retried under one policy ([`retry`]) for idempotent requests, and interrupted blob
+//! downloads resume where they stopped; streamed uploads report them via
+//! [`TransportError::is_transient`] so the caller can write the blob again under the same
+//! policy. Blob bytes move
 //! through one interface, a blocking [`BlobWriter`] and [`BlobReader`], which hash them once.
 //!
 //! It moves bytes and names; it must not interpret layer contents, decide what to back up or
@@ -20,6 +22,7 @@ mod layout;
 mod oras_args;
 pub mod read;
 mod registry;
+pub mod retry;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
@@ -127,6 +130,16 @@ pub enum TransportError {
         status: u16,
         what: String,
         detail: String,
+        /// The response's `Retry-After`, when given in seconds.
+        retry_after: Option<std::time::Duration>,
+    },
+    #[error(
+        "{registry}: no progress for {idle:?} on {what}; the registry stalled (WSR_IDLE_TIMEOUT_SECONDS sets this limit)"
+    )]
+    Stalled {
+        registry: String,
+        what: String,
+        idle: std::time::Duration,
     },
     #[error("{registry}: unexpected response {status} on {what}: {detail}")]
     Protocol {
@@ -164,9 +177,17 @@ impl TransportError {
     /// Worth retrying: the same request may succeed later.
     pub fn is_transient(&self) -> bool {
         match self {
-            TransportError::Connect { .. } => true,
+            TransportError::Connect { .. } | TransportError::Stalled { .. } => true,
             TransportError::Server { status, .. } => *status >= 500 || *status == 429,
             _ => false,
+        }
+    }
+
+    /// How long the registry asked to wait before retrying (`Retry-After`), if it did.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            TransportError::Server { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 

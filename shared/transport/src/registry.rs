@@ -6,19 +6,27 @@
 //! DELETE, no client certificates and no DNS overrides, cuts streamed uploads into fixed 4 MiB
 //! PATCH requests (measurably slower) and silently falls back to default settings on a bad
 //! config. Blobs are uploaded as POST, one streaming PATCH, PUT `?digest=`.
+//!
+//! Every request runs under the one retry policy ([`crate::retry`]): idempotent requests are
+//! sent again after transient failures, an interrupted blob download resumes with a `Range`
+//! request from the byte it stopped at, and a quiet connection fails after the idle timeout
+//! (a streamed upload has its own watchdog, because it may legitimately take longer than that
+//! before the registry answers).
 
 use crate::auth::{Credentials, credentials_for};
 use crate::blob::{BlobReader, BlobWriter, DOWNLOAD_QUEUE, Piece, RegistryUpload, Source};
 use crate::challenge::{
     Challenge, TokenFailure, basic, fetch_token, parse_challenge, repository_scope,
 };
+use crate::retry::{Backoff, RetryPolicy, parse_retry_after};
 use crate::{Access, BlobStream, ConnectOptions, Result, TransportError};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::{Method, RequestBuilder, Response, StatusCode, header};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use wsr_format::digest::Digest;
 use wsr_format::reference::{Repository, Target};
@@ -26,11 +34,13 @@ use wsr_format::reference::{Repository, Target};
 /// Accepted manifest types: OCI first; Docker v2 so foreign single-layer artifacts still read.
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json;q=0.9";
 
-const RETRIES: u32 = 4;
-
 #[derive(Clone)]
 pub struct RegistryStore {
+    /// For every request but the streamed upload body: no byte for the idle timeout fails it.
     http: reqwest::Client,
+    /// For the streamed upload (PATCH), watched by [`upload_watchdog`] instead.
+    upload_http: reqwest::Client,
+    policy: RetryPolicy,
     base: String,
     host: String,
     path: String,
@@ -51,13 +61,17 @@ fn read_file(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
     })
 }
 
-fn http_client(options: &ConnectOptions) -> Result<reqwest::Client> {
+/// `read_timeout` in reqwest also bounds the wait for the response head, so a client with one
+/// cannot carry a long streamed upload: `idle` is `None` for the upload client.
+fn http_client(options: &ConnectOptions, idle: Option<Duration>) -> Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .user_agent(concat!("wsr/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(15))
-        .read_timeout(Duration::from_secs(300))
         .hickory_dns(true)
         .tls_danger_accept_invalid_certs(options.insecure);
+    if let Some(idle) = idle {
+        builder = builder.read_timeout(idle);
+    }
     if let Some(ca) = &options.ca_file {
         let pem = read_file(ca, "CA file")?;
         for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
@@ -111,8 +125,11 @@ impl RegistryStore {
         let scopes = repository_scope(path, access == Access::Push)
             .into_iter()
             .collect();
+        let policy = RetryPolicy::current();
         let store = RegistryStore {
-            http: http_client(options)?,
+            http: http_client(options, Some(policy.idle_timeout))?,
+            upload_http: http_client(options, None)?,
+            policy,
             base: format!(
                 "{}://{host}",
                 if options.plain_http { "http" } else { "https" }
@@ -239,7 +256,10 @@ impl RegistryStore {
     }
 
     fn request(&self, method: Method, url: &str) -> RequestBuilder {
-        let mut r = self.http.request(method, url);
+        self.authorize(self.http.request(method, url))
+    }
+
+    fn authorize(&self, mut r: RequestBuilder) -> RequestBuilder {
         if let Some(value) = self.auth.lock().unwrap().header.as_ref() {
             r = r.header(header::AUTHORIZATION, value);
         }
@@ -247,7 +267,7 @@ impl RegistryStore {
     }
 
     /// Sends an idempotent request, answering one auth challenge and retrying transient
-    /// failures with exponential backoff.
+    /// failures under the retry policy.
     async fn send(
         &self,
         method: Method,
@@ -255,8 +275,7 @@ impl RegistryStore {
         what: &str,
         customize: impl Fn(RequestBuilder) -> RequestBuilder,
     ) -> Result<Response> {
-        let mut delay = Duration::from_millis(250);
-        let mut attempt = 0;
+        let mut backoff = self.policy.backoff();
         let mut answered = false;
         loop {
             let result = customize(self.request(method.clone(), url)).send().await;
@@ -277,13 +296,11 @@ impl RegistryStore {
                 Ok(response) => return Ok(response),
                 Err(e) => self.request_error(e, what),
             };
-            attempt += 1;
-            if !error.is_transient() || attempt > RETRIES {
+            let Some(delay) = backoff.delay_after(&error) else {
                 return Err(error);
-            }
-            tracing::warn!(%error, attempt, "transient registry error; retrying in {delay:?}");
+            };
+            tracing::warn!(%error, failures = backoff.failures(), "transient registry error; retrying in {delay:?}");
             tokio::time::sleep(delay).await;
-            delay *= 2;
         }
     }
 
@@ -295,12 +312,18 @@ impl RegistryStore {
             source = s.source();
         }
         let lower = detail.to_ascii_lowercase();
-        if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
+        if e.is_timeout() && !e.is_connect() {
+            TransportError::Stalled {
+                registry: self.host.clone(),
+                what: what.to_owned(),
+                idle: self.policy.idle_timeout,
+            }
+        } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
             TransportError::Tls {
                 registry: self.host.clone(),
                 detail,
             }
-        } else if e.is_connect() || e.is_timeout() || lower.contains("connection") {
+        } else if e.is_connect() || e.is_timeout() || e.is_body() || lower.contains("connection") {
             TransportError::Connect {
                 registry: self.host.clone(),
                 detail,
@@ -317,6 +340,11 @@ impl RegistryStore {
 
     async fn status_error(&self, response: Response, what: &str) -> TransportError {
         let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
         let detail: String = response
             .text()
             .await
@@ -336,6 +364,7 @@ impl RegistryStore {
                 status: s,
                 what: what.to_owned(),
                 detail,
+                retry_after,
             },
             s => TransportError::Protocol {
                 registry,
@@ -452,22 +481,38 @@ impl RegistryStore {
     ) -> Result<()> {
         // A body that ends only at `End`: a writer that went away fails the request, so the
         // registry never completes a truncated blob.
-        let body = futures_util::stream::unfold(Some(pieces), |pieces| async move {
-            let mut pieces = pieces?;
-            match pieces.recv().await {
-                Some(Piece::Data(bytes)) => Some((Ok(bytes), Some(pieces))),
-                Some(Piece::End) => None,
-                None => Some((Err(std::io::Error::other("upload abandoned")), None)),
+        let activity = Arc::new(UploadActivity::new());
+        let watched = activity.clone();
+        let body = futures_util::stream::unfold(Some(pieces), move |pieces| {
+            let activity = watched.clone();
+            async move {
+                let mut pieces = pieces?;
+                activity.waiting_for_writer.store(true, Ordering::Relaxed);
+                let piece = pieces.recv().await;
+                activity.taken();
+                match piece {
+                    Some(Piece::Data(bytes)) => Some((Ok(bytes), Some(pieces))),
+                    Some(Piece::End) => None,
+                    None => Some((Err(std::io::Error::other("upload abandoned")), None)),
+                }
             }
         });
         // Not retried here: the body is consumed. The caller writes it again on a transient error.
-        let response = self
-            .request(Method::PATCH, location)
+        let request = self
+            .authorize(self.upload_http.request(Method::PATCH, location))
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .body(reqwest::Body::wrap_stream(body))
-            .send()
-            .await
-            .map_err(|e| self.request_error(e, "upload blob"))?;
+            .send();
+        let response = tokio::select! {
+            response = request => response.map_err(|e| self.request_error(e, "upload blob"))?,
+            () = upload_watchdog(&activity, self.policy.idle_timeout) => {
+                return Err(TransportError::Stalled {
+                    registry: self.host.clone(),
+                    what: "upload blob".into(),
+                    idle: self.policy.idle_timeout,
+                });
+            }
+        };
         if response.status() != StatusCode::ACCEPTED && response.status() != StatusCode::NO_CONTENT
         {
             return Err(self.status_error(response, "upload blob").await);
@@ -482,7 +527,8 @@ impl RegistryStore {
         self.finish_upload(&location, &digest, None).await
     }
 
-    /// Opens a blob for reading; a task reads ahead while the reader consumes.
+    /// Opens a blob for reading; a task reads ahead while the reader consumes. An interrupted
+    /// download resumes where it stopped (see [`RegistryStore::fetch_blob`]).
     pub async fn blob_reader(&self, digest: &Digest, size: u64) -> Result<BlobReader> {
         let mut stream = self.fetch_blob(digest).await?;
         let (pieces, pieces_rx) = mpsc::channel(DOWNLOAD_QUEUE);
@@ -501,29 +547,83 @@ impl RegistryStore {
         Ok(BlobReader::new(source, digest, size))
     }
 
+    /// The blob's bytes. When the body fails part-way (reset, stall), the rest is requested
+    /// with `Range: bytes=N-` under the retry policy, whose budget starts again after a request
+    /// that delivered at least [`RESUME_PROGRESS`] bytes (so a long download survives sporadic
+    /// failures, and one cut every few KiB still fails within the budget); the caller's
+    /// digest check covers the joined stream.
     pub(crate) async fn fetch_blob(&self, digest: &Digest) -> Result<BlobStream> {
+        let first = self.blob_body(digest, 0).await?;
+        let download = Download {
+            store: self.clone(),
+            digest: digest.clone(),
+            body: Some(first),
+            offset: 0,
+            backoff: self.policy.backoff(),
+            progressed: 0,
+            failed: false,
+        };
+        Ok(futures_util::stream::unfold(download, Download::next_piece).boxed())
+    }
+
+    /// GET of a blob from byte `offset` on; the body is the bytes from there.
+    async fn blob_body(&self, digest: &Digest, offset: u64) -> Result<BodyStream> {
         let what = format!("blob {digest}");
         let response = self
             .send(
                 Method::GET,
                 &self.url(&format!("blobs/{digest}")),
                 &what,
-                |r| r,
+                |r| match offset {
+                    0 => r,
+                    n => r.header(header::RANGE, format!("bytes={n}-")),
+                },
             )
             .await?;
-        if !response.status().is_success() {
+        let status = response.status();
+        if !status.is_success() {
             return Err(self.status_error(response, &what).await);
         }
+        // A registry that ignores `Range` sends the whole blob again: skip what we have.
+        let skip = if status == StatusCode::PARTIAL_CONTENT {
+            let from = response
+                .headers()
+                .get(header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("bytes "))
+                .and_then(|v| v.split('-').next())
+                .and_then(|v| v.parse::<u64>().ok());
+            if from != Some(offset) {
+                return Err(TransportError::Protocol {
+                    registry: self.host.clone(),
+                    status: 206,
+                    what,
+                    detail: format!("asked for bytes from {offset}, got Content-Range {from:?}"),
+                });
+            }
+            0
+        } else {
+            offset
+        };
         let host = self.host.clone();
-        Ok(response
-            .bytes_stream()
-            .map(move |r| {
-                r.map_err(|e| TransportError::Connect {
-                    registry: host.clone(),
-                    detail: format!("download interrupted: {e}"),
-                })
+        let idle = self.policy.idle_timeout;
+        let body = response.bytes_stream().map(move |r| {
+            r.map_err(|e| {
+                if e.is_timeout() {
+                    TransportError::Stalled {
+                        registry: host.clone(),
+                        what: "download".into(),
+                        idle,
+                    }
+                } else {
+                    TransportError::Connect {
+                        registry: host.clone(),
+                        detail: format!("download interrupted: {e}"),
+                    }
+                }
             })
-            .boxed())
+        });
+        Ok(skip_bytes(body.boxed(), skip))
     }
 
     pub async fn put_manifest(
@@ -555,26 +655,43 @@ impl RegistryStore {
         Ok(())
     }
 
+    /// A manifest's bytes, bounded while reading; a body that fails part-way (reset, stall) is
+    /// fetched again under the retry policy.
     pub async fn get_manifest(&self, target: &Target) -> Result<Vec<u8>> {
         let reference = match target {
             Target::Tag(t) => t.clone(),
             Target::Digest(d) => d.to_string(),
         };
         let what = format!("manifest {reference}");
-        let response = self
-            .send(
-                Method::GET,
-                &self.url(&format!("manifests/{reference}")),
-                &what,
-                |r| r.header(header::ACCEPT, MANIFEST_ACCEPT),
-            )
-            .await?;
+        let mut backoff = self.policy.backoff();
+        loop {
+            let response = self
+                .send(
+                    Method::GET,
+                    &self.url(&format!("manifests/{reference}")),
+                    &what,
+                    |r| r.header(header::ACCEPT, MANIFEST_ACCEPT),
+                )
+                .await?;
+            let error = match self.manifest_body(response, &what).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(e) => e,
+            };
+            let Some(delay) = backoff.delay_after(&error) else {
+                return Err(error);
+            };
+            tracing::warn!(%error, failures = backoff.failures(), "reading {what} failed; retrying in {delay:?}");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn manifest_body(&self, mut response: Response, what: &str) -> Result<Vec<u8>> {
         if !response.status().is_success() {
-            return Err(self.status_error(response, &what).await);
+            return Err(self.status_error(response, what).await);
         }
         // Bounded while reading: a hostile registry may send (or announce) any length.
         let oversized = || TransportError::Oversized {
-            what: what.clone(),
+            what: what.to_owned(),
             limit: super::MAX_MANIFEST_BYTES,
         };
         if response
@@ -583,12 +700,11 @@ impl RegistryStore {
         {
             return Err(oversized());
         }
-        let mut response = response;
         let mut bytes = Vec::new();
         while let Some(chunk) = response
             .chunk()
             .await
-            .map_err(|e| self.request_error(e, &what))?
+            .map_err(|e| self.request_error(e, what))?
         {
             bytes.extend_from_slice(&chunk);
             if bytes.len() as u64 > super::MAX_MANIFEST_BYTES {
@@ -652,6 +768,123 @@ impl RegistryStore {
                 detail: "the registry does not allow deleting manifests (for distribution, set storage.delete.enabled)".into(),
             }),
             _ => Err(self.status_error(response, &what).await),
+        }
+    }
+}
+
+type BodyStream = BlobStream;
+
+/// Bytes a download must have delivered since its last failure for the retry budget to start
+/// again.
+const RESUME_PROGRESS: u64 = 1 << 20;
+
+/// Drops the first `skip` bytes of `body`.
+fn skip_bytes(body: BodyStream, skip: u64) -> BodyStream {
+    if skip == 0 {
+        return body;
+    }
+    body.scan(skip, |left, piece| {
+        let piece = piece.map(|mut bytes| {
+            let cut = (*left).min(bytes.len() as u64) as usize;
+            *left -= cut as u64;
+            bytes.split_off(cut)
+        });
+        std::future::ready(Some(piece))
+    })
+    .filter(|piece| std::future::ready(!matches!(piece, Ok(b) if b.is_empty())))
+    .boxed()
+}
+
+/// One blob download that resumes after transient failures.
+struct Download {
+    store: RegistryStore,
+    digest: Digest,
+    body: Option<BodyStream>,
+    offset: u64,
+    backoff: Backoff,
+    /// Bytes arrived since the last failure.
+    progressed: u64,
+    failed: bool,
+}
+
+impl Download {
+    async fn next_piece(mut self) -> Option<(Result<Bytes>, Download)> {
+        loop {
+            if self.failed {
+                return None;
+            }
+            let next = match &mut self.body {
+                Some(body) => body.next().await,
+                None => Some(
+                    match self.store.blob_body(&self.digest, self.offset).await {
+                        Ok(body) => {
+                            self.body = Some(body);
+                            continue;
+                        }
+                        Err(e) => Err(e),
+                    },
+                ),
+            };
+            let error = match next {
+                None => return None,
+                Some(Ok(bytes)) => {
+                    self.offset += bytes.len() as u64;
+                    self.progressed += bytes.len() as u64;
+                    return Some((Ok(bytes), self));
+                }
+                Some(Err(e)) => e,
+            };
+            self.body = None;
+            if std::mem::take(&mut self.progressed) >= RESUME_PROGRESS {
+                self.backoff = self.store.policy.backoff();
+            }
+            match self.backoff.delay_after(&error) {
+                Some(delay) => {
+                    tracing::warn!(%error, offset = self.offset, "blob {} download interrupted; resuming in {delay:?}", self.digest);
+                    tokio::time::sleep(delay).await;
+                }
+                None => {
+                    self.failed = true;
+                    return Some((Err(error), self));
+                }
+            }
+        }
+    }
+}
+
+/// What the upload watchdog sees of a streamed upload body.
+struct UploadActivity {
+    /// When the registry last took a piece (or the writer last gave one).
+    last: Mutex<Instant>,
+    /// The body waits for the writer (the archiver), not for the registry.
+    waiting_for_writer: AtomicBool,
+}
+
+impl UploadActivity {
+    fn new() -> UploadActivity {
+        UploadActivity {
+            last: Mutex::new(Instant::now()),
+            waiting_for_writer: AtomicBool::new(false),
+        }
+    }
+
+    fn taken(&self) {
+        *self.last.lock().unwrap() = Instant::now();
+        self.waiting_for_writer.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Returns once the registry has neither taken a piece of the upload body nor answered for
+/// `idle` while the body was ready for it. A slow writer never counts as a stall.
+async fn upload_watchdog(activity: &UploadActivity, idle: Duration) {
+    let tick = (idle / 4).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(tick).await;
+        if activity.waiting_for_writer.load(Ordering::Relaxed) {
+            continue;
+        }
+        if activity.last.lock().unwrap().elapsed() >= idle {
+            return;
         }
     }
 }

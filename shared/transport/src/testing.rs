@@ -2,8 +2,12 @@
 //! on a free loopback port, optionally with TLS (a self-signed `CA:FALSE` leaf that rustls
 //! accepts) and htpasswd (bcrypt) basic auth. It owns the registry child process, its
 //! config, certificates, credentials and storage, all inside one tempdir per instance so
-//! tests can run in parallel threads and processes. Compiled only with the `test-support`
+//! tests can run in parallel threads and processes. [`FaultProxy`] stands between a client and
+//! such a registry to inject network and server faults. Compiled only with the `test-support`
 //! feature.
+
+mod proxy;
+pub use proxy::{Fault, FaultProxy, Rule, Seen};
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
