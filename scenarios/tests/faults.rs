@@ -218,7 +218,6 @@ pub fn binaries() -> PathBuf {
 }
 
 fn figures(test: &str, injected: usize) {
-    eprintln!("FAULTS {test} injected={injected}");
     println!("FAULTS {test} injected={injected}");
 }
 

@@ -259,6 +259,13 @@ fn registry_stopped_mid_upload_leaves_previous_latest_restorable() {
     {
         return;
     }
+    // The stopped registry stays down: give up after a few seconds, not the default minute
+    // (unless another test of this binary already connected with the default).
+    let _ = wsr_transport::retry::RetryPolicy {
+        budget: std::time::Duration::from_secs(4),
+        idle_timeout: wsr_transport::retry::DEFAULT_IDLE_TIMEOUT,
+    }
+    .install();
     let work = sample(false);
     let src = work.path().join("projects");
     let registry = Arc::new(Mutex::new(

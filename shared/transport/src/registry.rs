@@ -318,7 +318,10 @@ impl RegistryStore {
                 what: what.to_owned(),
                 idle: self.policy.idle_timeout,
             }
-        } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake") {
+        } else if lower.contains("certificate")
+            || lower.contains("tls")
+            || lower.contains("handshake")
+        {
             TransportError::Tls {
                 registry: self.host.clone(),
                 detail,

@@ -36,12 +36,17 @@ impl RetryPolicy {
     /// The process's policy: the defaults, overridden by `WSR_RETRY_SECONDS` and
     /// `WSR_IDLE_TIMEOUT_SECONDS` (whole seconds; read once).
     pub fn current() -> RetryPolicy {
-        static POLICY: OnceLock<RetryPolicy> = OnceLock::new();
         *POLICY.get_or_init(|| RetryPolicy {
             budget: seconds_from_env("WSR_RETRY_SECONDS", 0).unwrap_or(DEFAULT_BUDGET),
             idle_timeout: seconds_from_env("WSR_IDLE_TIMEOUT_SECONDS", 1)
                 .unwrap_or(DEFAULT_IDLE_TIMEOUT),
         })
+    }
+
+    /// Makes `self` the process's policy, unless one is in use already (then returns it as the
+    /// error). For in-process tests, which cannot set the environment safely.
+    pub fn install(self) -> Result<(), RetryPolicy> {
+        POLICY.set(self).map_err(|_| RetryPolicy::current())
     }
 
     /// Starts counting for one operation.
@@ -54,6 +59,8 @@ impl RetryPolicy {
         }
     }
 }
+
+static POLICY: OnceLock<RetryPolicy> = OnceLock::new();
 
 fn seconds_from_env(name: &str, min: u64) -> Option<Duration> {
     let value = std::env::var(name).ok()?;
