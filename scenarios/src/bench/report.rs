@@ -37,6 +37,8 @@ struct Agg<'a> {
     rss_max_kib: u64,
     stored: Option<f64>,
     wsr_uploaded: Option<f64>,
+    /// Data layers, from wsr's `--json` summary.
+    layers: Option<u64>,
     check: Option<String>,
     skipped: Option<&'a str>,
     steps: Vec<(String, f64, f64, u64)>,
@@ -122,6 +124,9 @@ fn aggregate<'a>(records: &[&'a Record]) -> Option<Agg<'a>> {
                 .filter_map(|r| r.wsr.as_ref()?.get("uploaded_bytes")?.as_f64())
                 .collect(),
         ),
+        layers: ok
+            .iter()
+            .find_map(|r| r.wsr.as_ref()?.get("layers")?.as_u64()),
         check,
         skipped: records.iter().find_map(|r| r.skipped.as_deref()),
         steps,
@@ -514,9 +519,9 @@ fn corpus_section(md: &mut String, run: &CorpusRun) {
     }
 
     incremental_section(md, &t, run);
-    targets_section(md, &t);
+    let misses = targets_section(md, &t, run);
     steps_section(md, &t);
-    limits_section(md, &t, run);
+    limits_section(md, &t, run, misses);
     failures_section(md, run);
 }
 
@@ -595,7 +600,10 @@ fn verdict(pass: Option<bool>) -> &'static str {
     }
 }
 
-fn targets_section(md: &mut String, t: &Table) {
+/// Writes the targets table (issue #17's targets) and returns, for each MISS, why: what the
+/// target requires against what the measured floors and costs allow. The reasons go into the
+/// "what limits these numbers" section.
+fn targets_section(md: &mut String, t: &Table, run: &CorpusRun) -> Vec<String> {
     let _ = writeln!(
         md,
         "\n### Targets (wsr against peers, same machine, same run)\n"
@@ -604,57 +612,138 @@ fn targets_section(md: &mut String, t: &Table) {
     let b = |p| t.get(Phase::Backup, "", p);
     let r = |p| t.get(Phase::Restore, "", p);
     let i = |s, p| t.get(Phase::Incremental, s, p);
-    let row = |md: &mut String, what: &str, measured: Option<(String, bool)>| {
+    let big = run.stats.bytes >= 1_000_000_000;
+    let mut misses = Vec::new();
+    let mut row = |md: &mut String, what: &str, measured: Option<(String, bool)>, why: String| {
         let (m, pass) = measured.map_or(("–".to_string(), None), |(m, p)| (m, Some(p)));
         let _ = writeln!(md, "| {what} | {m} | {} |", verdict(pass));
+        if pass == Some(false) {
+            misses.push(format!("MISS \"{what}\": {why}"));
+        }
+    };
+    let versus = |x: f64, a: f64, b: f64| format!("{} ({} s vs {} s)", ratio(x), secs(a), secs(b));
+    // The floor of a compressing uploader: `tar | zstd -T0` then one raw upload.
+    let floor = b("zstd").zip(b("floor-blob")).map(|(z, f)| z.wall + f.wall);
+
+    let want = if big { 8.0 } else { 5.0 };
+    let why = match (b("wsr"), b("upstream"), floor) {
+        (Some(w), Some(u), Some(floor)) => format!(
+            "{want}× needs a backup in {} s; compressing with `tar | zstd -T0` and uploading the result as \
+             one blob already takes {} s on this machine, and wsr's {} s are {} CPU-s plus {} CPU-s of \
+             registry work on {:.0} shared cores",
+            secs(u.wall / want),
+            secs(floor),
+            secs(w.wall),
+            secs(w.cpu),
+            secs(w.server_cpu.unwrap_or(0.0)),
+            std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
+        ),
+        _ => String::new(),
     };
     row(
         md,
-        "full backup ≥ 3× faster than upstream",
+        &format!("full backup ≥ {want}× faster than upstream"),
         b("wsr").zip(b("upstream")).map(|(w, u)| {
-            let x = u.wall / w.wall;
             (
-                format!("{} ({} s vs {} s)", ratio(x), secs(u.wall), secs(w.wall)),
-                x >= 3.0,
+                versus(u.wall / w.wall, u.wall, w.wall),
+                u.wall / w.wall >= want,
             )
         }),
+        why,
     );
+    let why = match (b("wsr"), b("zstd")) {
+        (Some(w), Some(z)) => format!(
+            "wsr compresses each layer on one thread (so identical trees give identical layers) and \
+             uploads {} blobs (a layer and an index each), each a request sequence the registry handles: \
+             {} CPU-s in the registry against {} CPU-s for one monolithic upload; `zstd -T0` uses {} CPU-s",
+            2 * layer_count(w),
+            secs(w.server_cpu.unwrap_or(0.0)),
+            secs(b("floor-blob").and_then(|f| f.server_cpu).unwrap_or(0.0)),
+            secs(z.cpu)
+        ),
+        _ => String::new(),
+    };
     row(
         md,
-        "full backup within 1.3× of `tar \\| zstd -T0` to a local file",
-        b("wsr").zip(b("zstd")).map(|(w, z)| {
-            let x = w.wall / z.wall;
-            (
-                format!("{} ({} s vs {} s)", ratio(x), secs(w.wall), secs(z.wall)),
-                x <= 1.3,
-            )
-        }),
+        "full backup within 1.5× of `tar \\| zstd -T0` followed by one raw upload",
+        b("wsr")
+            .zip(floor)
+            .map(|(w, f)| (versus(w.wall / f, w.wall, f), w.wall / f <= 1.5)),
+        why,
     );
+    let why = match (r("wsr"), r("upstream"), r("zstd")) {
+        (Some(w), Some(u), Some(z)) => format!(
+            "3× needs a restore in {} s (wsr: {} s); writing the tree with `zstd -d | tar -x` from a local \
+             file takes {} s ({} CPU-s, {} of it in the kernel creating files)",
+            secs(u.wall / 3.0),
+            secs(w.wall),
+            secs(z.wall),
+            secs(z.cpu),
+            secs(z.sys)
+        ),
+        _ => String::new(),
+    };
     row(
         md,
         "restore ≥ 3× faster than upstream",
         r("wsr").zip(r("upstream")).map(|(w, u)| {
-            let x = u.wall / w.wall;
             (
-                format!("{} ({} s vs {} s)", ratio(x), secs(u.wall), secs(w.wall)),
-                x >= 3.0,
+                versus(u.wall / w.wall, u.wall, w.wall),
+                u.wall / w.wall >= 3.0,
             )
         }),
+        why,
     );
+    let why = match (r("wsr"), r("zstd")) {
+        (Some(w), Some(z)) => format!(
+            "wsr does what `tar -x` does plus a SHA-256 of every byte against the index, the digest checks \
+             of every blob and the uncompressed streams, fetching {} blobs over HTTP, and a staging \
+             directory whose entries are renamed into place: {} CPU-s ({} in the kernel) against {} ({})",
+            2 * layer_count(w),
+            secs(w.cpu),
+            secs(w.sys),
+            secs(z.cpu),
+            secs(z.sys)
+        ),
+        _ => String::new(),
+    };
+    row(
+        md,
+        "restore within 1.2× of `zstd -d \\| tar -x` from a local file",
+        r("wsr").zip(r("zstd")).map(|(w, z)| {
+            (
+                versus(w.wall / z.wall, w.wall, z.wall),
+                w.wall / z.wall <= 1.2,
+            )
+        }),
+        why,
+    );
+    let why = match (i("full", "wsr"), i("unchanged", "wsr")) {
+        (Some(f), Some(u)) => format!(
+            "an unchanged re-backup still walks the tree (lstat of every entry) and makes the requests of \
+             one publish (previous manifest and config, new config, manifest, two tags), {} s here; a full \
+             backup of a tree this size takes {} s, so the ratio grows with the tree (the target is set \
+             for 1 GB)",
+            secs(u.wall),
+            secs(f.wall)
+        ),
+        _ => String::new(),
+    };
     row(
         md,
         "re-backup of an unchanged workspace ≥ 20× faster than a full backup",
         i("full", "wsr").zip(i("unchanged", "wsr")).map(|(f, u)| {
-            let x = f.wall / u.wall;
             (
-                format!("{} ({} s vs {} s)", ratio(x), secs(f.wall), secs(u.wall)),
-                x >= 20.0,
+                versus(f.wall / u.wall, f.wall, u.wall),
+                f.wall / u.wall >= 20.0,
             )
         }),
+        why,
     );
+    let limit = if big { 0.01 } else { 0.05 };
     row(
         md,
-        "one changed file uploads < 5% of the bytes",
+        &format!("one changed file uploads < {}% of the bytes", limit * 100.0),
         i("full", "wsr")
             .zip(i("one file", "wsr"))
             .and_then(|(f, o)| {
@@ -662,9 +751,12 @@ fn targets_section(md: &mut String, t: &Table) {
                 let x = ob / fb;
                 Some((
                     format!("{:.2}% ({} of {})", 100.0 * x, mb(ob), mb(fb)),
-                    x < 0.05,
+                    x < limit,
                 ))
             }),
+        "the changed file's whole layer (and its index) is uploaded again; layers are about 1/128 \
+         of the tree, at least 1 MiB"
+            .to_string(),
     );
     let rss = |phase: Phase| {
         let aggs: Vec<&Agg> = match phase {
@@ -686,8 +778,14 @@ fn targets_section(md: &mut String, t: &Table) {
         md,
         "peak RSS < 100 MiB, backup (full and incremental)",
         rss(Phase::Backup),
+        "the entry list of the whole tree is held, plus 4 layers in flight".into(),
     );
-    row(md, "peak RSS < 100 MiB, restore", rss(Phase::Restore));
+    row(
+        md,
+        "peak RSS < 100 MiB, restore",
+        rss(Phase::Restore),
+        "the whole file index is held to verify every entry, plus the layers in flight".into(),
+    );
 
     let _ = writeln!(
         md,
@@ -712,6 +810,7 @@ fn targets_section(md: &mut String, t: &Table) {
             }
         }
     }
+    misses
 }
 
 fn steps_section(md: &mut String, t: &Table) {
@@ -742,7 +841,7 @@ fn steps_section(md: &mut String, t: &Table) {
 }
 
 /// Sentences chosen by the measurements, not written ahead of them.
-fn limits_section(md: &mut String, t: &Table, run: &CorpusRun) {
+fn limits_section(md: &mut String, t: &Table, run: &CorpusRun, misses: Vec<String>) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let bytes = run.stats.bytes as f64;
     let mut notes: Vec<String> = Vec::new();
@@ -927,7 +1026,7 @@ fn limits_section(md: &mut String, t: &Table, run: &CorpusRun) {
         ));
     }
     let _ = writeln!(md, "\n### What limits these numbers\n");
-    for n in notes {
+    for n in misses.into_iter().chain(notes) {
         let _ = writeln!(md, "- {n}");
     }
 }
@@ -971,4 +1070,9 @@ fn failures_section(md: &mut String, run: &CorpusRun) {
     for (what, why) in skipped {
         let _ = writeln!(md, "- skipped {what}: {why}");
     }
+}
+
+/// Data layers of a wsr run (every repetition backs up the same tree).
+fn layer_count(a: &Agg) -> u64 {
+    a.layers.unwrap_or(0)
 }
