@@ -235,7 +235,7 @@ stop_workspace() {
     local name=$1 id=$2 now
     kc patch devworkspace "$name" -n "$NS" --type=merge -p '{"spec":{"started":false}}'
     kc scale -n "$NS" "deploy/$id" --replicas=0
-    kc wait -n "$NS" --for=delete pod -l "controller.devfile.io/devworkspace_id=$id" --timeout=120s
+    wait_for "$name's pods to be gone" '^$' 120 get pods -n "$NS" -l "controller.devfile.io/devworkspace_id=$id" -o name
     now=$(date -u +%Y-%m-%dT%H:%M:%SZ)
     kc patch devworkspace "$name" -n "$NS" --subresource=status --type=merge -p \
         "{\"status\":{\"phase\":\"Stopped\",\"conditions\":[{\"type\":\"Started\",\"status\":\"False\",\"lastTransitionTime\":\"$now\"}]}}"

@@ -187,7 +187,7 @@ pub fn main(args: Args) -> Result<()> {
     let report = result?;
     println!("\n{}", report.table());
     println!(
-        "namespace {}; demo {:.0} s, {:.0} s in all (with build and cluster start)",
+        "namespace {}; the story {:.0} s, {:.0} s in all",
         report.namespace,
         report.total_s,
         started.elapsed().as_secs_f64()
@@ -732,4 +732,51 @@ fn wsr_restore(binaries: &Path, kubeconfig: &Path, args: &[&str]) -> Result<Stri
         );
     }
     Ok(stdout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(workspace: &str, difference: Option<String>) -> Row {
+        Row {
+            workspace: workspace.into(),
+            restored_by: "workspace-restore init",
+            digest: format!("sha256:{}", "ab".repeat(32)),
+            data_bytes: 3 << 20,
+            stored_bytes: 1 << 20,
+            backup_s: 2.0,
+            restore_s: 1.5,
+            entries: 67,
+            difference,
+        }
+    }
+
+    #[test]
+    fn a_mismatch_is_shown_in_the_table_and_fails_the_demo() {
+        let want = vec!["a file 644 1 x".to_owned(), "b dir 755 1 ".to_owned()];
+        let got = vec!["a file 664 1 x".to_owned(), "b dir 755 1 ".to_owned()];
+        assert_eq!(difference(&want, &want), None);
+        let diff = difference(&want, &got).expect("differs");
+        assert!(
+            diff.contains("a file 644") && diff.contains("a file 664"),
+            "{diff}"
+        );
+        let report = Report {
+            namespace: "ns".into(),
+            rows: vec![row("alpha", None), row("beta", Some(diff))],
+            total_s: 1.0,
+        };
+        let table = report.table();
+        assert!(table.contains("identical (67 entries)"), "{table}");
+        assert!(table.contains("MISMATCH"), "{table}");
+        assert!(table.contains("sha256:abababababab "), "{table}");
+        let err = report.ensure_identical().unwrap_err().to_string();
+        assert!(err.contains("beta:") && !err.contains("alpha:"), "{err}");
+        let fine = Report {
+            rows: vec![row("alpha", None)],
+            ..report
+        };
+        assert!(fine.ensure_identical().is_ok());
+    }
 }
