@@ -266,13 +266,15 @@ backup_workspaces() {
 # The backup's digest and its Job's duration, for the summary (the Job goes with the disaster).
 declare -A DIGEST BACKUP_S
 record_backup() {
-    local name=$1 job start end
+    local name=$1 job start='' end=''
     DIGEST[$name]=$(kq get devworkspace "$name" -n "$NS" -o 'jsonpath={.metadata.annotations.wsr\.dev/last-backup-digest}')
     job=$(kq get devworkspace "$name" -n "$NS" -o 'jsonpath={.metadata.annotations.wsr\.dev/last-backup-job}')
     BACKUP_S[$name]=-
     if [[ -n $job ]]; then
-        start=$(kq get job "$job" -n "$NS" -o 'jsonpath={.status.startTime}')
-        end=$(kq get job "$job" -n "$NS" -o 'jsonpath={.status.completionTime}')
+        start=$(kq get job "$job" -n "$NS" -o 'jsonpath={.status.startTime}' || true)
+        end=$(kq get job "$job" -n "$NS" -o 'jsonpath={.status.completionTime}' || true)
+    fi
+    if [[ -n ${start:-} && -n ${end:-} ]]; then
         BACKUP_S[$name]=$(($(date -d "$end" +%s) - $(date -d "$start" +%s)))
     fi
 }
