@@ -94,6 +94,9 @@ pub fn install(cluster: &Cluster, binaries: &Path, name: &str) -> Result<Operato
         .args(["run", "--namespace", OPERATOR_NS])
         .env("KUBECONFIG", &kubeconfig)
         .env("WSR_LOG", "info")
+        // Operators that serve /healthz and /metrics listen on loopback, on a free port, so
+        // demos and tests on one machine do not collide (older ones ignore the variable).
+        .env("WSR_OPERATOR_LISTEN", "127.0.0.1:0")
         .stdout(file.try_clone()?)
         .stderr(file)
         .stdin(Stdio::null())
