@@ -100,6 +100,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 # Slow scenarios (scenarios/tests/incremental.rs) run only here; a plain `cargo test` skips them.
 export WSR_SLOW_TESTS=1
+# Tests point at unreachable registries on purpose; retry for seconds, not the production
+# minute (docs/RELIABILITY.md). The fault tests set their own budget.
+export WSR_RETRY_SECONDS=${WSR_RETRY_SECONDS:-4}
 
 section "cargo test --workspace --locked $*"
 cargo test --workspace --locked "$@"

@@ -156,6 +156,9 @@ pub async fn restore(
         report.duration_s = started.elapsed().as_secs_f64();
         return Ok(report);
     }
+    // An interrupted restore's incomplete staging directory is ours to remove, even when the
+    // target turns out not to be empty.
+    target::remove_stale_staging(target)?;
     let existing = target::user_entries(target)?;
     if !existing.is_empty() && !options.force {
         return Err(RestoreError::NotEmpty {

@@ -21,7 +21,11 @@
 //! `renameat2(RENAME_NOREPLACE)`, so nothing existing is ever replaced.
 //!
 //! A crash before `complete` is written leaves the target showing only that hidden directory (a
-//! rerun discards it); a crash after it is finished by the rerun.
+//! rerun discards it); a crash after it is finished by the rerun. `complete` carries the same
+//! identity as `identity`, and the final clean-up removes `identity` first, then `complete`, so
+//! a kill at any instant leaves a directory a rerun recognises: one holding nothing (killed
+//! before `identity` was written, or after `complete` was removed) is ours to remove, whoever
+//! it looks like, because there is nothing in it to lose.
 
 use crate::{RestoreError, RestoreReport};
 use std::ffi::{CString, OsStr};
@@ -73,6 +77,9 @@ struct Identity {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Completed {
     token: String,
+    /// The staging directory's identity again, so the marker alone is enough to trust it.
+    #[serde(default)]
+    identity: Option<Identity>,
     report: RestoreReport,
     deferred_dirs: Vec<DeferredDir>,
 }
@@ -121,21 +128,50 @@ fn recognise(dir: &Path) -> Option<(Staging, bool)> {
     if !meta.is_dir() || meta.uid() != euid() || meta.mode() & 0o7777 != 0o700 {
         return None;
     }
-    let identity: Identity =
-        serde_json::from_slice(&read_own_file(&dir.join(IDENTITY), 4096)?).ok()?;
-    let matches = identity.token == token
-        && identity.dev == meta.dev()
-        && identity.ino == meta.ino()
-        && identity.uid == meta.uid();
-    if !matches {
-        return None;
-    }
     let staging = Staging {
         dir: dir.to_owned(),
         token: token.to_owned(),
     };
-    let complete = fs::symlink_metadata(dir.join(COMPLETE)).is_ok();
-    Some((staging, complete))
+    if holds_nothing(dir) {
+        return Some((staging, false));
+    }
+    let matches = |identity: &Identity| {
+        identity.token == token
+            && identity.dev == meta.dev()
+            && identity.ino == meta.ino()
+            && identity.uid == meta.uid()
+    };
+    let identity = read_own_file(&dir.join(IDENTITY), 4096)
+        .and_then(|bytes| serde_json::from_slice::<Identity>(&bytes).ok());
+    if let Some(identity) = identity {
+        let complete = fs::symlink_metadata(dir.join(COMPLETE)).is_ok();
+        return matches(&identity).then_some((staging, complete));
+    }
+    // Killed between removing `identity` and `complete`: the marker vouches for itself.
+    let marker = read_own_file(&dir.join(COMPLETE), MAX_MARKER_BYTES)
+        .and_then(|bytes| serde_json::from_slice::<Completed>(&bytes).ok())?;
+    marker
+        .identity
+        .as_ref()
+        .is_some_and(|identity| matches(identity) && marker.token == token)
+        .then_some((staging, true))
+}
+
+/// Whether a staging-named directory holds nothing worth keeping: no entry at all, or only an
+/// empty `identity` (a restore killed while creating it).
+fn holds_nothing(dir: &Path) -> bool {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return false;
+    };
+    for entry in entries {
+        let Ok(entry) = entry else { return false };
+        let empty_identity = entry.file_name() == IDENTITY
+            && entry.metadata().is_ok_and(|m| m.is_file() && m.len() == 0);
+        if !empty_identity {
+            return false;
+        }
+    }
+    true
 }
 
 /// Reads a small regular file we wrote: not through a symlink, owned by us, at most `limit`.
@@ -250,9 +286,9 @@ fn move_entry(from: &Path, to: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Removes our stale (incomplete) staging directories and creates a fresh one.
-pub fn create_staging(target: &Path) -> Result<Staging, RestoreError> {
-    fs::create_dir_all(target).map_err(io(target))?;
+/// Removes our stale (incomplete) staging directories: an interrupted restore's, whose tree
+/// was not complete.
+pub fn remove_stale_staging(target: &Path) -> Result<(), RestoreError> {
     for (stale, complete) in scan(target)?.ours {
         if !complete {
             tracing::info!(path = %stale.dir.display(), "removing an interrupted restore's staging directory");
@@ -260,6 +296,13 @@ pub fn create_staging(target: &Path) -> Result<Staging, RestoreError> {
             fs::remove_dir_all(&stale.dir).map_err(io(&stale.dir))?;
         }
     }
+    Ok(())
+}
+
+/// Removes our stale staging directories and creates a fresh one.
+pub fn create_staging(target: &Path) -> Result<Staging, RestoreError> {
+    fs::create_dir_all(target).map_err(io(target))?;
+    remove_stale_staging(target)?;
     let token = random_token().map_err(io(target))?;
     let dir = target.join(format!("{STAGING_PREFIX}{token}"));
     fs::DirBuilder::new()
@@ -331,8 +374,15 @@ pub fn commit(
     report: &RestoreReport,
     deferred_dirs: Vec<DeferredDir>,
 ) -> Result<(), RestoreError> {
+    let meta = fs::symlink_metadata(&staging.dir).map_err(io(&staging.dir))?;
     let completed = Completed {
         token: staging.token.clone(),
+        identity: Some(Identity {
+            token: staging.token.clone(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            uid: meta.uid(),
+        }),
         report: report.clone(),
         deferred_dirs,
     };
@@ -388,9 +438,13 @@ pub fn finish_moves(
         let path = target.join(OsStr::from_bytes(&dir.name.0));
         apply_dir_mode(&path, dir.mode, dir.mtime).map_err(io(&path))?;
     }
-    for name in [COMPLETE, IDENTITY] {
+    // `identity` first: the marker alone still identifies the directory (see the module docs).
+    for name in [IDENTITY, COMPLETE] {
         let path = staging.dir.join(name);
-        fs::remove_file(&path).map_err(io(&path))?;
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&path)(e)),
+            _ => crate::test_hooks::maybe_abort(&format!("after-removing-{name}")),
+        }
     }
     fs::remove_dir(&staging.dir).map_err(io(&staging.dir))?;
     fs::File::open(target)

@@ -1,6 +1,7 @@
 //! Fault injection for crash tests: `WSR_TEST_ABORT_AT=<point>` makes the process abort (as a
-//! SIGKILL would) at that point. Points: `after-entries:<N>` (mid-unpack) and `after-marker`
-//! (tree complete, nothing moved yet). The variable is read once per process; unset (as in
+//! SIGKILL would) at that point. Points: `after-entries:<N>` (mid-unpack), `after-marker`
+//! (tree complete, nothing moved yet), `after-removing-identity` and `after-removing-complete`
+//! (everything moved, the staging directory being cleaned up). The variable is read once per process; unset (as in
 //! production), the per-entry path has no hook at all (see `abort_after_entries`).
 
 use std::sync::OnceLock;

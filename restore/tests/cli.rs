@@ -10,7 +10,10 @@ use wsr_format::media;
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_wsr-restore"));
-    c.env_remove("WSR_TEST_ABORT_AT").env("WSR_LOG", "warn");
+    // Unreachable registries are tried here on purpose: retry for seconds, not a minute.
+    c.env_remove("WSR_TEST_ABORT_AT")
+        .env("WSR_LOG", "warn")
+        .env("WSR_RETRY_SECONDS", "4");
     c
 }
 
@@ -112,6 +115,76 @@ fn killed_mid_unpack_then_rerun_completes_and_target_is_never_half_filled() {
             .collect();
         assert!(leftovers.is_empty(), "{point}: staging left behind");
     }
+}
+
+/// The last instants of a restore: everything moved into place, the staging directory being
+/// removed. A kill there must leave a directory the rerun recognises and removes, never one
+/// that wedges the target (a planted look-alike or a forged marker are `safety.rs`'s cases).
+#[test]
+fn killed_while_cleaning_up_leaves_nothing_a_rerun_cannot_finish() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    tree(&src, 50);
+    let reference = publish(&src, &work.path().join("layout"));
+    let target = work.path().join("projects");
+    // (hook, what the rerun does: resume and succeed, or see the finished tree as not empty)
+    for (point, rerun_code) in [
+        ("after-removing-identity", 0),
+        ("after-removing-complete", 3),
+    ] {
+        let _ = std::fs::remove_dir_all(&target);
+        let crashed = bin()
+            .args(["--from", &reference, "--to"])
+            .arg(&target)
+            .env("WSR_TEST_ABORT_AT", point)
+            .output()
+            .unwrap();
+        assert!(
+            stderr(&crashed).contains("test hook: aborting"),
+            "{point}: {}",
+            stderr(&crashed)
+        );
+        // Everything is already in place; only the staging directory is left.
+        let visible: Vec<String> = listing(&target)
+            .into_iter()
+            .filter(|l| !l.starts_with(".wsr-restore-"))
+            .collect();
+        assert_eq!(visible, listing(&src), "{point}");
+        assert!(user_entries(&target).len() < std::fs::read_dir(&target).unwrap().count());
+        let rerun = bin()
+            .args(["--from", &reference, "--to"])
+            .arg(&target)
+            .output()
+            .unwrap();
+        assert_eq!(
+            rerun.status.code(),
+            Some(rerun_code),
+            "{point}: {}",
+            stderr(&rerun)
+        );
+        assert_eq!(listing(&target), listing(&src), "{point}");
+        let leftovers: Vec<_> = std::fs::read_dir(&target)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".wsr-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{point}: staging left behind");
+    }
+    // Killed before `identity` was written: an empty staging directory does not count as
+    // content, and the next restore removes it.
+    let _ = std::fs::remove_dir_all(&target);
+    let empty = target.join(".wsr-restore-0123456789abcdef0123456789abcdef");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::set_permissions(&empty, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    assert!(user_entries(&target).is_empty());
+    let rerun = bin()
+        .args(["--from", &reference, "--to"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(rerun.status.success(), "{}", stderr(&rerun));
+    assert!(!empty.exists());
+    assert_eq!(listing(&target), listing(&src));
 }
 
 #[test]

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Dir, assert_same_tree, slow_tests_enabled};
+use common::{Dir, assert_same_tree, binaries, slow_tests_enabled};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use wsr_format::artifact::{self, Artifact};
@@ -207,14 +207,6 @@ impl Setup {
         assert_same_tree(&self.src(), &out);
         injected
     }
-}
-
-/// The binaries under test: `WSR_TEST_BIN_DIR` if set (a copy taken right after building,
-/// safe from other builds sharing the target directory), else this build's.
-pub fn binaries() -> PathBuf {
-    std::env::var_os("WSR_TEST_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(scenarios::podman::test_build_binaries)
 }
 
 fn figures(test: &str, injected: usize) {

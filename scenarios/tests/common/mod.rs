@@ -124,6 +124,15 @@ pub fn slow_tests_enabled(test: &str) -> bool {
     enabled
 }
 
+/// The `wsr-backup` and `wsr-restore` binaries under test: `WSR_TEST_BIN_DIR` if set (a copy
+/// taken right after building, safe from other builds sharing the target directory), else
+/// this build's.
+pub fn binaries() -> std::path::PathBuf {
+    std::env::var_os("WSR_TEST_BIN_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(scenarios::podman::test_build_binaries)
+}
+
 pub const RESTRICTED: (&str, &str) = scenarios::cluster::fixtures::RESTRICTED;
 
 /// The cluster this test binary shares (one per binary: start-up costs seconds), with the node

@@ -5,6 +5,10 @@
 //! Blobs are written to a temporary file in `blobs/sha256/` and renamed once their digest is
 //! known, so a blob file is never partial. `index.json` is replaced atomically (write + rename)
 //! under an exclusive lock, so concurrent writers don't lose tags.
+//!
+//! Every temporary file is named `.wsr-tmp-*` and holds an exclusive `flock` for as long as its
+//! writer lives. A writer killed part-way leaves its file behind, unlocked; opening the layout
+//! for a push removes such files (a live writer's file stays locked and is left alone).
 
 use crate::blob::{BlobReader, BlobWriter, LayoutUpload, Source};
 use crate::{BlobStream, Result, TransportError};
@@ -16,6 +20,41 @@ use wsr_format::digest::Digest;
 use wsr_format::manifest::{Descriptor, Index};
 use wsr_format::media;
 use wsr_format::reference::{Repository, Target};
+
+/// Prefix of the layout's temporary files.
+const TEMP_PREFIX: &str = ".wsr-tmp-";
+
+/// A temporary file in `dir`, locked until it is dropped or persisted and closed.
+fn locked_temp(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    let tmp = tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .tempfile_in(dir)?;
+    tmp.as_file().lock()?;
+    Ok(tmp)
+}
+
+/// Removes the temporary files killed writers left in `dir` (those nobody holds locked).
+fn remove_abandoned_temps(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .as_encoded_bytes()
+            .starts_with(TEMP_PREFIX.as_bytes())
+        {
+            continue;
+        }
+        let Ok(file) = open_regular(&entry.path()) else {
+            continue;
+        };
+        if file.try_lock().is_ok() {
+            tracing::info!(path = %entry.path().display(), "removing a killed writer's temporary file");
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
 
 pub struct LayoutStore {
     dir: PathBuf,
@@ -53,6 +92,15 @@ impl LayoutStore {
                 .await?;
             }
         }
+        if create {
+            let dir = dir.to_owned();
+            tokio::task::spawn_blocking(move || {
+                remove_abandoned_temps(&dir);
+                remove_abandoned_temps(&dir.join("blobs/sha256"));
+            })
+            .await
+            .expect("cleanup task");
+        }
         Ok(LayoutStore {
             dir: dir.to_owned(),
         })
@@ -81,9 +129,7 @@ impl LayoutStore {
     /// Starts an upload into a temporary file beside the blobs.
     pub fn blob_writer(&self) -> Result<BlobWriter> {
         let blobs = self.dir.join("blobs/sha256");
-        let (file, path) = tempfile::Builder::new()
-            .prefix(".upload-")
-            .tempfile_in(&blobs)
+        let (file, path) = locked_temp(&blobs)
             .map_err(io_error("create upload file"))?
             .into_parts();
         Ok(BlobWriter::layout(LayoutUpload {
@@ -235,7 +281,7 @@ impl LayoutStore {
                 TransportError::Config(format!("{} is not a valid OCI index: {e}", path.display()))
             })?;
             change(&mut index);
-            let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(io_error("write index"))?;
+            let mut tmp = locked_temp(&dir).map_err(io_error("write index"))?;
             std::io::Write::write_all(
                 &mut tmp,
                 &serde_json::to_vec(&index).expect("index serialises"),
@@ -308,8 +354,7 @@ async fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().expect("file in a directory").to_owned();
     let (path, bytes) = (path.to_owned(), bytes.to_vec());
     tokio::task::spawn_blocking(move || {
-        let mut tmp = tempfile::NamedTempFile::new_in(&dir)
-            .map_err(io_error(format!("write {}", path.display())))?;
+        let mut tmp = locked_temp(&dir).map_err(io_error(format!("write {}", path.display())))?;
         std::io::Write::write_all(&mut tmp, &bytes)
             .map_err(io_error(format!("write {}", path.display())))?;
         tmp.persist(&path).map_err(|e| TransportError::Io {
