@@ -106,3 +106,35 @@ export WSR_RETRY_SECONDS=${WSR_RETRY_SECONDS:-4}
 
 section "cargo test --workspace --locked $*"
 cargo test --workspace --locked "$@"
+
+# Fuzzing (fuzz/, docs/RELIABILITY.md): a short bounded run of each target over its seeds and
+# the inputs of past crashes, so a regression fails the suite. cargo-fuzz comes from the
+# package registry once per machine into $WSR_CACHE_DIR/cargo-fuzz. libFuzzer's
+# instrumentation flags are nightly-only; RUSTC_BOOTSTRAP=1 lets the stable toolchain accept
+# them. The fuzz build must not get the suite's static-glibc flag (AddressSanitizer needs the
+# dynamic loader), so it runs in a subshell without it.
+section "cargo fuzz: a bounded run of each target (fuzz/)"
+FUZZ_SECONDS=${WSR_FUZZ_SECONDS:-20}
+if [[ ! -x $WSR_CACHE_DIR/cargo-fuzz/bin/cargo-fuzz ]]; then
+    cargo install cargo-fuzz --locked --root "$WSR_CACHE_DIR/cargo-fuzz"
+fi
+(
+    unset "CARGO_TARGET_${TRIPLE_VAR//-/_}_RUSTFLAGS" CARGO_BUILD_TARGET
+    export PATH=$WSR_CACHE_DIR/cargo-fuzz/bin:$PATH RUSTC_BOOTSTRAP=1
+    cd fuzz
+    corpus=$(mktemp -d)
+    trap 'rm -rf "$corpus"' EXIT
+    for target in reference documents unpack; do
+        inputs=("seeds/$target")
+        [[ -d regressions/$target ]] && inputs+=("regressions/$target")
+        mkdir "$corpus/$target"
+        log=$corpus/$target.log
+        if ! cargo fuzz run -O "$target" "$corpus/$target" "${inputs[@]}" -- \
+            -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=512 -print_final_stats=1 >"$log" 2>&1; then
+            cat "$log"
+            echo "fuzz target $target failed; the input is under fuzz/artifacts/$target" >&2
+            exit 1
+        fi
+        echo "$target: $(grep -E '^Done' "$log")"
+    done
+)

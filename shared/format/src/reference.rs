@@ -117,6 +117,10 @@ pub fn parse_registry_path(input: &str) -> Result<Repository, InvalidReference> 
         if dir.is_empty() {
             return Err(invalid(input, "oci: needs a directory, e.g. oci:/backups"));
         }
+        if dir.contains('@') {
+            // References name a digest after '@', so such a directory could not be named.
+            return Err(invalid(input, "an OCI layout directory cannot contain '@'"));
+        }
         return Ok(Repository::Layout {
             dir: PathBuf::from(dir),
         });
@@ -445,6 +449,26 @@ mod tests {
         for (input, want) in cases {
             let err = input.parse::<Reference>().expect_err(input).to_string();
             assert!(err.contains(want), "{input}: {err}");
+        }
+    }
+
+    /// Found by `fuzz/fuzz_targets/reference.rs` (fuzz/regressions/reference/): a layout
+    /// registry path with '@' gave workspace references that did not parse back, so a Job
+    /// passed such a reference as text would fail.
+    #[test]
+    fn every_workspace_reference_parses_back() {
+        let err = parse_registry_path("oci:/backups@2026").expect_err("'@' in a layout dir");
+        assert!(err.to_string().contains("cannot contain '@'"), "{err}");
+        for path in [
+            "oci:/b",
+            "oci:/b:c",
+            "oci:./x:1",
+            "quay.io/org",
+            "127.0.0.1:5000",
+        ] {
+            let repo = parse_registry_path(path).unwrap();
+            let r = workspace_reference(&repo, "n", "w").unwrap();
+            assert_eq!(r.to_string().parse::<Reference>().unwrap(), r, "{path}");
         }
     }
 
