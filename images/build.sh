@@ -12,7 +12,7 @@
 #                   transport buildah knows: docker://..., oci:DIR:TAG, oci-archive:FILE)
 #   --push-arg ARG  extra argument for `buildah push` / `buildah manifest push`, repeatable
 #                   (e.g. --push-arg --authfile=auth.json --push-arg --tls-verify=false)
-#   --binaries DIR  package the static wsr-backup, wsr-restore and workspace-recovery already in
+#   --binaries DIR  package the static wsr-backup, wsr-restore, workspace-recovery and wsr-operator already in
 #                   DIR (stripped on the way) instead of building release binaries; host
 #                   architecture only. The test suite uses this with its own (debug, static) build.
 #
@@ -105,7 +105,7 @@ check_arch() { # ARCH
 
 check_static() { # DIR
     local b
-    for b in wsr-backup wsr-restore workspace-recovery; do
+    for b in wsr-backup wsr-restore workspace-recovery wsr-operator; do
         [[ -x $1/$b ]] || die "missing binary $1/$b"
         if command -v readelf >/dev/null && readelf -lW "$1/$b" | grep -q 'program interpreter'; then
             die "$1/$b is dynamically linked; a scratch image needs static binaries (RUSTFLAGS=\"-C target-feature=+crt-static\" with an explicit --target)"
@@ -130,7 +130,7 @@ build_binaries() { # ARCH -> sets BINDIR to the directory holding the binaries
     fi
     log "cargo build --release --target $triple (static) into $TARGET_DIR"
     env "${env[@]}" "$CARGO" build --release --locked --target "$triple" --target-dir "$TARGET_DIR" \
-        -p wsr-backup -p wsr-restore >&2
+        -p wsr-backup -p wsr-restore -p wsr-operator >&2
     BINDIR=$TARGET_DIR/$triple/release
     check_static "$BINDIR"
 }
@@ -140,7 +140,7 @@ make_rootfs() { # BINDIR OUT.tar
     local bin=$1 out=$2 fs
     fs=$(mktemp -d)
     mkdir -p "$fs/usr/local/bin" "$fs/etc/ssl/certs" "$fs/tmp" "$fs/workspace" "$fs/projects"
-    for b in wsr-backup wsr-restore workspace-recovery; do
+    for b in wsr-backup wsr-restore workspace-recovery wsr-operator; do
         install -m 0755 --strip "$bin/$b" "$fs/usr/local/bin/$b"
     done
     # The dispatcher under upstream's two names; it finds wsr-backup / wsr-restore next to its

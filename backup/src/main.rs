@@ -119,6 +119,14 @@ fn run(cli: Cli) -> anyhow::Result<String> {
     let report =
         block_on_with_progress(cli.progress, sample, wsr_backup::run(&options, progress))??;
     if cli.json {
+        // The report's figures as the termination message too: a controller reads them from
+        // the pod status when it cannot read the log (one line, well under 1024 characters).
+        let summary = serde_json::json!({
+            "reference": report.reference, "digest": report.digest, "files": report.files,
+            "bytes": report.bytes, "uploaded_bytes": report.uploaded_bytes,
+            "duration_s": report.duration_s,
+        });
+        wsr_cli::write_termination_log(&summary.to_string());
         return Ok(serde_json::to_string(&report).expect("report serialises"));
     }
     let mut text = format!(

@@ -9,11 +9,14 @@
 use crate::devworkspace::DevWorkspace;
 use crate::eligibility::Timing;
 use crate::job::BackupJob;
+use crate::leader::{self, LeaseConfig};
+use crate::metrics::{FailureLabels, Metrics, NamespaceLabel, PolicyLabel};
 use crate::names::{MANAGER, REGISTRY_AUTH_SECRET, label, wsr_annotation};
 use crate::plan::{Planned, plan};
 use crate::policy::{BackupPolicy, BackupPolicySpec, BackupPolicyStatus, RunCounts};
 use crate::results::{self, Outcome};
 use crate::schedule::Schedule;
+use crate::serve::{self, Health};
 use crate::snapshot::{Owners, Snapshot};
 use crate::workload::pod::{PodOptions, hardened_pod_spec, restricted_violations};
 use crate::workload::storage::WorkspaceVolume;
@@ -23,7 +26,7 @@ use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, ListParams, LogParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ObjectMeta, PartialObjectMeta, Selector};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -31,9 +34,12 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tracing::{info, warn};
+use tokio::sync::watch;
+use tracing::{Instrument as _, info, info_span, warn};
 
 /// Why a run failed (it is retried by `error_policy`).
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +75,11 @@ pub struct Context {
     /// Where the policies' `authSecret`s live.
     pub operator_namespace: String,
     pub caches: Caches,
+    pub metrics: Arc<Metrics>,
+    /// Whether this process holds the leader Lease (always true without leader election).
+    is_leader: watch::Receiver<bool>,
+    /// Set on SIGTERM/SIGINT: runs in progress finish their status writes but create no Job.
+    stopping: Arc<AtomicBool>,
     /// Jobs created but perhaps not yet in the Job cache: (namespace, workspace) to the Job's
     /// name and creation time.
     in_flight: Mutex<HashMap<WorkspaceKey, (String, DateTime<Utc>)>>,
@@ -77,14 +88,60 @@ pub struct Context {
     recorded: Mutex<HashSet<WorkspaceKey>>,
 }
 
-/// `wsr-operator run`: watches, then reconciles policies until SIGTERM/SIGINT.
-pub async fn run(client: Client, operator_namespace: String) -> anyhow::Result<()> {
+/// How `wsr-operator run` runs.
+pub struct RunOptions {
+    /// Where the policies' `authSecret`s live (and the Lease).
+    pub operator_namespace: String,
+    /// The `/healthz`, `/readyz` and `/metrics` listener.
+    pub listen: SocketAddr,
+    /// Leader election, or `None` to reconcile unconditionally (one replica only).
+    pub lease: Option<LeaseConfig>,
+}
+
+/// `wsr-operator run`: serves health and metrics, joins the leader election, watches, and
+/// reconciles policies while it leads, until SIGTERM/SIGINT. Then it creates no more Jobs,
+/// lets running reconciles finish their status writes, releases the Lease and returns.
+pub async fn run(client: Client, options: RunOptions) -> anyhow::Result<()> {
+    use anyhow::Context as _;
     let policies: Api<BackupPolicy> = Api::all(client.clone());
     if let Err(e) = policies.list(&ListParams::default().limit(1)).await {
         anyhow::bail!(
             "cannot list BackupPolicies ({e}); is the CRD installed? `wsr-operator crd | kubectl apply -f -`"
         );
     }
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health {
+        caches_synced: AtomicBool::new(false),
+        metrics: metrics.clone(),
+    });
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .with_context(|| format!("listening on {}", options.listen))?;
+    let server = tokio::spawn(serve::serve(listener, health.clone()));
+    let election = match &options.lease {
+        Some(config) => Some(
+            leader::join(client.clone(), config)
+                .await
+                .context("joining the leader election (Lease)")?,
+        ),
+        None => None,
+    };
+    let is_leader = match &election {
+        Some(e) => e.is_leader.clone(),
+        None => watch::channel(true).1,
+    };
+    let stopping = Arc::new(AtomicBool::new(false));
+    let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+    {
+        let stopping = stopping.clone();
+        tokio::spawn(async move {
+            stop_signal().await;
+            stopping.store(true, Ordering::Release);
+            info!("stopping: no new Jobs; letting running reconciles finish");
+            let _ = shutdown_tx.send(());
+        });
+    }
+
     let (workspaces, ws_writer) = reflector::store();
     let (jobs, job_writer) = reflector::store();
     let (pods, pod_writer) = reflector::store();
@@ -117,27 +174,35 @@ pub async fn run(client: Client, operator_namespace: String) -> anyhow::Result<(
                 all(),
             ),
         )),
+        leadership_changes(is_leader.clone(), metrics.clone()),
     ]);
     let controller = Controller::new(policies, watcher::Config::default())
         .with_config(ControllerConfig::default().debounce(Duration::from_secs(1)))
         .reconcile_all_on(triggers)
-        .shutdown_on_signal();
+        .graceful_shutdown_on(async move {
+            let _ = shutdown_rx.await;
+        });
     let reporter = Reporter {
         controller: MANAGER.into(),
         instance: std::env::var("POD_NAME").ok(),
     };
+    let caches = Caches {
+        workspaces,
+        jobs,
+        pods,
+        pvcs,
+        namespaces,
+        policies: controller.store(),
+    };
+    tokio::spawn(mark_ready_when_synced(caches.clone(), health));
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
-        operator_namespace,
-        caches: Caches {
-            workspaces,
-            jobs,
-            pods,
-            pvcs,
-            namespaces,
-            policies: controller.store(),
-        },
+        operator_namespace: options.operator_namespace,
+        caches,
+        metrics,
+        is_leader,
+        stopping,
         in_flight: Mutex::default(),
         recorded: Mutex::default(),
     });
@@ -146,11 +211,63 @@ pub async fn run(client: Client, operator_namespace: String) -> anyhow::Result<(
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
-                warn!(error = %e, "reconcile failed");
+                warn!(error = %chain(&e), "controller error");
             }
         })
         .await;
+    if let Some(election) = election {
+        election.release().await;
+    }
+    server.abort();
+    info!("stopped");
     Ok(())
+}
+
+/// SIGTERM (the kubelet's stop) or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+    }
+}
+
+/// Sets `/readyz` once every watch cache has listed (followers too: they are warm standbys).
+async fn mark_ready_when_synced(caches: Caches, health: Arc<Health>) {
+    let _ = tokio::join!(
+        caches.workspaces.wait_until_ready(),
+        caches.jobs.wait_until_ready(),
+        caches.pods.wait_until_ready(),
+        caches.pvcs.wait_until_ready(),
+        caches.namespaces.wait_until_ready(),
+        caches.policies.wait_until_ready(),
+    );
+    health.caches_synced.store(true, Ordering::Release);
+    info!("watch caches synced; ready");
+}
+
+/// A wake-up for every policy whenever this process gains or loses the Lease (a new leader
+/// runs every policy at once).
+fn leadership_changes(
+    is_leader: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+) -> BoxStream<'static, ()> {
+    futures_util::stream::unfold(is_leader, move |mut rx| {
+        let metrics = metrics.clone();
+        async move {
+            let leading = *rx.borrow_and_update();
+            metrics.leader.set(leading.into());
+            if leading {
+                info!("leading: reconciling policies");
+            } else {
+                info!("following: caches only, no reconciles");
+            }
+            rx.changed().await.ok()?;
+            Some(((), rx))
+        }
+    })
+    .boxed()
 }
 
 /// A cache's changes as wake-ups for every policy (the caches are few-policy, many-object:
@@ -169,7 +286,7 @@ where
                 ) => Some(()),
                 Ok(_) => None,
                 Err(e) => {
-                    warn!(error = %e, "watch error (retrying)");
+                    warn!(error = %chain(&e), "watch error (retrying)");
                     None
                 }
             }
@@ -177,16 +294,31 @@ where
         .boxed()
 }
 
-fn error_policy(policy: Arc<BackupPolicy>, error: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(policy = %policy.name_any(), %error, "run failed; retrying in 30s");
+fn error_policy(policy: Arc<BackupPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
+    warn!(policy = %policy.name_any(), error = %chain(error), "run failed; retrying in 30s");
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&PolicyLabel {
+            policy: policy.name_any(),
+        })
+        .inc();
     Action::requeue(Duration::from_secs(30))
 }
 
 /// How a run ends: at most this long until the next, even when nothing is due.
 const MAX_IDLE: Duration = Duration::from_secs(300);
 
-/// One run of a policy.
+/// One run of a policy, by the leader only.
 async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let span = info_span!("run", policy = %policy.name_any());
+    run_policy(policy, ctx).instrument(span).await
+}
+
+async fn run_policy(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // Followers wait: a change of leadership wakes every policy again.
+    if !ctx.may_write() {
+        return Ok(Action::await_change());
+    }
     // Plan only from complete caches (the first reconciles can come before the lists end).
     let _ = ctx.caches.workspaces.wait_until_ready().await;
     let _ = ctx.caches.jobs.wait_until_ready().await;
@@ -254,6 +386,13 @@ async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Actio
         .filter(|j| j.labels().get(label::POLICY) == Some(&name) && results::is_active(j))
         .count() as u32;
     let planned = plan(&policy.spec, &timing, selected, &view, active, now);
+    ctx.metrics.record_run(
+        &name,
+        planned.counts.running,
+        planned.counts.started + planned.counts.deferred,
+        &planned.counts.skipped,
+        &status.counts.skipped,
+    );
     let mut run_counts = planned.counts.clone();
     run_counts.succeeded = counts.succeeded;
     run_counts.failed = counts.failed;
@@ -261,9 +400,22 @@ async fn reconcile(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Actio
     let mut problems = Vec::new();
     let mut auth_by_namespace: HashMap<String, bool> = HashMap::new();
     for p in &planned.start {
-        match start(&policy, &ctx, p, &mut auth_by_namespace).await {
+        if !ctx.may_create_jobs() {
+            // Stopping, or the Lease was lost: the next leader starts the rest.
+            run_counts.started -= 1;
+            run_counts.deferred += 1;
+            continue;
+        }
+        let span = info_span!("backup", namespace = %p.workspace.namespace().unwrap_or_default(),
+                              workspace = %p.workspace.name_any(), job = tracing::field::Empty);
+        match start(&policy, &ctx, p, &mut auth_by_namespace)
+            .instrument(span)
+            .await
+        {
             Ok(()) => started_any = true,
             Err(e) => {
+                warn!(namespace = %p.workspace.namespace().unwrap_or_default(),
+                      workspace = %p.workspace.name_any(), error = %chain(&e), "backup Job not created");
                 run_counts.started -= 1;
                 *run_counts
                     .skipped
@@ -353,6 +505,16 @@ fn check(spec: &BackupPolicySpec) -> Result<Checked, String> {
 const IN_FLIGHT_GRACE: chrono::Duration = chrono::Duration::minutes(2);
 
 impl Context {
+    /// Whether this process may write (it leads, or there is no election).
+    fn may_write(&self) -> bool {
+        *self.is_leader.borrow()
+    }
+
+    /// Whether this process may create Jobs: it leads and is not stopping.
+    fn may_create_jobs(&self) -> bool {
+        self.may_write() && !self.stopping.load(Ordering::Acquire)
+    }
+
     /// Workspaces whose Job was created less than two minutes ago and is not yet in the
     /// Job cache.
     fn in_flight(&self, now: DateTime<Utc>) -> Vec<WorkspaceKey> {
@@ -405,11 +567,18 @@ async fn start(
         .create(&PostParams::default(), &job)
         .await?;
     let job_name = created.name_any();
+    tracing::Span::current().record("job", job_name.as_str());
+    ctx.metrics
+        .backups_started
+        .get_or_create(&NamespaceLabel {
+            namespace: ns.clone(),
+        })
+        .inc();
     ctx.in_flight.lock().expect("not poisoned").insert(
         (ns.clone(), ws_name.clone()),
         (job_name.clone(), Utc::now()),
     );
-    info!(namespace = %ns, workspace = %ws_name, job = %job_name, "backup Job created");
+    info!("backup Job created");
     publish(
         ctx,
         ws,
@@ -532,47 +701,79 @@ async fn record_results(
         if recorded_before {
             continue;
         }
-        let Some(outcome) = read_outcome(ctx, &job).await else {
-            continue;
-        };
-        let failures = ws.backup_state().failures;
-        let patch = results::annotation_patch(&outcome, failures);
-        Api::<DevWorkspace>::namespaced(ctx.client.clone(), &ns)
-            .patch(&ws_name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
-        ctx.recorded.lock().expect("not poisoned").insert(job_key);
-        announce(ctx, &ws, &outcome, counts).await;
+        let span = info_span!("backup", namespace = %ns, workspace = %ws_name, job = %job_key.1);
+        async {
+            let Some(outcome) = read_outcome(ctx, &job) else {
+                return Ok(());
+            };
+            let failures = ws.backup_state().failures;
+            let patch = results::annotation_patch(&outcome, failures);
+            Api::<DevWorkspace>::namespaced(ctx.client.clone(), &ns)
+                .patch(&ws_name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+            ctx.recorded
+                .lock()
+                .expect("not poisoned")
+                .insert(job_key.clone());
+            observe(ctx, &policy.name_any(), &ns, &job, &outcome);
+            announce(ctx, &ws, &outcome, counts).await;
+            Ok::<(), Error>(())
+        }
+        .instrument(span)
+        .await?;
     }
     Ok(())
 }
 
-/// The outcome of a finished Job, with its pod's termination message and, on success, the
-/// `--json` report from the end of its log.
-async fn read_outcome(ctx: &Context, job: &Job) -> Option<Outcome> {
+/// The metrics of one recorded result.
+fn observe(ctx: &Context, policy: &str, ns: &str, job: &Job, outcome: &Outcome) {
+    let m = &ctx.metrics;
+    let started = job.status.as_ref().and_then(|s| s.start_time.as_ref());
+    if let Some(started) = started {
+        let seconds = (outcome.finished - results::to_chrono(&started.0)).num_milliseconds();
+        m.backup_duration.observe(seconds.max(0) as f64 / 1000.0);
+    }
+    let namespace = NamespaceLabel {
+        namespace: ns.into(),
+    };
+    match &outcome.result {
+        Ok(pushed) => {
+            m.backups_succeeded.get_or_create(&namespace).inc();
+            if let Some(bytes) = pushed.bytes {
+                m.backup_size.observe(bytes as f64);
+            }
+            if let Some(bytes) = pushed.uploaded_bytes {
+                m.backup_uploaded.observe(bytes as f64);
+            }
+            let at = outcome.finished.timestamp_millis() as f64 / 1000.0;
+            let last = m.last_success.get_or_create(&PolicyLabel {
+                policy: policy.into(),
+            });
+            if at > last.get() {
+                last.set(at);
+            }
+        }
+        Err(_) => {
+            let labels = FailureLabels {
+                namespace: ns.into(),
+                reason: outcome.reason.into(),
+            };
+            m.backups_failed.get_or_create(&labels).inc();
+        }
+    }
+}
+
+/// The outcome of a finished Job, from its pod's termination message: `wsr-backup --json`
+/// writes its report's figures there on success and its reason on failure, so the pod
+/// status says everything and no log is read.
+fn read_outcome(ctx: &Context, job: &Job) -> Option<Outcome> {
     let uid = job.uid()?;
     let pod = ctx.caches.pods.find(|pod| {
         pod.owner_references()
             .iter()
             .any(|o| o.uid == uid && o.kind == "Job")
     });
-    let mut log = None;
-    if let (Some(pod), Some((true, _))) = (&pod, results::finished(job)) {
-        let params = LogParams {
-            container: Some(crate::job::CONTAINER.into()),
-            tail_lines: Some(5),
-            ..Default::default()
-        };
-        match Api::<Pod>::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default())
-            .logs(&pod.name_any(), &params)
-            .await
-        {
-            Ok(text) => log = Some(text),
-            Err(e) => {
-                warn!(job = %job.name_any(), error = %e, "cannot read the backup pod's log; recording without the digest")
-            }
-        }
-    }
-    results::outcome(job, pod.as_deref(), log.as_deref())
+    results::outcome(job, pod.as_deref())
 }
 
 async fn announce(ctx: &Context, ws: &DevWorkspace, outcome: &Outcome, counts: &mut RunCounts) {
@@ -595,7 +796,7 @@ async fn announce(ctx: &Context, ws: &DevWorkspace, outcome: &Outcome, counts: &
             )
         }
     };
-    info!(namespace = ?ws.namespace(), workspace = %ws.name_any(), job = %outcome.job, reason, "backup result recorded");
+    info!(reason, "backup result recorded");
     publish(ctx, ws, kind, reason, note).await;
 }
 
@@ -608,7 +809,7 @@ async fn publish(ctx: &Context, ws: &DevWorkspace, type_: EventType, reason: &st
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&event, &ws.object_ref(&())).await {
-        warn!(workspace = %ws.name_any(), error = %e, "cannot publish an Event");
+        warn!(error = %chain(&e), "cannot publish an Event");
     }
 }
 
@@ -681,4 +882,19 @@ async fn write_status_full(
         )
         .await?;
     Ok(())
+}
+
+/// An error with its sources, one line (the API server's message is often a source).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let more = e.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = e.source();
+    }
+    text
 }

@@ -4,7 +4,10 @@
 //! (eligibility, schedule, storage mapping, planning: [`eligibility`], [`schedule`],
 //! [`workload::storage`], [`plan`]), the backup Job ([`job`], on the hardened pod of
 //! [`workload::pod`]), reading finished Jobs back into DevWorkspace annotations ([`results`]),
-//! and the controller that ties them to the API server ([`controller`]).
+//! and the controller that ties them to the API server ([`controller`]). Around it, for
+//! production: leader election on a Lease ([`leader`]), Prometheus metrics ([`metrics`],
+//! telemetry only, never read by the controller) and the health and metrics listener
+//! ([`serve`]).
 //!
 //! It must not link the backup or restore engines or the transport: the Jobs run the recovery
 //! image with `wsr-backup`. From `wsr-format` it uses names and references only. It writes
@@ -17,11 +20,14 @@ pub mod devworkspace;
 pub mod dwoc;
 pub mod eligibility;
 pub mod job;
+pub mod leader;
+pub mod metrics;
 pub mod names;
 pub mod plan;
 pub mod policy;
 pub mod results;
 pub mod schedule;
+pub mod serve;
 pub mod snapshot;
 
 pub use names::{annotation, label};

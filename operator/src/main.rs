@@ -14,15 +14,44 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Namespace holding the policies' authSecrets and the leader Lease (default:
+    /// POD_NAMESPACE, then the client's default namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: Option<String>,
+    /// Address of the /healthz, /readyz and /metrics listener.
+    #[arg(long, env = "WSR_OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: std::net::SocketAddr,
+    /// Log lines as JSON objects or as text (both to stderr, filtered by WSR_LOG).
+    #[arg(long, env = "WSR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Name of the leader-election Lease in the operator namespace.
+    #[arg(long, default_value = "wsr-operator")]
+    lease_name: String,
+    /// Seconds the leader holds the Lease without renewing it: how long a follower waits
+    /// after the leader died before it takes over.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(6..=300))]
+    lease_duration: u64,
+    /// This replica's identity in the Lease (default: POD_NAME, else host name and pid).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Reconcile without leader election. Only for a single replica: two operators without
+    /// it both create Jobs.
+    #[arg(long)]
+    no_leader_election: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller (in-cluster config, or the current kubeconfig context).
-    Run {
-        /// Namespace holding the policies' authSecrets (default: POD_NAMESPACE, then the
-        /// client's default namespace).
-        #[arg(long, env = "POD_NAMESPACE")]
-        namespace: Option<String>,
-    },
+    Run(RunArgs),
     /// Print the BackupPolicy CustomResourceDefinition (YAML).
     Crd,
     /// Convert a DevWorkspaceOperatorConfig's backupCronJob into a BackupPolicy (YAML on stdout).
@@ -53,7 +82,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Run { namespace } => run(namespace),
+        Command::Run(args) => run(args),
         Command::Crd => {
             print!("{}", wsr_operator::policy::crd_yaml());
             Ok(())
@@ -90,15 +119,8 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn run(namespace: Option<String>) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WSR_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -106,7 +128,44 @@ fn run(namespace: Option<String>) -> anyhow::Result<()> {
         let client = kube::Client::try_default()
             .await
             .context("connecting to the API server (in-cluster or kubeconfig)")?;
-        let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
-        wsr_operator::controller::run(client, namespace).await
+        let namespace = args
+            .namespace
+            .unwrap_or_else(|| client.default_namespace().to_owned());
+        let identity = args.identity.unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        });
+        let lease = (!args.no_leader_election).then(|| wsr_operator::leader::LeaseConfig {
+            namespace: namespace.clone(),
+            name: args.lease_name,
+            identity,
+            duration_seconds: args.lease_duration,
+        });
+        let options = wsr_operator::controller::RunOptions {
+            operator_namespace: namespace,
+            listen: args.listen,
+            lease,
+        };
+        wsr_operator::controller::run(client, options).await
     })
+}
+
+/// stderr, filtered by `WSR_LOG` (default `info`); JSON lines carry the current span's
+/// fields (policy, namespace, workspace, Job) and the span list.
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("WSR_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }

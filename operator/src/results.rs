@@ -15,6 +15,60 @@ pub struct Outcome {
     pub job: String,
     pub finished: DateTime<Utc>,
     pub result: Result<Pushed, String>,
+    /// `succeeded`, or one of [`FAILURE_REASONS`] (a bounded metric label).
+    pub reason: &'static str,
+}
+
+/// Why a backup Job failed, as a short word: `wsr-backup`'s exit code, or what stopped the
+/// pod or the Job before it could say. docs/OPERATOR.md explains each.
+pub const FAILURE_REASONS: [&str; 10] = [
+    "internalError",       // exit 1
+    "invalidArguments",    // exit 2
+    "sourceUnreadable",    // exit 3
+    "registryUnreachable", // exit 4 (or TLS verification)
+    "registryAuth",        // exit 5
+    "registryError",       // exit 6
+    "oomKilled",
+    "deadlineExceeded",
+    "podFailed", // another exit code or container reason
+    "jobFailed", // no pod says more
+];
+
+/// The bounded failure reason of a failed Job (see [`FAILURE_REASONS`]).
+pub fn failure_reason(job: &Job, pod: Option<&Pod>) -> &'static str {
+    let job_reason = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.type_ == "Failed"))
+        .and_then(|c| c.reason.as_deref());
+    if job_reason == Some("DeadlineExceeded") {
+        return "deadlineExceeded";
+    }
+    let terminated = pod
+        .and_then(|p| p.status.as_ref()?.container_statuses.as_ref())
+        .and_then(|cs| cs.iter().find(|c| c.name == CONTAINER))
+        .and_then(|c| {
+            c.state
+                .as_ref()
+                .and_then(|s| s.terminated.as_ref())
+                .or_else(|| c.last_state.as_ref()?.terminated.as_ref())
+        });
+    let Some(terminated) = terminated else {
+        return "jobFailed";
+    };
+    if terminated.reason.as_deref() == Some("OOMKilled") {
+        return "oomKilled";
+    }
+    match terminated.exit_code {
+        1 => "internalError",
+        2 => "invalidArguments",
+        3 => "sourceUnreadable",
+        4 => "registryUnreachable",
+        5 => "registryAuth",
+        6 => "registryError",
+        _ => "podFailed",
+    }
 }
 
 /// What a successful Job pushed.
@@ -22,6 +76,9 @@ pub struct Outcome {
 pub struct Pushed {
     pub reference: Option<String>,
     pub digest: Option<String>,
+    /// File content backed up and bytes uploaded, from the `--json` report.
+    pub bytes: Option<u64>,
+    pub uploaded_bytes: Option<u64>,
 }
 
 pub fn to_chrono(t: &k8s_openapi::jiff::Timestamp) -> DateTime<Utc> {
@@ -54,17 +111,14 @@ pub fn finished(job: &Job) -> Option<(bool, DateTime<Utc>)> {
     })
 }
 
-/// The outcome of a finished Job; `pod` is its pod if still there, `log_tail` the last lines
-/// of its log (for the `--json` report of a success).
-pub fn outcome(job: &Job, pod: Option<&Pod>, log_tail: Option<&str>) -> Option<Outcome> {
+/// The outcome of a finished Job; `pod` is its pod if still there (its termination message
+/// is `wsr-backup`'s reason on failure, its `--json` report's figures on success).
+pub fn outcome(job: &Job, pod: Option<&Pod>) -> Option<Outcome> {
     let (ok, at) = finished(job)?;
     let name = job.metadata.name.clone().unwrap_or_default();
     let message = pod.and_then(termination_message);
     let result = if ok {
-        let report = [message.as_deref(), log_tail]
-            .into_iter()
-            .flatten()
-            .find_map(json_report);
+        let report = message.as_deref().and_then(json_report);
         let planned = job
             .metadata
             .annotations
@@ -72,15 +126,21 @@ pub fn outcome(job: &Job, pod: Option<&Pod>, log_tail: Option<&str>) -> Option<O
             .and_then(|a| a.get(JOB_REFERENCE_ANNOTATION).cloned());
         Ok(report.unwrap_or(Pushed {
             reference: planned,
-            digest: None,
+            ..Default::default()
         }))
     } else {
         Err(message.unwrap_or_else(|| job_failure_reason(job)))
+    };
+    let reason = if ok {
+        "succeeded"
+    } else {
+        failure_reason(job, pod)
     };
     Some(Outcome {
         job: name,
         finished: at,
         result,
+        reason,
     })
 }
 
@@ -128,6 +188,8 @@ fn json_report(text: &str) -> Option<Pushed> {
         Some(Pushed {
             reference: Some(reference),
             digest: v.get("digest").and_then(Value::as_str).map(str::to_owned),
+            bytes: v.get("bytes").and_then(Value::as_u64),
+            uploaded_bytes: v.get("uploaded_bytes").and_then(Value::as_u64),
         })
     })
 }
@@ -201,15 +263,14 @@ mod tests {
         let o = outcome(
             &job("Failed", "Job has reached the specified backoff limit"),
             Some(&pod(reason)),
-            None,
         )
         .unwrap();
         assert_eq!(o.result, Err(reason.to_owned()));
+        assert_eq!(o.reason, "registryUnreachable", "exit code 4");
         assert_eq!(o.finished.to_rfc3339(), "2026-11-25T10:00:01+00:00");
         // Without the pod, the Job condition is all there is.
         let o = outcome(
             &job("Failed", "Job was active longer than specified deadline"),
-            None,
             None,
         )
         .unwrap();
@@ -217,20 +278,24 @@ mod tests {
             o.result,
             Err("backup Job failed: BackoffLimitExceeded: Job was active longer than specified deadline".into())
         );
+        assert_eq!(o.reason, "jobFailed");
     }
 
     #[test]
-    fn success_reads_the_json_report_from_the_log() {
-        let log = "2026 INFO uploading\n{\"reference\":\"r.example/u/ws@sha256:ab\",\"digest\":\"sha256:ab\",\"files\":3}\n";
-        let o = outcome(&job("Complete", ""), None, Some(log)).unwrap();
+    fn success_reads_the_json_report_from_the_termination_message() {
+        let report = "{\"reference\":\"r.example/u/ws@sha256:ab\",\"digest\":\"sha256:ab\",\"files\":3,\"bytes\":7,\"uploaded_bytes\":9}\n";
+        let o = outcome(&job("Complete", ""), Some(&pod(report))).unwrap();
         assert_eq!(
             o.result,
             Ok(Pushed {
                 reference: Some("r.example/u/ws@sha256:ab".into()),
-                digest: Some("sha256:ab".into())
+                digest: Some("sha256:ab".into()),
+                bytes: Some(7),
+                uploaded_bytes: Some(9),
             })
         );
-        let o = outcome(&job("Complete", ""), None, None).unwrap();
+        assert_eq!(o.reason, "succeeded");
+        let o = outcome(&job("Complete", ""), None).unwrap();
         assert_eq!(
             o.result.unwrap().reference.as_deref(),
             Some("r.example/u/ws:latest")
@@ -243,7 +308,7 @@ mod tests {
             serde_json::from_value(json!({"metadata": {"name": "j"}, "status": {"active": 1}}))
                 .unwrap();
         assert!(is_active(&running));
-        assert_eq!(outcome(&running, None, None), None);
+        assert_eq!(outcome(&running, None), None);
     }
 
     #[test]
@@ -254,6 +319,7 @@ mod tests {
                 .unwrap()
                 .into(),
             result: Err("e".repeat(2000)),
+            reason: "registryError",
         };
         let p = annotation_patch(&failed, 2);
         let a = &p["metadata"]["annotations"];
@@ -274,6 +340,7 @@ mod tests {
             result: Ok(Pushed {
                 reference: Some("r@sha256:1".into()),
                 digest: Some("sha256:1".into()),
+                ..Default::default()
             }),
             ..failed
         };

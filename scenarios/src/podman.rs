@@ -109,17 +109,28 @@ pub fn recovery_image(binaries: &Path) -> Result<String> {
 
 /// The directory of a test run's binaries (`target/[TRIPLE/]debug`), found from the running
 /// test executable in its `deps/` subdirectory; fails with the command that builds them.
+/// `WSR_TEST_BINARIES` overrides it (a copy made right after building, when several
+/// checkouts share one target directory and may rebuild the binaries meanwhile).
 pub fn test_build_binaries() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps")
-        .to_owned();
-    for b in ["wsr-backup", "wsr-restore", "workspace-recovery"] {
+    let dir = match std::env::var_os("WSR_TEST_BINARIES") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe().expect("test executable path");
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("target/<profile>/deps")
+                .to_owned()
+        }
+    };
+    for b in [
+        "wsr-backup",
+        "wsr-restore",
+        "workspace-recovery",
+        "wsr-operator",
+    ] {
         assert!(
             dir.join(b).is_file(),
-            "{} is missing: run the suite with scripts/test.sh (or `cargo build -p wsr-backup -p wsr-restore` \
+            "{} is missing: run the suite with scripts/test.sh (or `cargo build -p wsr-backup -p wsr-restore -p wsr-operator` \
              with the same flags first)",
             dir.join(b).display()
         );

@@ -483,6 +483,7 @@ fn check_image_contents(podman: &Podman, image: &str) {
         "drwxr-xr-x 0/0 usr/local/bin/",
         "-rwxr-xr-x 0/0 usr/local/bin/workspace-recovery",
         "-rwxr-xr-x 0/0 usr/local/bin/wsr-backup",
+        "-rwxr-xr-x 0/0 usr/local/bin/wsr-operator",
         "-rwxr-xr-x 0/0 usr/local/bin/wsr-restore",
         "drwxr-xr-x 0/0 workspace/",
         "lrwxrwxrwx 0/0 workspace-recovery.sh -> usr/local/bin/workspace-recovery",

@@ -20,7 +20,8 @@ use std::sync::OnceLock;
 
 use anyhow::{Context, Result};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -81,17 +82,24 @@ fn install() -> &'static Path {
     })
 }
 
-/// A running `wsr-operator run`, killed on drop; its log is printed unless the test called
+/// A running `wsr-operator run` (leader election on, its listener on a free loopback port),
+/// stopped with SIGTERM on drop; its log is printed unless the test called
 /// [`Operator::passed`].
 struct Operator {
     child: Child,
     log: PathBuf,
+    port: u16,
     passed: bool,
 }
 
 impl Operator {
+    /// As the operator's ServiceAccount with `deploy/rbac.yaml`.
     fn start(name: &str) -> Result<Operator> {
-        let kubeconfig = install();
+        Operator::start_as(name, install(), &[])
+    }
+
+    /// With `kubeconfig`'s identity and extra `run` arguments.
+    fn start_as(name: &str, kubeconfig: &Path, extra: &[&str]) -> Result<Operator> {
         let exe = scenarios::podman::test_build_binaries().join("wsr-operator");
         anyhow::ensure!(
             exe.is_file(),
@@ -103,8 +111,11 @@ impl Operator {
             .create(true)
             .append(true)
             .open(&log)?;
+        let port = free_port()?;
         let child = Command::new(exe)
-            .args(["run", "--namespace", OPERATOR_NS])
+            .args(["run", "--namespace", OPERATOR_NS, "--identity", name])
+            .arg(format!("--listen=127.0.0.1:{port}"))
+            .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("WSR_LOG", "info,wsr_operator=debug")
             .stdout(file.try_clone()?)
@@ -115,6 +126,7 @@ impl Operator {
         Ok(Operator {
             child,
             log,
+            port,
             passed: false,
         })
     }
@@ -123,6 +135,34 @@ impl Operator {
         self.passed = true;
     }
 
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `GET http://127.0.0.1:<port><path>`: status and body.
+    fn get(&self, path: &str) -> Result<(u16, String)> {
+        http_get(self.port, path)
+    }
+
+    /// SIGTERM (a graceful stop: the Lease is released), then waits; SIGKILL after 30 s.
+    /// Returns the exit status.
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        for _ in 0..300 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        self.kill();
+        None
+    }
+
+    /// SIGKILL: the process dies holding whatever it holds.
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -131,9 +171,9 @@ impl Operator {
 
 impl Drop for Operator {
     fn drop(&mut self) {
-        self.kill();
+        self.stop();
         if !self.passed {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let log = self.log_text();
             let tail: Vec<&str> = log.lines().rev().take(60).collect();
             eprintln!("--- operator log (last 60 lines)");
             for line in tail.into_iter().rev() {
@@ -143,12 +183,37 @@ impl Drop for Operator {
     }
 }
 
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A plain HTTP/1.0 GET on loopback: status code and body.
+fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("no end of the HTTP header")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .context("no status")?
+        .parse()?;
+    Ok((status, body.to_owned()))
+}
+
 /// What one test needs: its namespace (restricted, labelled for its policy), a registry with
 /// TLS and basic auth, the policy's auth Secret in the operator namespace and the CA Secret in
 /// the workspace namespace.
 struct Setup {
-    /// Operators have no leader election yet (issue 11): one runs at a time, or several
-    /// would each create Jobs for every policy.
+    /// One operator runs at a time: every test's operator must be the Lease holder (and the
+    /// leader-election test runs two on purpose).
     _one_operator: tokio::sync::MutexGuard<'static, ()>,
     client: Client,
     ns: String,
@@ -707,7 +772,7 @@ async fn a_result_that_arrives_while_the_operator_is_down_is_recorded_when_it_re
         Ok(setup.jobs("ws").await?.into_iter().next())
     })
     .await?;
-    first.kill();
+    first.stop();
     first.passed();
 
     let name = job.metadata.name.clone().unwrap_or_default();
@@ -834,5 +899,323 @@ async fn a_job_on_a_common_claim_held_by_a_running_workspace_is_pinned_to_its_no
     // The running workspace itself is left alone.
     assert!(setup.jobs("running").await?.is_empty());
     operator.passed();
+    Ok(())
+}
+
+// ---- Production install, leader election, metrics and RBAC (issue 11) ----
+
+/// The Lease's holder, if any.
+async fn lease_holder(client: &Client) -> Result<Option<String>> {
+    let lease = Api::<Lease>::namespaced(client.clone(), OPERATOR_NS)
+        .get_opt("wsr-operator")
+        .await?;
+    Ok(lease
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+        .filter(|h| !h.is_empty()))
+}
+
+/// The value of one series line (`name{labels}`) in an OpenMetrics text.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The report `wsr-backup --json` left as the termination message of a Job's pod.
+async fn job_report(setup: &Setup, job: &Job) -> Result<Value> {
+    let uid = job.metadata.uid.clone().unwrap_or_default();
+    let pods = Api::<Pod>::namespaced(setup.client.clone(), &setup.ns)
+        .list(&ListParams::default())
+        .await?;
+    let pod = pods
+        .items
+        .into_iter()
+        .find(|p| {
+            p.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.uid == uid)
+        })
+        .context("the Job's pod")?;
+    let message = pod
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|cs| cs.into_iter().next())
+        .and_then(|c| c.state?.terminated?.message)
+        .context("a termination message")?;
+    Ok(serde_json::from_str(message.trim())?)
+}
+
+/// A kustomization in a temporary directory over `scenarios/deploy/operator-local` that moves
+/// the listener to `port` (the pod shares the host network with everything else here).
+fn local_overlay(port: u16) -> Result<tempfile::TempDir> {
+    let dir = tempfile::tempdir_in(cluster().dir())?;
+    let overlay = scenarios::podman::repo_root().join("scenarios/deploy/operator-local");
+    // kustomize takes only relative paths to other kustomizations.
+    let depth = dir.path().components().count() - 1;
+    let relative = format!(
+        "{}{}",
+        "../".repeat(depth),
+        overlay.to_string_lossy().trim_start_matches('/')
+    );
+    std::fs::write(
+        dir.path().join("kustomization.yaml"),
+        format!(
+            "resources: [{relative}]\npatches:\n  - target: {{kind: Deployment, name: wsr-operator}}\n    patch: |-\n      \
+             - {{op: replace, path: /spec/template/spec/containers/0/env/2, value: {{name: WSR_OPERATOR_LISTEN, value: \"127.0.0.1:{port}\"}}}}\n      \
+             - {{op: replace, path: /spec/template/spec/containers/0/ports/0/containerPort, value: {port}}}\n"
+        ),
+    )?;
+    Ok(dir)
+}
+
+/// Deletes the operator Deployment on drop and waits for its pods to go (their operator
+/// releases the Lease on SIGTERM).
+struct Deployed;
+
+impl Drop for Deployed {
+    fn drop(&mut self) {
+        let _ = cluster().kubectl([
+            "delete",
+            "deployment",
+            "wsr-operator",
+            "-n",
+            OPERATOR_NS,
+            "--ignore-not-found",
+        ]);
+        let _ = cluster().kubectl([
+            "wait",
+            "--for=delete",
+            "pod",
+            "-l",
+            "app.kubernetes.io/name=wsr-operator",
+            "-n",
+            OPERATOR_NS,
+            "--timeout=60s",
+        ]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_k_installs_an_operator_pod_that_backs_up_as_its_service_account() -> Result<()> {
+    let cluster = cluster();
+    let _logs = cluster.logs_on_failure();
+    let setup = setup("op-deploy").await?;
+    let projects = stopped_workspace(&setup, "ws", "workspace00000000000000d1").await?;
+    let port = free_port()?;
+    let overlay = local_overlay(port)?;
+    let applied = cluster.kubectl(["apply".as_ref(), "-k".as_ref(), overlay.path().as_os_str()])?;
+    let _deployed = Deployed;
+    for kind in [
+        "namespace/wsr-system",
+        "customresourcedefinition.apiextensions.k8s.io/backuppolicies.wsr.dev",
+        "serviceaccount/wsr-operator",
+        "clusterrole.rbac.authorization.k8s.io/wsr-operator",
+        "clusterrolebinding.rbac.authorization.k8s.io/wsr-operator",
+        "role.rbac.authorization.k8s.io/wsr-operator-leader-election",
+        "rolebinding.rbac.authorization.k8s.io/wsr-operator-leader-election",
+        "deployment.apps/wsr-operator",
+    ] {
+        assert!(applied.contains(kind), "{kind} not applied:\n{applied}");
+    }
+
+    // The pod passes the namespace's restricted admission, runs, and its probes make it Ready.
+    let pods: Api<Pod> = Api::namespaced(setup.client.clone(), OPERATOR_NS);
+    let selector = ListParams::default().labels("app.kubernetes.io/name=wsr-operator");
+    let pod = fixtures::poll("the operator pod to be Ready", || async {
+        Ok(pods.list(&selector).await?.items.into_iter().find(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        }))
+    })
+    .await;
+    if pod.is_err() {
+        eprintln!(
+            "{}",
+            cluster
+                .kubectl(["get", "pods", "-n", OPERATOR_NS, "-o", "yaml"])
+                .unwrap_or_default()
+        );
+        // The running container's output, from podman (containers are named k8s_<container>_<pod>_...).
+        let storage = scenarios::podman::image_storage();
+        let out = scenarios::podman::command(&storage)
+            .args(["ps", "-a", "--format", "{{.Names}}"])
+            .output()?;
+        for name in String::from_utf8_lossy(&out.stdout).lines() {
+            if name.starts_with("k8s_operator_wsr-operator") {
+                let logs = scenarios::podman::command(&storage)
+                    .args(["logs", name])
+                    .output()?;
+                eprintln!(
+                    "--- {name}:\n{}{}",
+                    String::from_utf8_lossy(&logs.stdout),
+                    String::from_utf8_lossy(&logs.stderr)
+                );
+            }
+        }
+    }
+    let pod = pod?;
+    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    assert_eq!(
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.as_deref()),
+        Some("wsr-operator")
+    );
+    assert_eq!(http_get(port, "/readyz")?.0, 200);
+    assert_eq!(http_get(port, "/healthz")?.0, 200);
+    // The pod's process (POD_NAME is its identity) holds the Lease.
+    let holder = fixtures::poll("the pod to hold the Lease", || async {
+        Ok(lease_holder(&setup.client)
+            .await?
+            .filter(|h| *h == pod_name))
+    })
+    .await?;
+    assert_eq!(holder, pod_name);
+
+    setup.policy(json!({})).await?;
+    setup.run_now("1").await?;
+    let a = setup.recorded("ws").await?;
+    assert_eq!(
+        a["controller.devfile.io/last-backup-successful"], "true",
+        "{a:#?}"
+    );
+    setup.assert_restorable("ws", &projects)?;
+    // Its Events name the pod as the reporting instance: the in-cluster operator wrote them
+    // with its ServiceAccount's token.
+    let events = Api::<Event>::namespaced(setup.client.clone(), &setup.ns)
+        .list(&ListParams::default())
+        .await?;
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("BackupSucceeded")
+                && e.reporting_instance.as_deref() == Some(pod_name.as_str())),
+        "no BackupSucceeded Event from {pod_name}"
+    );
+    let (_, metrics) = http_get(port, "/metrics")?;
+    assert_eq!(
+        metric(
+            &metrics,
+            "wsr_backups_succeeded_total{namespace=\"op-deploy\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_lease_holder_creates_jobs_and_a_follower_takes_over_when_it_dies() -> Result<()> {
+    let _logs = cluster().logs_on_failure();
+    let setup = setup("op-leader").await?;
+    let first_ws = stopped_workspace(&setup, "first", "workspace00000000000000e1").await?;
+    let mut a = Operator::start("leader-a")?;
+    fixtures::poll("leader-a to hold the Lease", || async {
+        Ok(lease_holder(&setup.client)
+            .await?
+            .filter(|h| h == "leader-a"))
+    })
+    .await?;
+    let b = Operator::start("leader-b")?;
+    // The follower is ready once its caches are synced, although it does not reconcile.
+    fixtures::poll("the follower to be ready", || async {
+        Ok((b.get("/readyz").map(|r| r.0).unwrap_or(0) == 200).then_some(()))
+    })
+    .await?;
+    assert_eq!(metric(&b.get("/metrics")?.1, "wsr_leader"), Some(0.0));
+    assert_eq!(metric(&a.get("/metrics")?.1, "wsr_leader"), Some(1.0));
+
+    setup.policy(json!({})).await?;
+    setup.run_now("1").await?;
+    let recorded = setup.recorded("first").await?;
+    assert_eq!(
+        recorded["controller.devfile.io/last-backup-successful"],
+        "true"
+    );
+    setup.assert_restorable("first", &first_ws)?;
+    let jobs = setup.jobs("first").await?;
+    assert_eq!(jobs.len(), 1, "one Job for the first workspace");
+    assert!(a.log_text().contains("backup Job created"));
+    assert!(
+        !b.log_text().contains("backup Job created"),
+        "the follower created a Job"
+    );
+
+    // /metrics of the leader after that run: the series and their values.
+    let report = job_report(&setup, &jobs[0]).await?;
+    let text = fixtures::poll("the skip counts in /metrics", || async {
+        let text = a.get("/metrics")?.1;
+        Ok((metric(
+            &text,
+            "wsr_workspaces_skipped{policy=\"op-leader\",reason=\"upToDate\"}",
+        ) == Some(1.0))
+        .then_some(text))
+    })
+    .await?;
+    for (series, value) in [
+        ("wsr_backups_started_total{namespace=\"op-leader\"}", 1.0),
+        ("wsr_backups_succeeded_total{namespace=\"op-leader\"}", 1.0),
+        ("wsr_backup_duration_seconds_count", 1.0),
+        ("wsr_backup_size_bytes_count", 1.0),
+        (
+            "wsr_backup_size_bytes_sum",
+            report["bytes"].as_f64().unwrap_or(-1.0),
+        ),
+        (
+            "wsr_backup_uploaded_bytes_sum",
+            report["uploaded_bytes"].as_f64().unwrap_or(-1.0),
+        ),
+        ("wsr_backup_jobs_running{policy=\"op-leader\"}", 0.0),
+        ("wsr_workspaces_eligible{policy=\"op-leader\"}", 0.0),
+        ("wsr_leader", 1.0),
+    ] {
+        assert_eq!(metric(&text, series), Some(value), "{series} in\n{text}");
+    }
+    assert!(report["bytes"].as_f64().unwrap_or(0.0) > 0.0, "{report}");
+    let finished = chrono::DateTime::parse_from_rfc3339(
+        &recorded["controller.devfile.io/last-backup-finished-at"],
+    )?;
+    let last = metric(
+        &text,
+        "wsr_last_successful_backup_timestamp_seconds{policy=\"op-leader\"}",
+    )
+    .context("last success")?;
+    assert!(
+        (last - finished.timestamp_millis() as f64 / 1000.0).abs() < 0.001,
+        "{last}"
+    );
+    assert!(!text.contains("workspace=\""), "no per-workspace label");
+
+    // The leader dies without releasing the Lease; the follower takes over once it expires.
+    a.kill();
+    a.passed();
+    fixtures::poll("leader-b to take the Lease over", || async {
+        Ok(lease_holder(&setup.client)
+            .await?
+            .filter(|h| h == "leader-b"))
+    })
+    .await?;
+    let second_ws = stopped_workspace(&setup, "second", "workspace00000000000000e2").await?;
+    setup.run_now("2").await?;
+    let recorded = setup.recorded("second").await?;
+    assert_eq!(
+        recorded["controller.devfile.io/last-backup-successful"],
+        "true"
+    );
+    setup.assert_restorable("second", &second_ws)?;
+    assert!(b.log_text().contains("backup Job created"));
+    assert_eq!(setup.jobs("second").await?.len(), 1);
+    assert_eq!(
+        setup.jobs("first").await?.len(),
+        1,
+        "the new leader did not back the first workspace up again"
+    );
+    b.passed();
     Ok(())
 }

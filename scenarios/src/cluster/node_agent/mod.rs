@@ -17,11 +17,12 @@
 //! it does and does not emulate.
 //!
 //! Layout: `spec` (pod spec -> podman arguments, pure), `status` (states -> phase and status
-//! patch, pure), `volumes` (host directories), `runtime` (podman calls), `pod` (one pod's
+//! patch, pure), `probe` (httpGet liveness and readiness probes), `volumes` (host directories), `runtime` (podman calls), `pod` (one pod's
 //! life), `node` (Node, Lease, volume provisioner).
 
 mod node;
 mod pod;
+pub mod probe;
 mod runtime;
 pub mod spec;
 pub mod status;

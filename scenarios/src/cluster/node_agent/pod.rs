@@ -13,6 +13,7 @@ use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use tokio::sync::{Mutex, watch};
 
+use super::probe::{self, HttpProbe, Verdict};
 use super::runtime::{Runtime, now};
 use super::spec::{self, ContainerRun, ObjectData, Ulimits};
 use super::status::{ContainerStatus, POD_IP, PodState, State, termination_message};
@@ -419,13 +420,19 @@ impl PodRunner {
             self.with_status(init, i, |s| s.state = state.clone()).await;
             return state;
         }
+        let readiness = probe::http_probe(c, c.readiness_probe.as_ref()).filter(|_| !init);
+        let liveness = probe::http_probe(c, c.liveness_probe.as_ref()).filter(|_| !init);
         self.with_status(init, i, |s| {
             s.state = State::Running {
                 started_at: started_at.clone(),
-            }
+            };
+            s.probed_ready = readiness.as_ref().map(|_| false);
         })
         .await;
-        let waited = runtime.wait(&name).await;
+        let waited = tokio::select! {
+            waited = runtime.wait(&name) => waited,
+            _ = self.probe(i, &name, readiness, liveness) => unreachable!("probing never ends"),
+        };
         let exit = runtime.exit(&name).await;
         let log = self
             .dir
@@ -473,6 +480,49 @@ impl PodRunner {
         };
         self.with_status(init, i, |s| s.state = state.clone()).await;
         state
+    }
+
+    /// Runs a running container's probes (never returns; dropped when the container exits):
+    /// readiness sets its `ready`, liveness stops it after `failureThreshold` failures so
+    /// that `restartPolicy` applies, as the kubelet does.
+    async fn probe(
+        &self,
+        i: usize,
+        name: &str,
+        readiness: Option<HttpProbe>,
+        liveness: Option<HttpProbe>,
+    ) {
+        let ready = async {
+            let Some(p) = readiness else { return };
+            tokio::time::sleep(p.initial_delay).await;
+            let mut verdict = Verdict::new();
+            let mut last = Some(false);
+            loop {
+                let result = verdict.add(&p, probe::check(&p).await);
+                if result.is_some() && result != last {
+                    last = result;
+                    self.with_status(false, i, |s| s.probed_ready = result)
+                        .await;
+                }
+                tokio::time::sleep(p.period).await;
+            }
+        };
+        let live = async {
+            let Some(p) = liveness else { return };
+            tokio::time::sleep(p.initial_delay).await;
+            let mut verdict = Verdict::new();
+            loop {
+                if verdict.add(&p, probe::check(&p).await) == Some(false) {
+                    tracing::warn!(pod = %self.name(), container = name, "liveness probe failed; stopping the container");
+                    let stop = ["stop".into(), "-t".into(), "10".into(), name.to_owned()];
+                    let _ = self.agent.runtime.run(&stop).await;
+                    return;
+                }
+                tokio::time::sleep(p.period).await;
+            }
+        };
+        futures_util::future::join(ready, live).await;
+        std::future::pending::<()>().await
     }
 
     /// Creates the podman container; returns the host path of its termination message file.

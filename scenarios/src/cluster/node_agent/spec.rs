@@ -241,6 +241,11 @@ fn review_container_field(kind: &str, name: &str, key: &str, value: &Value, r: &
             }
         }
         "securityContext" => review_container_security_context(&at, value, r),
+        "livenessProbe" | "readinessProbe" if kind == "container" => {
+            for wrong in super::probe::review(value) {
+                r.unsupported.push(format!("{at}: {key}.{wrong}"));
+            }
+        }
         "stdin" | "stdinOnce" | "tty" => {
             if truthy(value) {
                 r.unsupported.push(format!("{at}: {key}"));
@@ -935,7 +940,7 @@ mod tests {
                 "spec.dnsConfig",
                 "spec.hostPID",
                 "spec.securityContext.sysctls",
-                "container c: readinessProbe",
+                "container c: readinessProbe.exec",
                 "container c: securityContext.privileged",
                 "container c: mountPropagation \"Bidirectional\"",
                 "volume h: type hostPath",

@@ -68,6 +68,9 @@ pub struct ContainerStatus {
     pub state: State,
     pub last_state: Option<State>,
     pub restart_count: i32,
+    /// The readiness probe's verdict while running; `None` without a readiness probe (then a
+    /// running container is ready).
+    pub probed_ready: Option<bool>,
 }
 
 impl ContainerStatus {
@@ -80,11 +83,16 @@ impl ContainerStatus {
             state,
             last_state: None,
             restart_count: 0,
+            probed_ready: None,
         }
     }
 
     fn running(&self) -> bool {
         matches!(self.state, State::Running { .. })
+    }
+
+    fn ready(&self) -> bool {
+        self.running() && self.probed_ready.unwrap_or(true)
     }
 
     fn succeeded(&self) -> bool {
@@ -97,7 +105,7 @@ impl ContainerStatus {
             "image": self.image,
             "imageID": self.image_id,
             "containerID": self.container_id,
-            "ready": self.running(),
+            "ready": self.ready(),
             "started": self.running(),
             "restartCount": self.restart_count,
             "state": self.state.to_json(),
@@ -233,7 +241,7 @@ impl PodState {
         let unready: Vec<String> = self
             .main
             .iter()
-            .filter(|c| !c.running())
+            .filter(|c| !c.ready())
             .map(|c| c.name.clone())
             .collect();
         let mut conditions = vec![
@@ -384,6 +392,29 @@ mod tests {
         let mut rejected = pod(&[], &[running()], "Never");
         rejected.failure = Some(("NodeAgentUnsupported".into(), "spec.hostPID".into()));
         assert_eq!(rejected.phase(), "Failed");
+    }
+
+    #[test]
+    fn a_running_container_is_ready_only_once_its_readiness_probe_passes() {
+        let mut p = pod(&[], &[running()], "Always");
+        p.main[0].probed_ready = Some(false);
+        let v = p.to_patch("t1");
+        assert_eq!(v["status"]["containerStatuses"][0]["ready"], false);
+        assert_eq!(v["status"]["phase"], "Running");
+        let ready = |v: &Value| {
+            v["status"]["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == "Ready")
+                .unwrap()["status"]
+                .clone()
+        };
+        assert_eq!(ready(&v), "False");
+        p.main[0].probed_ready = Some(true);
+        let v = p.to_patch("t2");
+        assert_eq!(v["status"]["containerStatuses"][0]["ready"], true);
+        assert_eq!(ready(&v), "True");
     }
 
     #[test]
