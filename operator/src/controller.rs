@@ -150,7 +150,11 @@ pub async fn run(client: Client, options: RunOptions) -> anyhow::Result<()> {
     let backup_jobs = watcher::Config::default().labels(&format!("{}=true", label::BACKUP_JOB));
     let workspace_pods = watcher::Config::default().labels(label::DEVWORKSPACE_ID);
     let all = watcher::Config::default;
-    let triggers = futures_util::stream::select_all([
+    // Each cache is driven by a task of its own, so it stays current whatever the controller
+    // is doing; a change only leaves a wake-up (coalesced: one pending is enough, as a wake-up
+    // runs every policy).
+    let (wake_tx, wake_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let caches_changed = [
         wake(reflector::reflector(
             ws_writer,
             watcher(Api::<DevWorkspace>::all(client.clone()), all()),
@@ -174,8 +178,21 @@ pub async fn run(client: Client, options: RunOptions) -> anyhow::Result<()> {
                 all(),
             ),
         )),
+    ];
+    for changes in caches_changed {
+        let wake_tx = wake_tx.clone();
+        tokio::spawn(changes.for_each(move |()| {
+            let _ = wake_tx.try_send(());
+            async {}
+        }));
+    }
+    let woken = futures_util::stream::unfold(wake_rx, |mut rx| async move {
+        rx.recv().await.map(|()| ((), rx))
+    });
+    let triggers = futures_util::stream::select(
+        woken,
         leadership_changes(is_leader.clone(), metrics.clone()),
-    ]);
+    );
     let controller = Controller::new(policies, watcher::Config::default())
         .with_config(ControllerConfig::default().debounce(Duration::from_secs(1)))
         .reconcile_all_on(triggers)

@@ -1122,7 +1122,7 @@ async fn only_the_lease_holder_creates_jobs_and_a_follower_takes_over_when_it_di
             .filter(|h| h == "leader-a"))
     })
     .await?;
-    let b = Operator::start("leader-b")?;
+    let mut b = Operator::start("leader-b")?;
     // The follower is ready once its caches are synced, although it does not reconcile.
     fixtures::poll("the follower to be ready", || async {
         Ok((b.get("/readyz").map(|r| r.0).unwrap_or(0) == 200).then_some(()))
@@ -1216,6 +1216,157 @@ async fn only_the_lease_holder_creates_jobs_and_a_follower_takes_over_when_it_di
         1,
         "the new leader did not back the first workspace up again"
     );
+    // A graceful stop: exit 0 and the Lease released (no holder).
+    let status = b.stop().context("wsr-operator did not stop on SIGTERM")?;
+    assert!(status.success(), "{status}");
+    assert!(b.log_text().contains("leader Lease released"));
+    assert_eq!(lease_holder(&setup.client).await?, None);
     b.passed();
+    Ok(())
+}
+
+/// Every verb of `operator/deploy/rbac.yaml` is used: for each one, the operator runs as a
+/// ServiceAccount bound to a copy of the ClusterRole and Role without that verb, on a scenario
+/// that exercises everything (a stopped workspace, a policy with an `authSecret`, run-now, a
+/// registry that refuses connections so that the Job fails and is retried: two BackupStarted
+/// Events make a series, hence the patch), until its log shows the API server refusing that
+/// very verb on that resource (at most two minutes each).
+#[tokio::test(flavor = "multi_thread")]
+async fn every_verb_in_the_rbac_is_needed() -> Result<()> {
+    let cluster = cluster();
+    let _logs = cluster.logs_on_failure();
+    let setup = setup("op-rbac").await?;
+    // kubectl prints each object of the file as its own JSON document.
+    let printed = cluster.kubectl_stdin(
+        ["create", "--dry-run=client", "-o", "json", "-f", "-"],
+        &repo_file("operator/deploy/rbac.yaml"),
+    )?;
+    let objects = serde_json::Deserializer::from_str(&printed)
+        .into_iter::<Value>()
+        .collect::<Result<Vec<_>, _>>()?;
+    let role_of = |kind: &str| {
+        objects
+            .iter()
+            .find(|o| o["kind"] == kind)
+            .cloned()
+            .with_context(|| format!("no {kind} in rbac.yaml"))
+    };
+    let (cluster_role, role) = (role_of("ClusterRole")?, role_of("Role")?);
+    let reduced_sa = "wsr-operator-reduced";
+    cluster.kubectl(["create", "serviceaccount", reduced_sa, "-n", OPERATOR_NS])?;
+    let bindings = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": reduced_sa},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": reduced_sa},
+         "subjects": [{"kind": "ServiceAccount", "name": reduced_sa, "namespace": OPERATOR_NS}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": reduced_sa, "namespace": OPERATOR_NS},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": reduced_sa},
+         "subjects": [{"kind": "ServiceAccount", "name": reduced_sa, "namespace": OPERATOR_NS}]}]});
+    cluster.kubectl_stdin(["apply", "-f", "-"], &bindings.to_string())?;
+    let kubeconfig = cluster.service_account_kubeconfig(OPERATOR_NS, reduced_sa)?;
+
+    // (which role, rule index, verb), in file order.
+    let mut removals = Vec::new();
+    for (which, r) in [("ClusterRole", &cluster_role), ("Role", &role)] {
+        for (i, rule) in r["rules"].as_array().into_iter().flatten().enumerate() {
+            for verb in rule["verbs"].as_array().into_iter().flatten() {
+                removals.push((which, i, verb.as_str().unwrap_or_default().to_owned()));
+            }
+        }
+    }
+    let mut unused = Vec::new();
+    for (n, (which, rule, verb)) in removals.iter().enumerate() {
+        let (mut cr, mut r) = (cluster_role.clone(), role.clone());
+        let target = if *which == "ClusterRole" {
+            &mut cr
+        } else {
+            &mut r
+        };
+        let resources: Vec<String> = target["rules"][*rule]["resources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect();
+        let verbs = target["rules"][*rule]["verbs"]
+            .as_array_mut()
+            .context("verbs")?;
+        verbs.retain(|v| v != verb.as_str());
+        for role in [&mut cr, &mut r] {
+            role["metadata"]["name"] = json!(reduced_sa);
+            role["rules"]
+                .as_array_mut()
+                .context("rules")?
+                .retain(|rule| rule["verbs"].as_array().is_some_and(|v| !v.is_empty()));
+        }
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": [cr, r]});
+        cluster.kubectl_stdin(["apply", "-f", "-"], &list.to_string())?;
+
+        // A fresh Lease, namespace, workspace and policy for each removal.
+        let _ = cluster.kubectl([
+            "delete",
+            "lease",
+            "wsr-operator",
+            "-n",
+            OPERATOR_NS,
+            "--ignore-not-found",
+        ]);
+        let ns = format!("op-rbac-{n}");
+        cluster.create_namespace(&ns, &[RESTRICTED, (TEST_LABEL, &ns)])?;
+        Workspace::new(&ns, "ws", &format!("workspace0000000000rbac{n:02}"))
+            .create(&setup.client, Phase::Stopped)
+            .await?;
+        let policy: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "wsr.dev/v1alpha1", "kind": "BackupPolicy",
+            "metadata": {"name": ns, "annotations": {"wsr.dev/run-now": "1"}},
+            "spec": {"schedule": "0 0 1 1 *",
+                     "registry": {"path": "127.0.0.1:1/backups", "plainHTTP": true,
+                                  "authSecret": "push-op-rbac"},
+                     "namespaceSelector": {"matchLabels": {TEST_LABEL: ns}},
+                     "failureBackoff": {"initialSeconds": 1, "maxSeconds": 2},
+                     "jobTemplate": {"image": image(), "imagePullPolicy": "IfNotPresent"}}}))?;
+        setup
+            .policies()
+            .create(&PostParams::default(), &policy)
+            .await?;
+
+        let what = format!("{which} {verb} {}", resources.join(","));
+        let operator = Operator::start_as(&format!("rbac-{n}"), &kubeconfig, &[])?;
+        let refused = resources
+            .iter()
+            .map(|res| format!("cannot {verb} resource \"{res}\""))
+            .collect::<Vec<_>>();
+        let seen = tokio::time::timeout(
+            std::time::Duration::from_secs(120),
+            fixtures::poll(&what, || async {
+                let log = operator.log_text();
+                Ok(refused.iter().any(|r| log.contains(r)).then_some(()))
+            }),
+        )
+        .await;
+        match seen {
+            Ok(Ok(())) => {
+                eprintln!("without {what}: refused, as expected");
+                // A cache that cannot list never syncs: the replica is alive but not ready.
+                if verb == "list" && resources.iter().all(|r| r != "backuppolicies") {
+                    assert_eq!(operator.get("/healthz")?.0, 200);
+                    assert_eq!(operator.get("/readyz")?.0, 503, "ready without {what}");
+                }
+                operator.passed();
+            }
+            _ => {
+                eprintln!("without {what}: nothing refused within 2 minutes");
+                unused.push(what);
+                drop(operator);
+            }
+        }
+        setup.policies().delete(&ns, &Default::default()).await?;
+        let _ = cluster.kubectl(["delete", "namespace", &ns, "--wait=false"]);
+    }
+    assert!(
+        unused.is_empty(),
+        "permissions the operator did not need: {unused:#?}"
+    );
     Ok(())
 }

@@ -138,7 +138,12 @@ pub const RESTRICTED: (&str, &str) = scenarios::cluster::fixtures::RESTRICTED;
 /// The cluster this test binary shares (one per binary: start-up costs seconds), with the node
 /// agent of this build.
 pub fn cluster() -> &'static scenarios::cluster::Cluster {
-    let exe = Path::new(env!("CARGO_BIN_EXE_scenarios"));
+    // A copy of the binaries (see `scenarios::podman::test_build_binaries`) may hold it too.
+    let copy = std::env::var_os("WSR_TEST_BINARIES").map(|d| Path::new(&d).join("scenarios"));
+    let exe = match &copy {
+        Some(copy) if copy.is_file() => copy.as_path(),
+        _ => Path::new(env!("CARGO_BIN_EXE_scenarios")),
+    };
     let options = scenarios::cluster::StartOptions {
         node_agent: Some(exe.to_owned()),
         ..Default::default()
