@@ -21,7 +21,11 @@ fn bin() -> Command {
     ] {
         c.env_remove(var);
     }
-    c.env("WSR_LOG", "warn").arg("--progress").arg("never");
+    // Unreachable registries are tried here on purpose: retry for seconds, not a minute.
+    c.env("WSR_LOG", "warn")
+        .env("WSR_RETRY_SECONDS", "4")
+        .arg("--progress")
+        .arg("never");
     c
 }
 

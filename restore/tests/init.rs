@@ -15,6 +15,12 @@ use wsr_transport::{ConnectOptions, TransportError};
 const UNREACHABLE: &str = "127.0.0.1:1/ns/ws:latest";
 
 fn run(vars: &[(&str, &str)]) -> Result<InitOutcome, InitError> {
+    // UNREACHABLE is tried on purpose: retry for seconds, not the production minute.
+    let _ = wsr_transport::retry::RetryPolicy {
+        budget: std::time::Duration::from_secs(4),
+        idle_timeout: wsr_transport::retry::DEFAULT_IDLE_TIMEOUT,
+    }
+    .install();
     let env: HashMap<String, String> = vars
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -88,10 +88,16 @@ fn credentials_never_appear_in_any_output() {
     let reference = format!("{}/ns/ws:latest", registry.host());
     let backup = || {
         let mut c = Command::new(bin.join("wsr-backup"));
+        // The unreachable-host runs: retry for seconds, not the production minute.
+        c.env("WSR_RETRY_SECONDS", "4");
         c.arg("--source").arg(&ws);
         c
     };
-    let restore = || Command::new(bin.join("wsr-restore"));
+    let restore = || {
+        let mut c = Command::new(bin.join("wsr-restore"));
+        c.env("WSR_RETRY_SECONDS", "4");
+        c
+    };
     // (what, auth file, CA given, reference, should succeed)
     let variants = [
         ("good", &good, true, reference.clone(), true),

@@ -39,7 +39,9 @@ impl DropIn {
         c.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.work.path().join("home"))
-            .env("WSR_LOG", "info");
+            .env("WSR_LOG", "info")
+            // The unreachable-registry case: retry for seconds, not the production minute.
+            .env("WSR_RETRY_SECONDS", "4");
         c
     }
 
