@@ -23,7 +23,13 @@ Exit codes:
   3  source problem (missing, unreadable, or changed during the backup)
   4  registry unreachable or TLS verification failed
   5  authentication or authorisation failed
-  6  other registry error (after retries); nothing was tagged";
+  6  other registry error (after retries); the moving tag was not changed
+
+Environment:
+  WSR_RETRY_SECONDS         how long one registry operation is retried after transient
+                            failures (connect errors, resets, stalls, 5xx, 429; Retry-After
+                            honoured up to 30 s), from its first failure (default 60; 0: no retries)
+  WSR_IDLE_TIMEOUT_SECONDS  no progress for this long is a stalled registry (default 60)";
 
 /// Back up a workspace directory as an OCI artifact.
 ///

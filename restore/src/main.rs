@@ -29,7 +29,13 @@ Exit codes:
   4  registry unreachable or TLS verification failed
   5  authentication or authorisation failed
   6  backup not found, unreadable, or failed verification
-     (drill: a backup failed or is older than --max-age)";
+     (drill: a backup failed or is older than --max-age)
+
+Environment:
+  WSR_RETRY_SECONDS         how long one registry operation is retried after transient
+                            failures (connect errors, resets, stalls, 5xx, 429; Retry-After
+                            honoured up to 30 s), from its first failure (default 60; 0: no retries)
+  WSR_IDLE_TIMEOUT_SECONDS  no progress for this long is a stalled registry (default 60)";
 
 /// Restore a workspace backup into an empty directory, verified and atomically.
 ///
