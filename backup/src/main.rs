@@ -105,7 +105,7 @@ enum FormatArg {
 fn main() {
     let cli = Cli::parse();
     init_logging();
-    finish("wsr-backup", run(cli), exit_code);
+    finish("wsr-backup", run(cli), exit_code, step);
 }
 
 fn run(cli: Cli) -> anyhow::Result<String> {
@@ -204,6 +204,21 @@ fn exit_code(e: &anyhow::Error) -> i32 {
         Some(BackupError::Transport(t)) => transport_exit_code(t),
         _ => 1,
     }
+}
+
+/// The step that failed, named in the error message and the termination message.
+fn step(e: &anyhow::Error) -> Option<&'static str> {
+    if is_usage_error(e.as_ref()) || e.is::<DwoEnvError>() {
+        return Some("arguments");
+    }
+    Some(match e.downcast_ref::<BackupError>()? {
+        BackupError::DigestDestination(_) => "arguments",
+        BackupError::Source { .. }
+        | BackupError::Unreadable { .. }
+        | BackupError::Changed { .. } => "read source",
+        BackupError::Archive(_) => "archive",
+        BackupError::Transport(t) => t.step().unwrap_or("upload"),
+    })
 }
 
 fn sampler(progress: Arc<Progress>) -> impl Fn() -> Sample + Send + 'static {

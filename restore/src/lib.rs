@@ -165,6 +165,7 @@ pub async fn restore(
             path: target.to_owned(),
         });
     }
+    target::check_writable(target)?;
     let (store, opened) = open(&options.from, &options.connect).await?;
     if let (Some(selection), Some(index)) = (&selection, &opened.index) {
         select::check_selection_in_index(selection, index)?;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use wsr_cli::{
     ConnectArgs, ProgressMode, Reporter, Sample, UsageError, human, init_logging, is_usage_error,
-    transport_exit_code, write_termination_log,
+    report_error, transport_exit_code, write_termination_log,
 };
 use wsr_format::reference::{Reference, Target, parse_registry_path, workspace_reference};
 use wsr_restore::init::{InitError, InitOutcome};
@@ -165,11 +165,8 @@ fn main() {
             code
         }
         Err(e) => {
-            let code = exit_code(&e);
-            let message = format!("{e:#}");
-            eprintln!("wsr-restore: error: {message}");
-            write_termination_log(&message);
-            code
+            report_error("wsr-restore", &e, step(&e));
+            exit_code(&e)
         }
     };
     std::process::exit(code);
@@ -436,6 +433,38 @@ fn init(connect: ConnectOptions, mode: ProgressMode) -> anyhow::Result<Output> {
             ))
         }
     }
+}
+
+/// The step that failed, named in the error message and the termination message.
+fn step(e: &anyhow::Error) -> Option<&'static str> {
+    use wsr_format::unpack::UnpackError;
+    if is_usage_error(e.as_ref()) {
+        return Some("arguments");
+    }
+    let restore = match (
+        e.downcast_ref::<RestoreError>(),
+        e.downcast_ref::<InitError>(),
+    ) {
+        (Some(e), _) | (None, Some(InitError::Restore(e))) => e,
+        (None, Some(InitError::Env(_))) => return Some("arguments"),
+        (None, None) => return None,
+    };
+    Some(match restore {
+        RestoreError::Paths(_)
+        | RestoreError::Unmatched { .. }
+        | RestoreError::TargetName { .. } => "arguments",
+        RestoreError::NotEmpty { .. }
+        | RestoreError::Target { .. }
+        | RestoreError::MoveAside { .. }
+        | RestoreError::NoSpace { .. }
+        | RestoreError::Marker { .. }
+        | RestoreError::Unpack(UnpackError::Io { .. }) => "write",
+        RestoreError::Transport(t) => t.step().unwrap_or("download"),
+        RestoreError::Unpack(_)
+        | RestoreError::Unsupported(_)
+        | RestoreError::Config(_)
+        | RestoreError::Corrupt(_) => "verify",
+    })
 }
 
 fn exit_code(e: &anyhow::Error) -> i32 {

@@ -196,6 +196,47 @@ pub fn user_entries(target: &Path) -> Result<Vec<PathBuf>, RestoreError> {
     Ok(scan(target)?.user)
 }
 
+/// Fails, before any download, when this process cannot create entries in an existing
+/// `target`, saying who owns it and who the restore runs as (upstream #1636: a volume owned
+/// by the workspace's uid, a restore running as another). A target that does not exist yet
+/// passes: creating it is checked when it happens.
+pub fn check_writable(target: &Path) -> Result<(), RestoreError> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let failed = |source| RestoreError::Target {
+        path: target.to_owned(),
+        source,
+    };
+    let meta = match fs::metadata(target) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(failed(e)),
+    };
+    let path = std::ffi::CString::new(target.as_os_str().as_bytes())
+        .map_err(|e| failed(std::io::Error::other(e)))?;
+    // SAFETY: access(2) only reads the NUL-terminated path.
+    if unsafe { libc::access(path.as_ptr(), libc::W_OK | libc::X_OK) } == 0 {
+        return Ok(());
+    }
+    let error = std::io::Error::last_os_error();
+    if error.raw_os_error() != Some(libc::EACCES) {
+        return Err(failed(error));
+    }
+    // SAFETY: getuid and getgid cannot fail and touch no memory.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    Err(failed(std::io::Error::new(
+        error.kind(),
+        format!(
+            "{error}: it is owned by uid {} gid {} with mode {:04o}, and this restore runs as uid \
+             {uid} gid {gid}; run the restore as the directory's owner (the workspace's \
+             runAsUser), or make it writable by group {gid} (fsGroup, or mode g+w with group {gid})",
+            meta.uid(),
+            meta.gid(),
+            meta.mode() & 0o7777
+        ),
+    )))
+}
+
 /// A trusted staging directory whose tree is complete, left by an interrupted restore.
 pub fn completed_staging(target: &Path) -> Result<Option<Staging>, RestoreError> {
     Ok(scan(target)?

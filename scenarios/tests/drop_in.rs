@@ -47,6 +47,14 @@ impl DropIn {
 
     /// `/workspace-recovery.sh --backup` as DWO's Job runs it, to `<registry>/ns/<name>:latest`.
     fn backup(&self, registry: &str, name: &str, extra: &str, auth: Option<&Path>) -> Output {
+        let mut c = self.backup_command(registry, name, extra);
+        if let Some(auth) = auth {
+            c.env("REGISTRY_AUTH_FILE", auth);
+        }
+        c.output().unwrap()
+    }
+
+    fn backup_command(&self, registry: &str, name: &str, extra: &str) -> Command {
         let mut c = self.command(&self.bin.join("wsr-backup"));
         c.arg("--dwo-env")
             .env("BACKUP_SOURCE_PATH", self.src())
@@ -54,10 +62,7 @@ impl DropIn {
             .env("DEVWORKSPACE_NAMESPACE", "ns")
             .env("DEVWORKSPACE_NAME", name)
             .env("ORAS_EXTRA_ARGS", extra);
-        if let Some(auth) = auth {
-            c.env("REGISTRY_AUTH_FILE", auth);
-        }
-        c.output().unwrap()
+        c
     }
 
     /// `/workspace-recovery.sh --restore` as DWO's init container runs it, into a new directory.
@@ -288,4 +293,107 @@ fn flags_that_cannot_work_are_refused_by_name_before_any_network_access() {
         let image = format!("{host}/ns/refused:latest");
         fails(t.restore(&image, &format!("r{i}"), extra, None), 2, says);
     }
+}
+
+/// A workspace with no files, and one with only dotfiles (which upstream's `cp -r …/*`
+/// loses), back up and restore in both formats through the drop-in entry points.
+#[test]
+fn empty_and_dotfiles_only_workspaces_round_trip() {
+    let t = DropIn::new();
+    let registry = TestRegistry::start(RegistryKind::Plain).unwrap();
+    let host = registry.host();
+    let src = t.src();
+    scenarios::sample::make_removable(&src);
+    std::fs::remove_dir_all(&src).unwrap();
+    std::fs::create_dir(&src).unwrap();
+    for format in ["dwo", "native"] {
+        let name = format!("empty-{format}");
+        let mut backup = t.backup_command(&host, &name, "--plain-http");
+        ok(backup.env("WSR_FORMAT", format).output().unwrap());
+        let image = format!("{host}/ns/{name}:latest");
+        ok(t.restore(&image, &name, "--plain-http", None));
+        assert_eq!(std::fs::read_dir(t.restored(&name)).unwrap().count(), 0);
+    }
+    std::fs::write(src.join(".bashrc"), "export EDITOR=vi\n").unwrap();
+    std::fs::create_dir_all(src.join(".config/git")).unwrap();
+    std::fs::write(src.join(".config/git/config"), "[user]\n").unwrap();
+    for format in ["dwo", "native"] {
+        let name = format!("dotfiles-{format}");
+        let mut backup = t.backup_command(&host, &name, "--plain-http");
+        ok(backup.env("WSR_FORMAT", format).output().unwrap());
+        let image = format!("{host}/ns/{name}:latest");
+        ok(t.restore(&image, &name, "--plain-http", None));
+        assert_same_tree(&src, &t.restored(&name));
+    }
+}
+
+/// The error message (and so the termination message, its first line) starts with the step
+/// that failed.
+#[test]
+fn failures_name_the_failing_step() {
+    let t = DropIn::new();
+    let registry = TestRegistry::start(RegistryKind::TlsAuth).unwrap();
+    let host = registry.host();
+    let ca = format!("--ca-file {}", registry.ca_file().unwrap().display());
+    let auth = registry.auth_file();
+    let port = host.rsplit(':').next().unwrap();
+    let unknown = format!("wsr-no-such-host.invalid:{port}");
+    fails(
+        t.backup(&unknown, "x", &ca, auth),
+        4,
+        "wsr-backup: error: resolve: ",
+    );
+    fails(
+        t.backup("127.0.0.1:1", "x", &ca, auth),
+        4,
+        "error: connect: ",
+    );
+    fails(t.backup(&host, "x", "", auth), 4, "error: tls: ");
+    fails(t.backup(&host, "x", &ca, None), 5, "error: auth: ");
+    fails(
+        t.backup(&host, "x", "--oci-layout", auth),
+        2,
+        "error: arguments: ",
+    );
+
+    // A layer blob changed in the registry's storage (same size): the restore's digest check.
+    ok(t.backup(&host, "corrupt", &ca, auth));
+    let manifest = Command::new("curl")
+        .args([
+            "-sSf",
+            "--cacert",
+            &registry.ca_file().unwrap().display().to_string(),
+        ])
+        .args([
+            "-u",
+            &format!(
+                "{}:{}",
+                registry.credentials().unwrap().0,
+                registry.credentials().unwrap().1
+            ),
+        ])
+        .args(["-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
+        .arg(format!("https://{host}/v2/ns/corrupt/manifests/latest"))
+        .output()
+        .unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest.stdout).unwrap();
+    let digest = manifest["layers"][0]["digest"].as_str().unwrap();
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    let blob = registry.data_dir().join(format!(
+        "docker/registry/v2/blobs/sha256/{}/{hex}/data",
+        &hex[..2]
+    ));
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+    let image = format!("{host}/ns/corrupt:latest");
+    // The flipped byte shows as a digest mismatch or, if the unpacker meets it first, as a
+    // corrupt archive: a verification failure either way.
+    fails(
+        t.restore(&image, "corrupt", &ca, auth),
+        6,
+        "wsr-restore: error: verify: ",
+    );
+    assert_eq!(std::fs::read_dir(t.restored("corrupt")).unwrap().count(), 0);
 }

@@ -665,3 +665,86 @@ fn recovery_image_is_a_drop_in_for_upstream_project_backup() {
     assert_same_tree(&projects, &target);
     eprintln!("total: {:?}", started.elapsed());
 }
+
+/// What upstream's containers also meet: `/entrypoint.sh` with no arguments exits 0 (upstream's
+/// `exec "$@"` execs nothing); a restore into a `/projects` owned by the workspace's uid (1234,
+/// DWO's default on Kubernetes) while the init container runs as another uid fails before any
+/// download, saying who owns what and naming the step (upstream #1636); with write access
+/// through group 0 (OpenShift's arbitrary uid) it works.
+#[test]
+fn recovery_image_entrypoint_and_foreign_owned_projects() {
+    require_container_tools();
+    let podman = Podman {
+        storage: scenarios::podman::image_storage(),
+    };
+    let image = podman.build_image();
+    let bare = Container {
+        image: &image,
+        network: "none",
+        ..Default::default()
+    };
+    let out = bare.run(&podman);
+    assert!(
+        out.status.success(),
+        "/entrypoint.sh without arguments: {}",
+        describe(&out)
+    );
+
+    let registry = TestRegistry::start(RegistryKind::Plain).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    chmod(scratch.path(), 0o755);
+    let source = scratch.path().join("source");
+    populate(&source);
+    let reference = format!("{}/{NAMESPACE}/{NAME}:latest", registry.host());
+    let binaries = scenarios::podman::test_build_binaries();
+    let backup = Command::new(binaries.join("wsr-backup"))
+        .arg("--source")
+        .arg(&source)
+        .args(["--to", &reference, "--format", "dwo", "--plain-http"])
+        .output()
+        .unwrap();
+    assert!(backup.status.success(), "{}", describe(&backup));
+
+    let restore_into = |projects: &Path| {
+        Container {
+            image: &image,
+            command: Some("/workspace-recovery.sh"),
+            args: vec!["--restore"],
+            env: vec![
+                ("PROJECTS_ROOT", "/projects".into()),
+                ("BACKUP_IMAGE", reference.clone()),
+                ("ORAS_EXTRA_ARGS", "--plain-http".into()),
+            ],
+            mounts: vec![(projects.to_owned(), "/projects", false)],
+            network: "host",
+        }
+        .run(&podman)
+    };
+    let foreign = scratch.path().join("foreign");
+    fs::create_dir(&foreign).unwrap();
+    std::os::unix::fs::chown(&foreign, Some(1234), Some(1234)).unwrap();
+    chmod(&foreign, 0o755);
+    let out = restore_into(&foreign);
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for says in [
+        "error: write: cannot use target /projects",
+        "owned by uid 1234 gid 1234 with mode 0755",
+        "runs as uid 12345 gid 0",
+    ] {
+        assert!(
+            stderr.contains(says),
+            "expected {says:?}: {}",
+            describe(&out)
+        );
+    }
+    assert_eq!(fs::read_dir(&foreign).unwrap().count(), 0);
+
+    let shared = scratch.path().join("group-writable");
+    fs::create_dir(&shared).unwrap();
+    std::os::unix::fs::chown(&shared, Some(1234), Some(0)).unwrap();
+    chmod(&shared, 0o775);
+    let out = restore_into(&shared);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_same_tree(&source, &shared);
+}

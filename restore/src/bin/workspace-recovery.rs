@@ -2,7 +2,7 @@
 //! `/entrypoint.sh` in the recovery image, so no shell is needed.
 //!
 //! Installed under both names. As `entrypoint.sh` it execs its arguments (upstream's
-//! `exec "$@"`). As `workspace-recovery.sh`, `--backup` execs `wsr-backup --dwo-env` and
+//! `exec "$@"`; none: exit 0). As `workspace-recovery.sh`, `--backup` execs `wsr-backup --dwo-env` and
 //! `--restore` execs `wsr-restore init`, found next to this binary or on PATH. It links no
 //! engine: it only dispatches.
 
@@ -37,9 +37,9 @@ fn main() {
         .to_owned();
     let rest: Vec<_> = args.collect();
     if name == "entrypoint.sh" {
+        // Upstream's `exec "$@"` with no arguments execs nothing and exits 0.
         let Some((program, arguments)) = rest.split_first() else {
-            eprintln!("entrypoint.sh: nothing to run; usage: /entrypoint.sh COMMAND [ARGS...]");
-            std::process::exit(1);
+            std::process::exit(0);
         };
         let mut command = Command::new(program);
         command.args(arguments);

@@ -73,13 +73,13 @@ pub fn block_on_with_progress<F: Future>(
     result
 }
 
-/// The end of `main`: prints `result`'s output to stdout and exits 0, or prints the error
-/// chain to stderr, writes its first line as the termination message and exits with
-/// `exit_code(error)`.
+/// The end of `main`: prints `result`'s output to stdout and exits 0, or reports the error
+/// ([`report_error`], with the step `step` names) and exits with `exit_code(error)`.
 pub fn finish(
     program: &str,
     result: anyhow::Result<String>,
     exit_code: impl Fn(&anyhow::Error) -> i32,
+    step: impl Fn(&anyhow::Error) -> Option<&'static str>,
 ) -> ! {
     let code = match result {
         Ok(output) => {
@@ -87,13 +87,23 @@ pub fn finish(
             0
         }
         Err(e) => {
-            let message = format!("{e:#}");
-            eprintln!("{program}: error: {message}");
-            write_termination_log(&message);
+            report_error(program, &e, step(&e));
             exit_code(&e)
         }
     };
     std::process::exit(code)
+}
+
+/// Prints the error chain to stderr as `PROGRAM: error: STEP: chain` and writes `STEP: chain`
+/// (its first line) as the termination message, so a failed pod says where it failed
+/// (`resolve`, `auth`, `upload`, `verify`, ...).
+pub fn report_error(program: &str, error: &anyhow::Error, step: Option<&str>) {
+    let message = match step {
+        Some(step) => format!("{step}: {error:#}"),
+        None => format!("{error:#}"),
+    };
+    eprintln!("{program}: error: {message}");
+    write_termination_log(&message);
 }
 
 /// Logs to stderr, filtered by `WSR_LOG` (default `info`), coloured only on a terminal.

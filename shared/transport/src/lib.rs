@@ -191,6 +191,24 @@ impl TransportError {
         }
     }
 
+    /// The step of talking to a registry that failed, for logs and termination messages:
+    /// `resolve` (DNS), `connect`, `tls`, `auth`, or `verify` for bytes that failed their
+    /// digest, size or limit; `None` for failures of the request itself.
+    pub fn step(&self) -> Option<&'static str> {
+        match self {
+            TransportError::Connect { detail, .. } if detail.contains("dns error") => {
+                Some("resolve")
+            }
+            TransportError::Connect { .. } => Some("connect"),
+            TransportError::Tls { .. } => Some("tls"),
+            e if e.is_auth() => Some("auth"),
+            TransportError::DigestMismatch { .. }
+            | TransportError::SizeMismatch { .. }
+            | TransportError::Oversized { .. } => Some("verify"),
+            _ => None,
+        }
+    }
+
     /// A missing manifest, tag or blob.
     pub fn is_not_found(&self) -> bool {
         matches!(self, TransportError::NotFound { .. })
