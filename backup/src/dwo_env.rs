@@ -9,6 +9,10 @@ use std::path::PathBuf;
 use wsr_format::reference::{InvalidReference, parse_registry_path, workspace_reference};
 use wsr_transport::{ConnectOptions, OrasArgsError, apply_oras_extra_args};
 
+/// Time-stamped backups kept in `--dwo-env` mode unless `--keep` or `WSR_KEEP` says otherwise:
+/// an unmodified DWO cannot pass `--keep`, and tags must not pile up for ever.
+pub const DEFAULT_DWO_KEEP: usize = 5;
+
 /// Why the environment does not describe a backup. All are the caller's input at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum DwoEnvError {
@@ -16,6 +20,8 @@ pub enum DwoEnvError {
     Missing(&'static str),
     #[error("WSR_FORMAT={0:?}: expected native or dwo")]
     Format(String),
+    #[error("WSR_KEEP={0:?}: expected a number of backups, at least 1")]
+    Keep(String),
     #[error(transparent)]
     OrasExtraArgs(#[from] OrasArgsError),
     #[error(transparent)]
@@ -52,8 +58,19 @@ pub fn backup_options(
         Some("native") => Format::Native,
         Some(other) => return Err(DwoEnvError::Format(other.to_owned())),
     };
+    let env_keep = match var("WSR_KEEP") {
+        Some(v) => Some(
+            v.parse::<usize>()
+                .ok()
+                .filter(|&n| n >= 1)
+                .ok_or(DwoEnvError::Keep(v))?,
+        ),
+        None => None,
+    };
+    let keep = tuning.keep.or(env_keep).unwrap_or(DEFAULT_DWO_KEEP);
     let to = workspace_reference(&parse_registry_path(&registry)?, &namespace, &name)?;
     let mut options = BackupOptions::new(source, to, format, tuning, connect);
+    options.keep = Some(keep);
     options.workspace = Some(name);
     options.namespace = Some(namespace);
     options.workspace_id = var("WORKSPACE_ID");
@@ -120,6 +137,29 @@ mod tests {
             o.connect.auth_file.as_deref(),
             Some(std::path::Path::new("/auth/config.json"))
         );
+    }
+
+    #[test]
+    fn retention_is_bounded_by_default_and_set_by_wsr_keep_or_keep() {
+        assert_eq!(options(&JOB).unwrap().keep, Some(DEFAULT_DWO_KEEP));
+        let mut vars = JOB.to_vec();
+        vars.push(("WSR_KEEP", "12"));
+        assert_eq!(options(&vars).unwrap().keep, Some(12));
+        let mut flag = tuning();
+        flag.keep = Some(3);
+        let env: HashMap<&str, &str> = vars.iter().copied().collect();
+        let o = backup_options(
+            &|name| env.get(name).map(|v| v.to_string()),
+            flag,
+            ConnectOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(o.keep, Some(3), "--keep wins over WSR_KEEP");
+        for bad in ["0", "all", "-1"] {
+            let mut vars = JOB.to_vec();
+            vars.push(("WSR_KEEP", bad));
+            assert!(matches!(options(&vars), Err(DwoEnvError::Keep(_))), "{bad}");
+        }
     }
 
     #[test]

@@ -91,7 +91,7 @@ struct Cli {
     json: bool,
     /// Read the upstream DWO backup Job environment (BACKUP_SOURCE_PATH, DEVWORKSPACE_BACKUP_REGISTRY,
     /// DEVWORKSPACE_NAMESPACE, DEVWORKSPACE_NAME, WORKSPACE_ID, REGISTRY_AUTH_FILE, ORAS_EXTRA_ARGS,
-    /// WSR_FORMAT) instead of flags. This is what `/workspace-recovery.sh --backup` runs.
+    /// WSR_FORMAT, WSR_KEEP: time-stamped backups kept, default 5) instead of flags. This is what `/workspace-recovery.sh --backup` runs.
     #[arg(long)]
     dwo_env: bool,
 }

@@ -78,7 +78,15 @@ pub async fn run(
     let (digest, stamp) = publish(&store, &manifest_bytes, created, moving_tag).await?;
     uploaded += manifest_bytes.len() as u64;
     let pruned = match options.keep {
-        Some(keep) => retention::prune(&store, keep, &digest).await?,
+        // The backup is published and `latest` moved: a registry that refuses deletes must
+        // not turn that into a failed backup.
+        Some(keep) => match retention::prune(&store, keep, &digest).await {
+            Ok(pruned) => pruned,
+            Err(error) => {
+                tracing::warn!(%error, "backup published; deleting older backups failed");
+                Vec::new()
+            }
+        },
         None => Vec::new(),
     };
     Ok(BackupReport {

@@ -397,3 +397,34 @@ fn failures_name_the_failing_step() {
     );
     assert_eq!(std::fs::read_dir(t.restored("corrupt")).unwrap().count(), 0);
 }
+
+/// An unmodified DWO cannot pass `--keep`: the drop-in keeps a bounded number of time-stamped
+/// backups (`WSR_KEEP`, default 5) and never the one `latest` points at.
+#[test]
+fn dwo_env_backups_keep_a_bounded_number_of_time_stamped_tags() {
+    let t = DropIn::new();
+    let registry = TestRegistry::start(RegistryKind::Plain).unwrap();
+    let host = registry.host();
+    for round in 0..4 {
+        std::fs::write(t.src().join("round.txt"), format!("{round}\n")).unwrap();
+        let mut backup = t.backup_command(&host, "keep", "--plain-http");
+        ok(backup.env("WSR_KEEP", "2").output().unwrap());
+    }
+    let tags = Command::new("curl")
+        .args(["-sSf", &format!("http://{host}/v2/ns/keep/tags/list")])
+        .output()
+        .unwrap();
+    let tags: serde_json::Value = serde_json::from_slice(&tags.stdout).unwrap();
+    let tags: Vec<&str> = tags["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    let stamps = tags.iter().filter(|t| t.starts_with("wsr-")).count();
+    assert_eq!(stamps, 2, "{tags:?}");
+    assert!(tags.contains(&"latest"), "{tags:?}");
+    let image = format!("{host}/ns/keep:latest");
+    ok(t.restore(&image, "kept", "--plain-http", None));
+    assert_same_tree(&t.src(), &t.restored("kept"));
+}
