@@ -147,6 +147,7 @@ pub async fn run(client: Client, options: RunOptions) -> anyhow::Result<()> {
     let (pods, pod_writer) = reflector::store();
     let (pvcs, pvc_writer) = reflector::store();
     let (namespaces, ns_writer) = reflector::store();
+    let (policy_cache, policy_writer) = reflector::store();
     let backup_jobs = watcher::Config::default().labels(&format!("{}=true", label::BACKUP_JOB));
     let workspace_pods = watcher::Config::default().labels(label::DEVWORKSPACE_ID);
     let all = watcher::Config::default;
@@ -177,6 +178,12 @@ pub async fn run(client: Client, options: RunOptions) -> anyhow::Result<()> {
                 Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
                 all(),
             ),
+        )),
+        // The policies too: the controller's own store is only as current as the controller
+        // polls it, and readiness must not depend on that.
+        wake(reflector::reflector(
+            policy_writer,
+            watcher(Api::<BackupPolicy>::all(client.clone()), all()),
         )),
     ];
     for changes in caches_changed {
@@ -209,7 +216,7 @@ pub async fn run(client: Client, options: RunOptions) -> anyhow::Result<()> {
         pods,
         pvcs,
         namespaces,
-        policies: controller.store(),
+        policies: policy_cache,
     };
     tokio::spawn(mark_ready_when_synced(caches.clone(), health));
     let ctx = Arc::new(Context {
@@ -342,6 +349,7 @@ async fn run_policy(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Acti
     let _ = ctx.caches.pods.wait_until_ready().await;
     let _ = ctx.caches.pvcs.wait_until_ready().await;
     let _ = ctx.caches.namespaces.wait_until_ready().await;
+    let _ = ctx.caches.policies.wait_until_ready().await;
     let now = Utc::now();
     let name = policy.name_any();
     let mut counts = RunCounts::default();

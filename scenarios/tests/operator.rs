@@ -1115,7 +1115,7 @@ async fn only_the_lease_holder_creates_jobs_and_a_follower_takes_over_when_it_di
     let _logs = cluster().logs_on_failure();
     let setup = setup("op-leader").await?;
     let first_ws = stopped_workspace(&setup, "first", "workspace00000000000000e1").await?;
-    let mut a = Operator::start("leader-a")?;
+    let mut a = Operator::start_as("leader-a", install(), &["--log-format", "json"])?;
     fixtures::poll("leader-a to hold the Lease", || async {
         Ok(lease_holder(&setup.client)
             .await?
@@ -1141,7 +1141,29 @@ async fn only_the_lease_holder_creates_jobs_and_a_follower_takes_over_when_it_di
     setup.assert_restorable("first", &first_ws)?;
     let jobs = setup.jobs("first").await?;
     assert_eq!(jobs.len(), 1, "one Job for the first workspace");
-    assert!(a.log_text().contains("backup Job created"));
+    // JSON lines carry the workspace and the Job as fields of the line's span, and no
+    // credentials (the copied Secret's data).
+    let created = a
+        .log_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "backup Job created")
+        .context("a JSON line for the created Job")?;
+    assert_eq!(created["span"]["workspace"], "first", "{created}");
+    assert_eq!(created["span"]["namespace"], "op-leader", "{created}");
+    assert_eq!(
+        created["span"]["job"],
+        jobs[0].metadata.name.clone().unwrap_or_default().as_str()
+    );
+    let config = std::fs::read_to_string(setup.registry.auth_file().context("auth")?)?;
+    let auth: Value = serde_json::from_str(&config)?;
+    for entry in auth["auths"].as_object().into_iter().flatten() {
+        let secret = entry.1["auth"].as_str().unwrap_or_default();
+        assert!(
+            !secret.is_empty() && !a.log_text().contains(secret),
+            "credentials logged"
+        );
+    }
     assert!(
         !b.log_text().contains("backup Job created"),
         "the follower created a Job"
