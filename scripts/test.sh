@@ -104,8 +104,9 @@ export WSR_SLOW_TESTS=1
 # minute (docs/RELIABILITY.md). The fault tests set their own budget.
 export WSR_RETRY_SECONDS=${WSR_RETRY_SECONDS:-4}
 
-section "cargo test --workspace --locked $*"
-cargo test --workspace --locked "$@"
+# --no-fail-fast: one failing test binary must not hide the results of the others.
+section "cargo test --workspace --locked --no-fail-fast $*"
+cargo test --workspace --locked --no-fail-fast "$@"
 
 # Fuzzing (fuzz/, docs/RELIABILITY.md): a short bounded run of each target over its seeds and
 # the inputs of past crashes, so a regression fails the suite. cargo-fuzz comes from the
