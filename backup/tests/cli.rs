@@ -165,12 +165,12 @@ fn bad_environment_and_arguments_exit_2_with_the_reason() {
         .env("DEVWORKSPACE_BACKUP_REGISTRY", "127.0.0.1:1")
         .env("DEVWORKSPACE_NAMESPACE", "n")
         .env("DEVWORKSPACE_NAME", "w")
-        .env("ORAS_EXTRA_ARGS", "--insecure --concurrency 3")
+        .env("ORAS_EXTRA_ARGS", "--insecure --artifact-type x/y")
         .output()
         .unwrap();
     assert_eq!(extra.status.code(), Some(2));
     assert!(
-        stderr(&extra).contains("--concurrency"),
+        stderr(&extra).contains("--artifact-type"),
         "{}",
         stderr(&extra)
     );
