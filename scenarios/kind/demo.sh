@@ -6,9 +6,10 @@
 # 1. creates kind cluster NAME (default wsr-demo) and a registry container `kind-registry`
 #    (registry:2) on kind's Docker network, published on 127.0.0.1:5001;
 # 2. builds the recovery image with images/build.sh (buildah) and loads it and busybox into kind;
-# 3. installs the minimal DevWorkspace CRD (manifests/devworkspace-crd.yaml), wsr-operator's CRD,
-#    namespace and RBAC (operator/deploy/), and runs `wsr-operator run` on this machine as the
-#    operator's ServiceAccount (a token from `kubectl create token`);
+# 3. installs the minimal DevWorkspace CRD (manifests/devworkspace-crd.yaml) and wsr-operator with
+#    `kubectl apply -k` of the base operator/deploy with the loaded image (a Deployment running
+#    `wsr-operator run` from the recovery image as its ServiceAccount), and waits until it is
+#    Available (its log: `kubectl logs -n wsr-system deployment/wsr-operator`);
 # 4. creates running workspaces alpha and beta (manifests/claim.yaml, manifests/workspace.yaml),
 #    writes data into them with `kubectl exec` (sources, .git, dotfiles, an executable, symlinks,
 #    a hard link, a large random binary) and records a listing of each tree;
@@ -53,7 +54,6 @@ BUSYBOX=docker.io/library/busybox:1.37
 WORKSPACES=(alpha:workspace0de000000000a1a1 beta:workspace0de000000000b2b2)
 KUBE_CONTEXT=kind-$NAME
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/wsr-kind-demo.XXXXXX")
-OPERATOR_PID=
 
 step() { printf '\n==> %s\n' "$*"; }
 show() { printf '+ %s\n' "$*"; }
@@ -102,7 +102,6 @@ wait_for() {
 }
 
 cleanup() {
-    if [[ -n $OPERATOR_PID ]]; then kill "$OPERATOR_PID" 2>/dev/null || true; fi
     if ! $KEEP && ! $DRY_RUN; then
         kind delete cluster --name "$NAME" >/dev/null 2>&1 || true
         docker rm -f "$REGISTRY" >/dev/null 2>&1 || true
@@ -145,8 +144,8 @@ load_images() {
 }
 
 build_binaries() {
-    step "Building wsr-operator and wsr-restore"
-    run cargo build --manifest-path "$ROOT/Cargo.toml" -p wsr-operator -p wsr-restore
+    step "Building wsr-restore"
+    run cargo build --manifest-path "$ROOT/Cargo.toml" -p wsr-restore
     BIN=target/debug
     if ! $DRY_RUN; then
         BIN=$(cargo metadata --manifest-path "$ROOT/Cargo.toml" --format-version 1 --no-deps |
@@ -157,24 +156,20 @@ build_binaries() {
 install_operator() {
     step "Installing the DevWorkspace CRD and wsr-operator"
     apply_manifest devworkspace-crd.yaml
-    kc apply -f "$ROOT/operator/deploy/crd.yaml"
-    kc wait --for=condition=Established crd/backuppolicies.wsr.dev crd/devworkspaces.workspace.devfile.io
-    kc apply -f "$ROOT/operator/deploy/namespace.yaml"
-    kc apply -f "$ROOT/operator/deploy/rbac.yaml"
-    # The operator runs here as its ServiceAccount, with exactly the RBAC above.
-    local kubeconfig=$WORK/operator.kubeconfig token=''
-    show "kubectl create token wsr-operator -n $OPERATOR_NS > a kubeconfig for the ServiceAccount"
-    if ! $DRY_RUN; then
-        token=$(kubectl --context "$KUBE_CONTEXT" create token wsr-operator -n "$OPERATOR_NS" --duration=24h)
-        kubectl config view --minify --flatten --context "$KUBE_CONTEXT" >"$kubeconfig"
-        kubectl --kubeconfig "$kubeconfig" config set-credentials wsr-operator --token="$token" >/dev/null
-        kubectl --kubeconfig "$kubeconfig" config set-context --current --user=wsr-operator >/dev/null
-    fi
-    show "KUBECONFIG=$kubeconfig $BIN/wsr-operator run --namespace $OPERATOR_NS &"
-    if ! $DRY_RUN; then
-        KUBECONFIG=$kubeconfig "$BIN/wsr-operator" run --namespace "$OPERATOR_NS" >"$WORK/operator.log" 2>&1 &
-        OPERATOR_PID=$!
-    fi
+    kc wait --for=condition=Established crd/devworkspaces.workspace.devfile.io
+    # The base operator/deploy as it is (two replicas: kind pods have their own network), with
+    # the image loaded above, through a kustomization in $WORK (kustomize takes only relative
+    # paths to other kustomizations).
+    local overlay=$WORK/operator up
+    up=$(printf '../%.0s' $(seq "$(tr -cd / <<<"$overlay" | wc -c)"))
+    show "kustomization $overlay: resources [operator/deploy], images [$IMAGE]"
+    mkdir -p "$overlay"
+    printf 'resources: [%s]\nimages: [{name: localhost/wsr-recovery, newName: %s, newTag: "%s"}]\n' \
+        "$up${ROOT#/}/operator/deploy" "${IMAGE%:*}" "${IMAGE##*:}" >"$overlay/kustomization.yaml"
+    kc apply -k "$overlay"
+    kc wait --for=condition=Established crd/backuppolicies.wsr.dev
+    kc rollout status -n "$OPERATOR_NS" deployment/wsr-operator --timeout=180s
+    kc wait --for=condition=Available -n "$OPERATOR_NS" deployment/wsr-operator --timeout=60s
     # Anonymous push: the registry container has no auth, but the policy's Secret is what DWO's
     # workspace-restore init container mounts, so it exists (empty).
     kc create secret generic demo-push -n "$OPERATOR_NS" --type=kubernetes.io/dockerconfigjson \

@@ -224,7 +224,7 @@ fn run(command: &mut Command) -> Result<()> {
 /// Every YAML file `scenarios/kind/demo.sh` applies, rendered as the script renders it with
 /// kind's values (a plain-HTTP registry container, docker's busybox), applied for real: the
 /// DevWorkspace CRD, the common claim, a running workspace, the BackupPolicy and the restore
-/// pod, plus the operator's own manifests.
+/// pod, plus the operator's kustomization (server-side dry run).
 #[test]
 fn every_manifest_the_kind_scripts_apply_is_accepted_by_the_api_server() -> Result<()> {
     let cluster = cluster();
@@ -233,14 +233,31 @@ fn every_manifest_the_kind_scripts_apply_is_accepted_by_the_api_server() -> Resu
     cluster.create_namespace(ns, &[RESTRICTED, ("wsr-demo", ns)])?;
     let kind = scenarios::podman::repo_root().join("scenarios/kind");
     let script = std::fs::read_to_string(kind.join("demo.sh"))?;
-    let deploy = scenarios::podman::repo_root().join("operator/deploy");
-    for file in ["crd.yaml", "namespace.yaml", "rbac.yaml"] {
-        assert!(
-            script.contains(&format!("operator/deploy/{file}")),
-            "demo.sh no longer applies {file}; keep this test in step"
-        );
-        apply_file(&deploy.join(file))?;
-    }
+    // The operator as demo.sh installs it: `kubectl apply -k` of the base operator/deploy with
+    // the image it loads into kind. Applied with a server-side dry run (admission included, the
+    // namespace's restricted Pod Security among it), because for real its two host-network
+    // replicas would bind the base's port here and replace the demo's Deployment.
+    assert!(
+        script.contains("apply -k \"$overlay\"") && script.contains("/operator/deploy\""),
+        "demo.sh no longer applies operator/deploy with -k; keep this test in step"
+    );
+    let root = scenarios::podman::repo_root();
+    apply_file(&root.join("operator/deploy/namespace.yaml"))?;
+    let overlay = cluster_demo::operator::kustomization_over(
+        cluster.dir(),
+        &root.join("operator/deploy"),
+        "images: [{name: localhost/wsr-recovery, newName: localhost/wsr-recovery, newTag: \"0.1.0\"}]\n",
+    )?;
+    let applied = cluster.kubectl([
+        "apply".as_ref(),
+        "--dry-run=server".as_ref(),
+        "-k".as_ref(),
+        overlay.path().as_os_str(),
+    ])?;
+    assert!(
+        applied.contains("deployment.apps/wsr-operator"),
+        "{applied}"
+    );
     let vars = [
         ("NAMESPACE", ns),
         ("WORKSPACE", "kind-ws"),
@@ -336,9 +353,10 @@ fn the_kind_script_passes_shellcheck_and_its_dry_run_prints_every_step() -> Resu
         "+ docker network connect kind kind-registry",
         "images/build.sh --tag",
         "+ kind load image-archive",
-        "operator/deploy/crd.yaml",
-        "operator/deploy/rbac.yaml",
-        "wsr-operator run --namespace wsr-system",
+        "resources [operator/deploy], images [localhost/wsr-recovery:",
+        "apply -k /",
+        "rollout status -n wsr-system deployment/wsr-operator",
+        "wait --for=condition=Available -n wsr-system deployment/wsr-operator",
         "kubectl apply -f manifests/devworkspace-crd.yaml",
         "kubectl apply -f manifests/claim.yaml",
         "kubectl apply -f manifests/workspace.yaml, rendered with: NAMESPACE=wsr-demo WORKSPACE=alpha",

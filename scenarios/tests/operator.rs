@@ -26,6 +26,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use scenarios::cluster::fixtures::{self, Phase, Workspace};
+use scenarios::cluster_demo::operator::{self, free_port};
 use serde_json::{Value, json};
 use wsr_transport::testing::{RegistryKind, TestRegistry};
 
@@ -181,12 +182,6 @@ impl Drop for Operator {
             }
         }
     }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// A plain HTTP/1.0 GET on loopback: status code and body.
@@ -948,29 +943,6 @@ async fn job_report(setup: &Setup, job: &Job) -> Result<Value> {
     Ok(serde_json::from_str(message.trim())?)
 }
 
-/// A kustomization in a temporary directory over `scenarios/deploy/operator-local` that moves
-/// the listener to `port` (the pod shares the host network with everything else here).
-fn local_overlay(port: u16) -> Result<tempfile::TempDir> {
-    let dir = tempfile::tempdir_in(cluster().dir())?;
-    let overlay = scenarios::podman::repo_root().join("scenarios/deploy/operator-local");
-    // kustomize takes only relative paths to other kustomizations.
-    let depth = dir.path().components().count() - 1;
-    let relative = format!(
-        "{}{}",
-        "../".repeat(depth),
-        overlay.to_string_lossy().trim_start_matches('/')
-    );
-    std::fs::write(
-        dir.path().join("kustomization.yaml"),
-        format!(
-            "resources: [{relative}]\npatches:\n  - target: {{kind: Deployment, name: wsr-operator}}\n    patch: |-\n      \
-             - {{op: replace, path: /spec/template/spec/containers/0/env/2, value: {{name: WSR_OPERATOR_LISTEN, value: \"127.0.0.1:{port}\"}}}}\n      \
-             - {{op: replace, path: /spec/template/spec/containers/0/ports/0/containerPort, value: {port}}}\n"
-        ),
-    )?;
-    Ok(dir)
-}
-
 /// Deletes the operator Deployment on drop and waits for its pods to go (their operator
 /// releases the Lease on SIGTERM).
 struct Deployed;
@@ -1005,7 +977,7 @@ async fn apply_k_installs_an_operator_pod_that_backs_up_as_its_service_account()
     let setup = setup("op-deploy").await?;
     let projects = stopped_workspace(&setup, "ws", "workspace00000000000000d1").await?;
     let port = free_port()?;
-    let overlay = local_overlay(port)?;
+    let overlay = operator::local_overlay(cluster.dir(), port, image())?;
     let applied = cluster.kubectl(["apply".as_ref(), "-k".as_ref(), overlay.path().as_os_str()])?;
     let _deployed = Deployed;
     for kind in [

@@ -280,7 +280,7 @@ async fn story(cluster: &Cluster, binaries: &Path, large_mib: usize) -> Result<R
     steps.say("starting a registry with TLS and basic auth on 127.0.0.1");
     let registry = TestRegistry::start(RegistryKind::TlsAuth)?;
     steps.say(&format!("installing wsr-operator; namespace {ns}"));
-    let operator = operator::install(cluster, binaries, &ns)?;
+    let operator = tokio::task::block_in_place(|| operator::install(cluster, &image))?;
     cluster.create_namespace(&ns, &[RESTRICTED, ("wsr-demo", &ns)])?;
     let push_secret = format!("demo-push-{ns}");
     registry_secrets(&client, &ns, &registry, Some(&push_secret)).await?;
@@ -423,7 +423,7 @@ struct Demo<'a> {
     cluster: &'a Cluster,
     client: &'a Client,
     ns: &'a str,
-    operator: &'a operator::Operator,
+    operator: &'a operator::Operator<'a>,
 }
 
 /// A backup the operator recorded.
