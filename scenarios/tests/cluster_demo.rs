@@ -242,7 +242,15 @@ fn every_manifest_the_kind_scripts_apply_is_accepted_by_the_api_server() -> Resu
         "demo.sh no longer applies operator/deploy with -k; keep this test in step"
     );
     let root = scenarios::podman::repo_root();
-    apply_file(&root.join("operator/deploy/namespace.yaml"))?;
+    // The namespace and the CRD for real: the namespaced objects and the policy below need them.
+    for file in ["namespace.yaml", "crd.yaml"] {
+        apply_file(&root.join("operator/deploy").join(file))?;
+    }
+    cluster.kubectl([
+        "wait",
+        "--for=condition=Established",
+        "crd/backuppolicies.wsr.dev",
+    ])?;
     let overlay = cluster_demo::operator::kustomization_over(
         cluster.dir(),
         &root.join("operator/deploy"),
