@@ -115,7 +115,10 @@ cargo test --workspace --locked --no-fail-fast "$@"
 # them. The fuzz build must not get the suite's static-glibc flag (AddressSanitizer needs the
 # dynamic loader), so it runs in a subshell without it.
 section "cargo fuzz: a bounded run of each target (fuzz/)"
+# A fixed seed (WSR_FUZZ_SEED) makes the run repeatable: the same code explores the same inputs,
+# so the suite does not pass or fail by luck; change the seed to explore elsewhere.
 FUZZ_SECONDS=${WSR_FUZZ_SECONDS:-20}
+FUZZ_SEED=${WSR_FUZZ_SEED:-1}
 if [[ ! -x $WSR_CACHE_DIR/cargo-fuzz/bin/cargo-fuzz ]]; then
     cargo install cargo-fuzz --locked --root "$WSR_CACHE_DIR/cargo-fuzz"
 fi
@@ -131,7 +134,7 @@ fi
         mkdir "$corpus/$target"
         log=$corpus/$target.log
         if ! cargo fuzz run -O "$target" "$corpus/$target" "${inputs[@]}" -- \
-            -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=512 -print_final_stats=1 >"$log" 2>&1; then
+            -seed="$FUZZ_SEED" -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=512 -print_final_stats=1 >"$log" 2>&1; then
             cat "$log"
             echo "fuzz target $target failed; the input is under fuzz/artifacts/$target" >&2
             exit 1

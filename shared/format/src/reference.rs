@@ -174,6 +174,9 @@ pub fn workspace_reference(
             } else {
                 format!("{path}/{namespace}/{workspace}")
             };
+            // Each part is valid alone; together they may exceed the length limit, and a
+            // reference that does not parse back would fail later, inside a Job.
+            check_path(&path, &path)?;
             Repository::Registry {
                 host: host.clone(),
                 path,
@@ -491,6 +494,13 @@ mod tests {
         );
         assert!(workspace_reference(&bare, "N", "w").is_err());
         assert!(workspace_reference(&bare, "n", "a/b").is_err());
+        let long = "p".repeat(200);
+        let deep = parse_registry_path(&format!("quay.io/{long}")).unwrap();
+        let too_long = workspace_reference(&deep, "user-ns", &long).unwrap_err();
+        assert!(
+            too_long.to_string().contains("longer than 255"),
+            "{too_long}"
+        );
         assert!(parse_registry_path("quay.io/org/ws:latest").is_err());
         assert!(parse_registry_path("Quay.io!/x").is_err());
     }
