@@ -216,15 +216,7 @@ pub fn restricted_violations(spec: &PodSpec) -> Vec<String> {
         bad.push("sysctls".to_owned());
     }
     for v in spec.volumes.iter().flatten() {
-        let allowed = v.config_map.is_some()
-            || v.csi.is_some()
-            || v.downward_api.is_some()
-            || v.empty_dir.is_some()
-            || v.ephemeral.is_some()
-            || v.persistent_volume_claim.is_some()
-            || v.projected.is_some()
-            || v.secret.is_some();
-        if !allowed {
+        if !allowed_volume_type(v) {
             bad.push(format!("volume {} has a disallowed type", v.name));
         }
     }
@@ -339,15 +331,7 @@ pub fn openshift_restricted_v2_violations(spec: &PodSpec) -> Vec<String> {
         bad.push("pod seccompProfile is not RuntimeDefault".to_owned());
     }
     for v in spec.volumes.iter().flatten() {
-        let allowed = v.config_map.is_some()
-            || v.csi.is_some()
-            || v.downward_api.is_some()
-            || v.empty_dir.is_some()
-            || v.ephemeral.is_some()
-            || v.persistent_volume_claim.is_some()
-            || v.projected.is_some()
-            || v.secret.is_some();
-        if !allowed {
+        if !allowed_volume_type(v) {
             bad.push(format!(
                 "volume {} has a type restricted-v2 does not allow",
                 v.name
@@ -418,6 +402,19 @@ pub fn run_once_job_spec(
         },
         ..Default::default()
     }
+}
+
+/// The volume types both the "restricted" Pod Security Standard and OpenShift's restricted-v2
+/// SCC allow.
+fn allowed_volume_type(v: &Volume) -> bool {
+    v.config_map.is_some()
+        || v.csi.is_some()
+        || v.downward_api.is_some()
+        || v.empty_dir.is_some()
+        || v.ephemeral.is_some()
+        || v.persistent_volume_claim.is_some()
+        || v.projected.is_some()
+        || v.secret.is_some()
 }
 
 #[cfg(test)]
