@@ -42,7 +42,7 @@ fn usage(dir: &Path) -> (u64, u64) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let verifier = Unpacker::verify_only(options(), None);
+    let verifier = Unpacker::verify_only(options());
     if verifier.unpack_tar(&mut &data[..]).is_ok() {
         let _ = verifier.finish();
     }
@@ -52,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
     std::fs::create_dir(&root).unwrap();
     let sentinel = jail.path().join("sentinel");
     std::fs::write(&sentinel, b"outside").unwrap();
-    let unpacker = Unpacker::new(&root, options(), None);
+    let unpacker = Unpacker::new(&root, options());
     if unpacker.unpack_tar(&mut &data[..]).is_ok() {
         let _ = unpacker.finish();
     }

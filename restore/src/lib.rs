@@ -167,9 +167,7 @@ pub async fn restore(
     }
     target::check_writable(target)?;
     let (store, opened) = open(&options.from, &options.connect).await?;
-    if let (Some(selection), Some(index)) = (&selection, &opened.index) {
-        select::check_selection_in_index(selection, index)?;
-    }
+    let plan = select::plan(&store, &opened, selection.as_deref()).await?;
     let staging = target::create_staging(target)?;
     let tree = staging.tree();
     let destination = Destination {
@@ -182,6 +180,7 @@ pub async fn restore(
         &options.from,
         store,
         opened,
+        plan,
         Some(destination),
         options.parallel,
         &progress,
@@ -231,7 +230,8 @@ pub async fn verify(
 ) -> Result<RestoreReport, RestoreError> {
     let started = Instant::now();
     let (store, opened) = open(from, connect).await?;
-    let (mut report, _) = run_unpack(from, store, opened, None, parallel, &progress).await?;
+    let plan = select::plan(&store, &opened, None).await?;
+    let (mut report, _) = run_unpack(from, store, opened, plan, None, parallel, &progress).await?;
     report.duration_s = started.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -246,12 +246,13 @@ struct Destination<'a> {
     max_size: Option<u64>,
 }
 
-/// Streams the artifact's layers into an unpacker writing to `destination` (or only checking,
-/// without one) and reports what it holds.
+/// Streams the layers of `plan` into an unpacker writing to `destination` (or only checking,
+/// without one) and reports what the artifact holds.
 async fn run_unpack(
     from: &Reference,
     store: Arc<Store>,
-    mut opened: Opened,
+    opened: Opened,
+    plan: select::Plan,
     destination: Option<Destination<'_>>,
     parallel: usize,
     progress: &Arc<Progress>,
@@ -269,27 +270,22 @@ async fn run_unpack(
             .store(config.totals.bytes, Ordering::Relaxed);
     }
     let selection = destination.as_ref().and_then(|d| d.selection.clone());
-    let aliases = match (&selection, &opened.index) {
-        (Some(selection), Some(index)) => select::hard_link_aliases(index, selection),
-        _ => Default::default(),
-    };
-    let layers = select::layers_to_fetch(&opened, selection.as_deref());
+    let layers = plan.layers;
     let unpack_options = UnpackOptions {
         max_bytes,
         max_entries,
         select: selection,
-        aliases,
+        aliases: plan.aliases,
         reserved_prefix: Some(target::STAGING_PREFIX.as_bytes().to_vec()),
     };
-    // The unpacker takes the index over: one copy in memory, not two.
-    let verified_index = opened.index.is_some();
-    let index = opened.index.take();
+    // Native layers are checked against their file indexes as they stream.
+    let verified_index = opened.config.is_some();
     let unpacker = match &destination {
-        Some(destination) => Unpacker::new(destination.tree, unpack_options, index),
-        None => Unpacker::verify_only(unpack_options, index),
+        Some(destination) => Unpacker::new(destination.tree, unpack_options),
+        None => Unpacker::verify_only(unpack_options),
     };
     let unpacker = Arc::new(unpacker.on_entry(entry_callback(progress)));
-    pipeline::unpack_layers(
+    let index_bytes = pipeline::unpack_layers(
         &store,
         &opened,
         &layers,
@@ -298,6 +294,9 @@ async fn run_unpack(
         progress,
     )
     .await?;
+    if plan.all_layers {
+        open::check_index_bytes(&opened, index_bytes)?;
+    }
     let unpacker = Arc::into_inner(unpacker).expect("all layer tasks finished");
     let result = tokio::task::spawn_blocking(move || unpacker.finish())
         .await

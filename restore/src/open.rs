@@ -1,25 +1,23 @@
 //! Opening an artifact: resolving the manifest, classifying it, and for native backups loading
-//! the config and every file index within their documented limits, checked against each other
-//! before anything is unpacked.
+//! the config within its documented limits, checked against the manifest before anything is
+//! unpacked; reading file indexes line by line within theirs.
 
 use crate::RestoreError;
+use std::sync::Arc;
 use wsr_format::artifact::{self, Artifact};
 use wsr_format::digest::Digest;
 use wsr_format::manifest::{Descriptor, Manifest};
-use wsr_format::native::{self, BackupConfig, IndexEntry};
+use wsr_format::native::{self, BackupConfig, IndexBudget, IndexEntry, IndexReader};
 use wsr_format::reference::Target;
-use wsr_transport::Store;
+use wsr_transport::{BlobReader, Store};
 
-/// A resolved artifact with its native documents loaded.
+/// A resolved artifact with its native config loaded. File indexes are not held: they are
+/// streamed, each layer's beside its data (`pipeline.rs`), or once through [`scan_indexes`].
 pub struct Opened {
     pub digest: Digest,
     pub manifest: Manifest,
     pub artifact: Artifact,
     pub config: Option<BackupConfig>,
-    /// The file index of every layer, concatenated in layer order (native only).
-    pub index: Option<Vec<IndexEntry>>,
-    /// For each index entry, the position of its layer.
-    pub layer_of: Vec<usize>,
 }
 
 impl Opened {
@@ -37,9 +35,21 @@ impl Opened {
             Artifact::Tarball { layer, .. } => vec![layer],
         }
     }
+
+    /// For a native artifact: the index blob of data layer `position` and the number of
+    /// lines its config declares.
+    pub(crate) fn index_of(&self, position: usize) -> Option<(&Descriptor, u64)> {
+        match (&self.artifact, &self.config) {
+            (Artifact::Native { indexes, .. }, Some(config)) => {
+                Some((&indexes[position], config.layers[position].entries))
+            }
+            _ => None,
+        }
+    }
 }
 
-/// Fetches the manifest at `target` and, for native artifacts, the config and file index.
+/// Fetches the manifest at `target` and, for native artifacts, the config, checked against the
+/// manifest and within the entry limit.
 pub async fn open_artifact(store: &Store, target: &Target) -> Result<Opened, RestoreError> {
     let (digest, bytes) = store.fetch_manifest(target).await?;
     let manifest = Manifest::from_bytes(&bytes).map_err(|e| {
@@ -48,37 +58,30 @@ pub async fn open_artifact(store: &Store, target: &Target) -> Result<Opened, Res
         ))
     })?;
     let artifact = artifact::classify(&manifest)?;
-    let (config, index) = match &artifact {
+    let config = match &artifact {
         Artifact::Native {
             config,
             layers,
             indexes,
-        } => {
-            let (config, index) = load_native(store, &digest, config, layers, indexes).await?;
-            (Some(config), Some(index))
-        }
-        Artifact::Tarball { .. } => (None, None),
+        } => Some(load_config(store, &digest, config, layers, indexes).await?),
+        Artifact::Tarball { .. } => None,
     };
-    let (index, layer_of) = index.unzip();
     Ok(Opened {
         digest,
         manifest,
         artifact,
         config,
-        index,
-        layer_of: layer_of.unwrap_or_default(),
     })
 }
 
-/// A native backup's config and file index (with each entry's layer position), each checked
-/// against the manifest and the other.
-async fn load_native(
+/// A native backup's config, checked against the manifest and its own counts.
+async fn load_config(
     store: &Store,
     digest: &Digest,
     config: &Descriptor,
     layers: &[Descriptor],
     indexes: &[Descriptor],
-) -> Result<(BackupConfig, (Vec<IndexEntry>, Vec<usize>)), RestoreError> {
+) -> Result<BackupConfig, RestoreError> {
     let config_bytes = fetch_document(store, config, native::MAX_CONFIG_BYTES).await?;
     let config = BackupConfig::from_bytes(&config_bytes)?;
     drop(config_bytes);
@@ -95,50 +98,131 @@ async fn load_native(
         )));
     }
     check_declared_counts(digest, &config)?;
-    // Counts come from the (digest-valid, but untrusted) config: they bound what is
-    // read, they never size an allocation up front.
-    let mut entries = Vec::new();
-    let mut layer_of = Vec::new();
-    let mut bytes_total = 0u64;
-    let mut index_budget = native::MAX_INDEX_BYTES;
-    for (position, (index, info)) in indexes.iter().zip(&config.layers).enumerate() {
-        let bytes = fetch_document(store, index, native::MAX_INDEX_BLOB_BYTES).await?;
-        let layer_entries = native::read_index(&bytes[..], info.entries, &mut index_budget)
-            .map_err(|e| RestoreError::Corrupt(format!("file index {}: {e}", index.digest)))?;
-        bytes_total = layer_entries
-            .iter()
-            .try_fold(bytes_total, |t, e| t.checked_add(e.size))
-            .ok_or_else(|| {
-                RestoreError::Corrupt(format!(
-                    "file index {}: sizes add up beyond 2^64",
-                    index.digest
-                ))
-            })?;
-        layer_of.extend(std::iter::repeat_n(position, layer_entries.len()));
-        entries.extend(layer_entries);
-    }
-    if bytes_total != config.totals.bytes {
-        return Err(RestoreError::Corrupt(format!(
-            "manifest {digest}: the file index holds {bytes_total} bytes of files, the config says {}",
-            config.totals.bytes
-        )));
-    }
-    Ok((config, (entries, layer_of)))
+    Ok(config)
 }
 
-/// Fetches a config or index blob: its descriptor size must be within `limit`, and the blob
-/// must have exactly that size and digest (FORMAT.md §6.5).
-async fn fetch_document(
+/// Opens the download of a file-index blob whose descriptor size is within its limit.
+pub(crate) async fn index_reader(
     store: &Store,
     descriptor: &Descriptor,
-    limit: u64,
-) -> Result<Vec<u8>, RestoreError> {
+) -> Result<BlobReader, RestoreError> {
+    check_document_size(descriptor, native::MAX_INDEX_BLOB_BYTES)?;
+    Ok(store
+        .blob_reader(&descriptor.digest, descriptor.size)
+        .await?)
+}
+
+/// Runs `read` over an index blob's bytes, then checks the blob's size and digest. When
+/// `read` fails, the rest of the blob (at most its descriptor size) is still read: a blob
+/// that fails its digest check or its download is reported as such, not by what its
+/// tampered lines happened to say.
+pub(crate) fn read_index_blob<T>(
+    mut blob: BlobReader,
+    read: impl FnOnce(&mut BlobReader) -> Result<T, RestoreError>,
+) -> Result<T, RestoreError> {
+    match read(&mut blob) {
+        Ok(value) => {
+            blob.finish()?;
+            Ok(value)
+        }
+        Err(e) => Err(blob.finish().err().map_or(e, RestoreError::from)),
+    }
+}
+
+/// An index reader's error, naming the index blob.
+pub(crate) fn index_error(descriptor: &Descriptor) -> impl Fn(std::io::Error) -> RestoreError + '_ {
+    move |e| RestoreError::Corrupt(format!("file index {}: {e}", descriptor.digest))
+}
+
+/// Adds one layer's index sizes to the sum over all layers, refusing a sum beyond 2^64.
+pub(crate) fn add_index_bytes(
+    total: u64,
+    layer: u64,
+    descriptor: &Descriptor,
+) -> Result<u64, RestoreError> {
+    total.checked_add(layer).ok_or_else(|| {
+        RestoreError::Corrupt(format!(
+            "file index {}: sizes add up beyond 2^64",
+            descriptor.digest
+        ))
+    })
+}
+
+/// The sum of the sizes in all file indexes must be the config's `totals.bytes`.
+pub(crate) fn check_index_bytes(opened: &Opened, bytes_total: u64) -> Result<(), RestoreError> {
+    match &opened.config {
+        Some(config) if config.totals.bytes != bytes_total => Err(RestoreError::Corrupt(format!(
+            "manifest {}: the file index holds {bytes_total} bytes of files, the config says {}",
+            opened.digest, config.totals.bytes
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Reads every file index of a native artifact, layer after layer, one line at a time, with
+/// the limits of FORMAT.md §8.1 (counts, line length, bytes in all, each blob's size and
+/// digest, the sizes' sum against the config), calling `visit(state, layer, line)` for each
+/// line. Nothing is held but what `visit` keeps in `state`. A tarball artifact has no index:
+/// `state` comes back untouched.
+pub(crate) async fn scan_indexes<S, F>(
+    store: &Store,
+    opened: &Opened,
+    mut state: S,
+    mut visit: F,
+) -> Result<S, RestoreError>
+where
+    S: Send + 'static,
+    F: FnMut(&mut S, usize, IndexEntry) -> Result<(), RestoreError> + Send + 'static,
+{
+    let budget = Arc::new(IndexBudget::default());
+    let mut bytes_total = 0u64;
+    for position in 0..opened.data_layers().len() {
+        let Some((descriptor, entries)) = opened.index_of(position) else {
+            return Ok(state);
+        };
+        let blob = index_reader(store, descriptor).await?;
+        let (descriptor, budget) = (descriptor.clone(), budget.clone());
+        let (back, back_visit, bytes) = tokio::task::spawn_blocking(move || {
+            let bytes = read_index_blob(blob, |blob| {
+                let mut lines =
+                    IndexReader::new(blob, entries, &budget).map_err(index_error(&descriptor))?;
+                while let Some(line) = lines.next_entry().map_err(index_error(&descriptor))? {
+                    visit(&mut state, position, line)?;
+                }
+                lines.finish().map_err(index_error(&descriptor))
+            })
+            .map(|bytes| (bytes, descriptor));
+            (state, visit, bytes)
+        })
+        .await
+        .expect("index task");
+        (state, visit) = (back, back_visit);
+        let (bytes, descriptor) = bytes?;
+        bytes_total = add_index_bytes(bytes_total, bytes, &descriptor)?;
+    }
+    check_index_bytes(opened, bytes_total)?;
+    Ok(state)
+}
+
+/// A config or index blob's descriptor size must be within `limit`.
+fn check_document_size(descriptor: &Descriptor, limit: u64) -> Result<(), RestoreError> {
     if descriptor.size > limit {
         return Err(RestoreError::Corrupt(format!(
             "{} blob {} declares {} bytes; at most {limit} are accepted",
             descriptor.media_type, descriptor.digest, descriptor.size
         )));
     }
+    Ok(())
+}
+
+/// Fetches a config blob: its descriptor size must be within `limit`, and the blob must have
+/// exactly that size and digest (FORMAT.md §6.5).
+async fn fetch_document(
+    store: &Store,
+    descriptor: &Descriptor,
+    limit: u64,
+) -> Result<Vec<u8>, RestoreError> {
+    check_document_size(descriptor, limit)?;
     let bytes = store
         .fetch_blob_bytes(&descriptor.digest, descriptor.size)
         .await?;

@@ -1,8 +1,10 @@
 //! The download pipeline: each chosen layer streams from a `BlobReader` through decompression
 //! and the tar digest check into the shared unpacker on a blocking thread, `parallel` layers at
-//! once; a layer is read only up to its end-of-archive (plus bounded padding).
+//! once; a native layer's file index streams beside it, one line per entry, so memory does not
+//! grow with the number of entries; a layer is read only up to its end-of-archive (plus
+//! bounded padding).
 
-use crate::open::Opened;
+use crate::open::{self, Opened};
 use crate::{Progress, RestoreError};
 use futures_util::StreamExt;
 use std::io::{self, BufReader, Read};
@@ -11,10 +13,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use wsr_format::codec::Compression;
 use wsr_format::digest::{Digest, HashingReader};
 use wsr_format::manifest::Descriptor;
-use wsr_format::unpack::Unpacker;
+use wsr_format::native::{IndexBudget, IndexReader};
+use wsr_format::unpack::{UnpackError, Unpacker};
 use wsr_transport::{BlobReader, Store};
 
-/// Streams the chosen layers into the unpacker, `parallel` at a time.
+/// What a native data layer is checked against: its config record and its file index, read
+/// line by line beside the layer.
+struct NativeLayer {
+    diff_id: Digest,
+    tar_size: u64,
+    index: Descriptor,
+    /// The index's line count in the config.
+    entries: u64,
+    /// Decompressed index bytes all layers may still read.
+    budget: Arc<IndexBudget>,
+}
+
+/// Streams the chosen layers into the unpacker, `parallel` at a time, each native layer beside
+/// its file index. Returns the sum of the file sizes the layers' indexes list.
 pub(crate) async fn unpack_layers(
     store: &Arc<Store>,
     opened: &Opened,
@@ -22,22 +38,35 @@ pub(crate) async fn unpack_layers(
     unpacker: Arc<Unpacker>,
     parallel: usize,
     progress: &Arc<Progress>,
-) -> Result<(), RestoreError> {
+) -> Result<u64, RestoreError> {
     let layers = opened.data_layers();
+    let budget = Arc::new(IndexBudget::default());
     let jobs = positions.iter().map(|&i| {
         let descriptor = layers[i].clone();
-        let diff_id = opened
-            .config
-            .as_ref()
-            .map(|c| (c.layers[i].diff_id.clone(), c.layers[i].tar_size));
+        let native =
+            opened
+                .config
+                .as_ref()
+                .zip(opened.index_of(i))
+                .map(|(config, (index, entries))| NativeLayer {
+                    diff_id: config.layers[i].diff_id.clone(),
+                    tar_size: config.layers[i].tar_size,
+                    index: index.clone(),
+                    entries,
+                    budget: budget.clone(),
+                });
         let (store, unpacker, progress) = (store.clone(), unpacker.clone(), progress.clone());
-        async move { unpack_layer(&store, descriptor, diff_id, unpacker, progress).await }
+        async move { unpack_layer(&store, descriptor, native, unpacker, progress).await }
     });
     let mut results = futures_util::stream::iter(jobs).buffer_unordered(parallel);
+    let mut index_bytes = 0u64;
     while let Some(result) = results.next().await {
-        result?;
+        let (bytes, index) = result?;
+        if let Some(index) = index {
+            index_bytes = crate::open::add_index_bytes(index_bytes, bytes, &index)?;
+        }
     }
-    Ok(())
+    Ok(index_bytes)
 }
 
 /// Most bytes accepted after a native layer's end-of-archive marker.
@@ -46,29 +75,43 @@ const MAX_TRAILER: u64 = 1 << 20;
 async fn unpack_layer(
     store: &Store,
     descriptor: Descriptor,
-    diff_id: Option<(Digest, u64)>,
+    native: Option<NativeLayer>,
     unpacker: Arc<Unpacker>,
     progress: Arc<Progress>,
-) -> Result<(), RestoreError> {
+) -> Result<(u64, Option<Descriptor>), RestoreError> {
     let blob = store
         .blob_reader(&descriptor.digest, descriptor.size)
         .await?;
+    let index_blob = match &native {
+        Some(native) => Some(open::index_reader(store, &native.index).await?),
+        None => None,
+    };
     tokio::task::spawn_blocking(move || {
-        unpack_blob(blob, &descriptor, diff_id, &unpacker, &progress)
+        let bytes = unpack_blob(
+            blob,
+            index_blob,
+            &descriptor,
+            native.as_ref(),
+            &unpacker,
+            &progress,
+        )?;
+        Ok((bytes, native.map(|n| n.index)))
     })
     .await
     .expect("unpack task")
 }
 
-/// Decompresses and unpacks one layer blob, then checks the blob (size, then digest: the
-/// reader never reads more than one byte past the declared size) and the tar's digest.
+/// Decompresses and unpacks one layer blob (a native one checked against its index), then
+/// checks the blobs (size, then digest: a reader never reads more than one byte past the
+/// declared size) and the tar's digest. Returns the sum of the file sizes the index lists.
 fn unpack_blob(
     mut blob: BlobReader,
+    mut index_blob: Option<BlobReader>,
     desc: &Descriptor,
-    diff_id: Option<(Digest, u64)>,
+    native: Option<&NativeLayer>,
     unpacker: &Unpacker,
     progress: &Progress,
-) -> Result<(), RestoreError> {
+) -> Result<u64, RestoreError> {
     let unpacked = (|| {
         let counted = Counted {
             inner: &mut blob,
@@ -77,12 +120,27 @@ fn unpack_blob(
         let decoder = Compression::decoder(BufReader::with_capacity(256 * 1024, counted))
             .map_err(corrupt(desc))?;
         // A native layer's uncompressed length is declared too (`tar_size`).
-        let tar_limit = diff_id
-            .as_ref()
-            .map_or(u64::MAX, |(_, size)| size.saturating_add(1));
+        let tar_limit = native.map_or(u64::MAX, |n| n.tar_size.saturating_add(1));
         let mut tar = HashingReader::new(decoder.take(tar_limit));
-        unpacker.unpack_tar(&mut tar)?;
-        if diff_id.is_some() {
+        let index_bytes = match (native, index_blob.as_mut()) {
+            (Some(native), Some(index_blob)) => {
+                let index_error = open::index_error(&native.index);
+                let mut lines = IndexReader::new(index_blob, native.entries, &native.budget)
+                    .map_err(&index_error)?;
+                unpacker
+                    .unpack_layer(&mut tar, &mut lines)
+                    .map_err(|e| match e {
+                        UnpackError::Index(e) => index_error(e),
+                        e => RestoreError::Unpack(e),
+                    })?;
+                lines.finish().map_err(&index_error)?
+            }
+            _ => {
+                unpacker.unpack_tar(&mut tar)?;
+                0
+            }
+        };
+        if native.is_some() {
             // The padding after the end-of-archive marker belongs to `diff_id`; wsr writes
             // 1 KiB, GNU tar pads to 10 KiB. Anything longer is refused, not decompressed.
             let trailer = io::copy(&mut (&mut tar).take(MAX_TRAILER + 1), &mut io::sink())
@@ -95,23 +153,36 @@ fn unpack_blob(
             }
         }
         let (_, tar_digest, tar_size) = tar.finish();
-        Ok::<_, RestoreError>((tar_digest, tar_size))
+        Ok::<_, RestoreError>((tar_digest, tar_size, index_bytes))
     })();
-    let (tar_digest, tar_size) = match unpacked {
+    let (tar_digest, tar_size, index_bytes) = match unpacked {
         Ok(tar) => tar,
-        // A read that failed because the download did is reported as the download's failure.
-        Err(e) => return Err(blob.into_failure().map_or(e, RestoreError::from)),
+        Err(e) => {
+            // A read that failed because the download did is reported as the download's
+            // failure, and an index that fails its digest check as such (the rest of the
+            // index blob, at most its descriptor size, is read to find out).
+            if let Some(failure) = blob.into_failure() {
+                return Err(failure.into());
+            }
+            return match index_blob.map(BlobReader::finish) {
+                Some(Err(failure)) => Err(failure.into()),
+                _ => Err(e),
+            };
+        }
     };
     blob.finish()?;
-    if let Some((want, want_size)) = diff_id
-        && (want != tar_digest || want_size != tar_size)
+    if let Some(index_blob) = index_blob {
+        index_blob.finish()?;
+    }
+    if let Some(native) = native
+        && (native.diff_id != tar_digest || native.tar_size != tar_size)
     {
         return Err(RestoreError::Corrupt(format!(
-            "layer {}: uncompressed digest {tar_digest} ({tar_size} bytes) differs from the config's {want} ({want_size} bytes)",
-            desc.digest
+            "layer {}: uncompressed digest {tar_digest} ({tar_size} bytes) differs from the config's {} ({} bytes)",
+            desc.digest, native.diff_id, native.tar_size
         )));
     }
-    Ok(())
+    Ok(index_bytes)
 }
 
 /// Counts the bytes read through it into a progress counter.

@@ -2,7 +2,7 @@
 //! backups below a registry path, one row per workspace repository).
 
 use crate::RestoreError;
-use crate::open::open_artifact;
+use crate::open::{open_artifact, scan_indexes};
 use wsr_format::artifact::{self, Artifact};
 use wsr_format::manifest::Manifest;
 use wsr_format::media::{self, annotation};
@@ -28,6 +28,17 @@ pub async fn inspect(
 ) -> Result<Inspection, RestoreError> {
     let store = Store::open(&reference.repository, connect, Access::Pull).await?;
     let opened = open_artifact(&store, &reference.target).await?;
+    // The indexes are read (and checked) line by line, only to count them.
+    let index_entries = match &opened.config {
+        Some(_) => {
+            let count = |n: &mut usize, _, _| {
+                *n += 1;
+                Ok(())
+            };
+            Some(scan_indexes(&store, &opened, 0, count).await?)
+        }
+        None => None,
+    };
     Ok(Inspection {
         reference: format!("{}@{}", reference.repository, opened.digest),
         digest: opened.digest.to_string(),
@@ -39,7 +50,7 @@ pub async fn inspect(
             .map(|c| serde_json::to_value(c).expect("config to JSON")),
         layers: opened.data_layers().len(),
         stored_bytes: opened.data_layers().iter().map(|l| l.size).sum(),
-        index_entries: opened.index.as_ref().map(Vec::len),
+        index_entries,
     })
 }
 

@@ -748,6 +748,62 @@ fn native_documents_are_bounded(run: Runner) {
             "longer than 65536 bytes",
         ),
         (
+            "index lines in another order than the layer's",
+            Box::new(|n| {
+                let swapped = [
+                    index_line("file", "d/f", 0o644, b"data", None),
+                    index_line("dir", "d", 0o755, b"", None),
+                ];
+                n.index = index_blob(&swapped);
+            }),
+            "entry is not in the file index at this point",
+        ),
+        (
+            "an entry the index does not list",
+            Box::new(|n| {
+                n.index = index_blob(&[index_line("dir", "d", 0o755, b"", None)]);
+                n.config["layers"][0]["entries"] = 1.into();
+                n.config["totals"]["files"] = 0.into();
+                n.config["totals"]["bytes"] = 0.into();
+            }),
+            "the layer's index has no more lines",
+        ),
+        (
+            "an index line the layer lacks",
+            Box::new(|n| {
+                n.index = index_blob(&[
+                    index_line("dir", "d", 0o755, b"", None),
+                    index_line("file", "d/f", 0o644, b"data", None),
+                    index_line("file", "d/g", 0o644, b"more", None),
+                ]);
+                n.config["layers"][0]["entries"] = 3.into();
+                n.config["totals"]["files"] = 2.into();
+                n.config["totals"]["bytes"] = 8.into();
+            }),
+            "listed in the file index but missing from the archive",
+        ),
+        (
+            "a directory listed twice",
+            Box::new(|n| {
+                n.tar = Tar::default()
+                    .dir("d/", 0o755)
+                    .file("d/f", b"data")
+                    .dir("d/", 0o755)
+                    .end();
+                n.index = index_blob(&[
+                    index_line("dir", "d", 0o755, b"", None),
+                    index_line("file", "d/f", 0o644, b"data", None),
+                    index_line("dir", "d", 0o755, b"", None),
+                ]);
+                n.config["layers"][0]["entries"] = 3.into();
+                n.config["totals"]["dirs"] = 2.into();
+                n.config["layers"][0]["diff_id"] =
+                    wsr_format::digest::Digest::of(&n.tar).to_string().into();
+                n.config["layers"][0]["tar_size"] = n.tar.len().into();
+            }),
+            "lists this directory twice",
+        ),
+        (
             "a sparse entry in a native layer",
             Box::new(|n| {
                 n.tar = Tar::default()
@@ -772,7 +828,52 @@ fn native_documents_are_bounded(run: Runner) {
         assert!(names(&target).is_empty(), "{case}");
         let verify = run.verify(&reference);
         assert_eq!(verify.status.code(), Some(6), "{case}: verify");
+        assert!(
+            stderr(&verify).contains(want),
+            "{case}: {}",
+            stderr(&verify)
+        );
     }
+
+    // An index blob whose bytes differ from its digest is reported as such, even though its
+    // lines are read beside the layer before the whole blob has been hashed.
+    let layout = jail.layout("tampered-index");
+    let reference = readable(honest().publish(&layout));
+    let honest_index = honest().index;
+    let stored = walk_blobs(&layout)
+        .into_iter()
+        .find(|p| std::fs::read(p).unwrap() == honest_index)
+        .expect("the index blob");
+    // One line instead of two, padded to the same size with a zstd skippable frame.
+    let mut index = index_blob(&lines[..1]);
+    let pad = honest_index.len() - index.len() - 8;
+    index.extend_from_slice(&0x184D2A50u32.to_le_bytes());
+    index.extend_from_slice(&(pad as u32).to_le_bytes());
+    index.resize(honest_index.len(), 0);
+    std::fs::write(&stored, &index).unwrap();
+    let target = jail.path().join("t-tampered");
+    for out in [
+        run.restore(&reference, &target, &[]),
+        run.verify(&reference),
+    ] {
+        assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+        assert!(stderr(&out).contains("digest"), "{}", stderr(&out));
+        assert!(!stderr(&out).contains("no more lines"), "{}", stderr(&out));
+    }
+    assert!(names(&target).is_empty());
+}
+
+/// A file index blob as a backup writes it: JSON lines, zstd-compressed.
+fn index_blob(lines: &[String]) -> Vec<u8> {
+    zstd(format!("{}\n", lines.join("\n")).as_bytes())
+}
+
+/// The blob files of an OCI layout.
+fn walk_blobs(layout: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(layout.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
 }
 
 /// Files of an OCI layout are opened only if regular and read only up to their limit: a FIFO

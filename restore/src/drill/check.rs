@@ -27,17 +27,15 @@ pub(crate) struct Listed {
     pub link: Option<Vec<u8>>,
 }
 
-pub(crate) fn listing_from_index(index: &[IndexEntry]) -> Vec<Listed> {
-    index
-        .iter()
-        .map(|e| Listed {
-            path: e.path.0.clone(),
-            kind: e.kind,
-            size: e.size,
-            sha256: e.sha256.clone(),
-            link: e.link.as_ref().map(|l| l.0.clone()),
-        })
-        .collect()
+/// One line of a native file index as the check needs it.
+pub(crate) fn listed_from_index(line: IndexEntry) -> Listed {
+    Listed {
+        path: line.path.0,
+        kind: line.kind,
+        size: line.size,
+        sha256: line.sha256,
+        link: line.link.map(|l| l.0),
+    }
 }
 
 /// Lists a tarball layer's archive: streams the blob again, checks its digest and size, and

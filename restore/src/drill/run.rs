@@ -1,8 +1,9 @@
 //! Enumerating the backups below a registry path and drilling each one: resolve, restore into
 //! a fresh scratch directory, check the tree, time it, remove the scratch directory.
 
-use super::check::{check_tree, listing_from_index, listing_from_tarball, make_removable};
+use super::check::{check_tree, listed_from_index, listing_from_tarball, make_removable};
 use super::{BackupResult, DrillReport, Ignored, Status, Summary, human_duration, status_of};
+use crate::open::scan_indexes;
 use crate::{Progress, RestoreError, RestoreOptions, open_artifact};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
@@ -462,14 +463,15 @@ async fn restore_into(
     result.bytes = Some(report.bytes);
     result.files = Some(report.files);
     result.throughput_bps = Some(report.bytes as f64 / report.duration_s.max(1e-6));
-    let listing = match (&opened.index, &opened.artifact) {
-        (Some(index), _) => listing_from_index(index),
-        (None, Artifact::Tarball { layer, .. }) => listing_from_tarball(store, layer).await?,
-        (None, Artifact::Native { .. }) => {
-            return Err(RestoreError::Corrupt(
-                "native backup without a file index".into(),
-            ));
+    let listing = match &opened.artifact {
+        Artifact::Native { .. } => {
+            let listing = |listing: &mut Vec<_>, _, line| {
+                listing.push(listed_from_index(line));
+                Ok(())
+            };
+            scan_indexes(store, &opened, Vec::new(), listing).await?
         }
+        Artifact::Tarball { layer, .. } => listing_from_tarball(store, layer).await?,
     };
     let checked = tokio::task::spawn_blocking(move || check_tree(&target, &listing))
         .await

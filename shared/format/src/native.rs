@@ -6,6 +6,7 @@ use crate::digest::Digest;
 use crate::manifest::Descriptor;
 use serde::{Deserialize, Serialize};
 use std::io::{self, BufRead, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Largest config blob a reader accepts (its descriptor size), like the 4 MiB registries
 /// accept for manifests.
@@ -14,8 +15,7 @@ pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
 pub const MAX_INDEX_BLOB_BYTES: u64 = 64 << 20;
 /// Most bytes all file indexes of one backup may hold uncompressed (about 1M entries).
 pub const MAX_INDEX_BYTES: u64 = 128 << 20;
-/// Most entries a backup may have (the whole file index is held in memory to verify
-/// every entry).
+/// Most entries a backup may have (the unpacker's model of what it created grows with them).
 pub const MAX_ENTRIES: u64 = 1 << 20;
 
 /// The format version this code writes when no file is stored sparse (FORMAT.md §4.1), so that
@@ -276,61 +276,180 @@ pub fn write_index(entries: &[IndexEntry]) -> io::Result<Vec<u8>> {
 /// Longest line a file index may have: a 4095-byte path and link, JSON-escaped, fit easily.
 pub const MAX_INDEX_LINE: usize = 64 << 10;
 
-/// Reads an index written by [`write_index`] that the config says has `expected` lines. The
-/// limits are enforced while decompressing: at most `expected` lines (so a small blob cannot
-/// expand into millions of entries before a count check), each at most [`MAX_INDEX_LINE`]
-/// bytes. The count must match exactly.
-/// `budget` is the most decompressed bytes that may still be read (all of an artifact's
-/// indexes share [`MAX_INDEX_BYTES`]); it is reduced by what was read.
+/// The decompressed bytes the file indexes of one artifact may still use ([`MAX_INDEX_BYTES`]
+/// for all of them), shared by the readers of its layers, which may run on several threads.
+#[derive(Debug)]
+pub struct IndexBudget(AtomicU64);
+
+impl IndexBudget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: u64) -> IndexBudget {
+        IndexBudget(AtomicU64::new(bytes))
+    }
+
+    /// What is left.
+    pub fn left(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Takes `bytes` from the budget; `false` (taking nothing) when fewer are left.
+    fn take(&self, bytes: u64) -> bool {
+        self.0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(bytes)
+            })
+            .is_ok()
+    }
+}
+
+impl Default for IndexBudget {
+    fn default() -> IndexBudget {
+        IndexBudget::new(MAX_INDEX_BYTES)
+    }
+}
+
+/// Reads one layer's file index (as [`write_index`] writes it) line by line, holding one line
+/// at a time, so a reader can check a layer against its index while both stream (the lines
+/// are in the layer's order, FORMAT.md §4.4). The limits are enforced while decompressing: at
+/// most `expected` lines (the config's count: a small blob cannot expand into millions of
+/// entries before a count check), each at most [`MAX_INDEX_LINE`] bytes, no more than the
+/// shared [`IndexBudget`]; [`IndexReader::finish`] checks that the count was exact.
+pub struct IndexReader<'a> {
+    lines: io::BufReader<zstd::stream::read::Decoder<'static, io::BufReader<Box<dyn Read + 'a>>>>,
+    expected: u64,
+    /// Lines read so far.
+    read: u64,
+    /// Sum of the `size`s read so far.
+    bytes: u64,
+    budget: &'a IndexBudget,
+    line: Vec<u8>,
+    peeked: Option<IndexEntry>,
+}
+
+impl<'a> IndexReader<'a> {
+    /// A reader of the compressed index `compressed` that the config says has `expected` lines.
+    pub fn new(
+        compressed: impl Read + 'a,
+        expected: u64,
+        budget: &'a IndexBudget,
+    ) -> io::Result<IndexReader<'a>> {
+        let compressed: Box<dyn Read + 'a> = Box::new(compressed);
+        Ok(IndexReader {
+            lines: io::BufReader::new(zstd::stream::read::Decoder::new(compressed)?),
+            expected,
+            read: 0,
+            bytes: 0,
+            budget,
+            line: Vec::new(),
+            peeked: None,
+        })
+    }
+
+    /// The next line without consuming it.
+    pub fn peek(&mut self) -> io::Result<Option<&IndexEntry>> {
+        if self.peeked.is_none() {
+            self.peeked = self.read_line()?;
+        }
+        Ok(self.peeked.as_ref())
+    }
+
+    /// The next line; `None` at the end of the index.
+    pub fn next_entry(&mut self) -> io::Result<Option<IndexEntry>> {
+        match self.peeked.take() {
+            Some(entry) => Ok(Some(entry)),
+            None => self.read_line(),
+        }
+    }
+
+    /// Lines read so far (a peeked line included).
+    pub fn lines_read(&self) -> u64 {
+        self.read
+    }
+
+    /// The sum of the `size`s of the lines read so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Reads what is left (with the same limits) and checks that the index had exactly the
+    /// expected number of lines. Returns the sum of all lines' `size`s.
+    pub fn finish(mut self) -> io::Result<u64> {
+        while self.next_entry()?.is_some() {}
+        if self.read != self.expected {
+            return Err(invalid(format!(
+                "file index lists {} entries, the config says {}",
+                self.read, self.expected
+            )));
+        }
+        Ok(self.bytes)
+    }
+
+    fn read_line(&mut self) -> io::Result<Option<IndexEntry>> {
+        let n = self.read + 1;
+        self.line.clear();
+        let read = (&mut self.lines)
+            .take(MAX_INDEX_LINE as u64 + 1)
+            .read_until(b'\n', &mut self.line)?;
+        if read == 0 {
+            return Ok(None);
+        }
+        if !self.budget.take(read as u64) {
+            return Err(invalid(format!(
+                "the file indexes exceed {MAX_INDEX_BYTES} bytes uncompressed"
+            )));
+        }
+        if self.line.last() == Some(&b'\n') {
+            self.line.pop();
+        } else if self.line.len() > MAX_INDEX_LINE {
+            return Err(invalid(format!(
+                "file index line {n} is longer than {MAX_INDEX_LINE} bytes"
+            )));
+        }
+        if self.line.is_empty() {
+            return Err(invalid(format!("file index line {n} is empty")));
+        }
+        if self.read >= self.expected {
+            return Err(invalid(format!(
+                "file index has more than the {} entries the config lists",
+                self.expected
+            )));
+        }
+        let entry: IndexEntry = serde_json::from_slice(&self.line)
+            .map_err(|e| invalid(format!("file index line {n}: {e}")))?;
+        self.bytes = self
+            .bytes
+            .checked_add(entry.size)
+            .ok_or_else(|| invalid(format!("file index line {n}: sizes add up beyond 2^64")))?;
+        self.read = n;
+        Ok(Some(entry))
+    }
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+/// Reads a whole index written by [`write_index`] that the config says has `expected` lines,
+/// with the limits of [`IndexReader`]. `budget` is the most decompressed bytes that may still
+/// be read; it is reduced by what was read.
 pub fn read_index(
     compressed: impl Read,
     expected: u64,
     budget: &mut u64,
 ) -> io::Result<Vec<IndexEntry>> {
-    let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidData, msg);
-    let mut reader = io::BufReader::new(zstd::stream::read::Decoder::new(compressed)?);
-    // Capacity from a declared count is a promise, not a fact: grow as lines arrive.
-    let mut out = Vec::with_capacity(expected.min(4096) as usize);
-    let mut line = Vec::new();
-    for n in 1u64.. {
-        line.clear();
-        let read = (&mut reader)
-            .take(MAX_INDEX_LINE as u64 + 1)
-            .read_until(b'\n', &mut line)?;
-        if read == 0 {
-            break;
+    let shared = IndexBudget::new(*budget);
+    let result = (|| {
+        let mut reader = IndexReader::new(compressed, expected, &shared)?;
+        // Capacity from a declared count is a promise, not a fact: grow as lines arrive.
+        let mut out = Vec::with_capacity(expected.min(4096) as usize);
+        while let Some(entry) = reader.next_entry()? {
+            out.push(entry);
         }
-        *budget = budget.checked_sub(read as u64).ok_or_else(|| {
-            invalid(format!(
-                "the file indexes exceed {MAX_INDEX_BYTES} bytes uncompressed"
-            ))
-        })?;
-        if line.last() == Some(&b'\n') {
-            line.pop();
-        } else if line.len() > MAX_INDEX_LINE {
-            return Err(invalid(format!(
-                "file index line {n} is longer than {MAX_INDEX_LINE} bytes"
-            )));
-        }
-        if line.is_empty() {
-            return Err(invalid(format!("file index line {n} is empty")));
-        }
-        if out.len() as u64 >= expected {
-            return Err(invalid(format!(
-                "file index has more than the {expected} entries the config lists"
-            )));
-        }
-        let entry = serde_json::from_slice(&line)
-            .map_err(|e| invalid(format!("file index line {n}: {e}")))?;
-        out.push(entry);
-    }
-    if out.len() as u64 != expected {
-        return Err(invalid(format!(
-            "file index lists {} entries, the config says {expected}",
-            out.len()
-        )));
-    }
-    Ok(out)
+        reader.finish()?;
+        Ok(out)
+    })();
+    *budget = shared.left();
+    result
 }
 
 /// Decides layer boundaries over the canonical entry order.

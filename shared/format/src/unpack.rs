@@ -17,7 +17,7 @@
 
 use crate::codec::EntryKind;
 use crate::digest::{Digest, Hasher};
-use crate::native::IndexEntry;
+use crate::native::{IndexEntry, IndexReader};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::fs;
@@ -91,6 +91,9 @@ pub enum UnpackError {
     /// The tar stream itself cannot be read (bad header, truncated, decompression failed).
     #[error("corrupt archive: {0}")]
     Corrupt(io::Error),
+    /// The layer's file index cannot be read within its limits (FORMAT.md §8.1).
+    #[error("{0}")]
+    Index(io::Error),
     /// Creating or writing an entry below the root failed.
     #[error("cannot write {path}")]
     Io {
@@ -236,7 +239,6 @@ struct State {
     hardlink_bytes: u64,
     /// With a selection: which selected paths matched an entry.
     matched: Vec<bool>,
-    seen_expected: u64,
     report: UnpackReport,
     skipped_unlisted: u64,
     /// Reserved top-level names already reported as skipped.
@@ -260,7 +262,6 @@ pub struct Unpacker {
     root: Option<PathBuf>,
     keys: std::hash::RandomState,
     options: UnpackOptions,
-    expected: Option<HashMap<Vec<u8>, IndexEntry>>,
     state: Mutex<State>,
     on_entry: Option<EntryCallback>,
 }
@@ -327,31 +328,17 @@ fn system_time(mtime: i64) -> SystemTime {
 }
 
 impl Unpacker {
-    /// Unpacks into `root`, which must exist; `expected` is the native file index, when there is
-    /// one, against which every entry (type, mode, size, mtime, link, content hash) is checked.
-    pub fn new(root: &Path, options: UnpackOptions, expected: Option<Vec<IndexEntry>>) -> Unpacker {
-        Unpacker::with_root(Some(root.to_owned()), options, expected)
+    /// Unpacks into `root`, which must exist.
+    pub fn new(root: &Path, options: UnpackOptions) -> Unpacker {
+        Unpacker::with_root(Some(root.to_owned()), options)
     }
 
     /// Checks and hashes every entry as [`Unpacker::new`] does, but creates nothing (verify).
-    pub fn verify_only(options: UnpackOptions, expected: Option<Vec<IndexEntry>>) -> Unpacker {
-        Unpacker::with_root(None, options, expected)
+    pub fn verify_only(options: UnpackOptions) -> Unpacker {
+        Unpacker::with_root(None, options)
     }
 
-    fn with_root(
-        root: Option<PathBuf>,
-        options: UnpackOptions,
-        expected: Option<Vec<IndexEntry>>,
-    ) -> Unpacker {
-        let expected = expected.map(|entries| {
-            entries
-                .into_iter()
-                .filter(|e| {
-                    selected(&options.select, &e.path.0) || options.aliases.contains_key(&e.path.0)
-                })
-                .map(|mut e| (std::mem::take(&mut e.path.0), e))
-                .collect()
-        });
+    fn with_root(root: Option<PathBuf>, options: UnpackOptions) -> Unpacker {
         let keys = std::hash::RandomState::new();
         let mut state = State::default();
         state
@@ -362,7 +349,6 @@ impl Unpacker {
             root,
             keys,
             options,
-            expected,
             state: Mutex::new(state),
             on_entry: None,
         }
@@ -389,6 +375,45 @@ impl Unpacker {
     /// The reader is borrowed so the caller can decide what to do with what follows the marker
     /// (padding, which still counts towards the stream's digest).
     pub fn unpack_tar<R: Read>(&self, reader: &mut R) -> Result<(), UnpackError> {
+        self.unpack_stream(reader, None)
+    }
+
+    /// Unpacks one native data layer as [`Unpacker::unpack_tar`] does, checking each entry
+    /// (type, mode, size, mtime, link, content digest) against the next line of the layer's file
+    /// index, which lists the layer's entries in the same order (FORMAT.md §4.4): one line is
+    /// held at a time, whatever the number of entries. An entry that is not the index's next
+    /// line, and lines left over at the end of the layer, fail the layer. The caller checks the
+    /// line count with [`IndexReader::finish`].
+    pub fn unpack_layer<R: Read>(
+        &self,
+        reader: &mut R,
+        index: &mut IndexReader<'_>,
+    ) -> Result<(), UnpackError> {
+        self.unpack_stream(reader, Some(&mut *index))?;
+        let Some(first) = index.next_entry().map_err(UnpackError::Index)? else {
+            return Ok(());
+        };
+        let mut more = 0u64;
+        while index.next_entry().map_err(UnpackError::Index)?.is_some() {
+            more += 1;
+        }
+        let what = match more {
+            0 => "listed in the file index but missing from the archive".to_owned(),
+            n => format!(
+                "listed in the file index but missing from the archive (and {n} more after it)"
+            ),
+        };
+        Err(UnpackError::Mismatch {
+            path: show(&first.path.0),
+            what,
+        })
+    }
+
+    fn unpack_stream<R: Read>(
+        &self,
+        reader: &mut R,
+        mut index: Option<&mut IndexReader<'_>>,
+    ) -> Result<(), UnpackError> {
         let allowance = Rc::new(Cell::new(None));
         let exceeded = Rc::new(Cell::new(false));
         let guard = MetadataGuard {
@@ -423,7 +448,7 @@ impl Unpacker {
                     limit: MAX_ENTRY_METADATA,
                 });
             }
-            let consumed = self.unpack_entry(&mut entry)?;
+            let consumed = self.unpack_entry(&mut entry, index.as_deref_mut())?;
             unread = 0;
             if !consumed {
                 if entry.header().entry_type() == tar::EntryType::GNUSparse {
@@ -440,8 +465,13 @@ impl Unpacker {
         }
     }
 
-    /// Restores one entry. Returns whether its data was read to the end.
-    fn unpack_entry<R: Read>(&self, entry: &mut tar::Entry<'_, R>) -> Result<bool, UnpackError> {
+    /// Restores one entry, checked against the next line of `index` (native layers). Returns
+    /// whether its data was read to the end.
+    fn unpack_entry<R: Read>(
+        &self,
+        entry: &mut tar::Entry<'_, R>,
+        mut index: Option<&mut IndexReader<'_>>,
+    ) -> Result<bool, UnpackError> {
         let sparse = pax_sparse(entry)
             .map_err(|reason| UnpackError::unsafe_entry(&entry.path_bytes(), reason))?;
         let raw = match &sparse {
@@ -470,7 +500,8 @@ impl Unpacker {
             // The archive root (`./`): the target directory itself keeps its own mode.
             return Ok(false);
         };
-        if kind == tar::EntryType::GNUSparse && self.expected.is_some() {
+        let native = index.is_some();
+        if kind == tar::EntryType::GNUSparse && native {
             return Err(UnpackError::unsafe_entry(
                 &path,
                 "GNU sparse entries are not part of the native format",
@@ -499,31 +530,38 @@ impl Unpacker {
             }
         };
         if self.is_reserved(&path) {
-            let mut st = self.state.lock().unwrap();
-            if self
-                .expected
-                .as_ref()
-                .is_some_and(|e| e.contains_key(&path))
+            // Not restored, and not checked: its index line (if the index lists it) is passed.
+            if let Some(index) = index.as_deref_mut()
+                && index
+                    .peek()
+                    .map_err(UnpackError::Index)?
+                    .is_some_and(|e| e.path.0 == path)
             {
-                st.seen_expected += 1;
+                index.next_entry().map_err(UnpackError::Index)?;
             }
+            let mut st = self.state.lock().unwrap();
             let top = path.split(|&b| b == b'/').next().unwrap_or_default();
             if st.reserved_reported.insert(top.to_vec()) {
                 st.skip(top, "name reserved for wsr's staging directory".into());
             }
             return Ok(false);
         }
-        // Unselected entries are skipped (their data is drained), except files that are
-        // restored under an alias.
+        // Unselected entries are skipped (their data is drained; their header is still checked
+        // against the index, which keeps the two in step), except files that are restored
+        // under an alias.
         let (path, aliased_from) = if selected(&self.options.select, &path) {
             (path, None)
         } else {
             match self.options.aliases.get(&path) {
                 Some(alias) if kind == EntryKind::File => (alias.clone(), Some(path)),
-                _ => return Ok(false),
+                _ => {
+                    check_against_index(index, &path, kind, mode, mtime, size, link.as_deref())?;
+                    return Ok(false);
+                }
             }
         };
-        let expected = self.check_expected(
+        let expected = check_against_index(
+            index,
             aliased_from.as_deref().unwrap_or(&path),
             kind,
             mode,
@@ -547,9 +585,6 @@ impl Unpacker {
             && self.options.aliases.get(target) == Some(&path)
         {
             // This link is where its file's content is restored (from the file's own entry).
-            if expected.is_some() {
-                self.state.lock().unwrap().seen_expected += 1;
-            }
             return Ok(false);
         }
 
@@ -575,12 +610,17 @@ impl Unpacker {
                 });
             }
             self.claim(&mut st, &path, kind)?;
-            if expected.is_some() {
-                st.seen_expected += 1;
-            }
             match kind {
                 EntryKind::Dir => {
                     if let Some(slot) = st.nodes.get_mut(&self.key(&path)) {
+                        // A tarball may list a directory twice; a native backup holds every
+                        // entry once (FORMAT.md §4.3), whichever layers the two copies are in.
+                        if native && slot.meta().is_some() {
+                            return Err(UnpackError::unsafe_entry(
+                                &path,
+                                "duplicate entry: the backup lists this directory twice",
+                            ));
+                        }
                         *slot = slot.with_meta(mode, mtime);
                     }
                     st.report.dirs += 1;
@@ -786,51 +826,8 @@ impl Unpacker {
         Ok(hasher.map(|h| h.finish().0))
     }
 
-    fn check_expected(
-        &self,
-        path: &[u8],
-        kind: EntryKind,
-        mode: u32,
-        mtime: i64,
-        size: u64,
-        link: Option<&[u8]>,
-    ) -> Result<Option<IndexEntry>, UnpackError> {
-        let Some(expected) = &self.expected else {
-            return Ok(None);
-        };
-        let Some(want) = expected.get(path) else {
-            return Err(UnpackError::Mismatch {
-                path: show(path),
-                what: "entry is not in the file index".into(),
-            });
-        };
-        let size = if kind == EntryKind::File { size } else { 0 };
-        let mismatch = if want.kind != kind {
-            Some(format!("type {kind:?}, index says {:?}", want.kind))
-        } else if want.mode & 0o1777 != mode {
-            Some(format!("mode {mode:o}, index says {:o}", want.mode))
-        } else if want.size != size {
-            Some(format!("size {size}, index says {}", want.size))
-        } else if want.mtime.max(0) != mtime {
-            Some(format!("mtime {mtime}, index says {}", want.mtime))
-        } else if want.link.as_ref().map(|l| l.0.as_slice())
-            != link.filter(|_| kind != EntryKind::Dir && kind != EntryKind::File)
-        {
-            Some("link target differs from the index".into())
-        } else {
-            None
-        };
-        match mismatch {
-            Some(what) => Err(UnpackError::Mismatch {
-                path: show(path),
-                what,
-            }),
-            None => Ok(Some(want.clone())),
-        }
-    }
-
-    /// Creates hard links, applies directory modes and times (deepest first, after all their
-    /// children exist), and checks that every indexed entry arrived.
+    /// Creates hard links and applies directory modes and times (deepest first, after all their
+    /// children exist).
     pub fn finish(self) -> Result<UnpackReport, UnpackError> {
         let mut st = std::mem::take(&mut *self.state.lock().unwrap());
         let hardlinks = std::mem::take(&mut st.hardlinks);
@@ -875,15 +872,6 @@ impl Unpacker {
         }
         if let Some(root) = &self.root {
             self.apply_dir_modes(root, &mut Vec::new(), &mut st)?;
-        }
-        if let Some(expected) = &self.expected
-            && st.seen_expected != expected.len() as u64
-        {
-            let missing = expected.len() as u64 - st.seen_expected;
-            return Err(UnpackError::Mismatch {
-                path: String::new(),
-                what: format!("{missing} entries of the file index are missing from the archive"),
-            });
         }
         if let Some(selection) = &self.options.select {
             st.report.unmatched = selection
@@ -969,6 +957,60 @@ impl Unpacker {
             rel.truncate(len);
         }
         Ok(())
+    }
+}
+
+/// Checks an entry's header against the next line of its layer's file index (native layers;
+/// without an index there is nothing to check) and returns that line.
+fn check_against_index(
+    index: Option<&mut IndexReader<'_>>,
+    path: &[u8],
+    kind: EntryKind,
+    mode: u32,
+    mtime: i64,
+    size: u64,
+    link: Option<&[u8]>,
+) -> Result<Option<IndexEntry>, UnpackError> {
+    let Some(index) = index else {
+        return Ok(None);
+    };
+    let mismatch = |what: String| UnpackError::Mismatch {
+        path: show(path),
+        what,
+    };
+    let want = match index.next_entry().map_err(UnpackError::Index)? {
+        None => {
+            return Err(mismatch(
+                "entry is not in the file index (the layer's index has no more lines)".into(),
+            ));
+        }
+        Some(want) if want.path.0 != path => {
+            return Err(mismatch(format!(
+                "entry is not in the file index at this point (the layer's index lists {:?} next)",
+                show(&want.path.0)
+            )));
+        }
+        Some(want) => want,
+    };
+    let size = if kind == EntryKind::File { size } else { 0 };
+    let differs = if want.kind != kind {
+        Some(format!("type {kind:?}, index says {:?}", want.kind))
+    } else if want.mode & 0o1777 != mode {
+        Some(format!("mode {mode:o}, index says {:o}", want.mode))
+    } else if want.size != size {
+        Some(format!("size {size}, index says {}", want.size))
+    } else if want.mtime.max(0) != mtime {
+        Some(format!("mtime {mtime}, index says {}", want.mtime))
+    } else if want.link.as_ref().map(|l| l.0.as_slice())
+        != link.filter(|_| kind != EntryKind::Dir && kind != EntryKind::File)
+    {
+        Some("link target differs from the index".into())
+    } else {
+        None
+    };
+    match differs {
+        Some(what) => Err(mismatch(what)),
+        None => Ok(Some(want)),
     }
 }
 
@@ -1324,8 +1366,8 @@ mod tests {
             link: None,
         };
         let expected = vec![dir_line.clone(), index_line(&content)];
-        let unpacker = Unpacker::new(dir.path(), options(), Some(expected));
-        unpacker.unpack_tar(&mut &tar[..]).unwrap();
+        let unpacker = Unpacker::new(dir.path(), options());
+        unpack_indexed(&unpacker, &tar, &expected).unwrap();
         let path = dir.path().join("vm/disk.img");
         let meta = fs::metadata(&path).unwrap();
         assert_eq!(meta.len(), size);
@@ -1341,13 +1383,133 @@ mod tests {
         let mut wrong = content.clone();
         wrong[1] = 9;
         let dir = tempfile::tempdir().unwrap();
-        let unpacker = Unpacker::new(
-            dir.path(),
-            options(),
-            Some(vec![dir_line, index_line(&wrong)]),
-        );
-        let err = unpacker.unpack_tar(&mut &tar[..]).unwrap_err();
+        let unpacker = Unpacker::new(dir.path(), options());
+        let err = unpack_indexed(&unpacker, &tar, &[dir_line, index_line(&wrong)]).unwrap_err();
         assert!(matches!(err, UnpackError::Mismatch { .. }), "{err}");
+    }
+
+    /// Unpacks `tar` as a native layer whose file index is `lines`, and checks the line count.
+    fn unpack_indexed(
+        unpacker: &Unpacker,
+        tar: &[u8],
+        lines: &[IndexEntry],
+    ) -> Result<(), UnpackError> {
+        let compressed = crate::native::write_index(lines).unwrap();
+        let budget = crate::native::IndexBudget::default();
+        let mut index = IndexReader::new(&compressed[..], lines.len() as u64, &budget).unwrap();
+        unpacker.unpack_layer(&mut &tar[..], &mut index)?;
+        index.finish().map(drop).map_err(UnpackError::Index)
+    }
+
+    fn line(path: &str, kind: EntryKind, content: &[u8]) -> IndexEntry {
+        let file = kind == EntryKind::File;
+        IndexEntry {
+            path: crate::native::RawPath(path.as_bytes().to_vec()),
+            kind,
+            mode: if file { 0o644 } else { 0o755 },
+            mtime: 1_700_000_000,
+            size: if file { content.len() as u64 } else { 0 },
+            sha256: file.then(|| Digest::of(content)),
+            link: None,
+        }
+    }
+
+    fn tar_of(entries: &[(&str, EntryKind, &[u8])]) -> Vec<u8> {
+        let mut w = TarWriter::new(Vec::new(), false);
+        for &(path, kind, content) in entries {
+            let header = EntryHeader {
+                path: path.as_bytes(),
+                kind,
+                mode: if kind == EntryKind::File {
+                    0o644
+                } else {
+                    0o755
+                },
+                mtime: 1_700_000_000,
+                size: content.len() as u64,
+                link: None,
+            };
+            w.append(&header, content).unwrap();
+        }
+        w.finish().unwrap()
+    }
+
+    #[test]
+    fn each_layer_is_checked_against_its_index_in_order() {
+        use EntryKind::{Dir, File};
+        let entries: [(&str, EntryKind, &[u8]); 3] =
+            [("d", Dir, b""), ("d/a", File, b"aa"), ("d/b", File, b"bbb")];
+        let tar = tar_of(&entries);
+        let honest: Vec<IndexEntry> = entries.iter().map(|&(p, k, c)| line(p, k, c)).collect();
+        let run = |lines: &[IndexEntry], tar: &[u8]| {
+            let unpacker = Unpacker::verify_only(options());
+            unpack_indexed(&unpacker, tar, lines)
+                .err()
+                .map(|e| e.to_string())
+        };
+        assert_eq!(run(&honest, &tar), None);
+
+        let swapped = [honest[0].clone(), honest[2].clone(), honest[1].clone()];
+        let err = run(&swapped, &tar).unwrap();
+        assert!(
+            err.contains("\"d/a\": entry is not in the file index at this point"),
+            "{err}"
+        );
+        assert!(err.contains("lists \"d/b\" next"), "{err}");
+
+        let err = run(&honest[..2], &tar).unwrap();
+        assert!(
+            err.contains(
+                "\"d/b\": entry is not in the file index (the layer's index has no more lines)"
+            ),
+            "{err}"
+        );
+
+        let mut extra = honest.clone();
+        extra.push(line("d/c", File, b""));
+        extra.push(line("d/d", File, b""));
+        let err = run(&extra, &tar).unwrap();
+        assert!(err.contains("\"d/c\": listed in the file index but missing from the archive (and 1 more after it)"), "{err}");
+
+        let mut lying = honest.clone();
+        lying[1].mode = 0o600;
+        let err = run(&lying, &tar).unwrap();
+        assert!(err.contains("\"d/a\": mode 644, index says 600"), "{err}");
+    }
+
+    #[test]
+    fn a_native_backup_lists_each_directory_once() {
+        use EntryKind::Dir;
+        let layer = tar_of(&[("d", Dir, b"")]);
+        let lines = [line("d", Dir, b"")];
+        let unpacker = Unpacker::verify_only(options());
+        unpack_indexed(&unpacker, &layer, &lines).unwrap();
+        let err = unpack_indexed(&unpacker, &layer, &lines).unwrap_err();
+        assert!(
+            err.to_string().contains("lists this directory twice"),
+            "{err}"
+        );
+        // A tarball may.
+        let unpacker = Unpacker::verify_only(options());
+        unpacker.unpack_tar(&mut &layer[..]).unwrap();
+        unpacker.unpack_tar(&mut &layer[..]).unwrap();
+    }
+
+    #[test]
+    fn unselected_entries_are_still_checked_against_the_index() {
+        use EntryKind::{Dir, File};
+        let entries: [(&str, EntryKind, &[u8]); 3] =
+            [("a", Dir, b""), ("a/f", File, b"x"), ("b", Dir, b"")];
+        let tar = tar_of(&entries);
+        let mut lines: Vec<IndexEntry> = entries.iter().map(|&(p, k, c)| line(p, k, c)).collect();
+        let mut only_b = options();
+        only_b.select = Some(vec![b"b".to_vec()]);
+        let unpacker = Unpacker::verify_only(only_b.clone());
+        unpack_indexed(&unpacker, &tar, &lines).unwrap();
+        lines[1].size = 7;
+        let unpacker = Unpacker::verify_only(only_b);
+        let err = unpack_indexed(&unpacker, &tar, &lines).unwrap_err();
+        assert!(err.to_string().contains("size 1, index says 7"), "{err}");
     }
 
     #[test]
@@ -1397,7 +1559,7 @@ mod tests {
         let gnu = fs::read(dir.path().join("gnu.tar")).unwrap();
         let back = dir.path().join("back");
         fs::create_dir(&back).unwrap();
-        Unpacker::new(&back, options(), None)
+        Unpacker::new(&back, options())
             .unpack_tar(&mut &gnu[..])
             .unwrap();
         let restored = back.join("vm/disk.img");
@@ -1430,7 +1592,7 @@ mod tests {
         ];
         for (map, want) in cases {
             let dir = tempfile::tempdir().unwrap();
-            let err = Unpacker::new(dir.path(), options(), None)
+            let err = Unpacker::new(dir.path(), options())
                 .unpack_tar(&mut &with_map(&tar, map)[..])
                 .unwrap_err();
             assert!(err.to_string().contains(want), "{want}: {err}");
@@ -1444,7 +1606,7 @@ mod tests {
         endless.extend_from_slice(b"100000000\n");
         endless.extend(b"1\n".repeat(2 << 20));
         let dir = tempfile::tempdir().unwrap();
-        let err = Unpacker::new(dir.path(), options(), None)
+        let err = Unpacker::new(dir.path(), options())
             .unpack_tar(&mut &endless[..])
             .unwrap_err();
         assert!(err.to_string().contains("sparse map longer than"), "{err}");
