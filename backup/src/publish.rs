@@ -1,6 +1,7 @@
 //! The backup flow: walk, let the format's writer store the layers, config and index
 //! (`incremental.rs` for native, `dwo.rs` for dwo), then publish in the safe order: manifest by
-//! digest, the time-stamped tag, and the moving tag last. Nothing is tagged until everything it
+//! digest (by the time-stamped tag where a registry refuses untagged manifests), the
+//! time-stamped tag, and the moving tag last. Nothing is tagged until everything it
 //! references exists, so a failure at any point leaves the previous moving tag intact. Retention
 //! (`--keep`) runs only after a successful publish.
 
@@ -15,7 +16,7 @@ use wsr_format::digest::Digest;
 use wsr_format::manifest::Manifest;
 use wsr_format::media::{self, annotation};
 use wsr_format::reference::Target;
-use wsr_transport::{Access, Store};
+use wsr_transport::{Access, Store, TransportError};
 
 /// Runs one backup.
 pub async fn run(
@@ -112,19 +113,46 @@ pub async fn run(
 
 /// Publishes in the safe order: the manifest by digest, then the immutable time-stamped tag,
 /// then the moving tag. Returns the manifest's digest and the time-stamped tag.
+///
+/// A registry that refuses manifests without a tag (OpenShift's integrated registry) gets the
+/// manifest under the time-stamped tag first; that tag is then read back and must name exactly
+/// this manifest before the moving tag is written.
 async fn publish(
     store: &Store,
     manifest_bytes: &[u8],
     created: chrono::DateTime<chrono::Utc>,
     moving_tag: &str,
 ) -> Result<(Digest, String), BackupError> {
-    let digest = store
-        .push_manifest(manifest_bytes, media::MANIFEST_V1)
-        .await?;
     let stamp = media::timestamp_tag(created);
-    store
-        .tag_manifest(manifest_bytes, media::MANIFEST_V1, &stamp)
-        .await?;
+    let digest = match store
+        .push_manifest(manifest_bytes, media::MANIFEST_V1)
+        .await
+    {
+        Ok(digest) => {
+            store
+                .tag_manifest(manifest_bytes, media::MANIFEST_V1, &stamp)
+                .await?;
+            digest
+        }
+        Err(refusal) if refusal.is_untagged_refused() => {
+            tracing::warn!(%refusal, "pushing the manifest by its time-stamped tag {stamp} first");
+            store
+                .tag_manifest(manifest_bytes, media::MANIFEST_V1, &stamp)
+                .await?;
+            let expected = Digest::of(manifest_bytes);
+            let (stored, _) = store.fetch_manifest(&Target::Tag(stamp.clone())).await?;
+            if stored != expected {
+                return Err(TransportError::DigestMismatch {
+                    what: format!("the manifest the registry stored under {stamp}"),
+                    expected,
+                    actual: stored,
+                }
+                .into());
+            }
+            expected
+        }
+        Err(e) => return Err(e.into()),
+    };
     store
         .tag_manifest(manifest_bytes, media::MANIFEST_V1, moving_tag)
         .await?;

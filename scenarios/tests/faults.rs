@@ -1,7 +1,7 @@
 //! Registry faults (issue #16 item 4): the `wsr-backup` and `wsr-restore` binaries against the
 //! real registry behind `wsr_transport::testing::FaultProxy`, which refuses, resets mid-blob,
-//! stalls, trickles and answers 500/503/429 (with and without `Retry-After`) on the requests
-//! each test selects. Transient faults must be survived (the artifact published is complete and
+//! stalls, trickles and answers 500/503/429 (with and without `Retry-After`) or a registry's
+//! own refusal on the requests each test selects. Transient faults must be survived (the artifact published is complete and
 //! verifies; the restored tree is the source); persistent ones must fail clearly, leaving
 //! `latest` as it was and the restore target as it was. Every test prints a `FAULTS <test>
 //! injected=N` line (the figures in docs/RELIABILITY.md).
@@ -79,12 +79,23 @@ impl Setup {
     }
 
     fn backup(&self, host: &str) -> Output {
+        self.backup_as(host, "native")
+    }
+
+    fn backup_as(&self, host: &str, format: &str) -> Output {
         let to = format!("{host}/{REPO}:latest");
         let src = self.src();
         self.run(
             "wsr-backup",
             host,
-            &["--source", src.to_str().unwrap(), "--to", &to],
+            &[
+                "--source",
+                src.to_str().unwrap(),
+                "--to",
+                &to,
+                "--format",
+                format,
+            ],
         )
     }
 
@@ -114,6 +125,27 @@ impl Setup {
                 Err(e) if e.is_not_found() => None,
                 Err(e) => panic!("{e}"),
             }
+        })
+    }
+
+    /// The repository's tags, sorted, read straight from the registry.
+    fn tags(&self) -> Vec<String> {
+        let store = self.store();
+        let mut tags = common::runtime().block_on(async { store.await.list_tags().await.unwrap() });
+        tags.sort();
+        tags
+    }
+
+    /// The digest `tag` names, read straight from the registry.
+    fn digest_of(&self, tag: &str) -> String {
+        let store = self.store();
+        common::runtime().block_on(async {
+            let (digest, _) = store
+                .await
+                .fetch_manifest(&Target::Tag(tag.into()))
+                .await
+                .unwrap();
+            digest.to_string()
         })
     }
 
@@ -501,4 +533,156 @@ fn an_unreachable_registry_fails_within_the_budget() {
     let out = s.restore(&closed, &target, &[]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(!target.exists() || std::fs::read_dir(&target).unwrap().count() == 0);
+}
+
+/// A registry that refuses manifests pushed by digest alone (OpenShift's integrated registry:
+/// a 500 whose detail is the API server's "tag: Required value") gets the manifest under the
+/// time-stamped tag first; the tag is read back, `latest` moves last, and restores and the
+/// oras CLI read the result. A registry that refuses the tag too fails the backup clearly and
+/// leaves `latest` and the tags as they were. Both formats.
+#[test]
+fn a_registry_refusing_untagged_manifests_gets_the_time_stamped_tag_first() {
+    if !slow_tests_enabled("a_registry_refusing_untagged_manifests_gets_the_time_stamped_tag_first")
+    {
+        return;
+    }
+    let oras = scenarios::oras::cli().unwrap_or_else(|why| panic!("{why}"));
+    let mut injected = 0;
+    for format in ["native", "dwo"] {
+        let s = Setup::new();
+        let refuse_untagged = Rule::new(
+            "PUT",
+            "/manifests/sha256:",
+            Fault::openshift_untagged_refusal(),
+        )
+        .always();
+        let proxy = FaultProxy::start(&s.registry.host(), vec![refuse_untagged.clone()]).unwrap();
+        let out = s.backup_as(&proxy.host(), format);
+        assert!(out.status.success(), "{format}: backup failed");
+        assert!(
+            stderr(&out).contains("refused a manifest pushed without a tag"),
+            "{format}: {}",
+            stderr(&out)
+        );
+        // After reading the previous `latest`: one refused digest push (an answer, not
+        // retried), the time-stamped tag, its read-back, and `latest` as the last write.
+        let manifests: Vec<(String, String)> = proxy
+            .seen()
+            .into_iter()
+            .filter(|r| r.path.contains("/manifests/"))
+            .skip_while(|r| r.method == "GET")
+            .map(|r| (r.method, r.path.rsplit('/').next().unwrap().to_owned()))
+            .collect();
+        let shape: Vec<(&str, &str)> = manifests
+            .iter()
+            .map(|(m, r)| {
+                let r = if r.starts_with("sha256:") {
+                    "DIGEST"
+                } else if r.starts_with("wsr-") {
+                    "STAMP"
+                } else {
+                    r.as_str()
+                };
+                (m.as_str(), r)
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("PUT", "DIGEST"),
+                ("PUT", "STAMP"),
+                ("GET", "STAMP"),
+                ("PUT", "latest")
+            ],
+            "{format}: {manifests:?}"
+        );
+        injected += proxy.injected();
+        drop(proxy);
+
+        // The tags, read straight from the registry: the stamp and `latest`, one manifest.
+        let latest = s.latest().expect("latest");
+        let stamp = manifests[1].1.clone();
+        let tags = s.tags();
+        assert_eq!(tags, ["latest".to_owned(), stamp.clone()], "{format}");
+        assert_eq!(s.digest_of(&stamp), latest, "{format}");
+
+        // wsr restores it (and verifies the native index); the oras CLI reads it.
+        let restored = s.verify_and_restore_latest(&format!("untagged-{format}"));
+        assert_same_tree(&s.src(), &restored);
+        let reference = format!("{}/{REPO}:{stamp}", s.registry.host());
+        let fetched = Command::new(&oras)
+            .args(["manifest", "fetch", "--plain-http", &reference])
+            .output()
+            .unwrap();
+        assert!(fetched.status.success(), "{}", stderr(&fetched));
+        assert_eq!(
+            wsr_format::digest::Digest::of(&fetched.stdout).to_string(),
+            latest,
+            "{format}: oras read another manifest"
+        );
+        if format == "dwo" {
+            let pulled = s.work.path().join("oras-pulled");
+            let pull = Command::new(&oras)
+                .args(scenarios::oras::pull_args(
+                    &reference,
+                    &pulled,
+                    &["--plain-http"],
+                ))
+                .output()
+                .unwrap();
+            assert!(pull.status.success(), "{}", stderr(&pull));
+            let extracted = s.work.path().join("oras-extracted");
+            std::fs::create_dir(&extracted).unwrap();
+            let tar = Command::new("tar")
+                .arg("-xzf")
+                .arg(pulled.join(scenarios::oras::ARCHIVE_NAME))
+                .arg("-C")
+                .arg(&extracted)
+                .output()
+                .unwrap();
+            assert!(tar.status.success(), "{}", stderr(&tar));
+            assert_same_tree(&s.src(), &extracted);
+        }
+
+        // The registry refuses the time-stamped tag too: the backup fails, nothing moves.
+        for (label, refusal, message) in [
+            (
+                "tag 500",
+                Fault::openshift_untagged_refusal(),
+                "server error 500",
+            ),
+            (
+                "tag denied",
+                Fault::Answer {
+                    code: 403,
+                    body: r#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#.into(),
+                },
+                "access denied",
+            ),
+        ] {
+            s.change(20);
+            let rules = vec![
+                refuse_untagged.clone(),
+                Rule::new("PUT", "/manifests/wsr-", refusal).always(),
+            ];
+            let proxy = FaultProxy::start(&s.registry.host(), rules).unwrap();
+            let out = s.backup_as(&proxy.host(), format);
+            assert!(!out.status.success(), "{format} {label}: the backup must fail");
+            assert!(stderr(&out).contains(message), "{format} {label}: {}", stderr(&out));
+            assert!(
+                !proxy
+                    .seen()
+                    .iter()
+                    .any(|r| r.method == "PUT" && r.path.ends_with("/manifests/latest")),
+                "{format} {label}: latest was written"
+            );
+            assert_eq!(s.latest().as_deref(), Some(latest.as_str()), "{format} {label}");
+            assert_eq!(s.tags(), tags, "{format} {label}: the tags changed");
+            injected += proxy.injected();
+        }
+    }
+    figures(
+        "a_registry_refusing_untagged_manifests_gets_the_time_stamped_tag_first",
+        injected,
+    );
 }

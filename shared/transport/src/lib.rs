@@ -148,6 +148,16 @@ pub enum TransportError {
         what: String,
         detail: String,
     },
+    /// The registry would not store a manifest by digest alone (OpenShift's integrated registry
+    /// needs a tag); push it by tag instead ([`Store::push_manifest`]).
+    #[error(
+        "{registry}: the registry refused a manifest pushed without a tag ({status}): {detail}"
+    )]
+    UntaggedRefused {
+        registry: String,
+        status: u16,
+        detail: String,
+    },
     #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
     DigestMismatch {
         what: String,
@@ -207,6 +217,11 @@ impl TransportError {
             | TransportError::Oversized { .. } => Some("verify"),
             _ => None,
         }
+    }
+
+    /// The registry refused a manifest pushed by digest alone.
+    pub fn is_untagged_refused(&self) -> bool {
+        matches!(self, TransportError::UntaggedRefused { .. })
     }
 
     /// A missing manifest, tag or blob.
@@ -329,7 +344,9 @@ impl Store {
         Ok(out)
     }
 
-    /// Stores a manifest under its digest (no tag). Returns the digest.
+    /// Stores a manifest under its digest (no tag). Returns the digest. A registry that
+    /// refuses manifests without a tag answers [`TransportError::UntaggedRefused`]; the caller
+    /// then stores it with [`Store::tag_manifest`].
     pub async fn push_manifest(&self, manifest: &[u8], media_type: &str) -> Result<Digest> {
         let digest = Digest::of(manifest);
         match self {

@@ -1,9 +1,9 @@
 //! A fault-injecting HTTP proxy for tests: it forwards loopback connections to a plain-HTTP
 //! registry and, for the requests its rules select (method, a path substring, the nth
 //! occurrence and how many times), refuses them, resets or stalls them part-way through the
-//! blob, slows them to a trickle, or answers an error status (with or without `Retry-After`)
-//! without forwarding. Every connection carries one request (`Connection: close` is forced), so
-//! each request is seen and counted.
+//! blob, slows them to a trickle, or answers an error status (with or without `Retry-After`,
+//! or with a registry's own error body) without forwarding. Every connection carries one
+//! request (`Connection: close` is forced), so each request is seen and counted.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -32,6 +32,24 @@ pub enum Fault {
     Trickle { bytes_per_second: u64 },
     /// Answered with this status (and `Retry-After: <seconds>` if given), not forwarded.
     Status { code: u16, retry_after: Option<u64> },
+    /// Answered with this status and this JSON body, not forwarded: a registry's refusal.
+    Answer { code: u16, body: String },
+}
+
+impl Fault {
+    /// What OpenShift's integrated registry answers to a manifest pushed by digest alone: the
+    /// API server refuses the ImageStreamMapping without a tag, and the registry passes that on
+    /// as a 500 with the error code UNKNOWN.
+    pub fn openshift_untagged_refusal() -> Fault {
+        Fault::Answer {
+            code: 500,
+            body: concat!(
+                r#"{"errors":[{"code":"UNKNOWN","message":"unknown error","#,
+                r#""detail":"ImageStreamMapping.image.openshift.io \"ws\" is invalid: tag: Required value"}]}"#
+            )
+            .to_owned(),
+        }
+    }
 }
 
 /// Selects requests: `method` (any if `None`), a substring of the path, and which of the
@@ -186,8 +204,11 @@ fn serve(
     match &fault {
         Some(Fault::Refuse) => return reset(&client),
         Some(Fault::Status { code, retry_after }) => {
-            return answer(&mut client, *code, *retry_after);
+            let body =
+                format!(r#"{{"errors":[{{"code":"UNAVAILABLE","message":"injected {code}"}}]}}"#);
+            return answer(&mut client, *code, *retry_after, &body);
         }
+        Some(Fault::Answer { code, body }) => return answer(&mut client, *code, None, body),
         _ => {}
     }
     let mut server = TcpStream::connect(upstream)?;
@@ -357,11 +378,14 @@ fn reset(stream: &TcpStream) -> io::Result<()> {
     stream.shutdown(Shutdown::Both)
 }
 
-/// Answers `code` without forwarding; the request body, if any, is read and dropped so the
-/// client sees the answer rather than a reset.
-fn answer(client: &mut TcpStream, code: u16, retry_after: Option<u64>) -> io::Result<()> {
-    let body =
-        format!("{{\"errors\":[{{\"code\":\"UNAVAILABLE\",\"message\":\"injected {code}\"}}]}}");
+/// Answers `code` with `body` without forwarding; the request body, if any, is read and
+/// dropped so the client sees the answer rather than a reset.
+fn answer(
+    client: &mut TcpStream,
+    code: u16,
+    retry_after: Option<u64>,
+    body: &str,
+) -> io::Result<()> {
     let mut head = format!(
         "HTTP/1.1 {code} Injected\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len()
