@@ -240,6 +240,41 @@ fn credentials_and_registry_config_from_oras_extra_args() {
     assert!(!text(&out).contains(password));
 }
 
+/// A bearer-token registry (the auth of quay, Harbor and OpenShift's registry): both clients
+/// push and pull with the read-write user's config, each reading what the other pushed; the
+/// read-only user restores with either client but backs up with neither.
+#[test]
+fn token_registry_with_oras_as_the_peer() {
+    let t = DropIn::new();
+    let registry = TestRegistry::start(RegistryKind::TlsToken).unwrap();
+    let host = registry.host();
+    let ca = registry.ca_file().unwrap().display().to_string();
+    both_ways(
+        &t,
+        &host,
+        "token",
+        &["--ca-file", &ca],
+        registry.auth_file(),
+    );
+
+    let reader = registry.reader_auth_file();
+    let reader_config = reader.unwrap().display().to_string();
+    let as_reader = ["--ca-file", &ca, "--registry-config", &reader_config];
+    let by_wsr = format!("{host}/ns/token-wsr:latest");
+    ok(t.restore(&by_wsr, "reader-wsr", &format!("--ca-file {ca}"), reader));
+    assert_same_tree(&t.src(), &t.restored("reader-wsr"));
+    ok(t.oras_pull(&by_wsr, "reader-oras", &as_reader));
+    assert_same_tree(&t.src(), &t.restored("reader-oras"));
+
+    fails(
+        t.backup(&host, "reader", &format!("--ca-file {ca}"), reader),
+        5,
+        "did not grant repository:ns/reader:",
+    );
+    let image = format!("{host}/ns/reader:latest");
+    assert!(!t.oras_push(&image, "reader", &as_reader).status.success());
+}
+
 #[test]
 fn resolve_and_harmless_flags_from_oras_extra_args() {
     let t = DropIn::new();

@@ -5,8 +5,11 @@
 //! request answered 401 with `Bearer realm=…,service=…[,scope=…]` is repeated with a token
 //! fetched from `realm` for every scope asked so far (the store's repository, plus whatever a
 //! later challenge names: `repository:P:delete` for a delete, `registry:catalog:*` for the
-//! catalog). Passwords go to the realm as Basic auth (`GET`); an identity token is exchanged as
-//! an OAuth2 refresh token (`POST`).
+//! catalog). Scopes for one resource are merged (`repository:P:pull,push,delete`), as the
+//! registry may name the same actions in any order. Passwords go to the realm as Basic auth
+//! (`GET`); an identity token is exchanged as an OAuth2 refresh token (`POST`). A token the
+//! registry still finds short (`error="insufficient_scope"`) after all its scopes were asked
+//! for means the credentials lack that permission.
 
 use crate::auth::Credentials;
 use base64::Engine as _;
@@ -19,6 +22,8 @@ pub(crate) enum Challenge {
         realm: String,
         service: Option<String>,
         scope: Option<String>,
+        /// `insufficient_scope` when the token sent lacked an action the request needs.
+        error: Option<String>,
     },
 }
 
@@ -44,7 +49,40 @@ pub(crate) fn parse_challenge(value: &str) -> Option<Challenge> {
         realm: get("realm").filter(|r| !r.is_empty())?,
         service: get("service"),
         scope: get("scope").filter(|s| !s.is_empty()),
+        error: get("error").filter(|e| !e.is_empty()),
     })
+}
+
+/// Adds the space-separated scopes of `scope` to `scopes`, merging the actions of a resource
+/// already there. Returns whether anything was new.
+pub(crate) fn merge_scopes(scopes: &mut Vec<String>, scope: &str) -> bool {
+    let mut grew = false;
+    for wanted in scope.split(' ').filter(|s| !s.is_empty()) {
+        let Some((resource, actions)) = wanted.rsplit_once(':') else {
+            continue;
+        };
+        let same = |s: &String| s.rsplit_once(':').is_some_and(|(r, _)| r == resource);
+        match scopes.iter_mut().find(|s| same(s)) {
+            Some(existing) => {
+                let (_, have) = existing.rsplit_once(':').unwrap_or_default();
+                let mut merged: Vec<&str> = have.split(',').collect();
+                let new: Vec<&str> = actions
+                    .split(',')
+                    .filter(|a| !a.is_empty() && !merged.contains(a))
+                    .collect();
+                if !new.is_empty() {
+                    merged.extend(new);
+                    *existing = format!("{resource}:{}", merged.join(","));
+                    grew = true;
+                }
+            }
+            None => {
+                scopes.push(wanted.to_owned());
+                grew = true;
+            }
+        }
+    }
+    grew
 }
 
 /// `key=value` or `key="quoted, with commas"` pairs separated by commas.
@@ -80,6 +118,21 @@ fn parse_params(text: &str) -> Vec<(String, String)> {
         rest = rest.trim_start().trim_start_matches(',').trim_start();
     }
     out
+}
+
+/// Refuses a plain-HTTP token realm named by an HTTPS registry (`base` is its URL): the
+/// credentials would travel in clear text to wherever the realm points (oras refuses it too).
+pub(crate) fn check_realm(base: &str, realm: &str) -> Result<(), String> {
+    let https = |url: &str| {
+        url.get(..8)
+            .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
+    };
+    if https(base) && !https(realm) {
+        return Err(format!(
+            "the registry is HTTPS but its token realm {realm} is not; refusing to send credentials to it"
+        ));
+    }
+    Ok(())
 }
 
 /// The scope a store needs for its repository: `pull`, or `pull,push` when it writes.
@@ -194,6 +247,7 @@ mod tests {
                 realm: "https://auth.example/token".into(),
                 service: Some("registry.example".into()),
                 scope: Some("repository:a/b:pull,push".into()),
+                error: Some("insufficient_scope".into()),
             })
         );
         assert_eq!(
@@ -202,10 +256,46 @@ mod tests {
                 realm: "https://x/t".into(),
                 service: Some("s\"q".into()),
                 scope: None,
+                error: None,
             })
         );
         assert_eq!(parse_challenge("Bearer service=x"), None);
         assert_eq!(parse_challenge("Negotiate abc"), None);
+    }
+
+    #[test]
+    fn scopes_of_one_resource_are_merged() {
+        let mut scopes = vec!["repository:ns/ws:pull,push".to_owned()];
+        // The registry names actions in any order: nothing new.
+        assert!(!merge_scopes(&mut scopes, "repository:ns/ws:push,pull"));
+        assert!(merge_scopes(&mut scopes, "repository:ns/ws:delete"));
+        assert!(merge_scopes(&mut scopes, "registry:catalog:*"));
+        assert!(!merge_scopes(
+            &mut scopes,
+            "registry:catalog:* repository:ns/ws:pull"
+        ));
+        assert!(merge_scopes(
+            &mut scopes,
+            "repository:other:pull repository:ns/ws:pull"
+        ));
+        assert_eq!(
+            scopes,
+            [
+                "repository:ns/ws:pull,push,delete",
+                "registry:catalog:*",
+                "repository:other:pull"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_https_registry_needs_an_https_realm() {
+        assert!(check_realm("https://r:5000", "https://auth/token").is_ok());
+        assert!(check_realm("https://r:5000", "HTTPS://auth/token").is_ok());
+        assert!(check_realm("http://r:5000", "http://auth/token").is_ok());
+        let refused = check_realm("https://r:5000", "http://auth/token").unwrap_err();
+        assert!(refused.contains("http://auth/token"), "{refused}");
+        assert!(check_realm("https://r:5000", "/token").is_err());
     }
 
     #[test]

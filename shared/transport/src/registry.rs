@@ -16,7 +16,8 @@
 use crate::auth::{Credentials, credentials_for};
 use crate::blob::{BlobReader, BlobWriter, DOWNLOAD_QUEUE, Piece, RegistryUpload, Source};
 use crate::challenge::{
-    Challenge, TokenFailure, basic, fetch_token, parse_challenge, repository_scope,
+    Challenge, TokenFailure, basic, check_realm, fetch_token, merge_scopes, parse_challenge,
+    repository_scope,
 };
 use crate::retry::{Backoff, RetryPolicy, parse_retry_after};
 use crate::{Access, BlobStream, ConnectOptions, Result, TransportError};
@@ -118,13 +119,23 @@ impl RegistryStore {
         options: &ConnectOptions,
         access: Access,
     ) -> Result<RegistryStore> {
+        let scopes = repository_scope(path, access == Access::Push)
+            .into_iter()
+            .collect();
+        RegistryStore::connect_for(host, path, options, scopes).await
+    }
+
+    /// Connects asking for `scopes` when the registry wants a token.
+    async fn connect_for(
+        host: &str,
+        path: &str,
+        options: &ConnectOptions,
+        scopes: Vec<String>,
+    ) -> Result<RegistryStore> {
         let credentials = match &options.credentials {
             Some(explicit) => explicit.clone(),
             None => credentials_for(host, options.auth_file.as_deref())?,
         };
-        let scopes = repository_scope(path, access == Access::Push)
-            .into_iter()
-            .collect();
         let policy = RetryPolicy::current();
         let store = RegistryStore {
             http: http_client(options, Some(policy.idle_timeout))?,
@@ -167,14 +178,11 @@ impl RegistryStore {
     }
 
     /// Answers a 401's challenge: Basic credentials, or a token for every scope asked so far
-    /// plus the one the challenge names. `false` when there is nothing new to try.
+    /// plus the one the challenge names. `false` when there is nothing new to try; an error
+    /// when a token for every scope asked was still short of the one needed (the credentials
+    /// lack that permission).
     async fn answer_challenge(&self, response: &Response) -> Result<bool> {
-        let Some(challenge) = response
-            .headers()
-            .get(header::WWW_AUTHENTICATE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_challenge)
-        else {
+        let Some(challenge) = challenge_of(response) else {
             return Ok(false);
         };
         match challenge {
@@ -194,11 +202,25 @@ impl RegistryStore {
                 realm,
                 service,
                 scope,
+                error,
             } => {
+                check_realm(&self.base, &realm).map_err(|detail| TransportError::Protocol {
+                    registry: self.host.clone(),
+                    status: 401,
+                    what: "token realm".into(),
+                    detail,
+                })?;
                 let scopes = {
                     let mut auth = self.auth.lock().unwrap();
-                    if let Some(scope) = scope.filter(|s| !auth.scopes.contains(s)) {
-                        auth.scopes.push(scope);
+                    let grew = scope
+                        .as_deref()
+                        .is_some_and(|s| merge_scopes(&mut auth.scopes, s));
+                    let had_token = auth
+                        .header
+                        .as_deref()
+                        .is_some_and(|h| h.starts_with("Bearer "));
+                    if error.as_deref() == Some("insufficient_scope") && had_token && !grew {
+                        return Err(self.not_granted(scope.as_deref()));
                     }
                     auth.scopes.clone()
                 };
@@ -215,6 +237,17 @@ impl RegistryStore {
                 self.auth.lock().unwrap().header = Some(format!("Bearer {token}"));
                 Ok(true)
             }
+        }
+    }
+
+    /// The token service gave a token without an action the request needs.
+    fn not_granted(&self, scope: Option<&str>) -> TransportError {
+        TransportError::Forbidden {
+            registry: self.host.clone(),
+            detail: format!(
+                "the registry's token service did not grant {}; these credentials lack that permission",
+                scope.unwrap_or("the scope this request needs")
+            ),
         }
     }
 
@@ -293,10 +326,20 @@ impl RegistryStore {
         loop {
             let result = customize(self.request(method.clone(), url)).send().await;
             let error = match result {
-                Ok(response) if response.status() == StatusCode::UNAUTHORIZED && !answered => {
-                    answered = true;
-                    if self.answer_challenge(&response).await? {
-                        continue;
+                Ok(response) if response.status() == StatusCode::UNAUTHORIZED => {
+                    if !answered {
+                        answered = true;
+                        if self.answer_challenge(&response).await? {
+                            continue;
+                        }
+                    } else if let Some(Challenge::Bearer {
+                        scope,
+                        error: Some(error),
+                        ..
+                    }) = challenge_of(&response)
+                        && error == "insufficient_scope"
+                    {
+                        return Err(self.not_granted(scope.as_deref()));
                     }
                     return Ok(response);
                 }
@@ -818,6 +861,15 @@ fn refuses_untagged(status: StatusCode) -> bool {
     matches!(status.as_u16(), 400 | 403 | 405 | 500 | 501)
 }
 
+/// The response's parsed `WWW-Authenticate` challenge, if it has one wsr can answer.
+fn challenge_of(response: &Response) -> Option<Challenge> {
+    response
+        .headers()
+        .get(header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_challenge)
+}
+
 type BodyStream = BlobStream;
 
 /// Bytes a download must have delivered since its last failure for the retry budget to start
@@ -945,7 +997,9 @@ pub(super) async fn list_repositories(
         #[serde(default)]
         repositories: Vec<String>,
     }
-    let store = RegistryStore::connect(host, prefix, options, Access::Pull).await?;
+    // The catalog is all a listing reads: the token asks for it alone.
+    let catalog = vec!["registry:catalog:*".to_owned()];
+    let store = RegistryStore::connect_for(host, prefix, options, catalog).await?;
     let mut out = Vec::new();
     let mut last: Option<String> = None;
     loop {

@@ -2,12 +2,15 @@
 //! on a free loopback port, optionally with TLS (a self-signed `CA:FALSE` leaf that rustls
 //! accepts) and htpasswd (bcrypt) basic auth. It owns the registry child process, its
 //! config, certificates, credentials and storage, all inside one tempdir per instance so
-//! tests can run in parallel threads and processes. [`FaultProxy`] stands between a client and
-//! such a registry to inject network and server faults. Compiled only with the `test-support`
-//! feature.
+//! tests can run in parallel threads and processes. A token-auth registry gets its own
+//! [`TokenIssuer`] (distribution's bearer-token flow, with a read-write and a read-only user).
+//! [`FaultProxy`] stands between a client and such a registry to inject network and server
+//! faults. Compiled only with the `test-support` feature.
 
 mod proxy;
+mod token;
 pub use proxy::{Fault, FaultProxy, Rule, Seen};
+pub use token::{Grant, TOKEN_ISSUER, TOKEN_SERVICE, TokenIssuer, TokenRequest};
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -23,8 +26,14 @@ use base64::Engine as _;
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `stop` waits after SIGTERM before it falls back to SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
-/// User name in the htpasswd file of a [`RegistryKind::TlsAuth`] registry.
+/// User name in the htpasswd file of a [`RegistryKind::TlsAuth`] registry, and the read-write
+/// user of a [`RegistryKind::TlsToken`] registry's issuer.
 pub const TEST_USER: &str = "tester";
+/// The read-only user of a [`RegistryKind::TlsToken`] registry's issuer.
+pub const READER_USER: &str = "reader";
+/// A cluster-internal registry name the TLS registries' certificate also carries (reach it with
+/// a `--resolve` rule to 127.0.0.1), as OpenShift's integrated registry is named.
+pub const CLUSTER_REGISTRY_NAME: &str = "image-registry.openshift-image-registry.svc.cluster.local";
 const REALM: &str = "wsr-test";
 const LISTENING: &str = "listening on 127.0.0.1:";
 
@@ -40,6 +49,10 @@ pub enum RegistryKind {
     /// HTTPS as [`RegistryKind::Tls`] that requires a client certificate signed by its own
     /// client CA ([`TestRegistry::client_cert`]), no other auth.
     MutualTls,
+    /// HTTPS as [`RegistryKind::Tls`] with distribution's bearer-token auth (`auth: token`):
+    /// its [`TokenIssuer`] grants [`TEST_USER`] pull, push, delete and the catalog, and
+    /// [`READER_USER`] pull and the catalog only.
+    TlsToken,
 }
 
 impl RegistryKind {
@@ -60,6 +73,9 @@ pub struct TestRegistry {
     ca: Option<PathBuf>,
     credentials: Option<(String, String)>,
     auth_file: Option<PathBuf>,
+    reader: Option<(String, String)>,
+    reader_auth_file: Option<PathBuf>,
+    issuer: Option<TokenIssuer>,
     client_cert: Option<(PathBuf, PathBuf)>,
     port: u16,
     child: Option<Child>,
@@ -108,10 +124,10 @@ impl TestRegistry {
             },
         });
 
-        let ca = if kind.is_tls() {
+        let leaf = if kind.is_tls() {
             let (cert, key) = generate_leaf_cert(dir.path())?;
             http["tls"] = serde_json::json!({ "certificate": cert, "key": key });
-            Some(cert)
+            Some((cert, key))
         } else {
             None
         };
@@ -124,16 +140,37 @@ impl TestRegistry {
             None
         };
 
-        let credentials = if kind == RegistryKind::TlsAuth {
-            let password = random_hex(12)?;
-            let htpasswd = dir.path().join("htpasswd");
-            write_htpasswd(&htpasswd, TEST_USER, &password)?;
-            config["auth"] =
-                serde_json::json!({ "htpasswd": { "realm": REALM, "path": htpasswd } });
-            Some((TEST_USER.to_owned(), password))
-        } else {
-            None
-        };
+        let mut credentials = None;
+        let mut reader = None;
+        let mut issuer = None;
+        match kind {
+            RegistryKind::TlsAuth => {
+                let password = random_hex(12)?;
+                let htpasswd = dir.path().join("htpasswd");
+                write_htpasswd(&htpasswd, TEST_USER, &password)?;
+                config["auth"] =
+                    serde_json::json!({ "htpasswd": { "realm": REALM, "path": htpasswd } });
+                credentials = Some((TEST_USER.to_owned(), password));
+            }
+            RegistryKind::TlsToken => {
+                let (cert, key) = generate_signer_cert(dir.path())?;
+                let (tls_cert, tls_key) = leaf.as_ref().expect("TlsToken is TLS");
+                let started = TokenIssuer::start(&cert, &key, (tls_cert, tls_key))?;
+                let (password, reader_password) = (random_hex(12)?, random_hex(12)?);
+                started.add_user(TEST_USER, &password, Grant::ReadWrite);
+                started.add_user(READER_USER, &reader_password, Grant::ReadOnly);
+                config["auth"] = serde_json::json!({ "token": {
+                    "realm": started.realm(),
+                    "service": TOKEN_SERVICE,
+                    "issuer": TOKEN_ISSUER,
+                    "rootcertbundle": cert,
+                } });
+                credentials = Some((TEST_USER.to_owned(), password));
+                reader = Some((READER_USER.to_owned(), reader_password));
+                issuer = Some(started);
+            }
+            _ => {}
+        }
         config["http"] = http;
 
         // YAML is a superset of JSON, so serde_json gives correctly quoted paths for free.
@@ -146,9 +183,12 @@ impl TestRegistry {
             config: config_path,
             data,
             log: dir.path().join("registry.log"),
-            ca,
+            ca: leaf.map(|(cert, _)| cert),
             credentials,
             auth_file: None,
+            reader,
+            reader_auth_file: None,
+            issuer,
             client_cert,
             port: 0,
             child: None,
@@ -157,12 +197,14 @@ impl TestRegistry {
         registry.launch(0)?;
 
         if let Some((user, password)) = &registry.credentials {
-            let json = serde_json::json!({
-                "auths": { registry.host(): { "auth": basic_auth(user, password) } }
-            });
             let path = registry.dir.path().join("config.json");
-            fs::write(&path, serde_json::to_vec_pretty(&json)?)?;
+            write_auth_file(&path, &registry.host(), user, password)?;
             registry.auth_file = Some(path);
+        }
+        if let Some((user, password)) = &registry.reader {
+            let path = registry.dir.path().join("reader.json");
+            write_auth_file(&path, &registry.host(), user, password)?;
+            registry.reader_auth_file = Some(path);
         }
         Ok(registry)
     }
@@ -188,11 +230,29 @@ impl TestRegistry {
         self.ca.as_deref()
     }
 
-    /// `(user, password)` accepted by a `TlsAuth` registry.
+    /// `(user, password)` accepted by a `TlsAuth` registry; the read-write user of a
+    /// `TlsToken` registry.
     pub fn credentials(&self) -> Option<(&str, &str)> {
         self.credentials
             .as_ref()
             .map(|(user, password)| (user.as_str(), password.as_str()))
+    }
+
+    /// `(user, password)` of the read-only user (`TlsToken` only).
+    pub fn reader_credentials(&self) -> Option<(&str, &str)> {
+        self.reader
+            .as_ref()
+            .map(|(user, password)| (user.as_str(), password.as_str()))
+    }
+
+    /// A docker `config.json` holding the read-only user's credentials (`TlsToken` only).
+    pub fn reader_auth_file(&self) -> Option<&Path> {
+        self.reader_auth_file.as_deref()
+    }
+
+    /// The token issuer (`TlsToken` only): add users to it, read the requests it answered.
+    pub fn token_issuer(&self) -> Option<&TokenIssuer> {
+        self.issuer.as_ref()
     }
 
     /// `(certificate, key)` PEM files of a client certificate the registry accepts
@@ -203,7 +263,7 @@ impl TestRegistry {
             .map(|(cert, key)| (cert.as_path(), key.as_path()))
     }
 
-    /// A docker `config.json` holding this registry's credentials (`TlsAuth` only).
+    /// A docker `config.json` holding [`TestRegistry::credentials`] (`TlsAuth`, `TlsToken`).
     pub fn auth_file(&self) -> Option<&Path> {
         self.auth_file.as_deref()
     }
@@ -440,7 +500,10 @@ fn generate_leaf_cert(dir: &Path) -> io::Result<(PathBuf, PathBuf)> {
             // subject, and webpki would then report a confusing signature-algorithm error
             // instead of UnknownIssuer for clients that lack this certificate.
             .args(["-nodes", "-days", "2", "-subj", "/CN=wsr-test-registry"])
-            .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+            .args([
+                "-addext",
+                &format!("subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:{CLUSTER_REGISTRY_NAME}"),
+            ])
             .args(["-addext", "basicConstraints=critical,CA:FALSE"])
             .args(["-addext", "keyUsage=critical,digitalSignature"])
             .args(["-addext", "extendedKeyUsage=serverAuth"])
@@ -495,6 +558,34 @@ fn generate_client_cert(dir: &Path) -> io::Result<(PathBuf, PathBuf, PathBuf)> {
         "openssl",
     )?;
     Ok((ca, cert, key))
+}
+
+/// Writes the token issuer's signing key and its self-signed certificate into `dir`; returns
+/// `(cert, key)`. The certificate is the registry's whole `rootcertbundle`, and tokens carry it
+/// in their `x5c` header.
+fn generate_signer_cert(dir: &Path) -> io::Result<(PathBuf, PathBuf)> {
+    let cert = dir.join("token-signer.pem");
+    let key = dir.join("token-signer-key.pem");
+    run_tool(
+        Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec"])
+            .args(["-pkeyopt", "ec_paramgen_curve:prime256v1"])
+            .args(["-nodes", "-days", "2", "-subj", "/CN=wsr-test-token-signer"])
+            .args(["-addext", "keyUsage=critical,digitalSignature"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert),
+        "openssl",
+        "openssl",
+    )?;
+    Ok((cert, key))
+}
+
+/// Writes a docker `config.json` with `user`'s credentials for `host`.
+pub fn write_auth_file(path: &Path, host: &str, user: &str, password: &str) -> io::Result<()> {
+    let json = serde_json::json!({ "auths": { host: { "auth": basic_auth(user, password) } } });
+    fs::write(path, serde_json::to_vec_pretty(&json)?)
 }
 
 /// bcrypt (`-B`) is required: the registry rejects apr1/MD5 entries with a plain 401.
@@ -677,6 +768,92 @@ mod tests {
             .decode(encoded)
             .unwrap();
         assert_eq!(decoded, good.as_bytes());
+    }
+
+    /// Distribution 2.8 accepts the issuer's JWTs and enforces the scopes it granted: the
+    /// read-only user's token pulls but cannot open an upload.
+    #[test]
+    fn token_registry_enforces_the_issued_scopes() {
+        let registry = TestRegistry::start(RegistryKind::TlsToken).unwrap();
+        let issuer = registry.token_issuer().unwrap();
+        let ca = registry.ca_file().unwrap().display().to_string();
+        let (status, headers) = curl(&registry, &["--cacert", &ca, &v2(&registry)]);
+        assert_eq!(status, 401);
+        let challenge = header(&headers, "WWW-Authenticate").unwrap();
+        assert!(
+            challenge.starts_with(&format!("Bearer realm=\"{}\"", issuer.realm())),
+            "{challenge}"
+        );
+        assert!(
+            challenge.contains(&format!("service=\"{TOKEN_SERVICE}\"")),
+            "{challenge}"
+        );
+
+        let token = |user: &str, password: &str, scope: &str| -> Option<String> {
+            let out = Command::new("curl")
+                .args([
+                    "-sSf",
+                    "--cacert",
+                    &ca,
+                    "-u",
+                    &format!("{user}:{password}"),
+                    "-G",
+                ])
+                .args(["--data-urlencode", &format!("service={TOKEN_SERVICE}")])
+                .args(["--data-urlencode", &format!("scope={scope}")])
+                .arg(issuer.realm())
+                .output()
+                .unwrap();
+            let body: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            body["token"].as_str().map(str::to_owned)
+        };
+        let scope = "repository:wsr/token:pull,push";
+        let upload = format!("{}/v2/wsr/token/blobs/uploads/", registry.base_url());
+        let (user, password) = registry.credentials().unwrap();
+        let writer = token(user, password, scope).expect("a token for the read-write user");
+        let bearer = format!("Authorization: Bearer {writer}");
+        let (status, headers) = curl(
+            &registry,
+            &["--cacert", &ca, "-H", &bearer, "-X", "POST", &upload],
+        );
+        assert_eq!(status, 202, "{headers}\n{}", registry.log_tail(5));
+        assert_eq!(
+            curl(&registry, &["--cacert", &ca, "-H", &bearer, &v2(&registry)]).0,
+            200
+        );
+
+        let (reader, reader_password) = registry.reader_credentials().unwrap();
+        let read_only = token(reader, reader_password, scope).expect("a token for the reader");
+        let bearer = format!("Authorization: Bearer {read_only}");
+        let tags = format!("{}/v2/wsr/token/tags/list", registry.base_url());
+        // Pull is granted: the repository does not exist yet, so 404 (not 401).
+        assert_eq!(
+            curl(&registry, &["--cacert", &ca, "-H", &bearer, &tags]).0,
+            404
+        );
+        let (status, headers) = curl(
+            &registry,
+            &["--cacert", &ca, "-H", &bearer, "-X", "POST", &upload],
+        );
+        assert_eq!(status, 401, "{headers}");
+        let challenge = header(&headers, "WWW-Authenticate").unwrap();
+        assert!(
+            challenge.contains("error=\"insufficient_scope\""),
+            "{challenge}"
+        );
+
+        assert_eq!(token(reader, "wrong", scope), None);
+        let seen = issuer.requests();
+        let granted: Vec<_> = seen.iter().map(|r| (r.status, r.granted.clone())).collect();
+        assert_eq!(
+            granted,
+            [
+                (200, vec![scope.to_owned()]),
+                (200, vec!["repository:wsr/token:pull".to_owned()]),
+                (401, vec![]),
+            ]
+        );
+        assert_eq!(seen[2].user.as_deref(), Some(reader));
     }
 
     #[test]

@@ -1,14 +1,17 @@
-//! The transport against the real registry (plain, TLS, TLS+htpasswd) and an OCI layout: blobs
-//! streamed and checked, manifests by digest then tag, tags listed, manifests deleted,
-//! repositories listed.
+//! The transport against the real registry (plain, TLS, TLS+htpasswd, TLS+bearer tokens) and
+//! an OCI layout: blobs streamed and checked, manifests by digest then tag, tags listed,
+//! manifests deleted, repositories listed; on the token registry, the scopes each operation
+//! asks for and a read-only user refused what it may not do.
 
 use bytes::Bytes;
 use std::io::{Read, Write};
 use wsr_format::digest::Digest;
 use wsr_format::media;
 use wsr_format::reference::{Repository, Target};
-use wsr_transport::testing::{RegistryKind, TestRegistry};
-use wsr_transport::{Access, BlobReader, ConnectOptions, Store, TransportError, list_repositories};
+use wsr_transport::testing::{READER_USER, RegistryKind, TEST_USER, TestRegistry, TokenRequest};
+use wsr_transport::{
+    Access, BlobReader, ConnectOptions, Credentials, Store, TransportError, list_repositories,
+};
 
 /// Reads a whole blob on a blocking thread and checks it, as the restore engine does.
 async fn read_blob(mut reader: BlobReader) -> Result<Vec<u8>, TransportError> {
@@ -146,6 +149,7 @@ async fn registry_round_trips_in_every_variant() {
         RegistryKind::Plain,
         RegistryKind::Tls,
         RegistryKind::TlsAuth,
+        RegistryKind::TlsToken,
     ] {
         let registry = TestRegistry::start(kind).unwrap();
         let options = connect(&registry);
@@ -178,6 +182,116 @@ async fn registry_round_trips_in_every_variant() {
             "{kind:?}"
         );
     }
+}
+
+/// The scopes `user` asked the issuer for, request by request (successful requests only).
+fn asked(requests: &[TokenRequest], user: &str) -> Vec<Vec<String>> {
+    requests
+        .iter()
+        .filter(|r| r.user.as_deref() == Some(user) && r.status == 200)
+        .map(|r| r.scopes.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_auth_asks_for_the_scopes_each_operation_needs() {
+    let registry = TestRegistry::start(RegistryKind::TlsToken).unwrap();
+    let issuer = registry.token_issuer().unwrap();
+    let options = connect(&registry);
+    let repo = Repository::Registry {
+        host: registry.host(),
+        path: "team/ns/ws".into(),
+    };
+    exercise(&repo, &options).await;
+    let writer = asked(&issuer.requests(), TEST_USER);
+    // Push (pull,push) from the first request on; delete added when the delete asked for it.
+    assert_eq!(writer[0], ["repository:team/ns/ws:pull,push"]);
+    assert_eq!(
+        writer.last().unwrap(),
+        &["repository:team/ns/ws:pull,push,delete"]
+    );
+    // Delete was asked for only by the delete: one token before it, one for it.
+    assert_eq!(writer.len(), 2, "{writer:?}");
+
+    // The read-only user: pull only, and the catalog when listing.
+    let (reader, password) = registry.reader_credentials().unwrap();
+    let reader_options = ConnectOptions {
+        credentials: Some(Credentials::Basic {
+            username: reader.to_owned(),
+            password: password.to_owned(),
+        }),
+        ..options.clone()
+    };
+    let store = Store::open(&repo, &reader_options, Access::Pull)
+        .await
+        .unwrap();
+    store.list_tags().await.unwrap();
+    let listed = list_repositories(
+        &Repository::Registry {
+            host: registry.host(),
+            path: "team".into(),
+        },
+        &reader_options,
+    )
+    .await
+    .unwrap();
+    assert_eq!(listed, std::slice::from_ref(&repo));
+    assert_eq!(
+        asked(&issuer.requests(), READER_USER),
+        [
+            vec!["repository:team/ns/ws:pull".to_owned()],
+            vec!["registry:catalog:*".to_owned()],
+        ]
+    );
+
+    // Asking for push as the reader opens the store (any token answers /v2/), but the first
+    // write is refused with the reason, and nothing is stored.
+    let store = Store::open(&repo, &reader_options, Access::Push)
+        .await
+        .unwrap();
+    let err = store
+        .push_blob_bytes(Bytes::from_static(b"not allowed"))
+        .await
+        .unwrap_err();
+    assert!(err.is_auth(), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains("access denied")
+            && message.contains("did not grant repository:team/ns/ws:")
+            && message.contains("push"),
+        "{message}"
+    );
+    assert!(!message.contains(password), "{message}");
+    assert!(
+        !store
+            .blob_exists(&Digest::of(b"not allowed"))
+            .await
+            .unwrap()
+    );
+    let requests = issuer.requests();
+    let reader_requests = requests
+        .iter()
+        .filter(|r| r.user.as_deref() == Some(READER_USER));
+    for request in reader_requests {
+        assert!(
+            request.granted.iter().all(|g| !g.contains("push")),
+            "{request:?}"
+        );
+    }
+
+    // Anonymous: the registry needs credentials, and says so.
+    let anonymous = ConnectOptions {
+        credentials: Some(Credentials::Anonymous),
+        ..options.clone()
+    };
+    let err = Store::open(&repo, &anonymous, Access::Pull)
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, TransportError::AuthRequired { .. }),
+        "{err:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
