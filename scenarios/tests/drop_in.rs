@@ -9,7 +9,10 @@ use common::*;
 use scenarios::oras;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use wsr_transport::testing::{RegistryKind, TestRegistry};
+use wsr_transport::SERVICE_ACCOUNT_USER;
+use wsr_transport::testing::{
+    CLUSTER_REGISTRY_NAME, Grant, READER_USER, RegistryKind, TestRegistry, write_auth_file,
+};
 
 /// Runs the binaries and the oras CLI with a clean environment of upstream's variables.
 struct DropIn {
@@ -67,6 +70,14 @@ impl DropIn {
 
     /// `/workspace-recovery.sh --restore` as DWO's init container runs it, into a new directory.
     fn restore(&self, image: &str, into: &str, extra: &str, auth: Option<&Path>) -> Output {
+        let mut c = self.restore_command(image, into, extra);
+        if let Some(auth) = auth {
+            c.env("REGISTRY_AUTH_FILE", auth);
+        }
+        c.output().unwrap()
+    }
+
+    fn restore_command(&self, image: &str, into: &str, extra: &str) -> Command {
         let projects = self.work.path().join(into);
         std::fs::create_dir(&projects).unwrap();
         let mut c = self.command(&self.bin.join("wsr-restore"));
@@ -74,10 +85,7 @@ impl DropIn {
             .env("BACKUP_IMAGE", image)
             .env("PROJECTS_ROOT", &projects)
             .env("ORAS_EXTRA_ARGS", extra);
-        if let Some(auth) = auth {
-            c.env("REGISTRY_AUTH_FILE", auth);
-        }
-        c.output().unwrap()
+        c
     }
 
     /// Upstream's backup: `tar -czf` of the source, then `oras push … <ORAS_EXTRA_ARGS…>`.
@@ -273,6 +281,115 @@ fn token_registry_with_oras_as_the_peer() {
     );
     let image = format!("{host}/ns/reader:latest");
     assert!(!t.oras_push(&image, "reader", &as_reader).status.success());
+}
+
+/// OpenShift's integrated registry without a Secret, as upstream's script logs in to it: with
+/// no `REGISTRY_AUTH_FILE`, a registry named `…svc.cluster.local` gets user `serviceaccount`
+/// with the pod's token (here exchanged for bearer tokens), and the service account's CA is
+/// trusted. The name reaches 127.0.0.1 through `--resolve`; the issuer knows the token as the
+/// service account's password. `WSR_SERVICE_ACCOUNT_DIR` stands for the pod's mount.
+#[test]
+fn service_account_token_logs_in_to_a_cluster_registry() {
+    let t = DropIn::new();
+    let registry = TestRegistry::start(RegistryKind::TlsToken).unwrap();
+    let issuer = registry.token_issuer().unwrap();
+    let port = registry.host().rsplit(':').next().unwrap().to_owned();
+    let host = format!("{CLUSTER_REGISTRY_NAME}:{port}");
+    let rule = format!("{host}:127.0.0.1");
+    let resolve = format!("--resolve {rule}");
+    let token = format!("sa-token-{}-{port}", std::process::id());
+    issuer.add_user(SERVICE_ACCOUNT_USER, &token, Grant::ReadWrite);
+    let ca = registry.ca_file().unwrap();
+    let account = |name: &str, ca_name: Option<&str>, with_token: bool| {
+        let dir = t.work.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        if with_token {
+            std::fs::write(dir.join("token"), format!("{token}\n")).unwrap();
+        }
+        if let Some(ca_name) = ca_name {
+            std::fs::copy(ca, dir.join(ca_name)).unwrap();
+        }
+        dir
+    };
+    // The backup Job's account with OpenShift's service CA; the workspace pod's with ca.crt,
+    // the one upstream's script trusts.
+    let job = account("job-sa", Some("service-ca.crt"), true);
+    let pod = account("pod-sa", Some("ca.crt"), true);
+
+    let mut backup = t.backup_command(&host, "sa", &resolve);
+    backup
+        .env("WSR_SERVICE_ACCOUNT_DIR", &job)
+        .env("WSR_LOG", "debug");
+    let out = ok(backup.output().unwrap());
+    assert!(!text(&out).contains(&token), "the token was logged");
+    let image = format!("{host}/ns/sa:latest");
+    let mut restore = t.restore_command(&image, "sa-restored", &resolve);
+    restore
+        .env("WSR_SERVICE_ACCOUNT_DIR", &pod)
+        .env("WSR_LOG", "debug");
+    let out = ok(restore.output().unwrap());
+    assert!(!text(&out).contains(&token), "the token was logged");
+    assert_same_tree(&t.src(), &t.restored("sa-restored"));
+    let by_account: Vec<_> = issuer
+        .requests()
+        .into_iter()
+        .filter(|r| r.user.as_deref() == Some(SERVICE_ACCOUNT_USER) && r.status == 200)
+        .map(|r| r.granted)
+        .collect();
+    assert!(
+        by_account.contains(&vec!["repository:ns/sa:pull,push".to_owned()])
+            && by_account.contains(&vec!["repository:ns/sa:pull".to_owned()]),
+        "{by_account:?}"
+    );
+    // oras, logged in as upstream's script logs in, reads the backup. By the loopback address:
+    // oras refuses a loopback token realm (the issuer's) for a registry named otherwise.
+    let ca_arg = ca.display().to_string();
+    let login = [
+        "--ca-file",
+        &ca_arg,
+        "-u",
+        SERVICE_ACCOUNT_USER,
+        "-p",
+        &token,
+    ];
+    let by_address = format!("{}/ns/sa:latest", registry.host());
+    ok(t.oras_pull(&by_address, "sa-oras", &login));
+    assert_same_tree(&t.src(), &t.restored("sa-oras"));
+
+    // Without the account's CA the name is not trusted; without its token nobody logs in.
+    let mut c = t.backup_command(&host, "sa-none", &resolve);
+    let nothing = account("no-sa", None, false);
+    fails(
+        c.env("WSR_SERVICE_ACCOUNT_DIR", &nothing).output().unwrap(),
+        4,
+        "TLS",
+    );
+    let mut c = t.backup_command(&host, "sa-none", &resolve);
+    let ca_only = account("ca-only-sa", Some("service-ca.crt"), false);
+    fails(
+        c.env("WSR_SERVICE_ACCOUNT_DIR", &ca_only).output().unwrap(),
+        5,
+        "requires authentication",
+    );
+    // A REGISTRY_AUTH_FILE wins over the token (here the read-only user's: refused to push).
+    let reader_auth = t.work.path().join("reader.json");
+    let (_, reader_password) = registry.reader_credentials().unwrap();
+    write_auth_file(&reader_auth, &host, READER_USER, reader_password).unwrap();
+    let mut c = t.backup_command(&host, "sa-reader", &resolve);
+    c.env("WSR_SERVICE_ACCOUNT_DIR", &job)
+        .env("REGISTRY_AUTH_FILE", &reader_auth);
+    fails(c.output().unwrap(), 5, "did not grant");
+    // Other registries never get the token.
+    let mut c = t.backup_command(
+        &registry.host(),
+        "sa-other",
+        &format!("--ca-file {}", ca.display()),
+    );
+    fails(
+        c.env("WSR_SERVICE_ACCOUNT_DIR", &job).output().unwrap(),
+        5,
+        "requires authentication",
+    );
 }
 
 #[test]

@@ -32,6 +32,17 @@ pub struct ConnectArgs {
     /// Private key (PEM) of --cert-file.
     #[arg(long, value_name = "FILE", global = true, requires = "cert_file")]
     pub key_file: Option<PathBuf>,
+    /// The pod's service-account directory. For a registry whose host contains `openshift` or
+    /// `svc.cluster.local`, its `service-ca.crt` and `ca.crt` are trusted and, when no other
+    /// credentials for the host are given, its `token` logs in as user `serviceaccount`.
+    #[arg(
+        long,
+        value_name = "DIR",
+        global = true,
+        env = "WSR_SERVICE_ACCOUNT_DIR",
+        default_value = wsr_transport::DEFAULT_SERVICE_ACCOUNT_DIR
+    )]
+    pub service_account_dir: PathBuf,
 }
 
 impl ConnectArgs {
@@ -47,6 +58,7 @@ impl ConnectArgs {
                 .clone()
                 .zip(self.key_file.clone())
                 .map(|(cert, key)| wsr_transport::ClientCert { cert, key }),
+            service_account: Some(self.service_account_dir.clone()),
             ..Default::default()
         }
     }

@@ -23,6 +23,7 @@ mod oras_args;
 pub mod read;
 mod registry;
 pub mod retry;
+mod service_account;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
@@ -31,6 +32,7 @@ pub use blob::{BlobReader, BlobWriter};
 pub use layout::LayoutStore;
 pub use oras_args::{OrasArgsError, apply_oras_extra_args};
 pub use registry::RegistryStore;
+pub use service_account::{DEFAULT_SERVICE_ACCOUNT_DIR, SERVICE_ACCOUNT_USER};
 
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
@@ -60,6 +62,11 @@ pub struct ConnectOptions {
     pub resolve: Vec<Resolve>,
     /// Extra headers sent with every registry request (oras' `--header`).
     pub headers: Vec<RequestHeader>,
+    /// The pod's service-account directory (`token`, `service-ca.crt`, `ca.crt`), as upstream's
+    /// script uses it: for a registry whose host contains `openshift` or `svc.cluster.local`,
+    /// its CA certificates are trusted and, when no other credentials for the host are given,
+    /// its token logs in as `serviceaccount`. `None`: not used.
+    pub service_account: Option<PathBuf>,
 }
 
 /// A client certificate and its private key, both PEM files.

@@ -20,11 +20,13 @@ use crate::challenge::{
     repository_scope,
 };
 use crate::retry::{Backoff, RetryPolicy, parse_retry_after};
+use crate::service_account;
 use crate::{Access, BlobStream, ConnectOptions, Result, TransportError};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::{Method, RequestBuilder, Response, StatusCode, header};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -63,8 +65,13 @@ fn read_file(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
 }
 
 /// `read_timeout` in reqwest also bounds the wait for the response head, so a client with one
-/// cannot carry a long streamed upload: `idle` is `None` for the upload client.
-fn http_client(options: &ConnectOptions, idle: Option<Duration>) -> Result<reqwest::Client> {
+/// cannot carry a long streamed upload: `idle` is `None` for the upload client. `cluster_cas`
+/// are the service account's CA files, trusted besides `--ca-file`.
+fn http_client(
+    options: &ConnectOptions,
+    cluster_cas: &[PathBuf],
+    idle: Option<Duration>,
+) -> Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .user_agent(concat!("wsr/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(15))
@@ -73,7 +80,7 @@ fn http_client(options: &ConnectOptions, idle: Option<Duration>) -> Result<reqwe
     if let Some(idle) = idle {
         builder = builder.read_timeout(idle);
     }
-    if let Some(ca) = &options.ca_file {
+    for ca in options.ca_file.iter().chain(cluster_cas) {
         let pem = read_file(ca, "CA file")?;
         for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
             TransportError::Config(format!(
@@ -132,14 +139,33 @@ impl RegistryStore {
         options: &ConnectOptions,
         scopes: Vec<String>,
     ) -> Result<RegistryStore> {
-        let credentials = match &options.credentials {
+        let mut credentials = match &options.credentials {
             Some(explicit) => explicit.clone(),
             None => credentials_for(host, options.auth_file.as_deref())?,
         };
+        let mut cluster_cas = Vec::new();
+        if let Some(dir) = options
+            .service_account
+            .as_deref()
+            .filter(|_| service_account::is_cluster_registry(host))
+        {
+            cluster_cas = service_account::ca_files(dir);
+            if options.credentials.is_none()
+                && matches!(credentials, Credentials::Anonymous)
+                && let Some(login) = service_account::login(dir)?
+            {
+                tracing::info!(
+                    "{host}: logging in as {} with the token in {}",
+                    service_account::SERVICE_ACCOUNT_USER,
+                    dir.display()
+                );
+                credentials = login;
+            }
+        }
         let policy = RetryPolicy::current();
         let store = RegistryStore {
-            http: http_client(options, Some(policy.idle_timeout))?,
-            upload_http: http_client(options, None)?,
+            http: http_client(options, &cluster_cas, Some(policy.idle_timeout))?,
+            upload_http: http_client(options, &cluster_cas, None)?,
             policy,
             base: format!(
                 "{}://{host}",
