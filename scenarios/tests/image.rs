@@ -5,7 +5,8 @@
 //! (`command: ["/workspace-recovery.sh"]`, `args: ["--restore"]`, the `<id>/projects` subPath
 //! at `/projects`). Both run as an arbitrary uid with gid 0, on a read-only root filesystem
 //! with no writable tmpfs at all, every capability dropped and no privilege escalation, like
-//! OpenShift's `restricted-v2`.
+//! OpenShift's `restricted-v2`. A third run logs in with the pod's service-account token
+//! mounted where Kubernetes mounts it, as upstream's script does for OpenShift's registry.
 //!
 //! Needs podman, buildah and runc (`scripts/test.sh` installs them) and fails, rather than
 //! skips, without them. The image packages the binaries of this test run's own build (found
@@ -23,7 +24,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use wsr_transport::testing::{RegistryKind, TestRegistry};
+use wsr_transport::testing::{CLUSTER_REGISTRY_NAME, Grant, RegistryKind, TestRegistry};
+use wsr_transport::{DEFAULT_SERVICE_ACCOUNT_DIR, SERVICE_ACCOUNT_USER};
 
 /// An arbitrary non-root uid, as OpenShift assigns; group 0 as in upstream's image.
 const USER: &str = "12345:0";
@@ -664,6 +666,100 @@ fn recovery_image_is_a_drop_in_for_upstream_project_backup() {
     );
     assert_same_tree(&projects, &target);
     eprintln!("total: {:?}", started.elapsed());
+}
+
+/// OpenShift's integrated registry without a Secret: the pod's service account is mounted
+/// where Kubernetes mounts it (`token`, `service-ca.crt`), and the backup Job and the
+/// workspace-restore init container log in with it, with no `REGISTRY_AUTH_FILE` and no
+/// `--ca-file`. The registry is the token registry under a `svc.cluster.local` name, which
+/// `ORAS_EXTRA_ARGS --resolve` maps to 127.0.0.1.
+#[test]
+fn recovery_image_logs_in_with_the_pods_service_account() {
+    require_container_tools();
+    let podman = Podman {
+        storage: scenarios::podman::image_storage(),
+    };
+    let image = podman.build_image();
+    let registry = TestRegistry::start(RegistryKind::TlsToken).unwrap();
+    let port = registry.host().rsplit_once(':').unwrap().1.to_owned();
+    let host = format!("{CLUSTER_REGISTRY_NAME}:{port}");
+    let token = format!("image-sa-token-{port}-{}", std::process::id());
+    let issuer = registry.token_issuer().unwrap();
+    issuer.add_user(SERVICE_ACCOUNT_USER, &token, Grant::ReadWrite);
+
+    let scratch = tempfile::tempdir().unwrap();
+    chmod(scratch.path(), 0o750);
+    let dir = |name: &str| {
+        let path = scratch.path().join(name);
+        fs::create_dir_all(&path).unwrap();
+        path
+    };
+    let account = dir("serviceaccount");
+    write(&account.join("token"), token.as_bytes(), 0o644);
+    let ca = fs::read(registry.ca_file().unwrap()).unwrap();
+    write(&account.join("service-ca.crt"), &ca, 0o644);
+    let workspace = dir("pvc");
+    let projects = dir("pvc/projects");
+    populate(&projects);
+    chmod(&workspace, 0o750);
+    let extra = format!("--resolve {host}:127.0.0.1");
+    let backup = Container {
+        image: &image,
+        command: None,
+        args: vec!["/workspace-recovery.sh", "--backup"],
+        env: vec![
+            ("DEVWORKSPACE_NAME", NAME.into()),
+            ("DEVWORKSPACE_NAMESPACE", NAMESPACE.into()),
+            ("BACKUP_SOURCE_PATH", "/workspace/projects".into()),
+            ("DEVWORKSPACE_BACKUP_REGISTRY", host.clone()),
+            ("ORAS_EXTRA_ARGS", extra.clone()),
+        ],
+        mounts: vec![
+            (workspace, "/workspace", false),
+            (account.clone(), DEFAULT_SERVICE_ACCOUNT_DIR, true),
+        ],
+        network: "host",
+    };
+    let out = backup.run(&podman);
+    assert!(
+        out.status.success(),
+        "backup Job failed: {}\nregistry log:\n{}",
+        describe(&out),
+        registry.log_tail(20)
+    );
+    assert!(!describe(&out).contains(&token), "the token was logged");
+
+    let target = dir("new-pvc/projects");
+    chmod(&target, 0o770);
+    let restore = Container {
+        image: &image,
+        command: Some("/workspace-recovery.sh"),
+        args: vec!["--restore"],
+        env: vec![
+            ("PROJECTS_ROOT", "/projects".into()),
+            ("BACKUP_IMAGE", format!("{host}/{NAMESPACE}/{NAME}:latest")),
+            ("ORAS_EXTRA_ARGS", extra),
+        ],
+        mounts: vec![
+            (target.clone(), "/projects", false),
+            (account, DEFAULT_SERVICE_ACCOUNT_DIR, true),
+        ],
+        network: "host",
+    };
+    let out = restore.run(&podman);
+    assert!(
+        out.status.success(),
+        "workspace-restore failed: {}\nregistry log:\n{}",
+        describe(&out),
+        registry.log_tail(20)
+    );
+    assert_same_tree(&projects, &target);
+    let logins = issuer
+        .requests()
+        .iter()
+        .filter(|r| r.user.as_deref() == Some(SERVICE_ACCOUNT_USER) && r.status == 200)
+        .count();
+    assert!(logins >= 2, "{:?}", issuer.requests());
 }
 
 /// What upstream's containers also meet: `/entrypoint.sh` with no arguments exits 0 (upstream's
