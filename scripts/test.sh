@@ -32,6 +32,7 @@ tools=(
     nginx:nginx                     # per-namespace access rules in front of the registry (drill)
     chromium:chromium               # renders the drill's HTML report (drill)
     shellcheck:shellcheck           # lints the kind scripts (scenarios/kind, tests/cluster_demo.rs)
+    dnsmasq:dnsmasq-base            # a DNS server on loopback for the resolv.conf search-list tests
 )
 missing=()
 for entry in "${tools[@]}"; do

@@ -21,7 +21,7 @@ Exit codes:
   1  unexpected internal error
   2  invalid arguments or environment
   3  source problem (missing, unreadable, or changed during the backup)
-  4  registry unreachable or TLS verification failed
+  4  registry unreachable, its name not resolved, or TLS verification failed
   5  authentication or authorisation failed
   6  other registry error (after retries); the moving tag was not changed
 
@@ -29,7 +29,10 @@ Environment:
   WSR_RETRY_SECONDS         how long one registry operation is retried after transient
                             failures (connect errors, resets, stalls, 5xx, 429; Retry-After
                             honoured up to 30 s), from its first failure (default 60; 0: no retries)
-  WSR_IDLE_TIMEOUT_SECONDS  no progress for this long is a stalled registry (default 60)";
+  WSR_IDLE_TIMEOUT_SECONDS  no progress for this long is a stalled registry (default 60)
+  WSR_RESOLV_CONF           resolver settings (nameservers, search, ndots) read instead
+                            of /etc/resolv.conf; names resolve as glibc resolves them
+  WSR_HOSTS_FILE            host table read instead of /etc/hosts";
 
 /// Back up a workspace directory as an OCI artifact.
 ///

@@ -419,7 +419,7 @@ fn resolve_and_harmless_flags_from_oras_extra_args() {
     fails(
         t.backup(&host, "unresolved", "--plain-http", None),
         4,
-        "cannot connect",
+        "cannot resolve wsr-resolve.invalid: no such host",
     );
 }
 
@@ -579,4 +579,88 @@ fn dwo_env_backups_keep_a_bounded_number_of_time_stamped_tags() {
     let image = format!("{host}/ns/keep:latest");
     ok(t.restore(&image, "kept", "--plain-http", None));
     assert_same_tree(&t.src(), &t.restored("kept"));
+}
+
+/// In-cluster short names (issue 15 item 6): `DEVWORKSPACE_BACKUP_REGISTRY=registry.ns:PORT`
+/// resolves as glibc resolves it, through resolv.conf's search list and `ndots`, against a
+/// real DNS server (dnsmasq on loopback); the backup and the init container's restore both
+/// work. A name nobody knows fails at once (exit 4, step `resolve`) naming every name tried.
+/// IP literals and `localhost` never ask the DNS server.
+#[test]
+fn in_cluster_short_names_resolve_through_the_search_list() {
+    use std::net::Ipv4Addr;
+    use wsr_transport::testing::TestDns;
+    let t = DropIn::new();
+    let registry = TestRegistry::start(RegistryKind::Plain).unwrap();
+    let port = registry.host().rsplit(':').next().unwrap().to_owned();
+    let dns = TestDns::start(&[
+        ("registry.ns.svc.cluster.local", Ipv4Addr::LOCALHOST),
+        // An address nothing listens on: reached only if the short name were asked first.
+        ("registry.ns", Ipv4Addr::new(127, 0, 0, 2)),
+    ])
+    .unwrap();
+    let conf = dns
+        .resolv_conf(
+            "resolv.conf",
+            "search ns.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5",
+        )
+        .unwrap();
+    let hosts = dns.dir().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 localhost\n").unwrap();
+    let with_dns = |mut c: Command| {
+        c.env("WSR_RESOLV_CONF", &conf)
+            .env("WSR_HOSTS_FILE", &hosts);
+        c.output().unwrap()
+    };
+
+    let short = format!("registry.ns:{port}");
+    ok(with_dns(t.backup_command(&short, "short", "--plain-http")));
+    assert_eq!(
+        dns.queries()[..2],
+        [
+            "registry.ns.ns.svc.cluster.local",
+            "registry.ns.svc.cluster.local"
+        ]
+    );
+    let image = format!("{short}/ns/short:latest");
+    let projects = t.work.path().join("short-restored");
+    std::fs::create_dir(&projects).unwrap();
+    let mut restore = t.command(&t.bin.join("wsr-restore"));
+    restore
+        .arg("init")
+        .env("BACKUP_IMAGE", &image)
+        .env("PROJECTS_ROOT", &projects)
+        .env("ORAS_EXTRA_ARGS", "--plain-http");
+    ok(with_dns(restore));
+    assert_same_tree(&t.src(), &projects);
+
+    let before = dns.queries().len();
+    let unknown = format!("nosuch.ns:{port}");
+    let out = fails(
+        with_dns(t.backup_command(&unknown, "x", "--plain-http")),
+        4,
+        "wsr-backup: error: resolve: ",
+    );
+    let says = text(&out);
+    assert!(
+        says.contains("cannot resolve nosuch.ns: no such host (tried nosuch.ns.ns.svc.cluster.local, nosuch.ns.svc.cluster.local, nosuch.ns.cluster.local, nosuch.ns "),
+        "{says}"
+    );
+    assert!(says.contains(conf.to_str().unwrap()), "{says}");
+    // Not retried: a name that does not exist is not a transient failure.
+    assert_eq!(dns.queries().len() - before, 4, "{:?}", dns.queries());
+
+    // Literal addresses and the hosts file's `localhost` never reach the DNS server.
+    let before = dns.queries().len();
+    ok(with_dns(t.backup_command(
+        &registry.host(),
+        "literal",
+        "--plain-http",
+    )));
+    ok(with_dns(t.backup_command(
+        &format!("localhost:{port}"),
+        "local",
+        "--plain-http",
+    )));
+    assert_eq!(dns.queries().len(), before, "{:?}", dns.queries());
 }

@@ -164,10 +164,12 @@ pub fn is_usage_error(error: &(dyn std::error::Error + 'static)) -> bool {
         || error.is::<wsr_format::digest::InvalidDigest>()
 }
 
-/// Exit code for a transport failure: 4 unreachable or TLS, 5 auth, 2 configuration, 6 other.
+/// Exit code for a transport failure: 4 unreachable (name not resolved, no connection) or TLS,
+/// 5 auth, 2 configuration, 6 other.
 pub fn transport_exit_code(error: &TransportError) -> i32 {
     match error {
         TransportError::Connect { .. }
+        | TransportError::Resolve { .. }
         | TransportError::Stalled { .. }
         | TransportError::Tls { .. } => 4,
         e if e.is_auth() => 5,

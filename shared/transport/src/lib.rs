@@ -18,6 +18,7 @@
 mod auth;
 mod blob;
 mod challenge;
+pub mod dns;
 mod layout;
 mod oras_args;
 pub mod read;
@@ -127,6 +128,14 @@ pub enum TransportError {
         "{registry}: TLS verification failed ({detail}); pass --ca-file with the registry's CA certificate, or --insecure to skip verification"
     )]
     Tls { registry: String, detail: String },
+    /// The registry's host name did not resolve (`dns.rs`); `detail` names what was tried.
+    #[error("{registry}: {detail}")]
+    Resolve {
+        registry: String,
+        detail: String,
+        /// The DNS servers failed or did not answer (a missing name is not transient).
+        transient: bool,
+    },
     #[error(
         "{registry}: cannot connect ({detail}); is the registry running and reachable? (use --plain-http for an HTTP-only registry)"
     )]
@@ -195,6 +204,7 @@ impl TransportError {
     pub fn is_transient(&self) -> bool {
         match self {
             TransportError::Connect { .. } | TransportError::Stalled { .. } => true,
+            TransportError::Resolve { transient, .. } => *transient,
             TransportError::Server { status, .. } => *status >= 500 || *status == 429,
             _ => false,
         }
@@ -213,9 +223,7 @@ impl TransportError {
     /// digest, size or limit; `None` for failures of the request itself.
     pub fn step(&self) -> Option<&'static str> {
         match self {
-            TransportError::Connect { detail, .. } if detail.contains("dns error") => {
-                Some("resolve")
-            }
+            TransportError::Resolve { .. } => Some("resolve"),
             TransportError::Connect { .. } => Some("connect"),
             TransportError::Tls { .. } => Some("tls"),
             e if e.is_auth() => Some("auth"),

@@ -19,6 +19,7 @@ use crate::challenge::{
     Challenge, TokenFailure, basic, check_realm, fetch_token, merge_scopes, parse_challenge,
     repository_scope,
 };
+use crate::dns::{LookupError, SystemResolver};
 use crate::retry::{Backoff, RetryPolicy, parse_retry_after};
 use crate::service_account;
 use crate::{Access, BlobStream, ConnectOptions, Result, TransportError};
@@ -66,16 +67,19 @@ fn read_file(path: &std::path::Path, what: &str) -> Result<Vec<u8>> {
 
 /// `read_timeout` in reqwest also bounds the wait for the response head, so a client with one
 /// cannot carry a long streamed upload: `idle` is `None` for the upload client. `cluster_cas`
-/// are the service account's CA files, trusted besides `--ca-file`.
+/// are the service account's CA files, trusted besides `--ca-file`. Names resolve through
+/// `resolver` (glibc's rules without NSS, `dns.rs`), except IP literals and the `--resolve`
+/// rules.
 fn http_client(
     options: &ConnectOptions,
     cluster_cas: &[PathBuf],
     idle: Option<Duration>,
+    resolver: &Arc<SystemResolver>,
 ) -> Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .user_agent(concat!("wsr/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(15))
-        .hickory_dns(true)
+        .dns_resolver(resolver.clone())
         .tls_danger_accept_invalid_certs(options.insecure);
     if let Some(idle) = idle {
         builder = builder.read_timeout(idle);
@@ -163,9 +167,10 @@ impl RegistryStore {
             }
         }
         let policy = RetryPolicy::current();
+        let resolver = Arc::new(SystemResolver::from_env());
         let store = RegistryStore {
-            http: http_client(options, &cluster_cas, Some(policy.idle_timeout))?,
-            upload_http: http_client(options, &cluster_cas, None)?,
+            http: http_client(options, &cluster_cas, Some(policy.idle_timeout), &resolver)?,
+            upload_http: http_client(options, &cluster_cas, None, &resolver)?,
             policy,
             base: format!(
                 "{}://{host}",
@@ -391,6 +396,13 @@ impl RegistryStore {
         let mut detail = e.to_string();
         let mut source = std::error::Error::source(&e);
         while let Some(s) = source {
+            if let Some(lookup) = s.downcast_ref::<LookupError>() {
+                return TransportError::Resolve {
+                    registry: self.host.clone(),
+                    detail: lookup.to_string(),
+                    transient: lookup.transient,
+                };
+            }
             detail = format!("{detail}: {s}");
             source = s.source();
         }

@@ -5,10 +5,13 @@
 //! tests can run in parallel threads and processes. A token-auth registry gets its own
 //! [`TokenIssuer`] (distribution's bearer-token flow, with a read-write and a read-only user).
 //! [`FaultProxy`] stands between a client and such a registry to inject network and server
-//! faults. Compiled only with the `test-support` feature.
+//! faults; [`TestDns`] serves names on loopback for the resolver's tests. Compiled only with
+//! the `test-support` feature.
 
+mod dns;
 mod proxy;
 mod token;
+pub use dns::TestDns;
 pub use proxy::{Fault, FaultProxy, Rule, Seen};
 pub use token::{Grant, TOKEN_ISSUER, TOKEN_SERVICE, TokenIssuer, TokenRequest};
 
