@@ -13,7 +13,7 @@ use crate::leader::{self, LeaseConfig};
 use crate::metrics::{FailureLabels, Metrics, NamespaceLabel, PolicyLabel};
 use crate::names::{MANAGER, REGISTRY_AUTH_SECRET, label, wsr_annotation};
 use crate::plan::{Planned, plan};
-use crate::policy::{BackupPolicy, BackupPolicySpec, BackupPolicyStatus, RunCounts};
+use crate::policy::{BackupPolicy, BackupPolicySpec, BackupPolicyStatus, DrillStatus, RunCounts};
 use crate::results::{self, Outcome};
 use crate::schedule::Schedule;
 use crate::serve::{self, Health};
@@ -66,6 +66,9 @@ pub struct Caches {
     pub pvcs: Store<PersistentVolumeClaim>,
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
     pub policies: Store<BackupPolicy>,
+    /// Drill Jobs and their pods, in the operator namespace.
+    pub drill_jobs: Store<Job>,
+    pub drill_pods: Store<Pod>,
 }
 
 /// What a reconcile needs.
@@ -86,6 +89,8 @@ pub struct Context {
     /// Jobs whose result was written, as (namespace, Job name), in case the workspace cache
     /// lags behind the patch; pruned to the Jobs still in the cache.
     recorded: Mutex<HashSet<WorkspaceKey>>,
+    /// The same for drill Jobs.
+    pub drill: crate::drill::Memory,
 }
 
 /// How `wsr-operator run` runs.
@@ -148,6 +153,10 @@ pub async fn run(client: Client, options: RunOptions) -> anyhow::Result<()> {
     let (pvcs, pvc_writer) = reflector::store();
     let (namespaces, ns_writer) = reflector::store();
     let (policy_cache, policy_writer) = reflector::store();
+    let (drill_jobs, drill_job_writer) = reflector::store();
+    let (drill_pods, drill_pod_writer) = reflector::store();
+    let drills =
+        || watcher::Config::default().labels(&format!("{}=true", crate::drill::DRILL_LABEL));
     let backup_jobs = watcher::Config::default().labels(&format!("{}=true", label::BACKUP_JOB));
     let workspace_pods = watcher::Config::default().labels(label::DEVWORKSPACE_ID);
     let all = watcher::Config::default;
@@ -185,6 +194,20 @@ pub async fn run(client: Client, options: RunOptions) -> anyhow::Result<()> {
             policy_writer,
             watcher(Api::<BackupPolicy>::all(client.clone()), all()),
         )),
+        wake(reflector::reflector(
+            drill_job_writer,
+            watcher(
+                Api::<Job>::namespaced(client.clone(), &options.operator_namespace),
+                drills(),
+            ),
+        )),
+        wake(reflector::reflector(
+            drill_pod_writer,
+            watcher(
+                Api::<Pod>::namespaced(client.clone(), &options.operator_namespace),
+                drills(),
+            ),
+        )),
     ];
     for changes in caches_changed {
         let wake_tx = wake_tx.clone();
@@ -217,6 +240,8 @@ pub async fn run(client: Client, options: RunOptions) -> anyhow::Result<()> {
         pvcs,
         namespaces,
         policies: policy_cache,
+        drill_jobs,
+        drill_pods,
     };
     tokio::spawn(mark_ready_when_synced(caches.clone(), health));
     let ctx = Arc::new(Context {
@@ -229,6 +254,7 @@ pub async fn run(client: Client, options: RunOptions) -> anyhow::Result<()> {
         stopping,
         in_flight: Mutex::default(),
         recorded: Mutex::default(),
+        drill: Default::default(),
     });
     info!("watching DevWorkspaces, backup Jobs, workspace pods, PVCs and BackupPolicies");
     controller
@@ -266,6 +292,8 @@ async fn mark_ready_when_synced(caches: Caches, health: Arc<Health>) {
         caches.pvcs.wait_until_ready(),
         caches.namespaces.wait_until_ready(),
         caches.policies.wait_until_ready(),
+        caches.drill_jobs.wait_until_ready(),
+        caches.drill_pods.wait_until_ready(),
     );
     health.caches_synced.store(true, Ordering::Release);
     info!("watch caches synced; ready");
@@ -350,15 +378,23 @@ async fn run_policy(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Acti
     let _ = ctx.caches.pvcs.wait_until_ready().await;
     let _ = ctx.caches.namespaces.wait_until_ready().await;
     let _ = ctx.caches.policies.wait_until_ready().await;
+    let _ = ctx.caches.drill_jobs.wait_until_ready().await;
+    let _ = ctx.caches.drill_pods.wait_until_ready().await;
     let now = Utc::now();
     let name = policy.name_any();
     let mut counts = RunCounts::default();
     record_results(&policy, &ctx, &mut counts).await?;
-    let checked = match check(&policy.spec) {
+    let checked = check(&policy.spec);
+    let drill_schedule = match &checked {
+        Ok(c) if !policy.spec.suspend => c.drill.as_ref(),
+        _ => None,
+    };
+    let drill = crate::drill::run(&policy, &ctx, drill_schedule, now).await?;
+    let checked = match checked {
         Ok(checked) => checked,
         Err(reason) => {
             let condition = ready(false, "InvalidSpec", &reason);
-            write_status(&policy, &ctx, condition, counts, None, None).await?;
+            write_status(&policy, &ctx, condition, counts, None, None, drill.status).await?;
             return Ok(Action::await_change());
         }
     };
@@ -369,7 +405,16 @@ async fn run_policy(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Acti
             "Suspended",
             "spec.suspend is true: no Jobs are created",
         );
-        write_status(&policy, &ctx, condition, counts, next_run, None).await?;
+        write_status(
+            &policy,
+            &ctx,
+            condition,
+            counts,
+            next_run,
+            None,
+            drill.status,
+        )
+        .await?;
         return Ok(Action::await_change());
     }
     let run_now = policy.annotations().get(wsr_annotation::RUN_NOW).cloned();
@@ -450,6 +495,7 @@ async fn run_policy(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Acti
             }
         }
     }
+    problems.extend(drill.problem.clone());
     let condition = match problems.first() {
         None => ready(
             true,
@@ -471,9 +517,13 @@ async fn run_policy(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Acti
         next_run,
         last_run,
         status_run_now,
+        drill.status,
     )
     .await?;
-    let wake = [planned.wake_at, next_run].into_iter().flatten().min();
+    let wake = [planned.wake_at, next_run, drill.wake_at]
+        .into_iter()
+        .flatten()
+        .min();
     let wait = wake
         .map(|at| (at - now).to_std().unwrap_or(Duration::ZERO))
         .unwrap_or(MAX_IDLE)
@@ -485,6 +535,8 @@ async fn run_policy(policy: Arc<BackupPolicy>, ctx: Arc<Context>) -> Result<Acti
 /// registry path, the selectors and the restricted profile of the resulting pod.
 struct Checked {
     schedule: Schedule,
+    /// `spec.drill`'s schedule, in the policy's time zone.
+    drill: Option<Schedule>,
 }
 
 fn check(spec: &BackupPolicySpec) -> Result<Checked, String> {
@@ -523,11 +575,18 @@ fn check(spec: &BackupPolicySpec) -> Result<Checked, String> {
             violations.join("; ")
         ));
     }
-    Ok(Checked { schedule })
+    let drill = match &spec.drill {
+        None => None,
+        Some(d) => Some(
+            Schedule::parse(&d.schedule, spec.time_zone.as_deref())
+                .map_err(|e| format!("drill.{e}"))?,
+        ),
+    };
+    Ok(Checked { schedule, drill })
 }
 
 /// A created Job counts as running until the Job cache shows it, for at most this long.
-const IN_FLIGHT_GRACE: chrono::Duration = chrono::Duration::minutes(2);
+pub(crate) const IN_FLIGHT_GRACE: chrono::Duration = chrono::Duration::minutes(2);
 
 impl Context {
     /// Whether this process may write (it leads, or there is no election).
@@ -536,7 +595,7 @@ impl Context {
     }
 
     /// Whether this process may create Jobs: it leads and is not stopping.
-    fn may_create_jobs(&self) -> bool {
+    pub(crate) fn may_create_jobs(&self) -> bool {
         self.may_write() && !self.stopping.load(Ordering::Acquire)
     }
 
@@ -856,13 +915,18 @@ async fn write_status(
     counts: RunCounts,
     next_run: Option<DateTime<Utc>>,
     last_run: Option<DateTime<Utc>>,
+    drill: Option<DrillStatus>,
 ) -> Result<(), Error> {
     let run_now = policy.status.as_ref().and_then(|s| s.last_run_now.clone());
-    write_status_full(policy, ctx, condition, counts, next_run, last_run, run_now).await
+    write_status_full(
+        policy, ctx, condition, counts, next_run, last_run, run_now, drill,
+    )
+    .await
 }
 
 /// Patches the status only when it changed (a status write wakes the policy again, so an
 /// unconditional write would loop). `lastRunTime` moves only when Jobs were started.
+#[allow(clippy::too_many_arguments)] // each is one field of the status
 async fn write_status_full(
     policy: &BackupPolicy,
     ctx: &Context,
@@ -871,6 +935,7 @@ async fn write_status_full(
     next_run: Option<DateTime<Utc>>,
     last_run: Option<DateTime<Utc>>,
     last_run_now: Option<String>,
+    drill: Option<DrillStatus>,
 ) -> Result<(), Error> {
     let old = policy.status.clone().unwrap_or_default();
     let rfc = |t: DateTime<Utc>| t.to_rfc3339_opts(SecondsFormat::Secs, true);
@@ -895,22 +960,27 @@ async fn write_status_full(
         next_run_time: next_run.map(rfc),
         last_run_now,
         counts,
+        drill,
     };
     if status == old {
         return Ok(());
     }
+    // A merge patch keeps what it does not name: a drill status that went away (or lost a
+    // field) is removed explicitly.
+    let mut value = serde_json::to_value(&status).expect("the status serialises");
+    value["drill"] = crate::drill::merge_patch_value(status.drill.as_ref());
     Api::<BackupPolicy>::all(ctx.client.clone())
         .patch_status(
             &policy.name_any(),
             &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"status": status})),
+            &Patch::Merge(serde_json::json!({"status": value})),
         )
         .await?;
     Ok(())
 }
 
 /// An error with its sources, one line (the API server's message is often a source).
-fn chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {

@@ -121,6 +121,8 @@ pub fn import(document: &str, name: &str) -> Result<(BackupPolicy, Vec<String>),
             pod_security_context: ws.pod_security_context,
             ..Default::default()
         },
+        // Upstream has no drill.
+        drill: None,
     };
     Ok((BackupPolicy::new(name, spec), warnings))
 }

@@ -4,7 +4,8 @@
 //! (eligibility, schedule, storage mapping, planning: [`eligibility`], [`schedule`],
 //! [`workload::storage`], [`plan`]), the backup Job ([`job`], on the hardened pod of
 //! [`workload::pod`]), reading finished Jobs back into DevWorkspace annotations ([`results`]),
-//! and the controller that ties them to the API server ([`controller`]). Around it, for
+//! and the controller that ties them to the API server ([`controller`]); the scheduled
+//! restore drill of a policy's registry path ([`drill`]). Around it, for
 //! production: leader election on a Lease ([`leader`]), Prometheus metrics ([`metrics`],
 //! telemetry only, never read by the controller) and the health and metrics listener
 //! ([`serve`]).
@@ -17,6 +18,7 @@
 pub mod bench;
 pub mod controller;
 pub mod devworkspace;
+pub mod drill;
 pub mod dwoc;
 pub mod eligibility;
 pub mod job;

@@ -35,6 +35,13 @@ pub struct SkipLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DrillResultLabels {
+    pub policy: String,
+    /// `passed`/`failed` for drills; a drill status (`ok`, `stale`, ...) for backups.
+    pub result: String,
+}
+
 /// Every series the operator exports, registered once.
 pub struct Metrics {
     registry: Registry,
@@ -50,6 +57,11 @@ pub struct Metrics {
     pub last_success: Family<PolicyLabel, Gauge<f64, AtomicU64>>,
     pub reconcile_errors: Family<PolicyLabel, Counter>,
     pub leader: Gauge,
+    pub drills: Family<DrillResultLabels, Counter>,
+    pub drill_backups: Family<DrillResultLabels, Gauge>,
+    pub drill_passed: Family<PolicyLabel, Gauge>,
+    pub drill_last_run: Family<PolicyLabel, Gauge<f64, AtomicU64>>,
+    pub drill_oldest_age: Family<PolicyLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -76,6 +88,11 @@ impl Metrics {
             last_success: Family::default(),
             reconcile_errors: Family::default(),
             leader: Gauge::default(),
+            drills: Family::default(),
+            drill_backups: Family::default(),
+            drill_passed: Family::default(),
+            drill_last_run: Family::default(),
+            drill_oldest_age: Family::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -140,6 +157,32 @@ impl Metrics {
             "leader",
             "1 while this process holds the leader Lease and reconciles, else 0",
             m.leader.clone(),
+        );
+        r.register(
+            "drills",
+            "Drill Jobs of the policy recorded, by result (passed or failed)",
+            m.drills.clone(),
+        );
+        r.register(
+            "drill_backups",
+            "Backups of the policy's last drill by status (ok, stale, corrupt, missing_blob, unreadable, auth_denied)",
+            m.drill_backups.clone(),
+        );
+        r.register(
+            "drill_passed",
+            "1 when the policy's last drill passed (every backup restored, checked and within maxAge), else 0",
+            m.drill_passed.clone(),
+        );
+        r.register(
+            "drill_last_run_timestamp_seconds",
+            "When the policy's last recorded drill finished (Unix time)",
+            m.drill_last_run.clone(),
+        );
+        r.register_with_unit(
+            "drill_oldest_backup_age",
+            "Age of the oldest backup in the policy's last drill (the worst recovery point)",
+            Unit::Seconds,
+            m.drill_oldest_age.clone(),
         );
         Metrics { registry: r, ..m }
     }
@@ -207,6 +250,20 @@ mod tests {
             &BTreeMap::from([("notStopped".into(), 4)]),
             &previous,
         );
+        let nightly = PolicyLabel {
+            policy: "nightly".into(),
+        };
+        let drill = |result: &str| DrillResultLabels {
+            policy: "nightly".into(),
+            result: result.into(),
+        };
+        m.drills.get_or_create(&drill("failed")).inc();
+        m.drill_backups.get_or_create(&drill("missing_blob")).set(2);
+        m.drill_passed.get_or_create(&nightly).set(0);
+        m.drill_last_run
+            .get_or_create(&nightly)
+            .set(1_764_064_800.5);
+        m.drill_oldest_age.get_or_create(&nightly).set(259_200);
         let text = m.encode();
         for line in [
             "wsr_backups_started_total{namespace=\"team-a\"} 1",
@@ -218,6 +275,11 @@ mod tests {
             "wsr_workspaces_skipped{policy=\"nightly\",reason=\"notStopped\"} 4",
             "wsr_workspaces_skipped{policy=\"nightly\",reason=\"jobRunning\"} 0",
             "wsr_leader 0",
+            "wsr_drills_total{policy=\"nightly\",result=\"failed\"} 1",
+            "wsr_drill_backups{policy=\"nightly\",result=\"missing_blob\"} 2",
+            "wsr_drill_passed{policy=\"nightly\"} 0",
+            "wsr_drill_last_run_timestamp_seconds{policy=\"nightly\"} 1764064800.5",
+            "wsr_drill_oldest_backup_age_seconds{policy=\"nightly\"} 259200",
             "# EOF",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");

@@ -15,6 +15,8 @@ pub mod wsr_annotation {
     pub const LAST_BACKUP_JOB: &str = "wsr.dev/last-backup-job";
     /// On a BackupPolicy: set to any new value to run the policy now.
     pub const RUN_NOW: &str = "wsr.dev/run-now";
+    /// On a BackupPolicy with `spec.drill`: set to any new value to run the drill now.
+    pub const DRILL_NOW: &str = "wsr.dev/drill-now";
 }
 
 /// Upstream's Job name prefix (`generateName`).

@@ -26,7 +26,8 @@ pub use wsr_workload::names::{DEFAULT_COMMON_PVC, DEFAULT_IMAGE};
     printcolumn = r#"{"name":"Trigger","type":"string","jsonPath":".spec.trigger"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Last run","type":"date","jsonPath":".status.lastRunTime"}"#,
-    printcolumn = r#"{"name":"Next run","type":"date","jsonPath":".status.nextRunTime"}"#
+    printcolumn = r#"{"name":"Next run","type":"date","jsonPath":".status.nextRunTime"}"#,
+    printcolumn = r#"{"name":"Drill passed","type":"boolean","jsonPath":".status.drill.lastResult.passed","priority":1}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BackupPolicySpec {
@@ -74,6 +75,9 @@ pub struct BackupPolicySpec {
     pub storage: StorageSpec,
     #[serde(default)]
     pub job_template: JobTemplate,
+    /// A scheduled disaster-recovery drill of `registry.path` (none without this section).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<DrillSpec>,
 }
 
 fn default_schedule() -> String {
@@ -238,6 +242,77 @@ pub struct JobTemplate {
     pub pod_security_context: Option<PodSecurityContext>,
 }
 
+/// A scheduled `wsr-restore drill` of every backup below `registry.path`: a Job in the operator
+/// namespace (the recovery image, the hardened pod without any workspace volume, a scratch
+/// emptyDir) whose result becomes an Event on the policy, metrics and `status.drill`. At most
+/// one runs at a time per policy; `suspend` stops new ones too.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillSpec {
+    /// Five-field cron schedule in the policy's `timeZone` (`@weekly`... also work).
+    #[schemars(regex(
+        pattern = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|\S+\s+\S+\s+\S+\s+\S+\s+\S+)$"
+    ))]
+    pub schedule: String,
+    /// Backups older than this fail the drill as stale, e.g. `36h`, `7d`, `1d12h` (default: no
+    /// limit), as `wsr-restore drill --max-age` takes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+|([0-9]+[smhdw])+)$"), length(max = 32))]
+    pub max_age: Option<String>,
+    /// Only these namespaces below the registry path (default: every one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 100),
+        inner(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(max = 63))
+    )]
+    pub namespaces: Vec<String>,
+    /// Drill every tag, not only `latest`.
+    #[serde(default)]
+    pub all_tags: bool,
+    /// Backups restored at once (default 1: the most faithful restore times).
+    #[serde(default = "default_drill_parallel")]
+    #[schemars(range(min = 1, max = 16))]
+    pub parallel: u32,
+    /// The scratch emptyDir's `sizeLimit` (default `20Gi`): one restored backup per `parallel`
+    /// must fit.
+    #[serde(default = "default_scratch_size")]
+    #[schemars(
+        regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"),
+        length(max = 32)
+    )]
+    pub scratch_size: String,
+    /// A `kubernetes.io/dockerconfigjson` Secret in the operator namespace the drill reads
+    /// with, e.g. pull-only credentials (default: `registry.authSecret`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub auth_secret: Option<String>,
+    /// Default 21600 (6 h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub active_deadline_seconds: Option<i64>,
+    /// Passed drill Jobs kept after their result is recorded (default 3).
+    #[serde(default = "default_successful_history")]
+    #[schemars(range(min = 0, max = 100))]
+    pub successful_jobs_history_limit: u32,
+    /// Failed drill Jobs kept after their result is recorded (default 1).
+    #[serde(default = "default_failed_history")]
+    #[schemars(range(min = 0, max = 100))]
+    pub failed_jobs_history_limit: u32,
+}
+
+fn default_drill_parallel() -> u32 {
+    1
+}
+fn default_scratch_size() -> String {
+    "20Gi".into()
+}
+fn default_successful_history() -> u32 {
+    3
+}
+fn default_failed_history() -> u32 {
+    1
+}
+
 /// CEL: the overrides may not leave the restricted Pod Security Standard.
 const RESTRICTED_POD_SECURITY_RULE: &str = "!has(self.podSecurityContext) || \
 ((!has(self.podSecurityContext.runAsNonRoot) || self.podSecurityContext.runAsNonRoot) && \
@@ -283,6 +358,64 @@ pub struct BackupPolicyStatus {
     /// Counts from the last run.
     #[serde(default)]
     pub counts: RunCounts,
+    /// The drill's next time and last result (with `spec.drill`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<DrillStatus>,
+}
+
+/// The scheduled drill as the operator last saw it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillStatus {
+    /// The next schedule time (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run_time: Option<String>,
+    /// The last drill Job the operator created (its result may not be in yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_job: Option<String>,
+    /// When that Job was created (RFC 3339); the schedule counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_start_time: Option<String>,
+    /// The `wsr.dev/drill-now` annotation value last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_drill_now: Option<String>,
+    /// The newest finished drill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_result: Option<DrillResult>,
+}
+
+/// One finished drill: its verdict, counts and reasons.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillResult {
+    /// The drill Job (in the operator namespace).
+    pub job: String,
+    /// When it finished (RFC 3339).
+    pub finish_time: String,
+    /// Every backup restored, checked and within `maxAge`.
+    pub passed: bool,
+    /// Backups by status, from the drill's report (absent when the drill ended without one,
+    /// e.g. the registry was unreachable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backups: Option<DrillCounts>,
+    /// Age of the oldest backup drilled, in seconds (the worst recovery point).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_backup_age_seconds: Option<u64>,
+    /// The drill's summary: the failing backups with their reasons, or why the Job failed.
+    pub message: String,
+}
+
+/// Backups of one drill by status (`wsr-restore drill`'s statuses).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DrillCounts {
+    pub total: u32,
+    pub ok: u32,
+    pub stale: u32,
+    pub corrupt: u32,
+    pub missing_blob: u32,
+    pub unreadable: u32,
+    pub auth_denied: u32,
 }
 
 /// Workspaces by outcome at the last run.

@@ -116,7 +116,7 @@ pub fn finished(job: &Job) -> Option<(bool, DateTime<Utc>)> {
 pub fn outcome(job: &Job, pod: Option<&Pod>) -> Option<Outcome> {
     let (ok, at) = finished(job)?;
     let name = job.metadata.name.clone().unwrap_or_default();
-    let message = pod.and_then(termination_message);
+    let message = pod.and_then(|p| termination_message(p, CONTAINER));
     let result = if ok {
         let report = message.as_deref().and_then(json_report);
         let planned = job
@@ -144,10 +144,11 @@ pub fn outcome(job: &Job, pod: Option<&Pod>) -> Option<Outcome> {
     })
 }
 
-/// The backup container's termination message (what `wsr-backup` wrote, or its log tail).
-fn termination_message(pod: &Pod) -> Option<String> {
+/// The termination message of `pod`'s container `container` (what `wsr-backup` or
+/// `wsr-restore drill` wrote, or its log tail), or its terminated reason.
+pub fn termination_message(pod: &Pod, container: &str) -> Option<String> {
     let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
-    let status = statuses.iter().find(|s| s.name == CONTAINER)?;
+    let status = statuses.iter().find(|s| s.name == container)?;
     let terminated = status
         .state
         .as_ref()

@@ -54,12 +54,12 @@ pub struct DrillArgs {
     markdown: Option<PathBuf>,
 }
 
-/// Runs the drill; returns (JSON, table text, exit code).
+/// Runs the drill; returns (JSON, table text, the compact termination summary, exit code).
 pub fn run(
     args: DrillArgs,
     connect: ConnectOptions,
     mode: ProgressMode,
-) -> anyhow::Result<(serde_json::Value, String, i32)> {
+) -> anyhow::Result<(serde_json::Value, String, String, i32)> {
     let source = match (&args.registry, &args.from) {
         (Some(r), _) => parse_registry_path(r)?,
         (None, Some(f)) if f.starts_with("oci:") => parse_registry_path(f)?,
@@ -118,5 +118,10 @@ pub fn run(
     } else {
         EXIT_DRILL_FAILED
     };
-    Ok((serde_json::to_value(&report)?, drill::table(&report), code))
+    Ok((
+        serde_json::to_value(&report)?,
+        drill::table(&report),
+        drill::termination_summary(&report),
+        code,
+    ))
 }

@@ -162,9 +162,9 @@ fn main() {
                 println!("{value}");
             } else {
                 println!("{text}");
+                let summary = text.lines().last().unwrap_or_default();
+                write_termination_log(summary);
             }
-            let first = text.lines().last().unwrap_or_default();
-            write_termination_log(first);
             code
         }
         Err(e) => {
@@ -200,7 +200,12 @@ fn run(cli: Cli) -> anyhow::Result<Output> {
         }
         Some(Command::Init) => init(connect, cli.common.progress),
         Some(Command::Drill(args)) => {
-            let (value, text, code) = drill_cli::run(args, connect, cli.common.progress)?;
+            let (value, text, summary, code) = drill_cli::run(args, connect, cli.common.progress)?;
+            if cli.common.json {
+                // Passed or failed, the drill's counts and reasons as the termination
+                // message: the operator reads a scheduled drill's result from the pod status.
+                wsr_cli::write_termination_message(&summary);
+            }
             Ok(match code {
                 0 => Output::Json(value, text),
                 _ => Output::Failed(value, text, code),

@@ -1,6 +1,8 @@
 //! The hardened pod every wsr Job runs: the Kubernetes "restricted" Pod Security Standard
 //! (and OpenShift restricted-v2: no fixed UID), a read-only root filesystem with a `/tmp`
-//! emptyDir, no service-account token, and only the workspace's sub path of its PVC mounted.
+//! emptyDir, no service-account token, and only the workspace's sub path of its PVC mounted
+//! ([`hardened_pod_spec`]) or no workspace at all, only a scratch emptyDir
+//! ([`scratch_pod_spec`], the drill).
 //! [`restricted_violations`] checks a pod spec against every rule of that profile, and
 //! [`openshift_restricted_v2_violations`] against OpenShift's restricted-v2 SCC.
 
@@ -20,6 +22,7 @@ use std::collections::BTreeMap;
 pub const PROJECTS_MOUNT: &str = "/projects";
 const WORKSPACE_VOLUME: &str = "workspace-data";
 const TMP_VOLUME: &str = "tmp";
+const SCRATCH_VOLUME: &str = "scratch";
 
 /// A Secret mounted read-only into the pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,7 +57,7 @@ pub fn hardened_pod_spec(
     secrets: &[SecretMount],
     options: &PodOptions,
 ) -> PodSpec {
-    let mut mounts = vec![
+    let mounts = vec![
         VolumeMount {
             name: WORKSPACE_VOLUME.into(),
             mount_path: PROJECTS_MOUNT.into(),
@@ -68,7 +71,7 @@ pub fn hardened_pod_spec(
             ..Default::default()
         },
     ];
-    let mut volumes = vec![
+    let volumes = vec![
         Volume {
             name: WORKSPACE_VOLUME.into(),
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
@@ -77,15 +80,68 @@ pub fn hardened_pod_spec(
             }),
             ..Default::default()
         },
-        Volume {
+        tmp_volume(),
+    ];
+    pod_spec(name, command, mounts, volumes, secrets, options)
+}
+
+/// A pod that touches no workspace: one container `name` running `command` with a writable
+/// `emptyDir` of at most `scratch_size` (e.g. `20Gi`) at `scratch_path`, plus `secrets`. The
+/// operator's drill Job restores backups into it.
+pub fn scratch_pod_spec(
+    name: &str,
+    command: Vec<String>,
+    scratch_path: &str,
+    scratch_size: &str,
+    secrets: &[SecretMount],
+    options: &PodOptions,
+) -> PodSpec {
+    let mounts = vec![
+        VolumeMount {
+            name: SCRATCH_VOLUME.into(),
+            mount_path: scratch_path.into(),
+            ..Default::default()
+        },
+        VolumeMount {
             name: TMP_VOLUME.into(),
+            mount_path: "/tmp".into(),
+            ..Default::default()
+        },
+    ];
+    let volumes = vec![
+        Volume {
+            name: SCRATCH_VOLUME.into(),
             empty_dir: Some(EmptyDirVolumeSource {
-                size_limit: Some(Quantity("256Mi".into())),
+                size_limit: Some(Quantity(scratch_size.into())),
                 ..Default::default()
             }),
             ..Default::default()
         },
+        tmp_volume(),
     ];
+    pod_spec(name, command, mounts, volumes, secrets, options)
+}
+
+fn tmp_volume() -> Volume {
+    Volume {
+        name: TMP_VOLUME.into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity("256Mi".into())),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The hardening every wsr pod shares, around the caller's mounts and volumes.
+fn pod_spec(
+    name: &str,
+    command: Vec<String>,
+    mut mounts: Vec<VolumeMount>,
+    mut volumes: Vec<Volume>,
+    secrets: &[SecretMount],
+    options: &PodOptions,
+) -> PodSpec {
     for s in secrets {
         mounts.push(VolumeMount {
             name: s.volume.clone(),
@@ -670,6 +726,35 @@ mod tests {
         container(&mut s).capabilities.as_mut().unwrap().add =
             Some(vec!["NET_BIND_SERVICE".into()]);
         assert_eq!(openshift_restricted_v2_violations(&s), Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_scratch_pod_mounts_no_claim_and_passes_both_profiles() {
+        let secret = SecretMount {
+            volume: "auth".into(),
+            secret: "registry-auth".into(),
+            path: "/auth".into(),
+        };
+        let s = scratch_pod_spec(
+            "drill",
+            vec!["true".into()],
+            "/scratch",
+            "20Gi",
+            std::slice::from_ref(&secret),
+            &PodOptions::default(),
+        );
+        assert_eq!(restricted_violations(&s), Vec::<String>::new());
+        assert_eq!(openshift_restricted_v2_violations(&s), Vec::<String>::new());
+        let volumes = s.volumes.as_ref().unwrap();
+        assert!(volumes.iter().all(|v| v.persistent_volume_claim.is_none()));
+        let scratch = volumes.iter().find(|v| v.name == "scratch").unwrap();
+        assert_eq!(
+            scratch.empty_dir.as_ref().unwrap().size_limit,
+            Some(Quantity("20Gi".into()))
+        );
+        let mounts = s.containers[0].volume_mounts.as_ref().unwrap();
+        let paths: Vec<&str> = mounts.iter().map(|m| m.mount_path.as_str()).collect();
+        assert_eq!(paths, ["/scratch", "/tmp", "/auth"]);
     }
 
     #[test]

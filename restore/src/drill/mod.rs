@@ -11,7 +11,7 @@ mod report;
 mod run;
 
 pub use html::html;
-pub use report::{markdown, summary_line, table};
+pub use report::{markdown, summary_line, table, termination_summary};
 pub use run::{DrillOptions, DrillProgress, drill};
 
 use crate::RestoreError;

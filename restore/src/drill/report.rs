@@ -52,6 +52,63 @@ pub fn summary_line(report: &DrillReport) -> String {
     line
 }
 
+/// The most a container's termination message may hold (the kubelet keeps 4096 bytes).
+pub const TERMINATION_MESSAGE_LIMIT: usize = 4096;
+/// Each failure's reason in the termination summary is cut to this many characters.
+const SUMMARY_REASON_CHARS: usize = 240;
+
+/// The drill's result as one compact JSON line for the pod's termination message, so a
+/// controller can read it from the pod status: whether it passed, the counts by status, the
+/// oldest age, and the failing backups with their reasons, as many as fit in
+/// [`TERMINATION_MESSAGE_LIMIT`] (the rest counted in `failures_omitted`). docs/DRILL.md
+/// documents the fields.
+pub fn termination_summary(report: &DrillReport) -> String {
+    let oldest = report
+        .backups
+        .iter()
+        .filter_map(|b| b.age_s)
+        .reduce(f64::max)
+        .map(|s| s.round() as u64);
+    let mut value = serde_json::json!({
+        "passed": report.passed(),
+        "summary": report.summary,
+        "oldest_age_s": oldest,
+        "max_age_s": report.max_age_s,
+        "duration_s": (report.duration_s * 10.0).round() / 10.0,
+        "ignored": report.ignored.len(),
+        "failures": [],
+        "failures_omitted": 0,
+    });
+    let failed: Vec<&BackupResult> = report
+        .backups
+        .iter()
+        .filter(|b| b.status.failed())
+        .collect();
+    let mut listed = Vec::new();
+    for (i, b) in failed.iter().enumerate() {
+        let reason: String = b
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .chars()
+            .take(SUMMARY_REASON_CHARS)
+            .collect();
+        listed.push(serde_json::json!({
+            "backup": b.name(), "status": b.status, "reason": reason,
+        }));
+        value["failures"] = serde_json::Value::Array(listed.clone());
+        value["failures_omitted"] = (failed.len() - i - 1).into();
+        // Leave room for the omitted count to grow by a few digits.
+        if value.to_string().len() > TERMINATION_MESSAGE_LIMIT - 16 {
+            listed.pop();
+            value["failures"] = serde_json::Value::Array(listed);
+            value["failures_omitted"] = (failed.len() - i).into();
+            break;
+        }
+    }
+    value.to_string()
+}
+
 /// The cells of one backup's row, in column order (shared by the table and Markdown).
 fn cells(b: &BackupResult) -> [String; 9] {
     let dash = || "-".to_owned();
@@ -256,6 +313,50 @@ pub(crate) mod tests {
             lines[7],
             "FAILED: 5 backups, 1 ok, 4 failed (1 stale, 1 corrupt, 1 missing blob, 1 auth denied); \
              oldest 3d 8h (max age 1d); slowest restore 3.50s, 4.75s in all; 1 unrelated repository ignored"
+        );
+    }
+
+    #[test]
+    fn the_termination_summary_is_one_json_line_with_counts_and_reasons() {
+        let report = sample_report();
+        let line = termination_summary(&report);
+        assert!(!line.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["passed"], false);
+        assert_eq!(v["summary"]["total"], 5);
+        assert_eq!(v["summary"]["ok"], 1);
+        assert_eq!(v["summary"]["stale"], 1);
+        assert_eq!(v["oldest_age_s"], 80 * 3600);
+        assert_eq!(v["max_age_s"], 86_400);
+        assert_eq!(v["ignored"], 1);
+        assert_eq!(v["failures"].as_array().unwrap().len(), 4);
+        assert_eq!(v["failures"][0]["backup"], "team-a/web|ui:latest");
+        assert_eq!(v["failures"][0]["status"], "stale");
+        assert_eq!(v["failures"][3]["status"], "auth_denied");
+        assert_eq!(v["failures_omitted"], 0);
+    }
+
+    #[test]
+    fn the_termination_summary_stays_within_the_kubelets_limit() {
+        let mut report = sample_report();
+        let template = report.backups[3].clone();
+        report.backups = (0..200)
+            .map(|i| BackupResult {
+                workspace: format!("workspace-with-a-long-name-{i:03}"),
+                reason: Some("x".repeat(1000)),
+                ..template.clone()
+            })
+            .collect();
+        report.summary = Summary::of(&report.backups);
+        let line = termination_summary(&report);
+        assert!(line.len() <= TERMINATION_MESSAGE_LIMIT, "{}", line.len());
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let listed = v["failures"].as_array().unwrap().len();
+        assert!(listed >= 5, "{listed}");
+        assert_eq!(v["failures_omitted"], 200 - listed);
+        assert_eq!(
+            v["failures"][0]["reason"].as_str().unwrap().len(),
+            SUMMARY_REASON_CHARS
         );
     }
 

@@ -140,13 +140,24 @@ pub fn write_termination_log(message: &str) {
         .chars()
         .take(1024)
         .collect();
+    write_termination_message(&line);
+}
+
+/// Writes `text` (cut to the kubelet's 4096 bytes, on a character boundary, newline
+/// included) to `/dev/termination-log` when it is writable: for a structured summary that a
+/// controller reads back from the pod status.
+pub fn write_termination_message(text: &str) {
+    let mut end = text.len().min(4095);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
     let _ = std::fs::OpenOptions::new()
         .write(true)
         .truncate(true)
         .open("/dev/termination-log")
         .and_then(|mut f| {
             use std::io::Write;
-            writeln!(f, "{line}")
+            writeln!(f, "{}", &text[..end])
         });
 }
 
