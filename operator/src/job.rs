@@ -246,7 +246,8 @@ mod tests {
         );
     }
 
-    /// The drill Job docs/DRILL.md tells users to run (wsr has no builder for it).
+    /// The drill Job docs/DRILL.md shows for running the drill by hand (the operator's own
+    /// drill Job is checked in `drill.rs`).
     #[test]
     fn the_documented_drill_job_passes_the_restricted_profile_and_restricted_v2() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/DRILL.md");
