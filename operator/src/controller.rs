@@ -14,6 +14,7 @@ use crate::metrics::{FailureLabels, Metrics, NamespaceLabel, PolicyLabel};
 use crate::names::{MANAGER, REGISTRY_AUTH_SECRET, label, wsr_annotation};
 use crate::plan::{Planned, plan};
 use crate::policy::{BackupPolicy, BackupPolicySpec, BackupPolicyStatus, DrillStatus, RunCounts};
+use crate::restored::RestoreRecorder;
 use crate::results::{self, Outcome};
 use crate::schedule::Schedule;
 use crate::serve::{self, Health};
@@ -209,10 +210,15 @@ pub async fn run(client: Client, options: RunOptions) -> anyhow::Result<()> {
             ),
         )),
     ];
+    // Restores are recorded apart from the policies (a restored workspace need not be
+    // covered by one), woken by the same changes.
+    let restores_changed = Arc::new(tokio::sync::Notify::new());
     for changes in caches_changed {
         let wake_tx = wake_tx.clone();
+        let restores_changed = restores_changed.clone();
         tokio::spawn(changes.for_each(move |()| {
             let _ = wake_tx.try_send(());
+            restores_changed.notify_one();
             async {}
         }));
     }
@@ -244,6 +250,15 @@ pub async fn run(client: Client, options: RunOptions) -> anyhow::Result<()> {
         drill_pods,
     };
     tokio::spawn(mark_ready_when_synced(caches.clone(), health));
+    let restores = RestoreRecorder::new(
+        client.clone(),
+        reporter.clone(),
+        caches.workspaces.clone(),
+        caches.pods.clone(),
+    );
+    let restores_stop = Arc::new(tokio::sync::Notify::new());
+    let mut restores =
+        tokio::spawn(restores.run(restores_changed, is_leader.clone(), restores_stop.clone()));
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
@@ -265,6 +280,16 @@ pub async fn run(client: Client, options: RunOptions) -> anyhow::Result<()> {
             }
         })
         .await;
+    // The restore recorder finishes its pass (or is cut short: its writes are idempotent)
+    // and drops its view of the election, which the release waits for.
+    restores_stop.notify_one();
+    if tokio::time::timeout(Duration::from_secs(10), &mut restores)
+        .await
+        .is_err()
+    {
+        restores.abort();
+        let _ = restores.await;
+    }
     if let Some(election) = election {
         election.release().await;
     }

@@ -4,8 +4,9 @@
 //! (eligibility, schedule, storage mapping, planning: [`eligibility`], [`schedule`],
 //! [`workload::storage`], [`plan`]), the backup Job ([`job`], on the hardened pod of
 //! [`workload::pod`]), reading finished Jobs back into DevWorkspace annotations ([`results`]),
-//! and the controller that ties them to the API server ([`controller`]); the scheduled
-//! restore drill of a policy's registry path ([`drill`]). Around it, for
+//! recording successful restores from their pods' reports ([`restored`]), and the controller
+//! that ties them to the API server ([`controller`]); the scheduled restore drill of a
+//! policy's registry path ([`drill`]). Around it, for
 //! production: leader election on a Lease ([`leader`]), Prometheus metrics ([`metrics`],
 //! telemetry only, never read by the controller) and the health and metrics listener
 //! ([`serve`]).
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod names;
 pub mod plan;
 pub mod policy;
+pub mod restored;
 pub mod results;
 pub mod schedule;
 pub mod serve;

@@ -13,6 +13,12 @@ pub mod wsr_annotation {
     pub const FAILURES: &str = "wsr.dev/backup-failures";
     /// The Job whose result the annotations hold, so a result is recorded once.
     pub const LAST_BACKUP_JOB: &str = "wsr.dev/last-backup-job";
+    /// `repository@sha256:…` of the last successful complete restore into the workspace.
+    pub const RESTORED_FROM: &str = "wsr.dev/restored-from";
+    /// When that restore finished (its container's finish time, RFC 3339).
+    pub const RESTORED_AT: &str = "wsr.dev/restored-at";
+    /// What restored it: `job/<restore Job>` or `pod/<workspace pod>` (the init container).
+    pub const RESTORED_BY: &str = "wsr.dev/restored-by";
     /// On a BackupPolicy: set to any new value to run the policy now.
     pub const RUN_NOW: &str = "wsr.dev/run-now";
     /// On a BackupPolicy with `spec.drill`: set to any new value to run the drill now.

@@ -383,7 +383,24 @@ fn do_restore(options: &RestoreOptions, progress_mode: ProgressMode) -> anyhow::
     let reporter = spawn_progress(progress.clone(), progress_mode);
     let result = runtime()?.block_on(wsr_restore::restore(options, progress));
     reporter.finish();
-    restored(&result?)
+    let report = result?;
+    if options.paths.is_none() {
+        termination_report(&report);
+    }
+    restored(&report)
+}
+
+/// A complete restore's report as the termination message (one JSON line, the format in
+/// `wsr_workload::restored`): the operator reads it from the pod status and records where the
+/// workspace was restored from. Partial (`--paths`) and failed restores never write it.
+fn termination_report(report: &RestoreReport) {
+    let restored = wsr_workload::restored::Restored {
+        restored: report.reference.clone(),
+        digest: report.digest.clone(),
+        files: report.files,
+        bytes: report.bytes,
+    };
+    write_termination_log(&restored.message());
 }
 
 fn restored(report: &RestoreReport) -> anyhow::Result<Output> {
@@ -428,7 +445,10 @@ fn init(connect: ConnectOptions, mode: ProgressMode) -> anyhow::Result<Output> {
                 text,
             ))
         }
-        InitOutcome::Restored(report) => restored(&report),
+        InitOutcome::Restored(report) => {
+            termination_report(&report);
+            restored(&report)
+        }
         InitOutcome::FailedOptional { target, error } => {
             let error = anyhow::Error::from(error);
             tracing::warn!(

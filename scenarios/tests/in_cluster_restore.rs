@@ -24,6 +24,7 @@ use scenarios::cluster::Cluster;
 use scenarios::cluster::fixtures::{self, Phase, Workspace};
 use serde_json::{Value, json};
 use wsr_transport::testing::{RegistryKind, TestRegistry};
+use wsr_workload::restored::Restored;
 
 const RESTORE_WORKSPACE: &str = "controller.devfile.io/restore-workspace";
 const RESTORE_SOURCE_IMAGE: &str = "controller.devfile.io/restore-source-image";
@@ -210,6 +211,11 @@ async fn in_cluster_restore_brings_deleted_data_back_through_a_job_and_refuses_a
         expected,
         "the tree the restore Job wrote differs from the backed-up one"
     );
+    // The pod's termination message is the report the operator records the restore from.
+    let ended = restore_pods_ended(&client, ns).await?;
+    assert_eq!(ended.len(), 1);
+    let report = Restored::from_message(&ended[0].1).map(|r| r.restored);
+    assert_eq!(report.as_ref(), Some(&pushed), "{ended:?}");
 
     // The Job as the API server holds it: the hardened pod admitted under `restricted`,
     // only the workspace's sub path of the common claim, mounted read-write.
@@ -244,6 +250,12 @@ async fn in_cluster_restore_brings_deleted_data_back_through_a_job_and_refuses_a
         stderr.contains("failed") && stderr.contains("not empty"),
         "{stderr}"
     );
+    // A failed restore leaves its reason, never a report.
+    let ended = restore_pods_ended(&client, ns).await?;
+    let failed: Vec<_> = ended.iter().filter(|(code, _)| *code == 3).collect();
+    assert_eq!(failed.len(), 1, "{ended:?}");
+    assert!(failed[0].1.contains("not empty"), "{ended:?}");
+    assert_eq!(Restored::from_message(&failed[0].1), None);
     // With --force the existing content is moved aside (inside /projects, a mount point in
     // the pod), nothing deleted, and the backup restored.
     let forced: Vec<&str> = args.iter().copied().chain(["--force"]).collect();
@@ -324,6 +336,23 @@ async fn in_cluster_restore_brings_deleted_data_back_through_a_job_and_refuses_a
     Ok(())
 }
 
+/// The exit code and termination message of every finished restore Job pod in `ns`.
+async fn restore_pods_ended(client: &Client, ns: &str) -> Result<Vec<(i64, String)>> {
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels("wsr.dev/restore-job=true"))
+        .await?;
+    let mut ended = Vec::new();
+    for pod in pods.items {
+        let status = serde_json::to_value(pod.status)?;
+        let terminated = &status["containerStatuses"][0]["state"]["terminated"];
+        if let Some(code) = terminated["exitCode"].as_i64() {
+            let message = terminated["message"].as_str().unwrap_or_default();
+            ended.push((code, message.to_owned()));
+        }
+    }
+    Ok(ended)
+}
+
 fn walk_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -354,7 +383,8 @@ async fn on_next_start_sets_dwo_attributes_that_the_init_container_restores_and_
     // The backup of a workspace that is gone; a new stopped workspace restores it on start.
     let source = tempfile::tempdir()?;
     let old = format!("{}/backups/old-ns/old-workspace:latest", registry.host());
-    let (expected, _) = tokio::task::block_in_place(|| back_up(source.path(), &old, &registry))?;
+    let (expected, pushed) =
+        tokio::task::block_in_place(|| back_up(source.path(), &old, &registry))?;
     let ws = Workspace::new(ns, "recovered", "workspace1c0ffee0000000c3");
     let created = ws.create(&client, Phase::Stopped).await?;
 
@@ -391,10 +421,12 @@ async fn on_next_start_sets_dwo_attributes_that_the_init_container_restores_and_
     })
     .await?;
     assert_eq!(status["phase"], "Succeeded", "{status:#}");
-    assert_eq!(
-        status["initContainerStatuses"][0]["state"]["terminated"]["exitCode"],
-        0
-    );
+    let init = &status["initContainerStatuses"][0]["state"]["terminated"];
+    assert_eq!(init["exitCode"], 0);
+    // Its report (what the operator records) names the backup by the digest the tag resolved to.
+    let report = Restored::from_message(init["message"].as_str().unwrap_or_default())
+        .context("the init container's termination message is a restore report")?;
+    assert_eq!(report.restored, pushed);
     assert_eq!(
         scenarios::sample::snapshot(&created.projects_dir)?,
         expected,

@@ -26,6 +26,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use scenarios::cluster::fixtures::{self, Phase, Workspace};
+use scenarios::cluster_demo;
 use scenarios::cluster_demo::operator::{self, free_port};
 use serde_json::{Value, json};
 use wsr_transport::testing::{RegistryKind, TestRegistry};
@@ -1219,6 +1220,225 @@ async fn only_the_lease_holder_creates_jobs_and_a_follower_takes_over_when_it_di
     assert!(b.log_text().contains("leader Lease released"));
     assert_eq!(lease_holder(&setup.client).await?, None);
     b.passed();
+    Ok(())
+}
+
+/// The restore annotations of workspace `ws` (`wsr.dev/restored-*`).
+async fn restore_annotations(setup: &Setup, ws: &str) -> Result<BTreeMap<String, String>> {
+    let mut a = setup.annotations(ws).await?;
+    a.retain(|k, _| k.starts_with("wsr.dev/restored-"));
+    Ok(a)
+}
+
+/// Waits until the operator records a restore on `ws`.
+async fn restore_recorded(setup: &Setup, ws: &str) -> Result<BTreeMap<String, String>> {
+    let recorded = fixtures::poll(&format!("the restore recorded on {ws}"), || async {
+        let a = restore_annotations(setup, ws).await?;
+        Ok((!a.is_empty()).then_some(a))
+    })
+    .await;
+    if recorded.is_err() {
+        setup.diagnose();
+    }
+    recorded
+}
+
+/// `wsr-restore --in-cluster` as the cluster's admin into workspace `ws` from `from`.
+fn restore_job(setup: &Setup, ws: &str, from: &str) -> Result<std::process::Output> {
+    let bin = scenarios::podman::test_build_binaries().join("wsr-restore");
+    let out = Command::new("timeout")
+        .arg("600")
+        .arg(bin)
+        .args(["--in-cluster", "--namespace", &setup.ns, "--workspace", ws])
+        .args(["--from", from, "--image", image(), "--image-pull-policy"])
+        .args(["IfNotPresent", "--ca-secret", "registry-ca"])
+        .env("KUBECONFIG", cluster().kubeconfig())
+        .output()
+        .context("running wsr-restore")?;
+    eprintln!(
+        "wsr-restore --in-cluster into {ws}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(out)
+}
+
+/// DWO's workspace pod for `ws` whose `workspace-restore` init container (the recovery image)
+/// restores `backup_image`; returns the init container's exit code once it has finished.
+async fn restore_on_start(setup: &Setup, ws: &Workspace, backup_image: &str) -> Result<i64> {
+    let pod = cluster_demo::restore_pod(
+        &setup.ns,
+        &ws.name,
+        &ws.id,
+        image(),
+        backup_image,
+        cluster_demo::CA_ORAS_EXTRA_ARGS,
+    )?;
+    cluster().kubectl_stdin(["create", "-f", "-"], &pod)?;
+    let start =
+        cluster_demo::workspace_start(&setup.client, &setup.ns, &format!("{}-restored", ws.id))
+            .await?;
+    eprintln!("{}: init container {start:?}", ws.name);
+    Ok(start.init_exit_code)
+}
+
+/// Both restore paths, each from a tag: the operator records on the workspace the digest the
+/// restore resolved, with the restoring container's finish time and what restored it, and a
+/// `Restored` Event. Failed restores (the Job's `/projects` not empty, the init container's
+/// backup missing) and an init container that left a non-empty `/projects` alone are not
+/// recorded: they all finished before the successful ones, and the operator records from one
+/// ordered pod watch, so once the successes are recorded the failures would have been too.
+/// No BackupPolicy exists: restores are recorded regardless.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_successful_restore_is_recorded_with_its_digest_and_a_failed_one_is_not() -> Result<()> {
+    let _logs = cluster().logs_on_failure();
+    let setup = setup("op-restored").await?;
+    tokio::task::block_in_place(fixtures::build_workspace_image)?;
+    let config = std::fs::read_to_string(setup.registry.auth_file().expect("auth"))?;
+    create_secret(
+        &setup.client,
+        &setup.ns,
+        "devworkspace-backup-registry-auth",
+        "kubernetes.io/dockerconfigjson",
+        ".dockerconfigjson",
+        &config,
+    )
+    .await?;
+    // Two backups of different trees (so two digests), each to its `latest`.
+    let mut digests = Vec::new();
+    for name in ["one", "two"] {
+        let source = tempfile::tempdir()?;
+        cluster_demo::write_workspace(source.path(), name, 1, 0)?;
+        let options = common::backup_options(
+            source.path(),
+            &setup.reference(name),
+            wsr_backup::Format::Native,
+            common::connect_for(&setup.registry),
+        );
+        let report = std::thread::spawn(move || common::backup(&options))
+            .join()
+            .expect("backup thread")?;
+        digests.push(report.digest);
+    }
+    let repository = |name: &str| format!("{}/backups/{}/{name}", setup.registry.host(), setup.ns);
+    let mut workspaces = BTreeMap::new();
+    for (n, name) in ["job-failed", "init-failed", "init-kept", "job", "init"]
+        .into_iter()
+        .enumerate()
+    {
+        let ws = Workspace::new(&setup.ns, name, &format!("workspace0000000000restd{n:02}"));
+        let created = ws.create(&setup.client, Phase::Stopped).await?;
+        workspaces.insert(name, (ws, created.projects_dir));
+    }
+    let operator = Operator::start("restored")?;
+
+    // The failures first.
+    let (_, projects) = &workspaces["job-failed"];
+    std::fs::write(projects.join("work.txt"), "not empty")?;
+    let out =
+        tokio::task::block_in_place(|| restore_job(&setup, "job-failed", &setup.reference("one")))?;
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the Job refuses a non-empty /projects"
+    );
+    let missing = format!("{}:latest", repository("missing"));
+    let code = restore_on_start(&setup, &workspaces["init-failed"].0, &missing).await?;
+    assert_ne!(
+        code, 0,
+        "the init container restores a backup that does not exist"
+    );
+    let (ws, projects) = &workspaces["init-kept"];
+    std::fs::write(projects.join("work.txt"), "not empty")?;
+    let code = restore_on_start(&setup, ws, &setup.reference("two")).await?;
+    assert_eq!(code, 0, "a non-empty /projects is left alone");
+    assert_eq!(std::fs::read_dir(projects)?.count(), 1);
+
+    // A restore Job from `one:latest`.
+    let out = tokio::task::block_in_place(|| restore_job(&setup, "job", &setup.reference("one")))?;
+    assert!(out.status.success());
+    let a = restore_recorded(&setup, "job").await?;
+    assert_eq!(
+        a["wsr.dev/restored-from"],
+        format!("{}@{}", repository("one"), digests[0]),
+        "{a:#?}"
+    );
+    let jobs = Api::<Job>::namespaced(setup.client.clone(), &setup.ns)
+        .list(
+            &ListParams::default()
+                .labels("wsr.dev/restore-job=true,controller.devfile.io/devworkspace_name=job"),
+        )
+        .await?;
+    let job_name = jobs.items[0].metadata.name.clone().unwrap_or_default();
+    assert_eq!(a["wsr.dev/restored-by"], format!("job/{job_name}"));
+    chrono::DateTime::parse_from_rfc3339(&a["wsr.dev/restored-at"])?;
+
+    // DWO's init container from `two:latest`.
+    let (ws, projects) = &workspaces["init"];
+    let code = restore_on_start(&setup, ws, &setup.reference("two")).await?;
+    assert_eq!(code, 0);
+    assert!(projects.join("two.txt").is_file(), "restored");
+    let a = restore_recorded(&setup, "init").await?;
+    let pod_name = format!("{}-restored", ws.id);
+    assert_eq!(
+        a["wsr.dev/restored-from"],
+        format!("{}@{}", repository("two"), digests[1]),
+        "{a:#?}"
+    );
+    assert_eq!(a["wsr.dev/restored-by"], format!("pod/{pod_name}"));
+    let pod = serde_json::to_value(
+        Api::<Pod>::namespaced(setup.client.clone(), &setup.ns)
+            .get(&pod_name)
+            .await?,
+    )?;
+    let finished = pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["finishedAt"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(
+        chrono::DateTime::parse_from_rfc3339(&a["wsr.dev/restored-at"])?,
+        chrono::DateTime::parse_from_rfc3339(finished)?,
+        "the init container's finish time"
+    );
+
+    for ws in ["job", "init"] {
+        let reasons = fixtures::poll(&format!("the Restored Event on {ws}"), || async {
+            let r = setup.event_reasons(ws).await?;
+            Ok(r.iter().any(|r| r == "Restored").then_some(r))
+        })
+        .await?;
+        assert_eq!(reasons.iter().filter(|r| *r == "Restored").count(), 1);
+        let all = setup.annotations(ws).await?;
+        assert!(
+            !all.keys().any(|k| k.contains("last-backup")),
+            "no backup annotation written: {all:#?}"
+        );
+    }
+    for ws in ["job-failed", "init-failed", "init-kept"] {
+        assert_eq!(
+            restore_annotations(&setup, ws).await?,
+            BTreeMap::new(),
+            "{ws}"
+        );
+        assert!(
+            !setup
+                .event_reasons(ws)
+                .await?
+                .contains(&"Restored".to_owned())
+        );
+    }
+    for (ws, _) in workspaces.values() {
+        let _ = cluster().kubectl([
+            "delete",
+            "pod",
+            &format!("{}-restored", ws.id),
+            "-n",
+            &setup.ns,
+            "--ignore-not-found",
+            "--wait=false",
+        ]);
+    }
+    operator.passed();
     Ok(())
 }
 

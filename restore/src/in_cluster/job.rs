@@ -10,12 +10,9 @@ use wsr_workload::pod::{
 };
 use wsr_workload::storage::WorkspaceVolume;
 
-pub const CONTAINER: &str = "restore-workspace";
+pub use wsr_workload::restored::{JOB_CONTAINER as CONTAINER, RESTORE_JOB_LABEL};
 /// `generateName` of restore Jobs (next to upstream's `devworkspace-backup-`).
 pub const JOB_NAME_PREFIX: &str = "devworkspace-restore-";
-/// Label on restore Jobs and their pods (not upstream's backup-job label: the dashboard would
-/// show a restore as a backup in progress).
-pub const RESTORE_JOB_LABEL: &str = "wsr.dev/restore-job";
 /// Annotation on the Job: the reference it restores.
 pub const REFERENCE_ANNOTATION: &str = "wsr.dev/reference";
 const AUTH_DIR: &str = "/tmp/.docker";
