@@ -271,6 +271,7 @@ async fn run_unpack(
     }
     let selection = destination.as_ref().and_then(|d| d.selection.clone());
     let layers = plan.layers;
+    let partial = selection.is_some();
     let unpack_options = UnpackOptions {
         max_bytes,
         max_entries,
@@ -284,6 +285,13 @@ async fn run_unpack(
         Some(destination) => Unpacker::new(destination.tree, unpack_options),
         None => Unpacker::verify_only(unpack_options),
     };
+    // A full restore of a native backup creates as many paths as its config declares (checked
+    // against the entry limit when opened).
+    let expected_entries = match (&opened.config, partial) {
+        (Some(config), false) => config.totals.entries(),
+        _ => 0,
+    };
+    let unpacker = unpacker.expecting(expected_entries);
     let unpacker = Arc::new(unpacker.on_entry(entry_callback(progress)));
     let index_bytes = pipeline::unpack_layers(
         &store,

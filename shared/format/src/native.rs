@@ -13,8 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
 /// Largest compressed file-index blob a reader accepts (its descriptor size).
 pub const MAX_INDEX_BLOB_BYTES: u64 = 64 << 20;
-/// Most bytes all file indexes of one backup may hold uncompressed (about 1M entries).
-pub const MAX_INDEX_BYTES: u64 = 128 << 20;
+/// Most bytes all file indexes of one backup may hold uncompressed: [`MAX_ENTRIES`] lines of
+/// 1 KiB (a line with an 80-byte name is about 230 bytes). Indexes are read line by line, so
+/// this bounds the work of reading them, not memory.
+pub const MAX_INDEX_BYTES: u64 = 1 << 30;
 /// Most entries a backup may have (the unpacker's model of what it created grows with them).
 pub const MAX_ENTRIES: u64 = 1 << 20;
 

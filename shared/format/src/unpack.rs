@@ -354,6 +354,20 @@ impl Unpacker {
         }
     }
 
+    /// Makes room in the model for `entries` paths up front (at most `max_entries`, so a
+    /// declared count never sizes more than the limit): a model that grows by doubling briefly
+    /// holds its old and its new table at once, a third more memory at a million entries.
+    /// Room that is never filled costs its address space and one control byte per slot.
+    pub fn expecting(self, entries: u64) -> Unpacker {
+        let room = entries.min(self.options.max_entries).saturating_add(1);
+        self.state
+            .lock()
+            .unwrap()
+            .nodes
+            .reserve(usize::try_from(room).unwrap_or(0));
+        self
+    }
+
     /// Reports each restored entry to `callback`.
     pub fn on_entry(mut self, callback: EntryCallback) -> Unpacker {
         self.on_entry = Some(callback);
