@@ -33,7 +33,18 @@ pub(crate) async fn backup(
     };
     let n = entries.len();
     let entries: Arc<[SourceEntry]> = entries.into();
-    let uploaded = upload_layer(store, &options.source, &entries, 0..n, 0, codec, progress).await?;
+    let compressing = Arc::new(tokio::sync::Semaphore::new(1));
+    let uploaded = upload_layer(
+        store,
+        &compressing,
+        &options.source,
+        &entries,
+        0..n,
+        0,
+        codec,
+        progress,
+    )
+    .await?;
     let layer = Descriptor::new(
         media::LAYER_TAR,
         uploaded.compressed,

@@ -5,7 +5,7 @@
 
 use crate::archive::Codec;
 use crate::plan::{fingerprint, plan_layers, weight};
-use crate::previous::{self, Previous};
+use crate::previous::Previous;
 use crate::publish::Prepared;
 use crate::upload::{Uploaded, upload_layer};
 use crate::walk::{SourceEntry, Tree};
@@ -25,14 +25,22 @@ use wsr_format::native::{
 };
 use wsr_transport::Store;
 
-/// One layer of the new backup: its data and index descriptors, its config record, the index
-/// bytes sent and whether it was reused.
+/// One layer of the new backup: its data and index descriptors, its config record and whether
+/// it was reused.
 struct StoredLayer {
     layer: Descriptor,
     index: Descriptor,
     info: LayerInfo,
-    sent: u64,
     reused: bool,
+}
+
+/// Stores a small blob that is new by construction (a new layer's index, a config with this
+/// backup's time): the existence check would cost a round trip and find nothing. Returns the
+/// bytes sent.
+async fn push_new_blob(store: &Store, bytes: Bytes) -> Result<u64, BackupError> {
+    let len = bytes.len() as u64;
+    store.put_blob_bytes(bytes).await?;
+    Ok(len)
 }
 
 /// Stores every new layer, its index and the config; returns the manifest to publish.
@@ -40,18 +48,13 @@ struct StoredLayer {
 pub(crate) async fn backup(
     options: &BackupOptions,
     store: &Store,
+    previous: Option<Previous>,
     tree: Tree,
     totals: Totals,
     created: &str,
-    moving_tag: &str,
     annotations: Annotations,
     progress: &Arc<Progress>,
 ) -> Result<Prepared, BackupError> {
-    let previous = if options.full {
-        None
-    } else {
-        previous::load(store, moving_tag).await
-    };
     let total_weight: u64 = tree.entries.iter().map(weight).sum();
     let target = LayerCutter::choose_target(
         total_weight,
@@ -73,9 +76,12 @@ pub(crate) async fn backup(
         })
         .unwrap_or_default();
 
-    // Reused layers cost nothing; new ones are archived, compressed (one thread each) and
-    // uploaded `workers` at a time: that uses the cores and hides the registry's per-blob
-    // latency. Results are reassembled in order.
+    // Reused layers cost nothing; new ones are archived and compressed (one thread each)
+    // `workers` at a time, which uses the cores; twice as many are in flight, so the
+    // registry's round trips at the end of each upload overlap the next layers' compression.
+    // Layers finish in any order and are put back in order.
+    let workers = options.workers.max(1) as usize;
+    let compressing = &Arc::new(tokio::sync::Semaphore::new(workers));
     let jobs = ranges.iter().enumerate().map(|(i, range)| {
         let fp = fingerprint(&entries[range.clone()]);
         let reuse = previous
@@ -83,33 +89,58 @@ pub(crate) async fn backup(
             .and_then(|prev| reusable_layer(prev, reusable.get(&fp).copied()?, range.len()));
         let (entries, range) = (entries.clone(), range.clone());
         async move {
-            match reuse {
+            let result = match reuse {
                 Some(stored) => {
                     let bytes = entries[range.clone()].iter().map(|e| e.size).sum();
                     progress
                         .entries
                         .fetch_add(range.len() as u64, Ordering::Relaxed);
                     progress.bytes.fetch_add(bytes, Ordering::Relaxed);
-                    Ok(stored)
+                    Ok((stored, None))
                 }
-                None => new_layer(options, store, &entries, range, i as u32, fp, progress).await,
-            }
+                None => {
+                    let layer = (range, i as u32, fp);
+                    new_layer(options, store, compressing, &entries, layer, progress).await
+                }
+            };
+            (i, result)
         }
     });
-    let mut results = futures_util::stream::iter(jobs).buffered(options.workers.max(1) as usize);
+    let mut layers = futures_util::stream::iter(jobs).buffer_unordered(2 * workers);
+    // A new layer's file index is sent while the next layers are archived: it is small, and
+    // waiting for its requests would keep a worker from compressing.
+    let mut index_pushes = futures_util::stream::FuturesUnordered::new();
+    let mut stored: Vec<Option<StoredLayer>> = ranges.iter().map(|_| None).collect();
+    let mut small_uploaded = 0;
+    loop {
+        tokio::select! {
+            Some(sent) = index_pushes.next() => small_uploaded += sent?,
+            next = layers.next() => match next {
+                Some((i, result)) => {
+                    let (layer, index) = result?;
+                    if let Some(index) = index {
+                        index_pushes.push(push_new_blob(store, index));
+                    }
+                    stored[i] = Some(layer);
+                }
+                None => break,
+            },
+        }
+    }
+    drop(layers);
+    while let Some(sent) = index_pushes.next().await {
+        small_uploaded += sent?;
+    }
     let mut descriptors = Vec::with_capacity(ranges.len());
     let mut index_descriptors = Vec::with_capacity(ranges.len());
     let mut layer_infos = Vec::with_capacity(ranges.len());
-    let (mut reused, mut small_uploaded) = (0, 0);
-    while let Some(result) = results.next().await {
-        let stored = result?;
-        descriptors.push(stored.layer);
-        index_descriptors.push(stored.index);
-        layer_infos.push(stored.info);
-        small_uploaded += stored.sent;
-        reused += usize::from(stored.reused);
+    let mut reused = 0;
+    for layer in stored.into_iter().map(|s| s.expect("every layer stored")) {
+        descriptors.push(layer.layer);
+        index_descriptors.push(layer.index);
+        layer_infos.push(layer.info);
+        reused += usize::from(layer.reused);
     }
-    drop(results);
 
     let skipped = skipped
         .iter()
@@ -132,9 +163,8 @@ pub(crate) async fn backup(
         Digest::of(&config_bytes),
         config_bytes.len() as u64,
     );
-    if store.push_blob_bytes(config_bytes.clone()).await? {
-        small_uploaded += config_bytes.len() as u64;
-    }
+    // The config records this backup's time: it is new, so no existence check first.
+    small_uploaded += push_new_blob(store, config_bytes).await?;
     let stored_bytes = descriptors.iter().map(|d| d.size).sum();
     let layers = descriptors.len();
     Ok(Prepared {
@@ -160,21 +190,19 @@ fn reusable_layer(previous: &Previous, j: usize, entries: usize) -> Option<Store
         layer: previous.layers[j].clone(),
         index: previous.indexes[j].clone(),
         info: info.clone(),
-        sent: 0,
         reused: true,
     })
 }
 
-/// Archives and uploads one new layer, then its file index.
+/// Archives and uploads one new layer; returns it with its file index, still to be stored.
 async fn new_layer(
     options: &BackupOptions,
     store: &Store,
+    compressing: &Arc<tokio::sync::Semaphore>,
     entries: &Arc<[SourceEntry]>,
-    range: Range<usize>,
-    position: u32,
-    fingerprint: Digest,
+    (range, position, fingerprint): (Range<usize>, u32, Digest),
     progress: &Arc<Progress>,
-) -> Result<StoredLayer, BackupError> {
+) -> Result<(StoredLayer, Option<Bytes>), BackupError> {
     let codec = Codec::Zstd {
         level: options.level,
     };
@@ -185,6 +213,7 @@ async fn new_layer(
         compressed_size,
     } = upload_layer(
         store,
+        compressing,
         &options.source,
         entries,
         range,
@@ -200,11 +229,6 @@ async fn new_layer(
         Digest::of(&index_bytes),
         index_bytes.len() as u64,
     );
-    let sent = if store.push_blob_bytes(index_bytes.clone()).await? {
-        index_bytes.len() as u64
-    } else {
-        0
-    };
     let layer = Descriptor::new(media::LAYER_TAR_ZSTD, compressed.clone(), compressed_size);
     let info = LayerInfo {
         digest: compressed,
@@ -214,13 +238,13 @@ async fn new_layer(
         index: index.digest.clone(),
         fingerprint,
     };
-    Ok(StoredLayer {
+    let stored = StoredLayer {
         layer,
         index,
         info,
-        sent,
         reused: false,
-    })
+    };
+    Ok((stored, Some(index_bytes)))
 }
 
 /// The config recording what was backed up (FORMAT.md's native config).

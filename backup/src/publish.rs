@@ -1,4 +1,5 @@
-//! The backup flow: walk, let the format's writer store the layers, config and index
+//! The backup flow: walk (while connecting and reading the previous backup), let the format's
+//! writer store the layers, config and index
 //! (`incremental.rs` for native, `dwo.rs` for dwo), then publish in the safe order: manifest by
 //! digest (by the time-stamped tag where a registry refuses untagged manifests), the
 //! time-stamped tag, and the moving tag last. Nothing is tagged until everything it
@@ -7,7 +8,7 @@
 
 use crate::walk::walk;
 use crate::{BackupError, BackupOptions, BackupReport, Format, Progress};
-use crate::{dwo, incremental, plan, retention};
+use crate::{dwo, incremental, plan, previous, retention};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -15,7 +16,7 @@ use wsr_format::artifact;
 use wsr_format::digest::Digest;
 use wsr_format::manifest::Manifest;
 use wsr_format::media::{self, annotation};
-use wsr_format::reference::Target;
+use wsr_format::reference::{Repository, Target};
 use wsr_transport::{Access, Store, TransportError};
 
 /// Runs one backup.
@@ -30,9 +31,26 @@ pub async fn run(
     };
     let source = options.source.clone();
     let skip = options.skip_unreadable;
-    let tree = tokio::task::spawn_blocking(move || walk(&source, skip))
-        .await
-        .expect("walk task")?;
+    let walking = async {
+        tokio::task::spawn_blocking(move || walk(&source, skip))
+            .await
+            .expect("walk task")
+    };
+    // A registry's round trips (connecting, reading the previous backup) overlap the walk. A
+    // layout is opened (created) only after the walk succeeded, as nothing is to be written
+    // for a source that cannot be read.
+    let connecting = async {
+        let store = Store::open(&options.to.repository, &options.connect, Access::Push).await?;
+        let previous = match options.format {
+            Format::Native if !options.full => previous::load(&store, moving_tag).await,
+            _ => None,
+        };
+        Ok::<_, BackupError>((store, previous))
+    };
+    let (tree, (store, previous)) = match options.to.repository {
+        Repository::Layout { .. } => (walking.await?, connecting.await?),
+        Repository::Registry { .. } => tokio::try_join!(walking, connecting)?,
+    };
     let totals = plan::totals(&tree.entries);
     progress
         .total_entries
@@ -45,7 +63,6 @@ pub async fn run(
         .collect();
     skipped.sort();
 
-    let store = Store::open(&options.to.repository, &options.connect, Access::Push).await?;
     let created_text = created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let mut annotations = artifact::workspace_annotations(
         options.workspace.as_deref(),
@@ -61,10 +78,10 @@ pub async fn run(
             incremental::backup(
                 options,
                 &store,
+                previous,
                 tree,
                 totals,
                 &created_text,
-                moving_tag,
                 annotations,
                 &progress,
             )

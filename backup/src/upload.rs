@@ -1,6 +1,7 @@
 //! One layer archived and uploaded through a `BlobWriter` on a blocking thread, written again
 //! when the registry fails transiently (under the transport's retry policy); progress from a
-//! failed attempt is taken back.
+//! failed attempt is taken back. Archiving holds one of the compressing permits; waiting for
+//! the registry to confirm the blob does not.
 
 use crate::archive::{Archived, Codec, archive};
 use crate::walk::SourceEntry;
@@ -9,6 +10,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use tokio::sync::Semaphore;
 use wsr_format::digest::Digest;
 use wsr_transport::Store;
 use wsr_transport::retry::RetryPolicy;
@@ -21,8 +23,10 @@ pub(crate) struct Uploaded {
 }
 
 /// Archives and uploads one layer, writing it again on transient registry failures.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn upload_layer(
     store: &Store,
+    compressing: &Arc<Semaphore>,
     root: &Path,
     entries: &Arc<[SourceEntry]>,
     range: Range<usize>,
@@ -34,6 +38,11 @@ pub(crate) async fn upload_layer(
     // What this attempt added to the shared progress, taken back if it has to be retried.
     let attempt = Arc::new(Progress::default());
     loop {
+        let permit = compressing
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
         let mut blob = store.blob_writer().await?;
         let (root2, entries2, range2, progress2, attempt2): (PathBuf, _, _, _, _) = (
             root.to_owned(),
@@ -49,7 +58,11 @@ pub(crate) async fn upload_layer(
                     p.bytes.fetch_add(bytes, Ordering::Relaxed);
                 }
             };
-            match archive(&root2, &entries2[range2], codec, &mut blob, &count) {
+            let archived = archive(&root2, &entries2[range2], codec, &mut blob, &count);
+            // Compressed and handed to the upload: the next layer may start compressing
+            // while the registry confirms this one.
+            drop(permit);
+            match archived {
                 Ok(archived) => blob
                     .finish()
                     .map(|stored| (archived, stored))

@@ -654,8 +654,9 @@ fn targets_section(md: &mut String, t: &Table, run: &CorpusRun) -> Vec<String> {
     let why = match (b("wsr"), b("zstd")) {
         (Some(w), Some(z)) => format!(
             "wsr compresses each layer on one thread (so identical trees give identical layers) and \
-             uploads {} blobs (a layer and an index each), each a request sequence the registry handles: \
-             {} CPU-s in the registry against {} CPU-s for one monolithic upload; `zstd -T0` uses {} CPU-s",
+             uploads {} blobs (a layer and an index each; a POST and a PUT each, plus a streamed PATCH \
+             for a blob over 2 MiB): {} CPU-s in the registry against {} CPU-s for one monolithic \
+             upload; `zstd -T0` uses {} CPU-s",
             2 * layer_count(w),
             secs(w.server_cpu.unwrap_or(0.0)),
             secs(b("floor-blob").and_then(|f| f.server_cpu).unwrap_or(0.0)),
@@ -720,8 +721,9 @@ fn targets_section(md: &mut String, t: &Table, run: &CorpusRun) -> Vec<String> {
     );
     let why = match (i("full", "wsr"), i("unchanged", "wsr")) {
         (Some(f), Some(u)) => format!(
-            "an unchanged re-backup still walks the tree (lstat of every entry) and makes the requests of \
-             one publish (previous manifest and config, new config, manifest, two tags), {} s here; a full \
+            "an unchanged re-backup still walks the tree (lstat of every entry; the previous manifest and \
+             config are read meanwhile) and makes the requests of one publish (new config, manifest, two \
+             tags, one after the other), {} s here; a full \
              backup of a tree this size takes {} s, so the ratio grows with the tree (the target is set \
              for 1 GB)",
             secs(u.wall),

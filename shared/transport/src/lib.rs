@@ -301,11 +301,19 @@ impl Store {
         if self.blob_exists(&digest).await? {
             return Ok(false);
         }
-        match self {
-            Store::Registry(r) => r.push_blob_bytes(bytes, &digest).await?,
-            Store::Layout(l) => l.push_blob_bytes(bytes, &digest).await?,
-        }
+        self.put_blob_bytes(bytes).await?;
         Ok(true)
+    }
+
+    /// Stores a small blob held in memory without asking first whether it exists: for a blob
+    /// the caller knows is new, where the check costs a round trip and finds nothing. Storing
+    /// a blob that exists is harmless.
+    pub async fn put_blob_bytes(&self, bytes: Bytes) -> Result<()> {
+        let digest = Digest::of(&bytes);
+        match self {
+            Store::Registry(r) => r.push_blob_bytes(bytes, &digest).await,
+            Store::Layout(l) => l.push_blob_bytes(bytes, &digest).await,
+        }
     }
 
     /// Starts uploading a blob whose digest is not known yet: write its bytes to the returned

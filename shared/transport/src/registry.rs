@@ -5,7 +5,8 @@
 //! `--resolve` and extra headers apply to all of them. oci-client is not used: it has no
 //! DELETE, no client certificates and no DNS overrides, cuts streamed uploads into fixed 4 MiB
 //! PATCH requests (measurably slower) and silently falls back to default settings on a bad
-//! config. Blobs are uploaded as POST, one streaming PATCH, PUT `?digest=`.
+//! config. Blobs are uploaded as POST, then one PUT `?digest=` carrying a small blob, or one
+//! streaming PATCH and a PUT `?digest=` for a larger one.
 //!
 //! Every request runs under the one retry policy ([`crate::retry`]): idempotent requests are
 //! sent again after transient failures, an interrupted blob download resumes with a `Range`
@@ -36,6 +37,11 @@ use wsr_format::digest::Digest;
 use wsr_format::reference::{Repository, Target};
 
 /// Accepted manifest types: OCI first; Docker v2 so foreign single-layer artifacts still read.
+/// A blob whose bytes end within this many is uploaded in one PUT instead of PATCH and PUT:
+/// one round trip fewer and less work for the registry. The pieces held meanwhile are this
+/// upload's memory besides the writer's queue.
+pub(crate) const MONOLITHIC_LIMIT: usize = 2 << 20;
+
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json;q=0.9";
 
 #[derive(Clone)]
@@ -554,16 +560,17 @@ impl RegistryStore {
         self.finish_upload(&location, digest, Some(bytes)).await
     }
 
-    /// Starts an upload (POST) and returns its writer; the body (one streaming PATCH) and the
-    /// final PUT `?digest=` run in a task fed by the writer.
+    /// Returns a writer for a new blob; the requests run in a task fed by the writer: the POST
+    /// that starts the upload runs while the writer produces its first pieces, then a blob that
+    /// ends within [`MONOLITHIC_LIMIT`] is sent as one PUT `?digest=` (retried like any
+    /// idempotent request) and a longer one as one streaming PATCH and a PUT `?digest=`.
     pub async fn blob_writer(&self) -> Result<BlobWriter> {
-        let location = self.start_upload().await?;
         let (pieces, pieces_rx) = RegistryUpload::channel();
         let (digest, digest_rx) = oneshot::channel();
         let (outcome_tx, outcome) = oneshot::channel();
         let store = self.clone();
         tokio::spawn(async move {
-            let outcome = store.upload(&location, pieces_rx, digest_rx).await;
+            let outcome = store.upload(pieces_rx, digest_rx).await;
             let _ = outcome_tx.send(outcome);
         });
         Ok(BlobWriter::registry(RegistryUpload::new(
@@ -573,15 +580,49 @@ impl RegistryStore {
 
     async fn upload(
         &self,
-        location: &str,
-        pieces: mpsc::Receiver<Piece>,
+        mut pieces: mpsc::Receiver<Piece>,
         digest: oneshot::Receiver<Digest>,
     ) -> Result<()> {
+        let abandoned = || TransportError::Protocol {
+            registry: self.host.clone(),
+            status: 0,
+            what: "upload blob".into(),
+            detail: "the upload was abandoned".into(),
+        };
+        let location = self.start_upload().await?;
+        // Hold the first bytes: a blob that ends within them goes in one request.
+        let mut held = bytes::BytesMut::with_capacity(MONOLITHIC_LIMIT);
+        while held.len() < MONOLITHIC_LIMIT {
+            match pieces.recv().await {
+                Some(Piece::Data(bytes)) => held.extend_from_slice(&bytes),
+                Some(Piece::End) => {
+                    let digest = digest.await.map_err(|_| abandoned())?;
+                    return self
+                        .finish_upload(&location, &digest, Some(held.freeze()))
+                        .await;
+                }
+                // The writer went away: nothing is completed.
+                None => return Err(abandoned()),
+            }
+        }
+        let location = self.stream_upload(&location, held.freeze(), pieces).await?;
+        let digest = digest.await.map_err(|_| abandoned())?;
+        self.finish_upload(&location, &digest, None).await
+    }
+
+    /// Sends the held bytes and then the rest from the writer as one PATCH; returns the
+    /// location to finish the upload at.
+    async fn stream_upload(
+        &self,
+        location: &str,
+        held: Bytes,
+        pieces: mpsc::Receiver<Piece>,
+    ) -> Result<String> {
         // A body that ends only at `End`: a writer that went away fails the request, so the
         // registry never completes a truncated blob.
         let activity = Arc::new(UploadActivity::new());
         let watched = activity.clone();
-        let body = futures_util::stream::unfold(Some(pieces), move |pieces| {
+        let rest = futures_util::stream::unfold(Some(pieces), move |pieces| {
             let activity = watched.clone();
             async move {
                 let mut pieces = pieces?;
@@ -595,6 +636,7 @@ impl RegistryStore {
                 }
             }
         });
+        let body = futures_util::stream::once(async { Ok(held) }).chain(rest);
         // Not retried here: the body is consumed. The caller writes it again on a transient error.
         let request = self
             .authorize(self.upload_http.request(Method::PATCH, location))
@@ -615,14 +657,7 @@ impl RegistryStore {
         {
             return Err(self.status_error(response, "upload blob").await);
         }
-        let location = self.location(&response, "upload blob")?;
-        let digest = digest.await.map_err(|_| TransportError::Protocol {
-            registry: self.host.clone(),
-            status: 0,
-            what: "upload blob".into(),
-            detail: "the upload was abandoned".into(),
-        })?;
-        self.finish_upload(&location, &digest, None).await
+        self.location(&response, "upload blob")
     }
 
     /// Opens a blob for reading; a task reads ahead while the reader consumes. An interrupted
