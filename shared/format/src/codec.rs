@@ -261,12 +261,28 @@ impl Compression {
     ) -> io::Result<Box<dyn Read + Send + 'a>> {
         let kind = Compression::sniff(input.fill_buf()?);
         Ok(match kind {
-            Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(input)?),
+            Compression::Zstd => Box::new(zstd_decoder(input)?),
             // Multi-member gzip is valid (pigz, concatenated streams).
             Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(input)),
             Compression::None => Box::new(input),
         })
     }
+}
+
+/// The largest zstd window a reader accepts, as a power of two: 8 MiB, what zstd's levels 1-19
+/// use at most (wsr writes 1-19). zstd's own default limit is 128 MiB per stream, and a restore
+/// decodes several layers and their indexes at once, so a hostile layer asking for the default
+/// maximum would push one restore past its memory bound (FORMAT.md §8.1).
+pub const ZSTD_MAX_WINDOW_LOG: u32 = 23;
+
+/// A zstd decoder of `input` that refuses frames whose window exceeds [`ZSTD_MAX_WINDOW_LOG`]
+/// (the read fails with zstd's "Frame requires too much memory for decoding").
+pub fn zstd_decoder<'a, R: io::BufRead>(
+    input: R,
+) -> io::Result<zstd::stream::read::Decoder<'a, R>> {
+    let mut dec = zstd::stream::read::Decoder::with_buffer(input)?;
+    dec.window_log_max(ZSTD_MAX_WINDOW_LOG)?;
+    Ok(dec)
 }
 
 /// A deterministic zstd encoder: single-threaded, because zstd's multi-threaded mode writes
@@ -408,5 +424,37 @@ mod tests {
             .unwrap();
         assert_eq!(out, "hello");
         assert_eq!(Compression::sniff(b"plain"), Compression::None);
+    }
+
+    fn zstd_with_window_log(level: i32, window_log: Option<u32>) -> Vec<u8> {
+        let mut enc = zstd_encoder(Vec::new(), level).unwrap();
+        if let Some(log) = window_log {
+            enc.window_log(log).unwrap();
+        }
+        enc.write_all(&[7u8; 4096]).unwrap();
+        enc.finish().unwrap()
+    }
+
+    fn decode(bytes: &[u8]) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        Compression::decoder(bytes)?.read_to_end(&mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn zstd_windows_beyond_the_cap_are_refused_before_allocating() {
+        // Every level wsr writes stays within the cap, the highest included.
+        for level in [1, 3, 19] {
+            assert_eq!(
+                decode(&zstd_with_window_log(level, None)).unwrap().len(),
+                4096
+            );
+        }
+        let at_cap = zstd_with_window_log(3, Some(ZSTD_MAX_WINDOW_LOG));
+        assert_eq!(decode(&at_cap).unwrap().len(), 4096);
+        // zstd's own default would allocate 128 MiB for this stream's window.
+        let hostile = zstd_with_window_log(3, Some(27));
+        let err = decode(&hostile).unwrap_err();
+        assert!(err.to_string().contains("memory"), "{err}");
     }
 }

@@ -337,7 +337,7 @@ impl<'a> IndexReader<'a> {
     ) -> io::Result<IndexReader<'a>> {
         let compressed: Box<dyn Read + 'a> = Box::new(compressed);
         Ok(IndexReader {
-            lines: io::BufReader::new(zstd::stream::read::Decoder::new(compressed)?),
+            lines: io::BufReader::new(crate::codec::zstd_decoder(io::BufReader::new(compressed))?),
             expected,
             read: 0,
             bytes: 0,
