@@ -1264,6 +1264,30 @@ fn restore_job(setup: &Setup, ws: &str, from: &str) -> Result<std::process::Outp
     Ok(out)
 }
 
+/// `wsr-restore list --in-cluster --json` of the test namespace, as the cluster's admin.
+fn list_in_cluster(setup: &Setup) -> Result<Value> {
+    let bin = scenarios::podman::test_build_binaries().join("wsr-restore");
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg(bin)
+        .args(["list", "--in-cluster", "--namespace", &setup.ns, "--json"])
+        .env("KUBECONFIG", cluster().kubeconfig())
+        .output()
+        .context("running wsr-restore list")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "wsr-restore list --in-cluster: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_owned();
+    Ok(serde_json::from_str(&last)?)
+}
+
 /// DWO's workspace pod for `ws` whose `workspace-restore` init container (the recovery image)
 /// restores `backup_image`; returns the init container's exit code once it has finished.
 async fn restore_on_start(setup: &Setup, ws: &Workspace, backup_image: &str) -> Result<i64> {
@@ -1412,6 +1436,25 @@ async fn a_successful_restore_is_recorded_with_its_digest_and_a_failed_one_is_no
         assert!(
             !all.keys().any(|k| k.contains("last-backup")),
             "no backup annotation written: {all:#?}"
+        );
+    }
+    // `list --in-cluster` shows what the operator recorded, and nothing for the failures.
+    let listed = list_in_cluster(&setup)?;
+    for ws in ["job", "init", "job-failed", "init-failed", "init-kept"] {
+        let row = listed["workspaces"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["workspace"] == ws))
+            .with_context(|| format!("{ws} listed: {listed:#}"))?;
+        let recorded = restore_annotations(&setup, ws).await?;
+        assert_eq!(
+            row["restoredFrom"].as_str(),
+            recorded.get("wsr.dev/restored-from").map(String::as_str),
+            "{ws}: {row:#}"
+        );
+        assert_eq!(
+            row["restoredAt"].as_str(),
+            recorded.get("wsr.dev/restored-at").map(String::as_str),
+            "{ws}: {row:#}"
         );
     }
     for ws in ["job-failed", "init-failed", "init-kept"] {

@@ -16,7 +16,9 @@ use serde_json::{Value, json};
 use std::path::PathBuf;
 use wsr_format::reference::{Reference, Target, parse_registry_path, workspace_reference};
 use wsr_transport::ConnectOptions;
-use wsr_workload::names::{DEFAULT_COMMON_PVC, DEFAULT_IMAGE, REGISTRY_AUTH_SECRET, annotation};
+use wsr_workload::names::{
+    DEFAULT_COMMON_PVC, DEFAULT_IMAGE, REGISTRY_AUTH_SECRET, annotation, wsr_annotation,
+};
 use wsr_workload::pod::PodOptions;
 
 pub use workspace::{RESTORE_SOURCE_IMAGE, RESTORE_WORKSPACE};
@@ -150,7 +152,7 @@ pub async fn restore(
         )));
     }
     refuse_active_jobs(client, ns, &id).await?;
-    let reference = choose_reference(req, ws.annotation(workspace::LAST_BACKUP_REFERENCE))?
+    let reference = choose_reference(req, ws.annotation(wsr_annotation::LAST_BACKUP_REFERENCE))?
         .with_context(|| {
             format!("no backup recorded on {ns}/{name}; give --from REF or --registry PATH")
         })?;
@@ -355,13 +357,20 @@ pub async fn list(
                 .map(|e| format!("  registry: {e}"))
                 .unwrap_or_default(),
         ));
+        if let Some(from) = ws.annotation(wsr_annotation::RESTORED_FROM) {
+            let at = ws.annotation(wsr_annotation::RESTORED_AT).unwrap_or("-");
+            text.push_str(&format!("{:<28} restored from {from} at {at}\n", ""));
+        }
         rows.push(json!({
             "workspace": name, "phase": ws.phase(), "lastBackupFinishedAt": finished,
             "lastBackupSuccessful": ws.annotation(annotation::LAST_BACKUP_SUCCESSFUL),
             "lastBackupError": ws.annotation(annotation::LAST_BACKUP_ERROR),
-            "lastBackupReference": ws.annotation(workspace::LAST_BACKUP_REFERENCE),
+            "lastBackupReference": ws.annotation(wsr_annotation::LAST_BACKUP_REFERENCE),
             "restoreOnNextStart": ws.attribute(RESTORE_WORKSPACE).as_deref() == Some("true"),
             "restoreSourceImage": ws.attribute(RESTORE_SOURCE_IMAGE),
+            "restoredFrom": ws.annotation(wsr_annotation::RESTORED_FROM),
+            "restoredAt": ws.annotation(wsr_annotation::RESTORED_AT),
+            "restoredBy": ws.annotation(wsr_annotation::RESTORED_BY),
             "backups": backups.as_ref().ok().and_then(|b| b.as_ref()).map(|row| json!(row)),
             "registryError": registry_error,
         }));
@@ -386,7 +395,7 @@ async fn registry_backups(
     let path = match registry {
         Some(path) => path.to_owned(),
         None => {
-            let Some(last) = ws.annotation(workspace::LAST_BACKUP_REFERENCE) else {
+            let Some(last) = ws.annotation(wsr_annotation::LAST_BACKUP_REFERENCE) else {
                 return Ok(None);
             };
             let reference: Reference = last.parse()?;

@@ -15,8 +15,6 @@ pub const STORAGE_TYPE: &str = "controller.devfile.io/storage-type";
 /// DWO's restore attributes (template attributes, not annotations: upstream-dwo.md §4.1).
 pub const RESTORE_WORKSPACE: &str = "controller.devfile.io/restore-workspace";
 pub const RESTORE_SOURCE_IMAGE: &str = "controller.devfile.io/restore-source-image";
-/// The operator's record of the last successful backup (`repository@digest`).
-pub const LAST_BACKUP_REFERENCE: &str = "wsr.dev/last-backup-reference";
 
 pub fn resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
