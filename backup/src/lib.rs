@@ -149,6 +149,11 @@ pub enum BackupError {
     Unreadable { path: PathBuf },
     #[error("{path} changed size while being backed up; back up a stopped workspace, or retry")]
     Changed { path: PathBuf },
+    /// More entries than a restore accepts (FORMAT.md §8.1), refused before anything is sent.
+    #[error(
+        "{path} holds more than {max} entries, more than a restore accepts; back up fewer files"
+    )]
+    TooManyEntries { path: PathBuf, max: u64 },
     #[error("archiving failed: {0}")]
     Archive(std::io::Error),
     #[error(transparent)]

@@ -20,7 +20,8 @@ Exit codes:
   0  backup published
   1  unexpected internal error
   2  invalid arguments or environment
-  3  source problem (missing, unreadable, or changed during the backup)
+  3  source problem (missing, unreadable, changed during the backup, or more entries
+     than a restore accepts)
   4  registry unreachable, its name not resolved, or TLS verification failed
   5  authentication or authorisation failed
   6  other registry error (after retries); the moving tag was not changed
@@ -202,7 +203,8 @@ fn exit_code(e: &anyhow::Error) -> i32 {
         Some(
             BackupError::Source { .. }
             | BackupError::Unreadable { .. }
-            | BackupError::Changed { .. },
+            | BackupError::Changed { .. }
+            | BackupError::TooManyEntries { .. },
         ) => 3,
         Some(BackupError::Transport(t)) => transport_exit_code(t),
         _ => 1,
@@ -218,7 +220,8 @@ fn step(e: &anyhow::Error) -> Option<&'static str> {
         BackupError::DigestDestination(_) => "arguments",
         BackupError::Source { .. }
         | BackupError::Unreadable { .. }
-        | BackupError::Changed { .. } => "read source",
+        | BackupError::Changed { .. }
+        | BackupError::TooManyEntries { .. } => "read source",
         BackupError::Archive(_) => "archive",
         BackupError::Transport(t) => t.step().unwrap_or("upload"),
     })

@@ -10,7 +10,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use wsr_format::codec::EntryKind;
-use wsr_format::media;
+use wsr_format::{media, native};
 
 /// One entry of the source tree.
 #[derive(Clone, Debug)]
@@ -59,8 +59,14 @@ fn readable(path: &Path, dir: bool) -> bool {
 }
 
 /// Walks `root`. Unreadable files and directories are an error naming them, unless
-/// `skip_unreadable`, which records them in [`Tree::skipped`] instead.
+/// `skip_unreadable`, which records them in [`Tree::skipped`] instead. A tree of more entries
+/// than a restore accepts ([`native::MAX_ENTRIES`], FORMAT.md §8.1) is refused while walking:
+/// publishing it would make a backup no restore can read.
 pub fn walk(root: &Path, skip_unreadable: bool) -> Result<Tree, BackupError> {
+    walk_at_most(root, skip_unreadable, native::MAX_ENTRIES)
+}
+
+fn walk_at_most(root: &Path, skip_unreadable: bool, max: u64) -> Result<Tree, BackupError> {
     let meta = fs::metadata(root).map_err(|source| BackupError::Source {
         path: root.to_owned(),
         source,
@@ -78,7 +84,7 @@ pub fn walk(root: &Path, skip_unreadable: bool) -> Result<Tree, BackupError> {
     }
     let mut tree = Tree::default();
     let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
-    walk_dir(root, &[], skip_unreadable, &mut tree, &mut links)?;
+    walk_dir(root, &[], skip_unreadable, max, &mut tree, &mut links)?;
     Ok(tree)
 }
 
@@ -86,6 +92,7 @@ fn walk_dir(
     root: &Path,
     rel_dir: &[u8],
     skip_unreadable: bool,
+    max: u64,
     tree: &mut Tree,
     links: &mut HashMap<(u64, u64), Vec<u8>>,
 ) -> Result<(), BackupError> {
@@ -107,6 +114,12 @@ fn walk_dir(
             tree.skipped
                 .push((name, "a restore's staging directory, not backed up".into()));
             continue;
+        }
+        if tree.entries.len() as u64 >= max {
+            return Err(BackupError::TooManyEntries {
+                path: root.to_owned(),
+                max,
+            });
         }
         let rel = if rel_dir.is_empty() {
             name
@@ -141,7 +154,7 @@ fn walk_dir(
             }
             entry.kind = EntryKind::Dir;
             tree.entries.push(entry);
-            walk_dir(root, &rel, skip_unreadable, tree, links)?;
+            walk_dir(root, &rel, skip_unreadable, max, tree, links)?;
         } else if ft.is_symlink() {
             let target = fs::read_link(&path).map_err(|source| BackupError::Source {
                 path: path.clone(),
@@ -195,6 +208,26 @@ fn ft_is(meta: &fs::Metadata, kind: libc::mode_t) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tree_beyond_the_entry_limit_is_refused_while_walking() {
+        let root = tempfile::tempdir().unwrap();
+        fs::create_dir(root.path().join("d")).unwrap();
+        for name in ["d/a", "d/b", "e"] {
+            fs::write(root.path().join(name), "x").unwrap();
+        }
+        // Four entries: d, d/a, d/b, e.
+        assert_eq!(
+            walk_at_most(root.path(), false, 4).unwrap().entries.len(),
+            4
+        );
+        let err = walk_at_most(root.path(), false, 3).unwrap_err();
+        assert!(
+            matches!(err, BackupError::TooManyEntries { max: 3, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("more than 3 entries"), "{err}");
+    }
 
     #[test]
     fn a_restores_staging_directories_at_the_top_are_left_out() {
