@@ -275,7 +275,7 @@ pub fn outcome(job: &Job, pod: Option<&Pod>) -> Option<Outcome> {
             false,
             match text {
                 Some(t) => format!("drill Job failed: {}", t.trim()),
-                None => job_failure(job),
+                None => results::job_failure_reason(job, "drill"),
             },
         ),
     };
@@ -286,22 +286,6 @@ pub fn outcome(job: &Job, pod: Option<&Pod>) -> Option<Outcome> {
         summary,
         message: crate::error_annotation(&message),
     })
-}
-
-fn job_failure(job: &Job) -> String {
-    let failed = job
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|cs| cs.iter().find(|c| c.type_ == "Failed"));
-    match failed {
-        Some(c) => format!(
-            "drill Job failed: {}: {}",
-            c.reason.as_deref().unwrap_or("Failed"),
-            c.message.as_deref().unwrap_or("")
-        ),
-        None => "drill Job failed".into(),
-    }
 }
 
 /// `PASSED: 3 backups, all ok; oldest 5h` or `FAILED: 3 backups, 1 ok, 2 failed (1 stale,

@@ -129,7 +129,7 @@ pub fn outcome(job: &Job, pod: Option<&Pod>) -> Option<Outcome> {
             ..Default::default()
         }))
     } else {
-        Err(message.unwrap_or_else(|| job_failure_reason(job)))
+        Err(message.unwrap_or_else(|| job_failure_reason(job, "backup")))
     };
     let reason = if ok {
         "succeeded"
@@ -163,8 +163,9 @@ pub fn termination_message(pod: &Pod, container: &str) -> Option<String> {
         .or_else(|| terminated.reason.clone().map(|r| format!("container {r}")))
 }
 
-/// The Job's own reason, when no pod says more (e.g. the deadline passed before it ran).
-fn job_failure_reason(job: &Job) -> String {
+/// The Job's own reason, when no pod says more (e.g. the deadline passed before it ran);
+/// `what` names the Job's kind (`backup`, `drill`).
+pub fn job_failure_reason(job: &Job, what: &str) -> String {
     let failed = job
         .status
         .as_ref()
@@ -172,11 +173,11 @@ fn job_failure_reason(job: &Job) -> String {
         .and_then(|cs| cs.iter().find(|c| c.type_ == "Failed"));
     match failed {
         Some(c) => format!(
-            "backup Job failed: {}: {}",
+            "{what} Job failed: {}: {}",
             c.reason.as_deref().unwrap_or("Failed"),
             c.message.as_deref().unwrap_or("")
         ),
-        None => "backup Job failed".into(),
+        None => format!("{what} Job failed"),
     }
 }
 
