@@ -10,6 +10,7 @@
 //!     identity                     {token, dev, ino, uid}: written O_EXCL|O_NOFOLLOW at creation
 //!     tree/                        the unpacker's root: everything from the archive, nothing else
 //!     complete                     the completion marker (the report), written once verified
+//!                                  (as `complete.partial`, then renamed: never seen half-written)
 //! ```
 //!
 //! The archive cannot reach this bookkeeping: its entries live below `tree/`, and the unpacker
@@ -40,6 +41,8 @@ use wsr_format::unpack::DeferredDir;
 pub const STAGING_PREFIX: &str = wsr_format::media::STAGING_PREFIX;
 const IDENTITY: &str = "identity";
 const COMPLETE: &str = "complete";
+/// The marker while it is written; renamed to [`COMPLETE`] once whole and durable.
+const COMPLETE_PARTIAL: &str = "complete.partial";
 const TREE: &str = "tree";
 /// Largest completion marker read back (the report lists at most 1000 skipped entries).
 const MAX_MARKER_BYTES: u64 = 16 << 20;
@@ -143,17 +146,20 @@ fn recognise(dir: &Path) -> Option<(Staging, bool)> {
     };
     let identity = read_own_file(&dir.join(IDENTITY), 4096)
         .and_then(|bytes| serde_json::from_slice::<Identity>(&bytes).ok());
+    // Only a marker that reads back whole counts (one torn by an older wsr's crash does not:
+    // the tree is then redone rather than the target wedged).
+    let marker = read_own_file(&dir.join(COMPLETE), MAX_MARKER_BYTES)
+        .and_then(|bytes| serde_json::from_slice::<Completed>(&bytes).ok())
+        .filter(|marker| marker.token == token);
     if let Some(identity) = identity {
-        let complete = fs::symlink_metadata(dir.join(COMPLETE)).is_ok();
-        return matches(&identity).then_some((staging, complete));
+        return matches(&identity).then_some((staging, marker.is_some()));
     }
     // Killed between removing `identity` and `complete`: the marker vouches for itself.
-    let marker = read_own_file(&dir.join(COMPLETE), MAX_MARKER_BYTES)
-        .and_then(|bytes| serde_json::from_slice::<Completed>(&bytes).ok())?;
+    let marker = marker?;
     marker
         .identity
         .as_ref()
-        .is_some_and(|identity| matches(identity) && marker.token == token)
+        .is_some_and(matches)
         .then_some((staging, true))
 }
 
@@ -427,10 +433,16 @@ pub fn commit(
         report: report.clone(),
         deferred_dirs,
     };
+    // Written under another name and renamed: a kill mid-write must not leave a `complete`
+    // that a rerun would trust and then fail to read.
+    let partial = staging.dir.join(COMPLETE_PARTIAL);
+    let marker = staging.dir.join(COMPLETE);
     write_new(
-        &staging.dir.join(COMPLETE),
+        &partial,
         &serde_json::to_vec(&completed).expect("marker serialises"),
     )?;
+    crate::test_hooks::maybe_abort("before-marker-rename");
+    rename_noreplace(&partial, &marker).map_err(io(&marker))?;
     fs::File::open(&staging.dir)
         .and_then(|d| d.sync_all())
         .map_err(io(&staging.dir))?;

@@ -1,8 +1,10 @@
 //! Fault injection for crash tests: `WSR_TEST_ABORT_AT=<point>` makes the process abort (as a
-//! SIGKILL would) at that point. Points: `after-entries:<N>` (mid-unpack), `after-marker`
-//! (tree complete, nothing moved yet), `after-removing-identity` and `after-removing-complete`
-//! (everything moved, the staging directory being cleaned up). The variable is read once per process; unset (as in
-//! production), the per-entry path has no hook at all (see `abort_after_entries`).
+//! SIGKILL would) at that point. Points: `after-entries:<N>` (mid-unpack),
+//! `before-marker-rename` (the marker written, not yet named `complete`), `after-marker` (tree
+//! complete, nothing moved yet), `after-removing-identity` and `after-removing-complete`
+//! (everything moved, the staging directory being cleaned up). The variable is read once per
+//! process; unset (as in production), the per-entry path has no hook at all (see
+//! `abort_after_entries`).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -77,7 +77,7 @@ fn killed_mid_unpack_then_rerun_completes_and_target_is_never_half_filled() {
     tree(&src, 3000);
     let reference = publish(&src, &work.path().join("layout"));
     let target = work.path().join("projects");
-    for point in ["after-entries:1000", "after-marker"] {
+    for point in ["after-entries:1000", "before-marker-rename", "after-marker"] {
         let _ = std::fs::remove_dir_all(&target);
         let crashed = bin()
             .args(["--from", &reference, "--to"])
@@ -115,6 +115,45 @@ fn killed_mid_unpack_then_rerun_completes_and_target_is_never_half_filled() {
             .collect();
         assert!(leftovers.is_empty(), "{point}: staging left behind");
     }
+}
+
+/// A marker torn by a kill while it was written (possible before markers were written under
+/// another name and renamed): the rerun redoes the tree instead of failing on it for ever.
+#[test]
+fn a_torn_completion_marker_is_redone_not_trusted() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    tree(&src, 50);
+    let reference = publish(&src, &work.path().join("layout"));
+    let target = work.path().join("projects");
+    let crashed = bin()
+        .args(["--from", &reference, "--to"])
+        .arg(&target)
+        .env("WSR_TEST_ABORT_AT", "before-marker-rename")
+        .output()
+        .unwrap();
+    assert!(stderr(&crashed).contains("test hook: aborting"));
+    let staging = std::fs::read_dir(&target)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::rename(staging.join("complete.partial"), staging.join("complete")).unwrap();
+    std::fs::File::create(staging.join("complete")).unwrap();
+    let rerun = bin()
+        .args(["--json", "--from", &reference, "--to"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert!(rerun.status.success(), "{}", stderr(&rerun));
+    let stdout = String::from_utf8_lossy(&rerun.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        report["resumed"], false,
+        "a torn marker is not resumed from"
+    );
+    assert_eq!(listing(&target), listing(&src));
 }
 
 /// The last instants of a restore: everything moved into place, the staging directory being
