@@ -469,8 +469,13 @@ pub struct LayerCutter {
     current: u64,
 }
 
-/// Smallest layering target, in bytes.
+/// Smallest layering target a cutter accepts, in bytes (what earlier wsr chose for trees under
+/// 128 MiB; such a backup's target is kept while it gives 8 to 512 layers).
 pub const MIN_LAYER_TARGET: u64 = 1 << 20;
+/// Smallest target chosen for a tree without a usable previous one. Every blob costs a fixed
+/// few requests and a few milliseconds of registry work whatever its size, so small trees are
+/// not cut finer than this; a one-file change still uploads only about 1 MB compressed.
+pub const MIN_CHOSEN_TARGET: u64 = 2 << 20;
 /// Largest layering target, in bytes.
 pub const MAX_LAYER_TARGET: u64 = 64 << 20;
 
@@ -488,9 +493,10 @@ impl LayerCutter {
         self.target
     }
 
-    /// The target for a tree of `total_weight` bytes: 64 to 128 layers, a power of two. A
-    /// previous target is kept while it still gives 8 to 512 layers, so boundaries don't move
-    /// when the workspace merely grows a little.
+    /// The target for a tree of `total_weight` bytes: 64 to 128 layers, a power of two, at
+    /// least [`MIN_CHOSEN_TARGET`]. A previous target is kept while it still gives 8 to 512
+    /// layers (or fewer, when it is already that small), so boundaries don't move when the
+    /// workspace merely grows a little.
     pub fn choose_target(total_weight: u64, previous: Option<u64>) -> u64 {
         if let Some(prev) = previous
             && (MIN_LAYER_TARGET..=MAX_LAYER_TARGET).contains(&prev)
@@ -498,7 +504,7 @@ impl LayerCutter {
         {
             let layers = total_weight / prev;
             if (8..=512).contains(&layers)
-                || (prev == MIN_LAYER_TARGET && layers < 8)
+                || (prev <= MIN_CHOSEN_TARGET && layers < 8)
                 || (prev == MAX_LAYER_TARGET && layers > 512)
             {
                 return prev;
@@ -506,7 +512,7 @@ impl LayerCutter {
         }
         (total_weight / 128)
             .next_power_of_two()
-            .clamp(MIN_LAYER_TARGET, MAX_LAYER_TARGET)
+            .clamp(MIN_CHOSEN_TARGET, MAX_LAYER_TARGET)
     }
 
     /// Adds an entry; returns true when the layer ends after it.
@@ -666,9 +672,26 @@ mod tests {
 
     #[test]
     fn target_is_sticky_within_a_range() {
-        assert_eq!(LayerCutter::choose_target(100 << 20, None), 1 << 20);
+        assert_eq!(LayerCutter::choose_target(100 << 20, None), 2 << 20);
         assert_eq!(LayerCutter::choose_target(1 << 30, None), 8 << 20);
-        assert_eq!(LayerCutter::choose_target(10 << 20, None), MIN_LAYER_TARGET);
+        assert_eq!(
+            LayerCutter::choose_target(10 << 20, None),
+            MIN_CHOSEN_TARGET
+        );
+        assert_eq!(LayerCutter::choose_target(1 << 20, None), MIN_CHOSEN_TARGET);
+        // An earlier backup's 1 MiB target is kept while it gives 8 to 512 layers, and below.
+        assert_eq!(
+            LayerCutter::choose_target(100 << 20, Some(MIN_LAYER_TARGET)),
+            MIN_LAYER_TARGET
+        );
+        assert_eq!(
+            LayerCutter::choose_target(3 << 20, Some(MIN_LAYER_TARGET)),
+            MIN_LAYER_TARGET
+        );
+        assert_eq!(
+            LayerCutter::choose_target(3 << 20, Some(MIN_CHOSEN_TARGET)),
+            MIN_CHOSEN_TARGET
+        );
         assert_eq!(LayerCutter::choose_target(1 << 40, None), MAX_LAYER_TARGET);
         // 300 MB would choose 4 MiB fresh, but 2 MiB from the previous backup still gives 150 layers.
         assert_eq!(
@@ -683,7 +706,7 @@ mod tests {
         );
         assert_eq!(
             LayerCutter::choose_target(100 << 20, Some(3 << 20)),
-            1 << 20
+            2 << 20
         );
     }
 }
