@@ -101,13 +101,15 @@ fn walk_dir(
         path: dir.clone(),
         source,
     };
-    let mut names: Vec<Vec<u8>> = fs::read_dir(&dir)
+    // Entries are kept (not just names) so each lstat is relative to this directory's open
+    // descriptor: no path lookup from the root per entry, which dominated a re-backup's walk.
+    let mut found: Vec<(Vec<u8>, fs::DirEntry)> = fs::read_dir(&dir)
         .map_err(io)?
-        .map(|e| e.map(|e| e.file_name().as_bytes().to_vec()))
+        .map(|e| e.map(|e| (e.file_name().as_bytes().to_vec(), e)))
         .collect::<Result<_, _>>()
         .map_err(io)?;
-    names.sort_unstable();
-    for name in names {
+    found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (name, dir_entry) in found {
         // An interrupted restore's leftovers are wsr's bookkeeping, not the workspace's; a
         // restore would never restore them either (FORMAT.md §8.2).
         if rel_dir.is_empty() && name.starts_with(media::STAGING_PREFIX.as_bytes()) {
@@ -127,7 +129,7 @@ fn walk_dir(
             [rel_dir, b"/", &name].concat()
         };
         let path = full_path(root, &rel);
-        let meta = match fs::symlink_metadata(&path) {
+        let meta = match dir_entry.metadata() {
             Ok(m) => m,
             // Vanished between readdir and lstat: it is simply not part of the backup.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,

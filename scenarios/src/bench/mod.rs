@@ -52,6 +52,10 @@ pub struct BenchArgs {
     /// to the registry goes through the same shaping proxy.
     #[arg(long, value_delimiter = ',', default_value = "loopback")]
     network: Vec<Network>,
+    /// Corpora as profile/size pairs, comma-separated (e.g. `workspace/large,many-files/small`),
+    /// instead of every --profile at every --size.
+    #[arg(long, value_delimiter = ',')]
+    corpus: Vec<String>,
     /// Repetitions per measurement; the report shows medians.
     #[arg(long, default_value_t = 3)]
     reps: usize,
@@ -189,14 +193,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     let machine = machine::describe(&work, &tools);
 
+    let corpora = corpora(&args)?;
     let mut runs = Vec::new();
     for network in &args.network {
-        for profile in &args.profile {
-            for scale in &args.size {
-                runs.push(bench_corpus(
-                    &work, &tools, *profile, scale, *network, &args, timeout,
-                )?);
-            }
+        for (profile, scale) in &corpora {
+            runs.push(bench_corpus(
+                &work, &tools, *profile, scale, *network, &args, timeout,
+            )?);
         }
     }
 
@@ -207,7 +210,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
 
     fs::write(work.join("results.json"), serde_json::to_vec_pretty(&runs)?)?;
-    let md = report::render(&machine, &runs, sparse.as_ref(), args.reps);
+    // The command as given (what a reader reruns), not rebuilt from the runs.
+    let command: Vec<String> = env::args().skip_while(|a| a != "bench").collect();
+    let command = format!("cargo run --release -p scenarios -- {}", command.join(" "));
+    let md = report::render(&machine, &runs, sparse.as_ref(), args.reps, &command);
     if let Some(parent) = out.parent() {
         fs::create_dir_all(parent)?;
     }
@@ -218,6 +224,26 @@ pub fn run(args: BenchArgs) -> Result<()> {
         work.join("results.json").display()
     );
     Ok(())
+}
+
+/// The corpora to measure: the `--corpus` pairs, or every `--profile` at every `--size`.
+fn corpora(args: &BenchArgs) -> Result<Vec<(Profile, Scale)>> {
+    if args.corpus.is_empty() {
+        let pairs = args
+            .profile
+            .iter()
+            .flat_map(|p| args.size.iter().map(|s| (*p, s.clone())));
+        return Ok(pairs.collect());
+    }
+    args.corpus
+        .iter()
+        .map(|pair| {
+            let (profile, size) = pair
+                .split_once('/')
+                .with_context(|| format!("--corpus {pair:?}: expected profile/size"))?;
+            Ok((profile.parse()?, size.parse()?))
+        })
+        .collect()
 }
 
 fn bench_corpus(
