@@ -18,7 +18,8 @@ use crate::policy::{
 };
 use crate::results::{self, to_chrono};
 use crate::schedule::Schedule;
-use crate::workload::pod::{PodOptions, SecretMount, run_once_job_spec, scratch_pod_spec};
+use crate::workload::pod::{PodOptions, run_once_job_spec, scratch_pod_spec};
+use crate::workload::registry::RegistryAccess;
 use chrono::{DateTime, SecondsFormat, Utc};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -35,8 +36,6 @@ pub const CONTAINER: &str = "drill";
 /// Label on drill Jobs and their pods (with [`label::POLICY`]).
 pub const DRILL_LABEL: &str = "wsr.dev/drill";
 const SCRATCH: &str = "/scratch";
-const AUTH_DIR: &str = "/tmp/.docker";
-const CA_DIR: &str = "/tmp/.ca";
 const DEFAULT_DEADLINE_SECONDS: i64 = 6 * 3600;
 /// Finished drill Jobs are deleted by the history limits; the TTL is the backstop (a week).
 const TTL_SECONDS: i32 = 7 * 86_400;
@@ -99,42 +98,19 @@ impl DrillJob<'_> {
             "--progress".into(),
             "never".into(),
         ]);
-        if registry.plain_http {
-            args.push("--plain-http".into());
-        }
-        if registry.insecure {
-            args.push("--insecure".into());
-        }
-        if registry.ca_secret.is_some() {
-            args.extend(["--ca-file".into(), format!("{CA_DIR}/ca.crt")]);
-        }
-        if self.auth_secret().is_some() {
-            args.extend([
-                "--auth-file".into(),
-                format!("{AUTH_DIR}/.dockerconfigjson"),
-            ]);
-        }
+        args.extend(self.registry_access().args());
         args
     }
 
-    /// The Secrets the pod mounts (all in the operator namespace).
-    pub fn secrets(&self) -> Vec<SecretMount> {
-        let mut secrets = Vec::new();
-        if let Some(auth) = self.auth_secret() {
-            secrets.push(SecretMount {
-                volume: "registry-auth".into(),
-                secret: auth.into(),
-                path: AUTH_DIR.into(),
-            });
+    /// The registry connection: the policy's, logging in with [`Self::auth_secret`].
+    pub fn registry_access(&self) -> RegistryAccess {
+        let registry = &self.policy.registry;
+        RegistryAccess {
+            plain_http: registry.plain_http,
+            insecure: registry.insecure,
+            auth_secret: self.auth_secret().map(String::from),
+            ca_secret: registry.ca_secret.clone(),
         }
-        if let Some(ca) = &self.policy.registry.ca_secret {
-            secrets.push(SecretMount {
-                volume: "registry-ca".into(),
-                secret: ca.clone(),
-                path: CA_DIR.into(),
-            });
-        }
-        secrets
     }
 
     fn labels(&self) -> BTreeMap<String, String> {
@@ -167,7 +143,7 @@ impl DrillJob<'_> {
             self.command(),
             SCRATCH,
             &self.drill.scratch_size,
-            &self.secrets(),
+            &self.registry_access().secrets(),
             &options,
         );
         let labels = self.labels();
@@ -659,7 +635,7 @@ async fn start(policy: &BackupPolicy, ctx: &Context, drill: &DrillSpec) -> Resul
         namespace: ns,
     };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    for mount in job.secrets() {
+    for mount in job.registry_access().secrets() {
         if secrets.get_opt(&mount.secret).await?.is_none() {
             return Err(Error::AuthSecret {
                 namespace: ns.clone(),

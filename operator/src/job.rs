@@ -4,9 +4,8 @@
 use crate::devworkspace::DevWorkspace;
 use crate::names::{JOB_NAME_PREFIX, REGISTRY_AUTH_SECRET, label, wsr_annotation};
 use crate::policy::{BackupPolicySpec, DEFAULT_IMAGE};
-use crate::workload::pod::{
-    PROJECTS_MOUNT, PodOptions, SecretMount, hardened_pod_spec, run_once_job_spec,
-};
+use crate::workload::pod::{PROJECTS_MOUNT, PodOptions, hardened_pod_spec, run_once_job_spec};
+use crate::workload::registry::RegistryAccess;
 use crate::workload::storage::WorkspaceVolume;
 use k8s_openapi::api::batch::v1::Job;
 use kube::Resource;
@@ -14,8 +13,6 @@ use kube::api::ObjectMeta;
 use std::collections::BTreeMap;
 
 pub const CONTAINER: &str = "backup-workspace";
-const AUTH_DIR: &str = "/tmp/.docker";
-const CA_DIR: &str = "/tmp/.ca";
 const DEFAULT_DEADLINE_SECONDS: i64 = 3600;
 const DEFAULT_TTL_SECONDS: i32 = 86400;
 
@@ -59,22 +56,18 @@ impl BackupJob<'_> {
         if let Some(keep) = self.policy.retention.as_ref().and_then(|r| r.keep_last) {
             args.extend(["--keep".into(), keep.to_string()]);
         }
-        if registry.plain_http {
-            args.push("--plain-http".into());
-        }
-        if registry.insecure {
-            args.push("--insecure".into());
-        }
-        if registry.ca_secret.is_some() {
-            args.extend(["--ca-file".into(), format!("{CA_DIR}/ca.crt")]);
-        }
-        if self.auth_secret {
-            args.extend([
-                "--auth-file".into(),
-                format!("{AUTH_DIR}/.dockerconfigjson"),
-            ]);
-        }
+        args.extend(self.registry_access().args());
         args
+    }
+
+    fn registry_access(&self) -> RegistryAccess {
+        let registry = &self.policy.registry;
+        RegistryAccess {
+            plain_http: registry.plain_http,
+            insecure: registry.insecure,
+            auth_secret: self.auth_secret.then(|| REGISTRY_AUTH_SECRET.into()),
+            ca_secret: registry.ca_secret.clone(),
+        }
     }
 
     fn labels(&self) -> BTreeMap<String, String> {
@@ -87,25 +80,6 @@ impl BackupJob<'_> {
             (label::DEVWORKSPACE_ID.into(), self.workspace_id.into()),
             (label::POLICY.into(), self.policy_name.into()),
         ])
-    }
-
-    fn secrets(&self) -> Vec<SecretMount> {
-        let mut secrets = Vec::new();
-        if self.auth_secret {
-            secrets.push(SecretMount {
-                volume: "registry-auth-secret".into(),
-                secret: REGISTRY_AUTH_SECRET.into(),
-                path: AUTH_DIR.into(),
-            });
-        }
-        if let Some(ca) = &self.policy.registry.ca_secret {
-            secrets.push(SecretMount {
-                volume: "registry-ca".into(),
-                secret: ca.clone(),
-                path: CA_DIR.into(),
-            });
-        }
-        secrets
     }
 
     fn pod_options(&self) -> PodOptions {
@@ -130,7 +104,7 @@ impl BackupJob<'_> {
             self.command(),
             self.volume,
             false,
-            &self.secrets(),
+            &self.registry_access().secrets(),
             &self.pod_options(),
         );
         Job {

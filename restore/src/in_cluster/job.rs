@@ -4,10 +4,9 @@
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use std::collections::BTreeMap;
-use wsr_workload::names::{REGISTRY_AUTH_SECRET, label};
-use wsr_workload::pod::{
-    PROJECTS_MOUNT, PodOptions, SecretMount, hardened_pod_spec, run_once_job_spec,
-};
+use wsr_workload::names::label;
+use wsr_workload::pod::{PROJECTS_MOUNT, PodOptions, hardened_pod_spec, run_once_job_spec};
+pub use wsr_workload::registry::RegistryAccess;
 use wsr_workload::storage::WorkspaceVolume;
 
 pub use wsr_workload::restored::{JOB_CONTAINER as CONTAINER, RESTORE_JOB_LABEL};
@@ -15,21 +14,8 @@ pub use wsr_workload::restored::{JOB_CONTAINER as CONTAINER, RESTORE_JOB_LABEL};
 pub const JOB_NAME_PREFIX: &str = "devworkspace-restore-";
 /// Annotation on the Job: the reference it restores.
 pub const REFERENCE_ANNOTATION: &str = "wsr.dev/reference";
-const AUTH_DIR: &str = "/tmp/.docker";
-const CA_DIR: &str = "/tmp/.ca";
 const DEADLINE_SECONDS: i64 = 3600;
 const TTL_SECONDS: i32 = 86400;
-
-/// How the pod reaches the registry.
-#[derive(Clone, Debug, Default)]
-pub struct RegistryAccess {
-    pub plain_http: bool,
-    pub insecure: bool,
-    /// `devworkspace-backup-registry-auth` exists in the namespace.
-    pub auth_secret: bool,
-    /// A Secret whose `ca.crt` the pod trusts.
-    pub ca_secret: Option<String>,
-}
 
 /// One restore Job, as decided from the workspace and the flags.
 pub struct RestoreJob<'a> {
@@ -61,41 +47,8 @@ impl RestoreJob<'_> {
         if self.force {
             args.push("--force".into());
         }
-        if self.registry.plain_http {
-            args.push("--plain-http".into());
-        }
-        if self.registry.insecure {
-            args.push("--insecure".into());
-        }
-        if self.registry.ca_secret.is_some() {
-            args.extend(["--ca-file".into(), format!("{CA_DIR}/ca.crt")]);
-        }
-        if self.registry.auth_secret {
-            args.extend([
-                "--auth-file".into(),
-                format!("{AUTH_DIR}/.dockerconfigjson"),
-            ]);
-        }
+        args.extend(self.registry.args());
         args
-    }
-
-    fn secrets(&self) -> Vec<SecretMount> {
-        let mut secrets = Vec::new();
-        if self.registry.auth_secret {
-            secrets.push(SecretMount {
-                volume: "registry-auth-secret".into(),
-                secret: REGISTRY_AUTH_SECRET.into(),
-                path: AUTH_DIR.into(),
-            });
-        }
-        if let Some(ca) = &self.registry.ca_secret {
-            secrets.push(SecretMount {
-                volume: "registry-ca".into(),
-                secret: ca.clone(),
-                path: CA_DIR.into(),
-            });
-        }
-        secrets
     }
 
     fn labels(&self) -> BTreeMap<String, String> {
@@ -114,7 +67,7 @@ impl RestoreJob<'_> {
             self.command(),
             self.volume,
             true,
-            &self.secrets(),
+            &self.registry.secrets(),
             self.pod,
         );
         Job {
@@ -144,6 +97,7 @@ impl RestoreJob<'_> {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::PodSecurityContext;
+    use wsr_workload::names::REGISTRY_AUTH_SECRET;
     use wsr_workload::pod::{openshift_restricted_v2_violations, restricted_violations};
 
     fn golden_job() -> Job {
@@ -156,7 +110,7 @@ mod tests {
         let registry = RegistryAccess {
             plain_http: false,
             insecure: false,
-            auth_secret: true,
+            auth_secret: Some(REGISTRY_AUTH_SECRET.into()),
             ca_secret: Some("registry-ca".into()),
         };
         let pod = PodOptions {

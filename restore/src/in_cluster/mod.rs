@@ -161,7 +161,8 @@ pub async fn restore(
     let registry = job::RegistryAccess {
         plain_http: req.connect.plain_http,
         insecure: req.connect.insecure,
-        auth_secret: secrets.get_opt(REGISTRY_AUTH_SECRET).await?.is_some(),
+        auth_secret: (secrets.get_opt(REGISTRY_AUTH_SECRET).await?)
+            .map(|_| REGISTRY_AUTH_SECRET.into()),
         ca_secret: args.ca_secret.clone(),
     };
     let pod = pod_options(args);
