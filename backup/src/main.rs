@@ -11,7 +11,7 @@ use wsr_backup::dwo_env::{self, DwoEnvError};
 use wsr_backup::{BackupError, BackupOptions, Format, Progress, Tuning};
 use wsr_cli::{
     ConnectArgs, ProgressMode, Sample, UsageError, block_on_with_progress, finish, human,
-    init_logging, is_usage_error, transport_exit_code,
+    init_process, is_usage_error, transport_exit_code,
 };
 use wsr_format::reference::{Reference, parse_registry_path, workspace_reference};
 
@@ -108,7 +108,7 @@ enum FormatArg {
 
 fn main() {
     let cli = Cli::parse();
-    init_logging();
+    init_process();
     finish("wsr-backup", run(cli), exit_code, step);
 }
 

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use wsr_cli::{
-    ConnectArgs, ProgressMode, Reporter, Sample, UsageError, human, init_logging, is_usage_error,
+    ConnectArgs, ProgressMode, Reporter, Sample, UsageError, human, init_process, is_usage_error,
     report_error, transport_exit_code, write_termination_log,
 };
 use wsr_format::reference::{Reference, Target, parse_registry_path, workspace_reference};
@@ -146,7 +146,7 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    init_logging();
+    init_process();
     let json = cli.common.json;
     let code = match run(cli) {
         Ok(Output::Json(value, text)) => {

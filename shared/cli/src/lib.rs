@@ -118,8 +118,26 @@ pub fn report_error(program: &str, error: &anyhow::Error, step: Option<&str>) {
     write_termination_log(&message);
 }
 
-/// Logs to stderr, filtered by `WSR_LOG` (default `info`), coloured only on a terminal.
-pub fn init_logging() {
+/// Sets the process up: at most two malloc arenas ([`limit_malloc_arenas`]) and logging to
+/// stderr, filtered by `WSR_LOG` (default `info`), coloured only on a terminal.
+pub fn init_process() {
+    limit_malloc_arenas();
+    init_logging();
+}
+
+/// glibc gives threads that contend for the allocator their own arenas (up to 8 per core), and
+/// each arena keeps what it freed: a 1 GB backup's peak RSS was 150 MiB with the default and
+/// 92 MiB with two arenas, in the same time (one arena was slower). `MALLOC_ARENA_MAX`, when
+/// set, still wins.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only adjusts allocator parameters; called before other threads start.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+    }
+}
+
+fn init_logging() {
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("WSR_LOG").unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()
