@@ -348,14 +348,7 @@ fn bench_corpus(
     // Upstream holds its archive and extracted copy besides the restored tree: allow 2x.
     let need = 2 * stats.bytes * (args.reps * peers::RESTORE_PEERS.len()) as u64;
     let keep_all = free_bytes(&restore_root).is_some_and(|free| free > need + (5 << 30));
-    // An untimed tree-sized write first, kept until the phase ends. The previous corpus's
-    // restored trees were deleted minutes ago, and whichever restore ran first paid for ext4
-    // searching past their inodes: wsr, first in the first repetition, took 3-5x its other
-    // runs (23.7 s against 7.0 s at 1 GB, generation of 2026-11-26).
-    let warm_up = restore_root.join("warm-up");
-    let copy = format!("cp -a '{}' '{}'", corpus.display(), warm_up.display());
-    quiet(&Step::shell("restore warm-up", &copy), &dir)?;
-    let mut deferred = vec![warm_up];
+    let mut deferred = Vec::new();
     for (rep, reg) in registries.iter().enumerate() {
         let (host, data, restic_repo, zstd_file, _) = slot(rep, reg);
         let s = Slot {

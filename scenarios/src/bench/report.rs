@@ -283,8 +283,7 @@ pub fn render(
          - The corpus is read once before the runs, so all tools read it from the page cache. Each restore goes \
          to a new empty directory; restored trees are deleted only after the restore phase, because on ext4 a \
          restore that follows the deletion of a restored tree paid several times more kernel time (freed inodes \
-         are not reused for minutes); an untimed `cp -a` of the corpus runs before the first restore for the \
-         same reason (the previous corpus's trees were just deleted). `sync` runs before every run and is not timed: times do not include \
+         are not reused for minutes). `sync` runs before every run and is not timed: times do not include \
          flushing written data to disk.\n\
          - Restores are compared with the source (paths, kinds, executable bits, contents, symlink targets).\n\
          - The upstream pipeline is DWO's `workspace-recovery.sh` with the Go `oras` CLI its recovery image \
