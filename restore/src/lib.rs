@@ -120,10 +120,6 @@ pub enum RestoreError {
     /// index); the message says where. Callers treat every such case alike.
     #[error("{0}")]
     Corrupt(String),
-    /// Leftover restore state in the target that passed its identity check but whose marker is
-    /// unusable (unreadable, not this user's, another restore's).
-    #[error("{path}: {problem}")]
-    Marker { path: PathBuf, problem: String },
     /// A `--paths` entry that is not a relative path below the root.
     #[error(transparent)]
     Paths(#[from] SelectionError),
@@ -148,9 +144,8 @@ pub async fn restore(
         None => None,
     };
     // An interrupted restore whose tree was already complete and verified: finish it.
-    if let Some(staging) = target::completed_staging(target)? {
+    if let Some((staging, mut report, deferred)) = target::completed_staging(target)? {
         tracing::info!(staging = %staging.dir.display(), "completing an interrupted restore");
-        let (mut report, deferred) = target::read_marker(&staging)?;
         target::finish_moves(target, &staging, &deferred)?;
         report.resumed = true;
         report.duration_s = started.elapsed().as_secs_f64();

@@ -485,7 +485,6 @@ fn step(e: &anyhow::Error) -> Option<&'static str> {
         | RestoreError::Target { .. }
         | RestoreError::MoveAside { .. }
         | RestoreError::NoSpace { .. }
-        | RestoreError::Marker { .. }
         | RestoreError::Unpack(UnpackError::Io { .. }) => "write",
         RestoreError::Transport(t) => t.step().unwrap_or("download"),
         RestoreError::Unpack(_)
@@ -530,8 +529,7 @@ fn restore_exit_code(e: &RestoreError) -> i32 {
         RestoreError::NotEmpty { .. }
         | RestoreError::Target { .. }
         | RestoreError::MoveAside { .. }
-        | RestoreError::NoSpace { .. }
-        | RestoreError::Marker { .. } => 3,
+        | RestoreError::NoSpace { .. } => 3,
         RestoreError::Transport(t) => transport_exit_code(t),
         // A name the target cannot hold is the archive's problem, not the target's.
         RestoreError::Unpack(UnpackError::Io { source, .. })

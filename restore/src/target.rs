@@ -91,8 +91,8 @@ struct Completed {
 struct Scan {
     /// Everything that is not a trusted staging directory.
     user: Vec<PathBuf>,
-    /// Trusted staging directories, with whether they are complete.
-    ours: Vec<(Staging, bool)>,
+    /// Trusted staging directories, with the completion marker of those that are complete.
+    ours: Vec<(Staging, Option<Completed>)>,
 }
 
 fn euid() -> u32 {
@@ -121,8 +121,8 @@ fn scan(target: &Path) -> Result<Scan, RestoreError> {
 }
 
 /// The identity check: `Some` only for a staging directory this user created (see the module
-/// docs), with whether it is complete.
-fn recognise(dir: &Path) -> Option<(Staging, bool)> {
+/// docs), with its completion marker when it is complete.
+fn recognise(dir: &Path) -> Option<(Staging, Option<Completed>)> {
     let token = dir.file_name()?.to_str()?.strip_prefix(STAGING_PREFIX)?;
     if token.len() != 32 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
@@ -136,7 +136,7 @@ fn recognise(dir: &Path) -> Option<(Staging, bool)> {
         token: token.to_owned(),
     };
     if holds_nothing(dir) {
-        return Some((staging, false));
+        return Some((staging, None));
     }
     let matches = |identity: &Identity| {
         identity.token == token
@@ -152,15 +152,12 @@ fn recognise(dir: &Path) -> Option<(Staging, bool)> {
         .and_then(|bytes| serde_json::from_slice::<Completed>(&bytes).ok())
         .filter(|marker| marker.token == token);
     if let Some(identity) = identity {
-        return matches(&identity).then_some((staging, marker.is_some()));
+        return matches(&identity).then_some((staging, marker));
     }
     // Killed between removing `identity` and `complete`: the marker vouches for itself.
     let marker = marker?;
-    marker
-        .identity
-        .as_ref()
-        .is_some_and(matches)
-        .then_some((staging, true))
+    let trusted = marker.identity.as_ref().is_some_and(matches);
+    trusted.then_some((staging, Some(marker)))
 }
 
 /// Whether a staging-named directory holds nothing worth keeping: no entry at all, or only an
@@ -243,12 +240,15 @@ pub fn check_writable(target: &Path) -> Result<(), RestoreError> {
     )))
 }
 
-/// A trusted staging directory whose tree is complete, left by an interrupted restore.
-pub fn completed_staging(target: &Path) -> Result<Option<Staging>, RestoreError> {
+/// A trusted staging directory whose tree is complete, left by an interrupted restore, with
+/// the report and the deferred directory modes its marker holds.
+pub fn completed_staging(
+    target: &Path,
+) -> Result<Option<(Staging, RestoreReport, Vec<DeferredDir>)>, RestoreError> {
     Ok(scan(target)?
         .ours
         .into_iter()
-        .find_map(|(s, complete)| complete.then_some(s)))
+        .find_map(|(s, marker)| marker.map(|m| (s, m.report, m.deferred_dirs))))
 }
 
 /// Moves the target's current content aside; nothing is deleted. The content goes to a
@@ -336,8 +336,8 @@ fn move_entry(from: &Path, to: &Path) -> std::io::Result<()> {
 /// Removes our stale (incomplete) staging directories: an interrupted restore's, whose tree
 /// was not complete.
 pub fn remove_stale_staging(target: &Path) -> Result<(), RestoreError> {
-    for (stale, complete) in scan(target)?.ours {
-        if !complete {
+    for (stale, marker) in scan(target)?.ours {
+        if marker.is_none() {
             tracing::info!(path = %stale.dir.display(), "removing an interrupted restore's staging directory");
             make_writable(&stale.dir);
             fs::remove_dir_all(&stale.dir).map_err(io(&stale.dir))?;
@@ -448,27 +448,6 @@ pub fn commit(
         .map_err(io(&staging.dir))?;
     crate::test_hooks::maybe_abort("after-marker");
     finish_moves(target, staging, &completed.deferred_dirs)
-}
-
-/// The report and deferred directory modes stored in a completed staging directory's marker.
-pub fn read_marker(staging: &Staging) -> Result<(RestoreReport, Vec<DeferredDir>), RestoreError> {
-    let marker = staging.dir.join(COMPLETE);
-    let bytes = read_own_file(&marker, MAX_MARKER_BYTES).ok_or_else(|| RestoreError::Marker {
-        path: marker.clone(),
-        problem: "not a completion marker of this user".into(),
-    })?;
-    let completed: Completed =
-        serde_json::from_slice(&bytes).map_err(|e| RestoreError::Marker {
-            path: marker.clone(),
-            problem: e.to_string(),
-        })?;
-    if completed.token != staging.token {
-        return Err(RestoreError::Marker {
-            path: marker,
-            problem: "marker of another restore".into(),
-        });
-    }
-    Ok((completed.report, completed.deferred_dirs))
 }
 
 /// Moves every staged entry into the target (never replacing anything), applies the deferred

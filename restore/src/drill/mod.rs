@@ -105,8 +105,7 @@ pub fn status_of(error: &RestoreError) -> Status {
         | RestoreError::NotEmpty { .. }
         | RestoreError::Target { .. }
         | RestoreError::MoveAside { .. }
-        | RestoreError::NoSpace { .. }
-        | RestoreError::Marker { .. } => Status::Unreadable,
+        | RestoreError::NoSpace { .. } => Status::Unreadable,
     }
 }
 
