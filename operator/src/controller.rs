@@ -688,15 +688,17 @@ async fn start(
         (job_name.clone(), Utc::now()),
     );
     info!("backup Job created");
-    publish(
-        ctx,
+    let note = format!(
+        "backup Job {job_name} started: {} to {reference}",
+        p.volume.claim
+    );
+    publish_event(
+        &ctx.recorder,
         ws,
+        "Backup",
         EventType::Normal,
         "BackupStarted",
-        format!(
-            "backup Job {job_name} started: {} to {reference}",
-            p.volume.claim
-        ),
+        &note,
     )
     .await;
     Ok(())
@@ -906,18 +908,27 @@ async fn announce(ctx: &Context, ws: &DevWorkspace, outcome: &Outcome, counts: &
         }
     };
     info!(reason, "backup result recorded");
-    publish(ctx, ws, kind, reason, note).await;
+    publish_event(&ctx.recorder, ws, "Backup", kind, reason, &note).await;
 }
 
-async fn publish(ctx: &Context, ws: &DevWorkspace, type_: EventType, reason: &str, note: String) {
+/// Publishes an Event on `object`, its note capped as the annotations are. Best effort: a
+/// failure is logged, never returned, so reporting cannot fail the work it reports.
+pub(crate) async fn publish_event<K: Resource<DynamicType = ()>>(
+    recorder: &Recorder,
+    object: &K,
+    action: &str,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
     let event = Event {
         type_,
         reason: reason.into(),
-        note: Some(crate::error_annotation(&note)),
-        action: "Backup".into(),
+        note: Some(crate::error_annotation(note)),
+        action: action.into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &ws.object_ref(&())).await {
+    if let Err(e) = recorder.publish(&event, &object.object_ref(&())).await {
         warn!(error = %chain(&e), "cannot publish an Event");
     }
 }

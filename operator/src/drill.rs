@@ -10,7 +10,7 @@
 //! unit-tested here; [`run`] ties them to the API server, like the backup run in
 //! [`crate::controller`], level-based from the watch caches and `status.drill`.
 
-use crate::controller::{Context, Error, chain};
+use crate::controller::{Context, Error, chain, publish_event};
 use crate::metrics::{DrillResultLabels, PolicyLabel};
 use crate::names::{label, wsr_annotation};
 use crate::policy::{
@@ -24,7 +24,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -579,14 +579,8 @@ async fn record(
         (EventType::Warning, "DrillFailed")
     };
     info!(job = %job_name, reason, message = %outcome.message, "drill result recorded");
-    publish(
-        ctx,
-        policy,
-        type_,
-        reason,
-        format!("Job {job_name}: {}", outcome.message),
-    )
-    .await;
+    let note = format!("Job {job_name}: {}", outcome.message);
+    publish_event(&ctx.recorder, policy, "Drill", type_, reason, &note).await;
 }
 
 /// The `wsr_drill_*` series of one recorded drill.
@@ -657,38 +651,14 @@ async fn start(policy: &BackupPolicy, ctx: &Context, drill: &DrillSpec) -> Resul
         .expect("not poisoned")
         .insert(name, (job_name.clone(), Utc::now()));
     info!(job = %job_name, "drill Job created");
-    publish(
-        ctx,
-        policy,
-        EventType::Normal,
-        "DrillStarted",
-        format!(
-            "drill Job {job_name} started: every backup below {}",
-            policy.spec.registry.path
-        ),
-    )
-    .await;
+    let note = format!(
+        "drill Job {job_name} started: every backup below {}",
+        policy.spec.registry.path
+    );
+    // The policy is cluster-scoped: Kubernetes keeps its Events in `default`.
+    let (kind, reason) = (EventType::Normal, "DrillStarted");
+    publish_event(&ctx.recorder, policy, "Drill", kind, reason, &note).await;
     Ok(job_name)
-}
-
-/// An Event on the policy (cluster-scoped: Kubernetes keeps it in the `default` namespace).
-async fn publish(
-    ctx: &Context,
-    policy: &BackupPolicy,
-    type_: EventType,
-    reason: &str,
-    note: String,
-) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(crate::error_annotation(&note)),
-        action: "Drill".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
-        warn!(error = %chain(&e), "cannot publish an Event");
-    }
 }
 
 impl Memory {

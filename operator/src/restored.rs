@@ -12,6 +12,7 @@
 //! BackupPolicy (a restored workspace need not be backed up by wsr), runs on the leader only,
 //! and merge-patches only its own three annotations, so it never touches the backup ones.
 
+use crate::controller::publish_event;
 use crate::devworkspace::DevWorkspace;
 use crate::names::{label, wsr_annotation};
 use crate::results::to_chrono;
@@ -19,9 +20,9 @@ use crate::workload::restored::{INIT_CONTAINER, JOB_CONTAINER, RESTORE_JOB_LABEL
 use chrono::{DateTime, SecondsFormat, Utc};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -247,19 +248,12 @@ impl RestoreRecorder {
             .await?;
         info!(namespace = %restore.namespace, workspace = %ws.name_any(),
               from = %restore.source, by = %restore.by, "restore recorded");
-        let event = Event {
-            type_: EventType::Normal,
-            reason: "Restored".into(),
-            note: Some(crate::error_annotation(&format!(
-                "restored from {} by {}: {} files, {} bytes",
-                restore.source, restore.by, restore.files, restore.bytes
-            ))),
-            action: "Restore".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.events.publish(&event, &ws.object_ref(&())).await {
-            warn!(error = %e, "cannot publish an Event");
-        }
+        let note = format!(
+            "restored from {} by {}: {} files, {} bytes",
+            restore.source, restore.by, restore.files, restore.bytes
+        );
+        let (kind, reason) = (EventType::Normal, "Restored");
+        publish_event(&self.events, ws, "Restore", kind, reason, &note).await;
         Ok(())
     }
 }
