@@ -712,26 +712,23 @@ mod tests {
             spec: spec.clone(),
             status: None,
         };
-        DrillJob {
-            policy_name: "nightly",
-            policy: &spec,
-            drill: spec.drill.as_ref().unwrap(),
-            namespace: "wsr-system",
-        }
-        .build(owner.controller_owner_ref(&()))
+        nightly(&spec, spec.drill.as_ref().unwrap()).build(owner.controller_owner_ref(&()))
     }
 
-    /// The exact Job, compared with `testdata/drill-job.yaml` (regenerate with
-    /// `WSR_BLESS=1 cargo test -p wsr-operator drill::`, then review the diff).
+    /// The drill Job of the policy `nightly` in `wsr-system`.
+    fn nightly<'a>(spec: &'a BackupPolicySpec, drill: &'a DrillSpec) -> DrillJob<'a> {
+        DrillJob {
+            policy_name: "nightly",
+            policy: spec,
+            drill,
+            namespace: "wsr-system",
+        }
+    }
+
+    /// The exact Job, compared with `testdata/drill-job.yaml`.
     #[test]
     fn golden_drill_job() {
-        let yaml = serde_saphyr::to_string(&job()).unwrap();
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/testdata/drill-job.yaml");
-        if std::env::var_os("WSR_BLESS").is_some() {
-            std::fs::write(path, &yaml).unwrap();
-        }
-        let golden = std::fs::read_to_string(path).unwrap();
-        assert!(yaml == golden, "Job spec changed:\n{yaml}");
+        crate::job::assert_matches_golden(&job(), "drill-job.yaml");
     }
 
     #[test]
@@ -757,12 +754,7 @@ mod tests {
     fn the_command_reads_the_policys_registry_and_drill_settings() {
         let spec = policy();
         let drill = spec.drill.clone().unwrap();
-        let job = DrillJob {
-            policy_name: "nightly",
-            policy: &spec,
-            drill: &drill,
-            namespace: "wsr-system",
-        };
+        let job = nightly(&spec, &drill);
         assert_eq!(
             job.command().join(" "),
             "/usr/local/bin/wsr-restore drill --registry registry.example:5000/backups \
@@ -774,20 +766,10 @@ mod tests {
         let mut spec = policy();
         spec.drill.as_mut().unwrap().auth_secret = None;
         let drill = spec.drill.clone().unwrap();
-        let job = DrillJob {
-            policy_name: "nightly",
-            policy: &spec,
-            drill: &drill,
-            namespace: "wsr-system",
-        };
+        let job = nightly(&spec, &drill);
         assert_eq!(job.auth_secret(), Some("quay-push"));
         spec.registry.auth_secret = None;
-        let job = DrillJob {
-            policy_name: "nightly",
-            policy: &spec,
-            drill: &drill,
-            namespace: "wsr-system",
-        };
+        let job = nightly(&spec, &drill);
         assert!(!job.command().iter().any(|a| a == "--auth-file"));
     }
 

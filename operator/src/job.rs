@@ -144,6 +144,19 @@ pub fn recorded_job(ws: &DevWorkspace) -> Option<&str> {
         .map(String::as_str)
 }
 
+/// Compares a Job built by a test with `src/testdata/<file>`. After an intended change,
+/// regenerate with `WSR_BLESS=1 cargo test -p wsr-operator`, then review the diff.
+#[cfg(test)]
+pub(crate) fn assert_matches_golden(job: &Job, file: &str) {
+    let yaml = serde_saphyr::to_string(job).unwrap();
+    let path = format!("{}/src/testdata/{file}", env!("CARGO_MANIFEST_DIR"));
+    if std::env::var_os("WSR_BLESS").is_some() {
+        std::fs::write(&path, &yaml).unwrap();
+    }
+    let golden = std::fs::read_to_string(&path).unwrap();
+    assert!(yaml == golden, "Job spec changed ({file}):\n{yaml}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,17 +209,10 @@ mod tests {
         .build("registry.example:5000/backups/user1/my-ws:latest")
     }
 
-    /// The exact Job, compared with `testdata/backup-job.yaml` (regenerate with
-    /// `WSR_BLESS=1 cargo test -p wsr-operator job::`, then review the diff).
+    /// The exact Job, compared with `testdata/backup-job.yaml`.
     #[test]
     fn golden_backup_job() {
-        let yaml = serde_saphyr::to_string(&job()).unwrap();
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/src/testdata/backup-job.yaml");
-        if std::env::var_os("WSR_BLESS").is_some() {
-            std::fs::write(path, &yaml).unwrap();
-        }
-        let golden = std::fs::read_to_string(path).unwrap();
-        assert!(yaml == golden, "Job spec changed:\n{yaml}");
+        assert_matches_golden(&job(), "backup-job.yaml");
     }
 
     #[test]
