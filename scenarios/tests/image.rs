@@ -152,6 +152,18 @@ struct Container<'a> {
 }
 
 impl Container<'_> {
+    /// Runs the container and fails the test, with the registry's log, unless it exits 0.
+    fn run_ok(&self, podman: &Podman, what: &str, registry: &TestRegistry) -> Output {
+        let out = self.run(podman);
+        assert!(
+            out.status.success(),
+            "{what} failed: {}\nregistry log:\n{}",
+            describe(&out),
+            registry.log_tail(20)
+        );
+        out
+    }
+
     fn run(&self, podman: &Podman) -> Output {
         let mut command = podman.command();
         command.args(["run", "--rm", "--pull", "never"]);
@@ -571,13 +583,7 @@ fn recovery_image_is_a_drop_in_for_upstream_project_backup() {
         network: "host",
     };
     let t = Instant::now();
-    let out = backup.run(&podman);
-    assert!(
-        out.status.success(),
-        "backup Job failed: {}\nregistry log:\n{}",
-        describe(&out),
-        registry.log_tail(20)
-    );
+    backup.run_ok(&podman, "backup Job", &registry);
     eprintln!("backup container: {:?}", t.elapsed());
 
     // §4.3: the workspace-restore init container on a fresh, empty PVC. The Secret is mounted
@@ -630,13 +636,7 @@ fn recovery_image_is_a_drop_in_for_upstream_project_backup() {
         network: "host",
     };
     let t = Instant::now();
-    let out = restore.run(&podman);
-    assert!(
-        out.status.success(),
-        "workspace-restore failed: {}\nregistry log:\n{}",
-        describe(&out),
-        registry.log_tail(20)
-    );
+    restore.run_ok(&podman, "workspace-restore", &registry);
     eprintln!("restore container: {:?}", t.elapsed());
     assert_same_tree(&projects, &target);
     let restored_uid = fs::symlink_metadata(target.join("README.md"))
@@ -720,13 +720,7 @@ fn recovery_image_logs_in_with_the_pods_service_account() {
         ],
         network: "host",
     };
-    let out = backup.run(&podman);
-    assert!(
-        out.status.success(),
-        "backup Job failed: {}\nregistry log:\n{}",
-        describe(&out),
-        registry.log_tail(20)
-    );
+    let out = backup.run_ok(&podman, "backup Job", &registry);
     assert!(!describe(&out).contains(&token), "the token was logged");
 
     let target = dir("new-pvc/projects");
@@ -746,13 +740,7 @@ fn recovery_image_logs_in_with_the_pods_service_account() {
         ],
         network: "host",
     };
-    let out = restore.run(&podman);
-    assert!(
-        out.status.success(),
-        "workspace-restore failed: {}\nregistry log:\n{}",
-        describe(&out),
-        registry.log_tail(20)
-    );
+    restore.run_ok(&podman, "workspace-restore", &registry);
     assert_same_tree(&projects, &target);
     let logins = issuer
         .requests()
