@@ -148,6 +148,8 @@ pub struct CorpusRun {
     pub mutations: Vec<(String, Mutation)>,
     /// The filesystem restores were written to.
     pub restore_fs: String,
+    /// When restored trees were deleted: "after the restore phase" unless the disk was short.
+    pub restores_deleted: &'static str,
     pub records: Vec<Record>,
 }
 
@@ -291,6 +293,10 @@ fn bench_corpus(
     )?;
     let digest = format!("sha256:{}", sha256_file(&archive)?);
     let zstd_bytes = fs::metadata(&archive)?.len();
+    if !ctx.selected(Peer::BlobFloor) {
+        // Only the raw-blob floors read it; on a short disk (`huge`) its space is needed.
+        remove(&archive)?;
+    }
 
     let mut records = Vec::new();
     let slot = |rep: usize, reg: &Served| -> (String, PathBuf, PathBuf, PathBuf, PathBuf) {
@@ -334,9 +340,9 @@ fn bench_corpus(
     }
 
     // 2. Restores of what each repetition wrote, each into its own new directory. Restored
-    // trees are deleted only after the phase (or after each repetition if the disk is short):
-    // ext4 does not reuse inodes freed in the last minutes and searches past them, which made
-    // every restore after a deleted one several times slower in kernel time.
+    // trees are deleted only after the phase (or after each repetition, or each restore, if the
+    // disk is short): ext4 does not reuse inodes freed in the last minutes and searches past
+    // them, which made every restore after a deleted one several times slower in kernel time.
     let restore_root = args
         .restore_dir
         .clone()
@@ -346,8 +352,13 @@ fn bench_corpus(
     }
     fs::create_dir_all(&restore_root)?;
     // Upstream holds its archive and extracted copy besides the restored tree: allow 2x.
-    let need = 2 * stats.bytes * (args.reps * peers::RESTORE_PEERS.len()) as u64;
-    let keep_all = free_bytes(&restore_root).is_some_and(|free| free > need + (5 << 30));
+    let one_rep = 2 * stats.bytes * peers::RESTORE_PEERS.len() as u64;
+    let free = free_bytes(&restore_root).unwrap_or(0);
+    let keep_all = free > one_rep * args.reps as u64 + (5 << 30);
+    let keep_rep = free > one_rep + (5 << 30);
+    if !keep_rep {
+        eprintln!("bench: short of disk: each restored tree is deleted right after its check");
+    }
     let mut deferred = Vec::new();
     for (rep, reg) in registries.iter().enumerate() {
         let (host, data, restic_repo, zstd_file, _) = slot(rep, reg);
@@ -370,6 +381,9 @@ fn bench_corpus(
             };
             records.push(ctx.execute(plan, id, reg, Some(&mut deferred))?);
             deferred.push(target);
+            if !keep_rep {
+                deferred.drain(..).try_for_each(|p| remove(&p))?;
+            }
         }
         if !keep_all {
             deferred.drain(..).try_for_each(|p| remove(&p))?;
@@ -461,6 +475,11 @@ fn bench_corpus(
         zstd_bytes,
         mutations,
         restore_fs: machine::filesystem(&restore_root),
+        restores_deleted: match (keep_all, keep_rep) {
+            (true, _) => "after the restore phase",
+            (false, true) => "after each repetition",
+            (false, false) => "right after each restore's check",
+        },
         records,
     })
 }

@@ -410,6 +410,15 @@ fn corpus_section(md: &mut String, run: &CorpusRun) {
         run.network.name,
         run.network.describe()
     );
+    if run.restores_deleted != "after the restore phase" {
+        let _ = writeln!(
+            md,
+            "Disk: too short to keep every restored tree until the end of the restore phase, so \
+             each was deleted {}; later restores may have paid ext4's slow inode allocation after \
+             deletions (see Method).\n",
+            run.restores_deleted
+        );
+    }
     let _ = writeln!(
         md,
         "`scenarios corpus --profile {} --size {}`: {} files ({:.1} MB) in {} directories ({} empty), {} symlinks, \
