@@ -1,6 +1,7 @@
 //! Walking the source tree into the canonical entry list: depth-first, children sorted by name
 //! bytes, symlinks never followed, hard links detected by (device, inode); a restore's staging
-//! directories at the top are left out.
+//! directories at the top are left out. Directories are listed by several threads, then the
+//! listings are put together in canonical order, so the result does not depend on scheduling.
 
 use crate::BackupError;
 use std::collections::HashMap;
@@ -9,6 +10,7 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
 use wsr_format::codec::EntryKind;
 use wsr_format::{media, native};
 
@@ -82,125 +84,278 @@ fn walk_at_most(root: &Path, skip_unreadable: bool, max: u64) -> Result<Tree, Ba
             path: root.to_owned(),
         });
     }
-    let mut tree = Tree::default();
-    let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
-    walk_dir(root, &[], skip_unreadable, max, &mut tree, &mut links)?;
-    Ok(tree)
+    let mut assembly = Assembly {
+        root,
+        skip_unreadable,
+        max,
+        listings: list_all(root, skip_unreadable, max),
+        tree: Tree::default(),
+        links: HashMap::new(),
+    };
+    assembly.dir(&[])?;
+    Ok(assembly.tree)
 }
 
-fn walk_dir(
+/// What listing a directory found, in name order.
+enum Found {
+    /// With the (device, inode) of a regular file of more than one link.
+    Entry(SourceEntry, Option<(u64, u64)>),
+    Skipped(Vec<u8>, String),
+}
+
+enum ListError {
+    /// The directory could not be opened, or its children could not be looked up.
+    Unreadable,
+    Failed(BackupError),
+}
+
+type Listing = Result<Vec<Found>, ListError>;
+
+/// Directories are listed by several threads: a re-backup's walk is little but `statx` and
+/// `getdents` in the kernel, one directory after another on one core otherwise.
+const MAX_WALKERS: usize = 8;
+
+/// Directories still to list, and every listing so far, keyed by the directory's path.
+struct Queue {
+    todo: Vec<Vec<u8>>,
+    /// Directories taken from `todo` and not yet listed.
+    busy: usize,
+    listings: HashMap<Vec<u8>, Listing>,
+    /// Entries found so far. Past `max` no further directory is listed: the walk fails anyway.
+    found: u64,
+}
+
+/// Lists every directory under `root` (and `root`), in no particular order.
+fn list_all(root: &Path, skip_unreadable: bool, max: u64) -> HashMap<Vec<u8>, Listing> {
+    let walkers = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WALKERS));
+    let queue = Mutex::new(Queue {
+        todo: vec![Vec::new()],
+        busy: 0,
+        listings: HashMap::new(),
+        found: 0,
+    });
+    let changed = Condvar::new();
+    std::thread::scope(|s| {
+        for _ in 0..walkers {
+            s.spawn(|| list_from_queue(&queue, &changed, root, skip_unreadable, max));
+        }
+    });
+    queue.into_inner().expect("no walker panics").listings
+}
+
+fn list_from_queue(
+    queue: &Mutex<Queue>,
+    changed: &Condvar,
     root: &Path,
-    rel_dir: &[u8],
     skip_unreadable: bool,
     max: u64,
-    tree: &mut Tree,
-    links: &mut HashMap<(u64, u64), Vec<u8>>,
-) -> Result<(), BackupError> {
+) {
+    let mut q = queue.lock().expect("no walker panics");
+    loop {
+        let Some(rel) = q.todo.pop() else {
+            if q.busy == 0 {
+                changed.notify_all();
+                return;
+            }
+            q = changed.wait(q).expect("no walker panics");
+            continue;
+        };
+        q.busy += 1;
+        drop(q);
+        let listing = list_dir(root, &rel, skip_unreadable);
+        q = queue.lock().expect("no walker panics");
+        q.busy -= 1;
+        if let Ok(found) = &listing {
+            let entries = found.iter().filter(|f| matches!(f, Found::Entry(..)));
+            q.found += entries.clone().count() as u64;
+            if q.found <= max {
+                let dirs = entries.filter_map(|f| match f {
+                    Found::Entry(e, _) if e.kind == EntryKind::Dir => Some(e.rel.clone()),
+                    _ => None,
+                });
+                q.todo.extend(dirs);
+            }
+        }
+        q.listings.insert(rel, listing);
+        changed.notify_all();
+    }
+}
+
+/// Puts the listings together in canonical order, resolving hard links to the first path of
+/// each group in that order, so the result is the same whichever thread listed what.
+struct Assembly<'a> {
+    root: &'a Path,
+    skip_unreadable: bool,
+    max: u64,
+    listings: HashMap<Vec<u8>, Listing>,
+    tree: Tree,
+    links: HashMap<(u64, u64), Vec<u8>>,
+}
+
+impl Assembly<'_> {
+    fn too_many(&self) -> BackupError {
+        BackupError::TooManyEntries {
+            path: self.root.to_owned(),
+            max: self.max,
+        }
+    }
+
+    fn dir(&mut self, rel_dir: &[u8]) -> Result<(), BackupError> {
+        let found = match self.listings.remove(rel_dir) {
+            Some(Ok(found)) => found,
+            Some(Err(ListError::Failed(e))) => return Err(e),
+            Some(Err(ListError::Unreadable)) => {
+                return Err(BackupError::Unreadable {
+                    path: full_path(self.root, rel_dir),
+                });
+            }
+            // Only directories past the entry limit are left unlisted.
+            None => return Err(self.too_many()),
+        };
+        for f in found {
+            let (mut entry, inode) = match f {
+                Found::Skipped(rel, why) => {
+                    self.tree.skipped.push((rel, why));
+                    continue;
+                }
+                Found::Entry(entry, inode) => (entry, inode),
+            };
+            if self.tree.entries.len() as u64 >= self.max {
+                return Err(self.too_many());
+            }
+            if entry.kind == EntryKind::Dir {
+                if let Some(Err(ListError::Unreadable)) = self.listings.get(&entry.rel) {
+                    if !self.skip_unreadable {
+                        let path = full_path(self.root, &entry.rel);
+                        return Err(BackupError::Unreadable { path });
+                    }
+                    self.listings.remove(&entry.rel);
+                    (self.tree.skipped).push((entry.rel, "unreadable directory".into()));
+                    continue;
+                }
+                let rel = entry.rel.clone();
+                self.tree.entries.push(entry);
+                self.dir(&rel)?;
+                continue;
+            }
+            if let Some(inode) = inode {
+                if let Some(first) = self.links.get(&inode) {
+                    entry.kind = EntryKind::Hardlink;
+                    entry.link = Some(first.clone());
+                    entry.size = 0;
+                    entry.sparse = false;
+                } else {
+                    self.links.insert(inode, entry.rel.clone());
+                }
+            }
+            self.tree.entries.push(entry);
+        }
+        Ok(())
+    }
+}
+
+/// Lists one directory: its children in name order, each looked up (never followed).
+fn list_dir(root: &Path, rel_dir: &[u8], skip_unreadable: bool) -> Listing {
     let dir = full_path(root, rel_dir);
-    let io = |source| BackupError::Source {
-        path: dir.clone(),
-        source,
+    let failed = |source: std::io::Error| match source.kind() {
+        std::io::ErrorKind::PermissionDenied => ListError::Unreadable,
+        _ => ListError::Failed(BackupError::Source {
+            path: dir.clone(),
+            source,
+        }),
     };
     // Entries are kept (not just names) so each lstat is relative to this directory's open
     // descriptor: no path lookup from the root per entry, which dominated a re-backup's walk.
-    let mut found: Vec<(Vec<u8>, fs::DirEntry)> = fs::read_dir(&dir)
-        .map_err(io)?
+    let mut children: Vec<(Vec<u8>, fs::DirEntry)> = fs::read_dir(&dir)
+        .map_err(failed)?
         .map(|e| e.map(|e| (e.file_name().as_bytes().to_vec(), e)))
         .collect::<Result<_, _>>()
-        .map_err(io)?;
-    found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    for (name, dir_entry) in found {
+        .map_err(failed)?;
+    children.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let mut found = Vec::with_capacity(children.len());
+    for (name, dir_entry) in children {
         // An interrupted restore's leftovers are wsr's bookkeeping, not the workspace's; a
         // restore would never restore them either (FORMAT.md §8.2).
         if rel_dir.is_empty() && name.starts_with(media::STAGING_PREFIX.as_bytes()) {
-            tree.skipped
-                .push((name, "a restore's staging directory, not backed up".into()));
+            let why = "a restore's staging directory, not backed up";
+            found.push(Found::Skipped(name, why.into()));
             continue;
-        }
-        if tree.entries.len() as u64 >= max {
-            return Err(BackupError::TooManyEntries {
-                path: root.to_owned(),
-                max,
-            });
         }
         let rel = if rel_dir.is_empty() {
             name
         } else {
             [rel_dir, b"/", &name].concat()
         };
-        let path = full_path(root, &rel);
         let meta = match dir_entry.metadata() {
             Ok(m) => m,
             // Vanished between readdir and lstat: it is simply not part of the backup.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => return Err(BackupError::Source { path, source }),
+            // Listable but not searchable (no x bit): the directory is unreadable, not its child.
+            Err(e) => return Err(failed(e)),
         };
-        let ft = meta.file_type();
-        let mut entry = SourceEntry {
-            rel: rel.clone(),
-            kind: EntryKind::File,
-            mode: meta.mode() & 0o7777,
-            mtime: meta.mtime(),
-            mtime_nsec: meta.mtime_nsec(),
-            size: 0,
-            link: None,
-            sparse: false,
-        };
-        if ft.is_dir() {
-            if !readable(&path, true) {
-                if skip_unreadable {
-                    tree.skipped.push((rel, "unreadable directory".into()));
-                    continue;
-                }
-                return Err(BackupError::Unreadable { path });
-            }
-            entry.kind = EntryKind::Dir;
-            tree.entries.push(entry);
-            walk_dir(root, &rel, skip_unreadable, max, tree, links)?;
-        } else if ft.is_symlink() {
-            let target = fs::read_link(&path).map_err(|source| BackupError::Source {
-                path: path.clone(),
-                source,
-            })?;
-            entry.kind = EntryKind::Symlink;
-            entry.link = Some(target.as_os_str().as_bytes().to_vec());
-            tree.entries.push(entry);
-        } else if ft.is_file() {
-            // Without --skip-unreadable, opening the file while archiving reports it by name;
-            // checking here too would double the system calls of a re-backup's walk.
-            if skip_unreadable && !readable(&path, false) {
-                if skip_unreadable {
-                    tree.skipped.push((rel, "unreadable file".into()));
-                    continue;
-                }
-                return Err(BackupError::Unreadable { path });
-            }
-            if meta.nlink() > 1 {
-                if let Some(first) = links.get(&(meta.dev(), meta.ino())) {
-                    entry.kind = EntryKind::Hardlink;
-                    entry.link = Some(first.clone());
-                    tree.entries.push(entry);
-                    continue;
-                }
-                links.insert((meta.dev(), meta.ino()), rel.clone());
-            }
-            entry.size = meta.len();
-            entry.sparse =
-                meta.blocks().saturating_mul(512).saturating_add(MIN_HOLES) <= meta.len();
-            tree.entries.push(entry);
-        } else {
-            let what = if ft_is(&meta, libc::S_IFSOCK) {
-                "socket"
-            } else if ft_is(&meta, libc::S_IFIFO) {
-                "FIFO"
-            } else {
-                "device node"
-            };
-            tracing::warn!(path = %String::from_utf8_lossy(&rel), "skipping {what}");
-            tree.skipped.push((rel, format!("{what} not backed up")));
+        if let Some(f) = child(root, rel, &meta, skip_unreadable).map_err(ListError::Failed)? {
+            found.push(f);
         }
     }
-    Ok(())
+    Ok(found)
+}
+
+/// What one looked-up child of a directory is; `None` if it vanished.
+fn child(
+    root: &Path,
+    rel: Vec<u8>,
+    meta: &fs::Metadata,
+    skip_unreadable: bool,
+) -> Result<Option<Found>, BackupError> {
+    let ft = meta.file_type();
+    let mut entry = SourceEntry {
+        rel,
+        kind: EntryKind::File,
+        mode: meta.mode() & 0o7777,
+        mtime: meta.mtime(),
+        mtime_nsec: meta.mtime_nsec(),
+        size: 0,
+        link: None,
+        sparse: false,
+    };
+    if ft.is_dir() {
+        entry.kind = EntryKind::Dir;
+        return Ok(Some(Found::Entry(entry, None)));
+    }
+    let path = full_path(root, &entry.rel);
+    if ft.is_symlink() {
+        let target = match fs::read_link(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(BackupError::Source { path, source }),
+        };
+        entry.kind = EntryKind::Symlink;
+        entry.link = Some(target.as_os_str().as_bytes().to_vec());
+        return Ok(Some(Found::Entry(entry, None)));
+    }
+    if ft.is_file() {
+        // Without --skip-unreadable, opening the file while archiving reports it by name;
+        // checking here too would double the system calls of a re-backup's walk.
+        if skip_unreadable && !readable(&path, false) {
+            return Ok(Some(Found::Skipped(entry.rel, "unreadable file".into())));
+        }
+        entry.size = meta.len();
+        entry.sparse = meta.blocks().saturating_mul(512).saturating_add(MIN_HOLES) <= meta.len();
+        let inode = (meta.nlink() > 1).then(|| (meta.dev(), meta.ino()));
+        return Ok(Some(Found::Entry(entry, inode)));
+    }
+    let what = if ft_is(meta, libc::S_IFSOCK) {
+        "socket"
+    } else if ft_is(meta, libc::S_IFIFO) {
+        "FIFO"
+    } else {
+        "device node"
+    };
+    tracing::warn!(path = %String::from_utf8_lossy(&entry.rel), "skipping {what}");
+    Ok(Some(Found::Skipped(
+        entry.rel,
+        format!("{what} not backed up"),
+    )))
 }
 
 fn ft_is(meta: &fs::Metadata, kind: libc::mode_t) -> bool {
@@ -229,6 +384,55 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("more than 3 entries"), "{err}");
+    }
+
+    #[test]
+    fn the_order_is_canonical_and_hard_links_point_to_the_first_path_in_it() {
+        let root = tempfile::tempdir().unwrap();
+        // Enough directories that several walkers take part.
+        for d in 0..40 {
+            for f in 0..5 {
+                let dir = root.path().join(format!("d{d:02}/sub"));
+                fs::create_dir_all(&dir).unwrap();
+                fs::write(dir.join(format!("f{f}")), format!("{d} {f}")).unwrap();
+            }
+        }
+        fs::write(root.path().join("z-first-made"), "shared").unwrap();
+        // Made first, walked last: the group's first path is d07/link, whoever lists it.
+        fs::hard_link(
+            root.path().join("z-first-made"),
+            root.path().join("d07/link"),
+        )
+        .unwrap();
+        fs::hard_link(
+            root.path().join("z-first-made"),
+            root.path().join("d31/sub/link"),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("d07", root.path().join("s")).unwrap();
+
+        let tree = walk(root.path(), false).unwrap();
+        let rels: Vec<&[u8]> = tree.entries.iter().map(|e| e.rel.as_slice()).collect();
+        let mut canonical = rels.clone();
+        // Depth-first with children by name bytes is the order of the paths' components.
+        canonical.sort_by(|a, b| a.split(|&c| c == b'/').cmp(b.split(|&c| c == b'/')));
+        assert_eq!(rels, canonical);
+        assert_eq!(tree.entries.len(), 40 * (2 + 5) + 4);
+        let kind_of = |rel: &[u8]| tree.entries.iter().find(|e| e.rel == rel).unwrap();
+        let first = kind_of(b"d07/link");
+        assert_eq!(
+            (first.kind, first.size, first.link.as_deref()),
+            (EntryKind::File, 6, None)
+        );
+        for later in [b"d31/sub/link".as_slice(), b"z-first-made"] {
+            let e = kind_of(later);
+            assert_eq!(e.kind, EntryKind::Hardlink);
+            assert_eq!(
+                (e.size, e.link.as_deref()),
+                (0, Some(b"d07/link".as_slice()))
+            );
+        }
+        assert_eq!(kind_of(b"s").kind, EntryKind::Symlink);
     }
 
     #[test]

@@ -239,6 +239,13 @@ fn unreadable_files_fail_by_name_unless_skipped() {
     source(&ws);
     std::fs::write(ws.join("secret"), "x").unwrap();
     std::fs::set_permissions(ws.join("secret"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    // A directory that cannot be opened, and one that can be listed but not searched (no x
+    // bit, so its children cannot be looked up): both are unreadable directories.
+    for (dir, mode) in [("locked", 0o000), ("listonly", 0o444)] {
+        std::fs::create_dir(ws.join(dir)).unwrap();
+        std::fs::write(ws.join(dir).join("inside"), "x").unwrap();
+        std::fs::set_permissions(ws.join(dir), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
     for d in [work.path().to_owned(), ws.clone(), ws.join("src")] {
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777)).unwrap();
     }
@@ -266,7 +273,8 @@ fn unreadable_files_fail_by_name_unless_skipped() {
     let failed = as_nobody(&[], "a");
     assert_eq!(failed.status.code(), Some(3), "{}", stderr(&failed));
     assert!(
-        stderr(&failed).contains("secret") && stderr(&failed).contains("--skip-unreadable"),
+        // The first unreadable entry in canonical order is named.
+        stderr(&failed).contains("listonly") && stderr(&failed).contains("--skip-unreadable"),
         "{}",
         stderr(&failed)
     );
@@ -279,5 +287,12 @@ fn unreadable_files_fail_by_name_unless_skipped() {
             .unwrap(),
     )
     .unwrap();
-    assert_eq!(v["skipped"][0], "secret: unreadable file");
+    assert_eq!(
+        v["skipped"],
+        serde_json::json!([
+            "listonly: unreadable directory",
+            "locked: unreadable directory",
+            "secret: unreadable file"
+        ])
+    );
 }
