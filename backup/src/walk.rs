@@ -84,12 +84,18 @@ fn walk_at_most(root: &Path, skip_unreadable: bool, max: u64) -> Result<Tree, Ba
             path: root.to_owned(),
         });
     }
+    let (listings, found) = list_all(root, skip_unreadable, max);
     let mut assembly = Assembly {
         root,
         skip_unreadable,
         max,
-        listings: list_all(root, skip_unreadable, max),
-        tree: Tree::default(),
+        listings,
+        tree: Tree {
+            // Sized once: growing it by doubling while the listings are still held would
+            // need up to twice its memory.
+            entries: Vec::with_capacity(found.min(max) as usize),
+            skipped: Vec::new(),
+        },
         links: HashMap::new(),
     };
     assembly.dir(&[])?;
@@ -125,8 +131,9 @@ struct Queue {
     found: u64,
 }
 
-/// Lists every directory under `root` (and `root`), in no particular order.
-fn list_all(root: &Path, skip_unreadable: bool, max: u64) -> HashMap<Vec<u8>, Listing> {
+/// Lists every directory under `root` (and `root`), in no particular order; with the number
+/// of entries found.
+fn list_all(root: &Path, skip_unreadable: bool, max: u64) -> (HashMap<Vec<u8>, Listing>, u64) {
     let walkers = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WALKERS));
     let queue = Mutex::new(Queue {
         todo: vec![Vec::new()],
@@ -140,7 +147,8 @@ fn list_all(root: &Path, skip_unreadable: bool, max: u64) -> HashMap<Vec<u8>, Li
             s.spawn(|| list_from_queue(&queue, &changed, root, skip_unreadable, max));
         }
     });
-    queue.into_inner().expect("no walker panics").listings
+    let queue = queue.into_inner().expect("no walker panics");
+    (queue.listings, queue.found)
 }
 
 fn list_from_queue(

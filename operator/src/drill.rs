@@ -449,18 +449,7 @@ pub async fn run(
     let mut step = Step::default();
     record(policy, ctx, &jobs, &mut status, &mut step, now).await;
     if let Some(drill) = &policy.spec.drill {
-        for job in beyond_history(
-            &jobs,
-            drill.successful_jobs_history_limit,
-            drill.failed_jobs_history_limit,
-        ) {
-            let api = Api::<Job>::namespaced(ctx.client.clone(), &ctx.operator_namespace);
-            match api.delete(&job, &DeleteParams::background()).await {
-                Ok(_) => info!(job, "drill Job beyond the history limit deleted"),
-                Err(kube::Error::Api(s)) if s.is_not_found() => {}
-                Err(e) => warn!(job, error = %chain(&e), "cannot delete an old drill Job"),
-            }
-        }
+        delete_beyond_history(ctx, drill, &jobs).await;
     }
     let (Some(drill), Some(schedule)) = (&policy.spec.drill, schedule) else {
         status.next_run_time = None;
@@ -473,12 +462,7 @@ pub async fn run(
         .creation_timestamp()
         .map(|t| to_chrono(&t.0))
         .unwrap_or(now);
-    let last_start = jobs
-        .iter()
-        .filter_map(|j| j.creation_timestamp().map(|t| to_chrono(&t.0)))
-        .chain(status.last_start_time.as_deref().and_then(parse_time))
-        .chain(in_flight.map(|(_, at)| at))
-        .max();
+    let last_start = last_start(&jobs, &status, in_flight.map(|(_, at)| at));
     let drill_now = policy
         .annotations()
         .get(wsr_annotation::DRILL_NOW)
@@ -518,6 +502,36 @@ pub async fn run(
     step.wake_at = [step.wake_at, next].into_iter().flatten().min();
     step.status = Some(status);
     Ok(step)
+}
+
+/// Deletes finished drill Jobs beyond the policy's history limits (best effort: logged).
+async fn delete_beyond_history(ctx: &Context, drill: &DrillSpec, jobs: &[Arc<Job>]) {
+    let (passed, failed) = (
+        drill.successful_jobs_history_limit,
+        drill.failed_jobs_history_limit,
+    );
+    for job in beyond_history(jobs, passed, failed) {
+        let api = Api::<Job>::namespaced(ctx.client.clone(), &ctx.operator_namespace);
+        match api.delete(&job, &DeleteParams::background()).await {
+            Ok(_) => info!(job, "drill Job beyond the history limit deleted"),
+            Err(kube::Error::Api(s)) if s.is_not_found() => {}
+            Err(e) => warn!(job, error = %chain(&e), "cannot delete an old drill Job"),
+        }
+    }
+}
+
+/// The latest start of a drill: a Job's creation, the recorded start, or one created but not
+/// yet in the cache.
+fn last_start(
+    jobs: &[Arc<Job>],
+    status: &DrillStatus,
+    in_flight: Option<DateTime<Utc>>,
+) -> Option<DateTime<Utc>> {
+    jobs.iter()
+        .filter_map(|j| j.creation_timestamp().map(|t| to_chrono(&t.0)))
+        .chain(status.last_start_time.as_deref().and_then(parse_time))
+        .chain(in_flight)
+        .max()
 }
 
 /// Records the newest finished drill Job's result once: Event, metrics, `status.drill`.

@@ -209,82 +209,99 @@ fn serve(
     let connection = rustls::ServerConnection::new(tls).map_err(io::Error::other)?;
     let mut client = rustls::StreamOwned::new(connection, client);
     let (head, body) = read_request(&mut client)?;
-    let head = String::from_utf8_lossy(&head).into_owned();
-    let mut lines = head.split("\r\n");
-    let mut request_line = lines.next().unwrap_or_default().split(' ');
-    let method = request_line.next().unwrap_or_default().to_owned();
-    let target = request_line.next().unwrap_or_default().to_owned();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
-    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
-    let params = match method.as_str() {
-        "GET" => form_pairs(query),
-        "POST" => form_pairs(&String::from_utf8_lossy(&body)),
-        _ => Vec::new(),
-    };
-    let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v);
-    let scopes: Vec<String> = params
-        .iter()
-        .filter(|(k, _)| k == "scope")
-        .flat_map(|(_, v)| v.split(' ').map(str::to_owned).collect::<Vec<_>>())
-        .filter(|s| !s.is_empty())
-        .collect();
-    let login = match method.as_str() {
-        "GET" => header("authorization").and_then(basic_login),
-        "POST" if param("grant_type").map(String::as_str) == Some("password") => {
-            param("username").cloned().zip(param("password").cloned())
-        }
-        _ => None,
-    };
-    let mut record = TokenRequest {
-        user: login.as_ref().map(|(user, _)| user.clone()),
-        scopes: scopes.clone(),
-        granted: Vec::new(),
-        status: 200,
-    };
-    let answer = if path != "/token" || !matches!(method.as_str(), "GET" | "POST") {
-        record.status = 400;
-        error_response(400, "unsupported request")
-    } else {
-        let mut state = state.lock().unwrap();
-        let grant = login.as_ref().and_then(|(user, password)| {
-            state
-                .users
-                .get(user)
-                .filter(|u| u.password == *password)
-                .map(|u| u.grant)
-        });
-        let answer = match grant {
-            None => {
-                record.status = 401;
-                error_response(401, "missing or wrong credentials")
-            }
-            Some(grant) => {
-                record.granted = scopes.iter().filter_map(|s| granted(grant, s)).collect();
-                let subject = record.user.clone().unwrap_or_default();
-                let token = sign(signer, &subject, &record.granted)?;
-                let json = serde_json::json!({
-                    "token": token,
-                    "access_token": token,
-                    "expires_in": TOKEN_SECONDS,
-                });
-                response(200, &json.to_string())
-            }
-        };
-        state.requests.push(record);
-        answer
-    };
+    let answer = answer(Ask::parse(&head, &body), state, signer)?;
     client.write_all(answer.as_bytes())?;
     client.conn.send_close_notify();
     client.flush()
+}
+
+/// What one token request asks for.
+struct Ask {
+    /// A `GET` or `POST` of `/token`: anything else is refused.
+    supported: bool,
+    /// (user, password): HTTP basic for `GET`, the password grant's form for `POST`.
+    login: Option<(String, String)>,
+    scopes: Vec<String>,
+}
+
+impl Ask {
+    fn parse(head: &[u8], body: &[u8]) -> Ask {
+        let head = String::from_utf8_lossy(head);
+        let mut lines = head.split("\r\n");
+        let mut request_line = lines.next().unwrap_or_default().split(' ');
+        let method = request_line.next().unwrap_or_default();
+        let target = request_line.next().unwrap_or_default();
+        let authorization = lines
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("authorization"))
+            .map(|(_, v)| v.trim().to_owned());
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let params = match method {
+            "GET" => form_pairs(query),
+            "POST" => form_pairs(&String::from_utf8_lossy(body)),
+            _ => Vec::new(),
+        };
+        let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+        let login = match method {
+            "GET" => authorization.as_deref().and_then(basic_login),
+            "POST" if param("grant_type").map(String::as_str) == Some("password") => {
+                param("username").cloned().zip(param("password").cloned())
+            }
+            _ => None,
+        };
+        let scopes = params
+            .iter()
+            .filter(|(k, _)| k == "scope")
+            .flat_map(|(_, v)| v.split(' '))
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        Ask {
+            supported: path == "/token" && matches!(method, "GET" | "POST"),
+            login,
+            scopes,
+        }
+    }
+}
+
+/// The HTTP response to `ask`; a supported request is recorded in `state`.
+fn answer(ask: Ask, state: &Mutex<State>, signer: &Signer) -> io::Result<String> {
+    let mut record = TokenRequest {
+        user: ask.login.as_ref().map(|(user, _)| user.clone()),
+        scopes: ask.scopes,
+        granted: Vec::new(),
+        status: 200,
+    };
+    if !ask.supported {
+        return Ok(error_response(400, "unsupported request"));
+    }
+    let mut state = state.lock().unwrap();
+    let grant = ask.login.as_ref().and_then(|(user, password)| {
+        (state.users.get(user))
+            .filter(|u| u.password == *password)
+            .map(|u| u.grant)
+    });
+    let answer = match grant {
+        None => {
+            record.status = 401;
+            error_response(401, "missing or wrong credentials")
+        }
+        Some(grant) => {
+            record.granted = (record.scopes.iter())
+                .filter_map(|s| granted(grant, s))
+                .collect();
+            let subject = record.user.clone().unwrap_or_default();
+            let token = sign(signer, &subject, &record.granted)?;
+            let json = serde_json::json!({
+                "token": token,
+                "access_token": token,
+                "expires_in": TOKEN_SECONDS,
+            });
+            response(200, &json.to_string())
+        }
+    };
+    state.requests.push(record);
+    Ok(answer)
 }
 
 /// Reads a request head and its `Content-Length` body.
