@@ -33,6 +33,7 @@ tools=(
     chromium:chromium               # renders the drill's HTML report (drill)
     shellcheck:shellcheck           # lints the kind scripts (scenarios/kind, tests/cluster_demo.rs)
     dnsmasq:dnsmasq-base            # a DNS server on loopback for the resolv.conf search-list tests
+    /usr/bin/time:time              # GNU time: the benchmark's per-command CPU and peak RSS
 )
 missing=()
 for entry in "${tools[@]}"; do

@@ -1,11 +1,15 @@
 //! Running one measured command as a child process and reading its cost from the kernel.
 //!
-//! `wait4` returns the child's rusage, which on Linux includes every descendant the child
-//! itself waited for (a shell's pipeline members, python's subprocesses): user and system
-//! time are summed over that tree and `ru_maxrss` is the largest single process in it, not
-//! the sum of concurrent ones. Wall time is taken around spawn and reap. The child runs in
-//! its own process group so a watchdog can kill the whole tree on timeout; stdout and stderr
-//! go to files, never pipes, so a chatty child cannot block on a full pipe.
+//! A process's rusage on Linux includes every descendant it waited for (a shell's pipeline
+//! members, python's subprocesses): user and system time are summed over that tree and
+//! `ru_maxrss` is the largest single process in it, not the sum of concurrent ones. But a
+//! process spawned by this harness starts its `ru_maxrss` at the harness's own peak (exec
+//! records the high-water mark of the memory it replaces, which for a vfork-style spawn is
+//! the parent's), which at `huge` sizes is above 100 MiB. So the command runs under GNU
+//! `time`, itself started by the harness, which forks it from its own small process and
+//! reports the rusage of that tree. Wall time is taken around spawn and reap. The command
+//! runs in its own process group so a watchdog can kill the whole tree on timeout; stdout and
+//! stderr go to files, never pipes, so a chatty child cannot block on a full pipe.
 
 use std::ffi::OsString;
 use std::fs::{self, File};
@@ -132,8 +136,14 @@ pub fn run_step(step: &Step, scratch: &Path, timeout: Duration) -> Result<StepRe
     fs::create_dir_all(scratch)?;
     let out_path = scratch.join("step.stdout");
     let err_path = scratch.join("step.stderr");
-    let mut cmd = Command::new(&step.program);
-    cmd.args(&step.args)
+    let rusage_path = scratch.join("step.rusage");
+    let _ = fs::remove_file(&rusage_path);
+    let mut cmd = Command::new(GNU_TIME);
+    cmd.args(["-f", "%U %S %M", "-o"])
+        .arg(&rusage_path)
+        .arg("--")
+        .arg(&step.program)
+        .args(&step.args)
         .stdin(Stdio::null())
         .stdout(File::create(&out_path)?)
         .stderr(File::create(&err_path)?)
@@ -181,15 +191,20 @@ pub fn run_step(step: &Step, scratch: &Path, timeout: Duration) -> Result<StepRe
     // `child` was reaped by wait4 above; dropping the handle neither waits nor kills.
     drop(child);
 
-    let usage = Usage {
-        wall_s: wall.as_secs_f64(),
-        user_s: ru.ru_utime.tv_sec as f64 + ru.ru_utime.tv_usec as f64 / 1e6,
-        sys_s: ru.ru_stime.tv_sec as f64 + ru.ru_stime.tv_usec as f64 / 1e6,
-        max_rss_kib: ru.ru_maxrss.max(0) as u64,
+    let (mut usage, killed_by) = match fs::read_to_string(&rusage_path) {
+        Ok(report) if !report.trim().is_empty() => {
+            command_usage(&report).with_context(|| format!("{GNU_TIME}'s report {report:?}"))?
+        }
+        // `time` itself was killed (the watchdog) before reporting: only the harness's view
+        // is left.
+        _ => (harness_view(&ru), None),
     };
+    usage.wall_s = wall.as_secs_f64();
     let exit = ExitStatus::from_raw(status);
     let failure = if timed_out {
         Some(format!("timed out after {} s", timeout.as_secs()))
+    } else if let Some(signal) = killed_by {
+        Some(format!("killed by signal {signal}"))
     } else if exit.success() {
         None
     } else if let Some(code) = exit.code() {
@@ -204,6 +219,39 @@ pub fn run_step(step: &Step, scratch: &Path, timeout: Duration) -> Result<StepRe
         stdout_tail: tail(&out_path, 16 * 1024)?,
         stderr_tail: tail(&err_path, 2 * 1024)?,
     })
+}
+
+/// GNU time (Debian's `time` package): `-f` and `-o` as in its manual.
+const GNU_TIME: &str = "/usr/bin/time";
+
+/// The command's CPU and peak RSS from GNU time's `-f "%U %S %M"` report (its last line;
+/// a line before it says if the command was killed by a signal), and that signal.
+fn command_usage(report: &str) -> Result<(Usage, Option<i32>)> {
+    let mut lines = report.lines().filter(|l| !l.trim().is_empty());
+    let last = lines.next_back().context("empty")?;
+    let signal = lines
+        .filter_map(|l| l.trim().strip_prefix("Command terminated by signal "))
+        .find_map(|n| n.trim().parse().ok());
+    let fields: Vec<&str> = last.split_whitespace().collect();
+    let [user, sys, rss] = fields[..] else {
+        anyhow::bail!("not three fields");
+    };
+    let usage = Usage {
+        wall_s: 0.0,
+        user_s: user.parse()?,
+        sys_s: sys.parse()?,
+        max_rss_kib: rss.parse()?,
+    };
+    Ok((usage, signal))
+}
+
+fn harness_view(ru: &libc::rusage) -> Usage {
+    Usage {
+        wall_s: 0.0,
+        user_s: ru.ru_utime.tv_sec as f64 + ru.ru_utime.tv_usec as f64 / 1e6,
+        sys_s: ru.ru_stime.tv_sec as f64 + ru.ru_stime.tv_usec as f64 / 1e6,
+        max_rss_kib: ru.ru_maxrss.max(0) as u64,
+    }
 }
 
 /// The last `max` bytes of a file, as text.
@@ -250,5 +298,44 @@ mod tests {
         .unwrap();
         assert!(slow.failure.unwrap().starts_with("timed out"));
         assert!(slow.usage.wall_s < 5.0);
+
+        let killed = run_step(
+            &Step::shell("killed", "kill -TERM $$"),
+            t.path(),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        assert_eq!(killed.failure.as_deref(), Some("killed by signal 15"));
+    }
+
+    /// A small command's peak RSS is its own, not the harness's: a process spawned from a big
+    /// one would otherwise report the big one's high-water mark.
+    #[test]
+    fn a_commands_peak_rss_is_not_the_harnesss() {
+        let mut ballast = vec![0u8; 256 << 20];
+        for page in ballast.chunks_mut(4096) {
+            page[0] = 1;
+        }
+        let t = tempfile::tempdir().unwrap();
+        let small = run_step(
+            &Step::exec("true", "true", [""; 0]),
+            t.path(),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        assert!(small.failure.is_none(), "{small:?}");
+        assert!(small.usage.max_rss_kib < 64 << 10, "{small:?}");
+        let big = run_step(
+            &Step::shell(
+                "big",
+                "head -c 200000000 /dev/zero | tail -c 150000000 > /dev/null",
+            ),
+            t.path(),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        // `tail -c N` of a pipe holds the last N bytes: its RSS is at least that.
+        assert!(big.usage.max_rss_kib > 140_000, "{big:?}");
+        std::hint::black_box(&ballast);
     }
 }

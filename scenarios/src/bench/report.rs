@@ -275,7 +275,9 @@ pub fn render(
          wall time.\n\
          - Every command runs as a child process. Wall time is spawn to reap; CPU time is user+system from \
          `wait4` (it includes all descendants, e.g. both sides of a pipe); peak RSS is the largest single process \
-         of the tree (a pipeline's members are not summed).\n\
+         of the tree (a pipeline's members are not summed). Both come from GNU `time`, which forks the command \
+         from its own small process: a process spawned straight from the harness would report at least the \
+         harness's own peak RSS.\n\
          - Every repetition pushes into a fresh local registry (CNCF distribution, plain HTTP on 127.0.0.1, \
          filesystem storage on the same disk), so \"stored bytes\" (growth of the registry storage, restic \
          repository or output file) is what was uploaded or written. wsr's own count (`uploaded_bytes` of its \
@@ -756,7 +758,7 @@ fn targets_section(md: &mut String, t: &Table, run: &CorpusRun) -> Vec<String> {
                 ))
             }),
         "the changed file's whole layer (and its index) is uploaded again; layers are about 1/128 \
-         of the tree, at least 1 MiB"
+         of the tree, at least 2 MiB for a new tree (FORMAT.md §4.5)"
             .to_string(),
     );
     let rss = |phase: Phase| {
@@ -785,7 +787,9 @@ fn targets_section(md: &mut String, t: &Table, run: &CorpusRun) -> Vec<String> {
         md,
         "peak RSS < 100 MiB, restore",
         rss(Phase::Restore),
-        "the whole file index is held to verify every entry, plus the layers in flight".into(),
+        "the unpacker's model of what it created (a keyed hash per entry) grows with the tree, \
+         plus the layers in flight; indexes are read line by line, never held"
+            .into(),
     );
 
     let _ = writeln!(
