@@ -1,10 +1,13 @@
 //! Walking the source tree into the canonical entry list: depth-first, children sorted by name
 //! bytes, symlinks never followed, hard links detected by (device, inode); a restore's staging
-//! directories at the top are left out. Directories are listed by several threads, then the
-//! listings are put together in canonical order, so the result does not depend on scheduling.
+//! directories at the top are left out. Directories are listed by several threads, a bounded
+//! number of entries ahead of one assembly that takes the listings in canonical order: the
+//! result does not depend on scheduling, and the listings never add up to a second copy of the
+//! entry list.
 
 use crate::BackupError;
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -65,10 +68,15 @@ fn readable(path: &Path, dir: bool) -> bool {
 /// than a restore accepts ([`native::MAX_ENTRIES`], FORMAT.md §8.1) is refused while walking:
 /// publishing it would make a backup no restore can read.
 pub fn walk(root: &Path, skip_unreadable: bool) -> Result<Tree, BackupError> {
-    walk_at_most(root, skip_unreadable, native::MAX_ENTRIES)
+    walk_at_most(root, skip_unreadable, native::MAX_ENTRIES, LOOKAHEAD)
 }
 
-fn walk_at_most(root: &Path, skip_unreadable: bool, max: u64) -> Result<Tree, BackupError> {
+fn walk_at_most(
+    root: &Path,
+    skip_unreadable: bool,
+    max: u64,
+    lookahead: u64,
+) -> Result<Tree, BackupError> {
     let meta = fs::metadata(root).map_err(|source| BackupError::Source {
         path: root.to_owned(),
         source,
@@ -84,22 +92,24 @@ fn walk_at_most(root: &Path, skip_unreadable: bool, max: u64) -> Result<Tree, Ba
             path: root.to_owned(),
         });
     }
-    let (listings, found) = list_all(root, skip_unreadable, max);
-    let mut assembly = Assembly {
-        root,
-        skip_unreadable,
-        max,
-        listings,
-        tree: Tree {
-            // Sized once: growing it by doubling while the listings are still held would
-            // need up to twice its memory.
-            entries: Vec::with_capacity(found.min(max) as usize),
-            skipped: Vec::new(),
-        },
-        links: HashMap::new(),
-    };
-    assembly.dir(&[])?;
-    Ok(assembly.tree)
+    let walkers = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WALKERS));
+    let prefetch = Prefetch::new(max, lookahead);
+    std::thread::scope(|s| {
+        for _ in 0..walkers {
+            s.spawn(|| prefetch.list_ahead(root, skip_unreadable));
+        }
+        let mut assembly = Assembly {
+            root,
+            skip_unreadable,
+            max,
+            prefetch: &prefetch,
+            tree: Tree::default(),
+            links: HashMap::new(),
+        };
+        let result = assembly.dir(&[]);
+        prefetch.finish();
+        result.map(|()| assembly.tree)
+    })
 }
 
 /// What listing a directory found, in name order.
@@ -121,71 +131,175 @@ type Listing = Result<Vec<Found>, ListError>;
 /// `getdents` in the kernel, one directory after another on one core otherwise.
 const MAX_WALKERS: usize = 8;
 
-/// Directories still to list, and every listing so far, keyed by the directory's path.
-struct Queue {
-    todo: Vec<Vec<u8>>,
+/// How many listed entries the walkers may hold before the assembly takes them: the listings
+/// must not add up to a second copy of the tree's entry list.
+const LOOKAHEAD: u64 = 32_768;
+
+/// A directory's path, ordered as the canonical walk meets directories (by components).
+#[derive(PartialEq, Eq)]
+struct InWalkOrder(Vec<u8>);
+
+impl Ord for InWalkOrder {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0
+            .split(|&c| c == b'/')
+            .cmp(other.0.split(|&c| c == b'/'))
+    }
+}
+
+impl PartialOrd for InWalkOrder {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Directories listed ahead of the assembly, which takes them in canonical order. Walkers
+/// always list the first directory in that order still to list, so the one the assembly
+/// waits for is listed next, and they stop [`LOOKAHEAD`] entries ahead of it.
+struct Prefetch {
+    state: Mutex<Ahead>,
+    /// Signalled for walkers: directories to list, room below the lookahead, or the end.
+    work: Condvar,
+    /// Signalled for the assembly: the directory it wants is listed.
+    listed: Condvar,
+    max: u64,
+    lookahead: u64,
+}
+
+struct Ahead {
+    todo: BinaryHeap<Reverse<InWalkOrder>>,
     /// Directories taken from `todo` and not yet listed.
     busy: usize,
-    listings: HashMap<Vec<u8>, Listing>,
+    /// Listings not yet taken by the assembly, with their number of entries.
+    ready: HashMap<Vec<u8>, (Listing, u64)>,
+    ready_entries: u64,
+    /// The directory the assembly waits for.
+    wanted: Option<Vec<u8>>,
     /// Entries found so far. Past `max` no further directory is listed: the walk fails anyway.
     found: u64,
+    /// The assembly is done (or failed): walkers stop.
+    finished: bool,
 }
 
-/// Lists every directory under `root` (and `root`), in no particular order; with the number
-/// of entries found.
-fn list_all(root: &Path, skip_unreadable: bool, max: u64) -> (HashMap<Vec<u8>, Listing>, u64) {
-    let walkers = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WALKERS));
-    let queue = Mutex::new(Queue {
-        todo: vec![Vec::new()],
-        busy: 0,
-        listings: HashMap::new(),
-        found: 0,
-    });
-    let changed = Condvar::new();
-    std::thread::scope(|s| {
-        for _ in 0..walkers {
-            s.spawn(|| list_from_queue(&queue, &changed, root, skip_unreadable, max));
+impl Prefetch {
+    fn new(max: u64, lookahead: u64) -> Prefetch {
+        let mut todo = BinaryHeap::new();
+        todo.push(Reverse(InWalkOrder(Vec::new())));
+        let state = Mutex::new(Ahead {
+            todo,
+            busy: 0,
+            ready: HashMap::new(),
+            ready_entries: 0,
+            wanted: None,
+            found: 0,
+            finished: false,
+        });
+        Prefetch {
+            state,
+            work: Condvar::new(),
+            listed: Condvar::new(),
+            max,
+            lookahead,
         }
-    });
-    let queue = queue.into_inner().expect("no walker panics");
-    (queue.listings, queue.found)
-}
+    }
 
-fn list_from_queue(
-    queue: &Mutex<Queue>,
-    changed: &Condvar,
-    root: &Path,
-    skip_unreadable: bool,
-    max: u64,
-) {
-    let mut q = queue.lock().expect("no walker panics");
-    loop {
-        let Some(rel) = q.todo.pop() else {
-            if q.busy == 0 {
-                changed.notify_all();
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ahead> {
+        self.state.lock().expect("no walker panics")
+    }
+
+    /// A walker: lists directories until none is left or the assembly is done.
+    fn list_ahead(&self, root: &Path, skip_unreadable: bool) {
+        let mut q = self.lock();
+        loop {
+            if q.finished || q.all_listed() {
+                self.work.notify_all();
+                self.listed.notify_all();
                 return;
             }
-            q = changed.wait(q).expect("no walker panics");
-            continue;
-        };
-        q.busy += 1;
-        drop(q);
-        let listing = list_dir(root, &rel, skip_unreadable);
-        q = queue.lock().expect("no walker panics");
-        q.busy -= 1;
-        if let Ok(found) = &listing {
-            let entries = found.iter().filter(|f| matches!(f, Found::Entry(..)));
-            q.found += entries.clone().count() as u64;
-            if q.found <= max {
-                let dirs = entries.filter_map(|f| match f {
-                    Found::Entry(e, _) if e.kind == EntryKind::Dir => Some(e.rel.clone()),
-                    _ => None,
-                });
-                q.todo.extend(dirs);
+            let next_is_wanted = matches!(
+                (q.todo.peek(), &q.wanted),
+                (Some(Reverse(next)), Some(wanted)) if next.0 == *wanted
+            );
+            if q.todo.is_empty() || (q.ready_entries >= self.lookahead && !next_is_wanted) {
+                q = self.work.wait(q).expect("no walker panics");
+                continue;
+            }
+            let Reverse(InWalkOrder(rel)) = q.todo.pop().expect("not empty");
+            q.busy += 1;
+            drop(q);
+            let listing = list_dir(root, &rel, skip_unreadable);
+            q = self.lock();
+            q.busy -= 1;
+            let mut entries = 0;
+            if let Ok(found) = &listing {
+                entries = found
+                    .iter()
+                    .filter(|f| matches!(f, Found::Entry(..)))
+                    .count() as u64;
+                q.found += entries;
+                if q.found <= self.max {
+                    let before = q.todo.len();
+                    let dirs = found.iter().filter_map(|f| match f {
+                        Found::Entry(e, _) if e.kind == EntryKind::Dir => {
+                            Some(Reverse(InWalkOrder(e.rel.clone())))
+                        }
+                        _ => None,
+                    });
+                    q.todo.extend(dirs);
+                    if q.todo.len() > before {
+                        self.work.notify_all();
+                    }
+                }
+            }
+            q.ready_entries += entries;
+            q.ready.insert(rel, (listing, entries));
+            if q.assembly_may_go_on(self) {
+                self.listed.notify_one();
             }
         }
-        q.listings.insert(rel, listing);
-        changed.notify_all();
+    }
+
+    /// The listing of `rel`, once listed; `None` if it never will be (past the entry limit).
+    fn take(&self, rel: &[u8]) -> Option<Listing> {
+        let mut q = self.lock();
+        if !q.ready.contains_key(rel) {
+            q.wanted = Some(rel.to_vec());
+            // Past the lookahead, walkers wait; the wanted directory is theirs to list.
+            self.work.notify_all();
+            while !(q.assembly_may_go_on(self) || q.all_listed()) {
+                q = self.listed.wait(q).expect("no walker panics");
+            }
+            q.wanted = None;
+        }
+        let (listing, entries) = q.ready.remove(rel)?;
+        let was_full = q.ready_entries >= self.lookahead;
+        q.ready_entries -= entries;
+        if was_full && q.ready_entries < self.lookahead {
+            self.work.notify_all();
+        }
+        Some(listing)
+    }
+
+    fn finish(&self) {
+        self.lock().finished = true;
+        self.work.notify_all();
+    }
+}
+
+impl Ahead {
+    fn all_listed(&self) -> bool {
+        self.todo.is_empty() && self.busy == 0
+    }
+
+    /// Whether to wake the assembly: the directory it wants is listed and enough others are
+    /// that it will not wait again at once (each wait is a sleep and a wake-up of a thread,
+    /// per directory if it followed the walkers closely), or the walk cannot go further.
+    fn assembly_may_go_on(&self, prefetch: &Prefetch) -> bool {
+        let Some(wanted) = &self.wanted else {
+            return false;
+        };
+        let batch = self.ready_entries >= prefetch.lookahead / 2 || self.all_listed();
+        (batch && self.ready.contains_key(wanted)) || self.found > prefetch.max
     }
 }
 
@@ -195,7 +309,7 @@ struct Assembly<'a> {
     root: &'a Path,
     skip_unreadable: bool,
     max: u64,
-    listings: HashMap<Vec<u8>, Listing>,
+    prefetch: &'a Prefetch,
     tree: Tree,
     links: HashMap<(u64, u64), Vec<u8>>,
 }
@@ -209,7 +323,7 @@ impl Assembly<'_> {
     }
 
     fn dir(&mut self, rel_dir: &[u8]) -> Result<(), BackupError> {
-        let found = match self.listings.remove(rel_dir) {
+        let found = match self.prefetch.take(rel_dir) {
             Some(Ok(found)) => found,
             Some(Err(ListError::Failed(e))) => return Err(e),
             Some(Err(ListError::Unreadable)) => {
@@ -232,18 +346,7 @@ impl Assembly<'_> {
                 return Err(self.too_many());
             }
             if entry.kind == EntryKind::Dir {
-                if let Some(Err(ListError::Unreadable)) = self.listings.get(&entry.rel) {
-                    if !self.skip_unreadable {
-                        let path = full_path(self.root, &entry.rel);
-                        return Err(BackupError::Unreadable { path });
-                    }
-                    self.listings.remove(&entry.rel);
-                    (self.tree.skipped).push((entry.rel, "unreadable directory".into()));
-                    continue;
-                }
-                let rel = entry.rel.clone();
-                self.tree.entries.push(entry);
-                self.dir(&rel)?;
+                self.subdir(entry)?;
                 continue;
             }
             if let Some(inode) = inode {
@@ -259,6 +362,25 @@ impl Assembly<'_> {
             self.tree.entries.push(entry);
         }
         Ok(())
+    }
+
+    /// A directory that cannot be listed is left out (`--skip-unreadable`) or fails the walk;
+    /// any other is kept, followed by what is in it.
+    fn subdir(&mut self, entry: SourceEntry) -> Result<(), BackupError> {
+        let rel = entry.rel.clone();
+        let at = self.tree.entries.len();
+        self.tree.entries.push(entry);
+        match self.dir(&rel) {
+            Err(BackupError::Unreadable { path }) if path == full_path(self.root, &rel) => {
+                if !self.skip_unreadable {
+                    return Err(BackupError::Unreadable { path });
+                }
+                self.tree.entries.truncate(at);
+                (self.tree.skipped).push((rel, "unreadable directory".into()));
+                Ok(())
+            }
+            other => other,
+        }
     }
 }
 
@@ -383,10 +505,13 @@ mod tests {
         }
         // Four entries: d, d/a, d/b, e.
         assert_eq!(
-            walk_at_most(root.path(), false, 4).unwrap().entries.len(),
+            walk_at_most(root.path(), false, 4, LOOKAHEAD)
+                .unwrap()
+                .entries
+                .len(),
             4
         );
-        let err = walk_at_most(root.path(), false, 3).unwrap_err();
+        let err = walk_at_most(root.path(), false, 3, LOOKAHEAD).unwrap_err();
         assert!(
             matches!(err, BackupError::TooManyEntries { max: 3, .. }),
             "{err}"
@@ -420,6 +545,12 @@ mod tests {
         std::os::unix::fs::symlink("d07", root.path().join("s")).unwrap();
 
         let tree = walk(root.path(), false).unwrap();
+        // Walkers held back to a few entries ahead: the same tree, whatever the lookahead.
+        let held_back = walk_at_most(root.path(), false, native::MAX_ENTRIES, 3).unwrap();
+        assert_eq!(
+            format!("{:?}", held_back.entries),
+            format!("{:?}", tree.entries)
+        );
         let rels: Vec<&[u8]> = tree.entries.iter().map(|e| e.rel.as_slice()).collect();
         let mut canonical = rels.clone();
         // Depth-first with children by name bytes is the order of the paths' components.
