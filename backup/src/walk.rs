@@ -13,7 +13,7 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Condvar, Mutex, PoisonError};
 use wsr_format::codec::EntryKind;
 use wsr_format::{media, native};
 
@@ -98,6 +98,8 @@ fn walk_at_most(
         for _ in 0..walkers {
             s.spawn(|| prefetch.list_ahead(root, skip_unreadable));
         }
+        // Walkers stop however the assembly ends, so the scope's join cannot hang.
+        let _stop = StopOnDrop(&prefetch);
         let mut assembly = Assembly {
             root,
             skip_unreadable,
@@ -106,10 +108,18 @@ fn walk_at_most(
             tree: Tree::default(),
             links: HashMap::new(),
         };
-        let result = assembly.dir(&[]);
-        prefetch.finish();
-        result.map(|()| assembly.tree)
+        assembly.dir(&[]).map(|()| assembly.tree)
     })
+}
+
+struct StopOnDrop<'a>(&'a Prefetch);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        let mut q = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
+        q.finished = true;
+        self.0.work.notify_all();
+    }
 }
 
 /// What listing a directory found, in name order.
@@ -278,11 +288,6 @@ impl Prefetch {
             self.work.notify_all();
         }
         Some(listing)
-    }
-
-    fn finish(&self) {
-        self.lock().finished = true;
-        self.work.notify_all();
     }
 }
 
