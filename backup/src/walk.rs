@@ -328,7 +328,13 @@ impl Assembly<'_> {
     }
 
     fn dir(&mut self, rel_dir: &[u8]) -> Result<(), BackupError> {
-        let found = match self.prefetch.take(rel_dir) {
+        let listing = self.prefetch.take(rel_dir);
+        self.add(rel_dir, listing)
+    }
+
+    /// Adds what `listing` found in `rel_dir`, and what is in its subdirectories.
+    fn add(&mut self, rel_dir: &[u8], listing: Option<Listing>) -> Result<(), BackupError> {
+        let found = match listing {
             Some(Ok(found)) => found,
             Some(Err(ListError::Failed(e))) => return Err(e),
             Some(Err(ListError::Unreadable)) => {
@@ -372,20 +378,14 @@ impl Assembly<'_> {
     /// A directory that cannot be listed is left out (`--skip-unreadable`) or fails the walk;
     /// any other is kept, followed by what is in it.
     fn subdir(&mut self, entry: SourceEntry) -> Result<(), BackupError> {
-        let rel = entry.rel.clone();
-        let at = self.tree.entries.len();
-        self.tree.entries.push(entry);
-        match self.dir(&rel) {
-            Err(BackupError::Unreadable { path }) if path == full_path(self.root, &rel) => {
-                if !self.skip_unreadable {
-                    return Err(BackupError::Unreadable { path });
-                }
-                self.tree.entries.truncate(at);
-                (self.tree.skipped).push((rel, "unreadable directory".into()));
-                Ok(())
-            }
-            other => other,
+        let listing = self.prefetch.take(&entry.rel);
+        if self.skip_unreadable && matches!(listing, Some(Err(ListError::Unreadable))) {
+            (self.tree.skipped).push((entry.rel, "unreadable directory".into()));
+            return Ok(());
         }
+        let rel = entry.rel.clone();
+        self.tree.entries.push(entry);
+        self.add(&rel, listing)
     }
 }
 
