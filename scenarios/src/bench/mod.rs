@@ -148,9 +148,40 @@ pub struct CorpusRun {
     pub mutations: Vec<(String, Mutation)>,
     /// The filesystem restores were written to.
     pub restore_fs: String,
-    /// When restored trees were deleted: "after the restore phase" unless the disk was short.
-    pub restores_deleted: &'static str,
+    /// When restored trees were deleted.
+    pub restores_deleted: RestoreCleanup,
     pub records: Vec<Record>,
+}
+
+/// When restored trees are deleted: as late as the disk allows (see `bench_corpus`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestoreCleanup {
+    AtPhaseEnd,
+    PerRepetition,
+    PerRestore,
+}
+
+impl RestoreCleanup {
+    /// The latest cleanup that `free` bytes allow, one repetition's restores needing `one_rep`.
+    fn for_disk(free: u64, one_rep: u64, reps: usize) -> RestoreCleanup {
+        let margin = 5 << 30;
+        if free > one_rep * reps as u64 + margin {
+            RestoreCleanup::AtPhaseEnd
+        } else if free > one_rep + margin {
+            RestoreCleanup::PerRepetition
+        } else {
+            RestoreCleanup::PerRestore
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            RestoreCleanup::AtPhaseEnd => "after the restore phase",
+            RestoreCleanup::PerRepetition => "after each repetition",
+            RestoreCleanup::PerRestore => "right after each restore's check",
+        }
+    }
 }
 
 struct Ctx<'a> {
@@ -354,10 +385,12 @@ fn bench_corpus(
     // Upstream holds its archive and extracted copy besides the restored tree: allow 2x.
     let one_rep = 2 * stats.bytes * peers::RESTORE_PEERS.len() as u64;
     let free = free_bytes(&restore_root).unwrap_or(0);
-    let keep_all = free > one_rep * args.reps as u64 + (5 << 30);
-    let keep_rep = free > one_rep + (5 << 30);
-    if !keep_rep {
-        eprintln!("bench: short of disk: each restored tree is deleted right after its check");
+    let cleanup = RestoreCleanup::for_disk(free, one_rep, args.reps);
+    if cleanup != RestoreCleanup::AtPhaseEnd {
+        eprintln!(
+            "bench: short of disk: restored trees are deleted {}",
+            cleanup.describe()
+        );
     }
     let mut deferred = Vec::new();
     for (rep, reg) in registries.iter().enumerate() {
@@ -381,11 +414,11 @@ fn bench_corpus(
             };
             records.push(ctx.execute(plan, id, reg, Some(&mut deferred))?);
             deferred.push(target);
-            if !keep_rep {
+            if cleanup == RestoreCleanup::PerRestore {
                 deferred.drain(..).try_for_each(|p| remove(&p))?;
             }
         }
-        if !keep_all {
+        if cleanup != RestoreCleanup::AtPhaseEnd {
             deferred.drain(..).try_for_each(|p| remove(&p))?;
         }
     }
@@ -475,11 +508,7 @@ fn bench_corpus(
         zstd_bytes,
         mutations,
         restore_fs: machine::filesystem(&restore_root),
-        restores_deleted: match (keep_all, keep_rep) {
-            (true, _) => "after the restore phase",
-            (false, true) => "after each repetition",
-            (false, false) => "right after each restore's check",
-        },
+        restores_deleted: cleanup,
         records,
     })
 }

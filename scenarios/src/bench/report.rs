@@ -12,7 +12,7 @@ use std::fmt::Write;
 use super::machine::Machine;
 use super::measure::Usage;
 use super::sparse::SparseRun;
-use super::{CorpusRun, INCREMENTAL, Phase, Record};
+use super::{CorpusRun, INCREMENTAL, Phase, Record, RestoreCleanup};
 
 const MB: f64 = 1e6;
 const MIB: f64 = 1024.0 * 1024.0;
@@ -273,8 +273,8 @@ pub fn render(
          repetition wrote, then incremental backups (wsr and restic) on a copy of the corpus. Each measurement is \
          repeated {reps}× with the tool order rotated every repetition; tables show the median, with min–max of \
          wall time.\n\
-         - Every command runs as a child process. Wall time is spawn to reap; CPU time is user+system from \
-         `wait4` (it includes all descendants, e.g. both sides of a pipe); peak RSS is the largest single process \
+         - Every command runs as a child process. Wall time is spawn to reap; CPU time is user+system of the \
+         command's process tree (every descendant it waited for, e.g. both sides of a pipe); peak RSS is the largest single process \
          of the tree (a pipeline's members are not summed). Both come from GNU `time`, which forks the command \
          from its own small process: a process spawned straight from the harness would report at least the \
          harness's own peak RSS.\n\
@@ -412,13 +412,13 @@ fn corpus_section(md: &mut String, run: &CorpusRun) {
         run.network.name,
         run.network.describe()
     );
-    if run.restores_deleted != "after the restore phase" {
+    if run.restores_deleted != RestoreCleanup::AtPhaseEnd {
         let _ = writeln!(
             md,
             "Disk: too short to keep every restored tree until the end of the restore phase, so \
              each was deleted {}; later restores may have paid ext4's slow inode allocation after \
              deletions (see Method).\n",
-            run.restores_deleted
+            run.restores_deleted.describe()
         );
     }
     let _ = writeln!(
