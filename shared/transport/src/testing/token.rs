@@ -266,15 +266,15 @@ impl Ask {
 
 /// The HTTP response to `ask`; a supported request is recorded in `state`.
 fn answer(ask: Ask, state: &Mutex<State>, signer: &Signer) -> io::Result<String> {
+    if !ask.supported {
+        return Ok(error_response(400, "unsupported request"));
+    }
     let mut record = TokenRequest {
         user: ask.login.as_ref().map(|(user, _)| user.clone()),
         scopes: ask.scopes,
         granted: Vec::new(),
         status: 200,
     };
-    if !ask.supported {
-        return Ok(error_response(400, "unsupported request"));
-    }
     let mut state = state.lock().unwrap();
     let grant = ask.login.as_ref().and_then(|(user, password)| {
         (state.users.get(user))
