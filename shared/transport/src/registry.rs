@@ -400,6 +400,9 @@ impl RegistryStore {
 
     fn request_error(&self, e: reqwest::Error, what: &str) -> TransportError {
         let mut detail = e.to_string();
+        // What went wrong is read from the causes only: the top error's text holds the URL,
+        // and an upload's URL carries a random base64 state that can spell "tls".
+        let mut causes = String::new();
         let mut source = std::error::Error::source(&e);
         while let Some(s) = source {
             if let Some(lookup) = s.downcast_ref::<LookupError>() {
@@ -410,9 +413,10 @@ impl RegistryStore {
                 };
             }
             detail = format!("{detail}: {s}");
+            causes = format!("{causes}: {s}");
             source = s.source();
         }
-        let lower = detail.to_ascii_lowercase();
+        let lower = causes.to_ascii_lowercase();
         if e.is_timeout() && !e.is_connect() {
             TransportError::Stalled {
                 registry: self.host.clone(),
