@@ -7,7 +7,7 @@ use sha2::Digest as _;
 use std::ops::Range;
 use wsr_format::codec::EntryKind;
 use wsr_format::digest::Digest;
-use wsr_format::native::{self, LayerCutter, Totals};
+use wsr_format::native::{self, Cut, LayerCutter, Totals};
 
 pub(crate) fn totals(entries: &[SourceEntry]) -> Totals {
     let mut t = Totals::default();
@@ -35,10 +35,12 @@ pub(crate) fn plan_layers(entries: &[SourceEntry], target: u64) -> Vec<Range<usi
     let mut ranges = Vec::new();
     let mut start = 0;
     for (i, e) in entries.iter().enumerate() {
-        if cutter.push(&e.rel, weight(e)) {
-            ranges.push(start..i + 1);
-            start = i + 1;
+        match cutter.push(&e.rel, weight(e)) {
+            Cut::None => continue,
+            Cut::After => ranges.push(start..i + 1),
+            Cut::BeforeAndAfter => ranges.extend([start..i, i..i + 1]),
         }
+        start = i + 1;
     }
     if start < entries.len() || ranges.is_empty() {
         ranges.push(start..entries.len());

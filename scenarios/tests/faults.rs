@@ -166,7 +166,7 @@ impl Setup {
     }
 
     /// The digests of `latest`'s data layers.
-    fn layer_digests(&self) -> Vec<String> {
+    fn layer_digests_largest_first(&self) -> Vec<String> {
         let store = self.store();
         common::runtime().block_on(async {
             let store = store.await;
@@ -175,7 +175,10 @@ impl Setup {
                 .await
                 .unwrap();
             match artifact::classify(&Manifest::from_bytes(&bytes).unwrap()).unwrap() {
-                Artifact::Native { layers, .. } => {
+                Artifact::Native { mut layers, .. } => {
+                    // Largest first: the faults below fire after some bytes of `layers[0]`,
+                    // and the first layer in order may be a small one.
+                    layers.sort_by_key(|l| std::cmp::Reverse(l.size));
                     layers.iter().map(|l| l.digest.to_string()).collect()
                 }
                 Artifact::Tarball { layer, .. } => vec![layer.digest.to_string()],
@@ -223,7 +226,11 @@ impl Setup {
     /// A restore of `latest` through a proxy with the rules `make` gives (from the layer
     /// digests) must reproduce the source; returns the faults injected.
     fn restore_survives(&self, label: &str, make: impl Fn(&[String]) -> Vec<Rule>) -> usize {
-        let proxy = FaultProxy::start(&self.registry.host(), make(&self.layer_digests())).unwrap();
+        let proxy = FaultProxy::start(
+            &self.registry.host(),
+            make(&self.layer_digests_largest_first()),
+        )
+        .unwrap();
         let out = self.work.path().join(format!("restored-{label}"));
         let result = self.restore(&proxy.host(), &out, &[]);
         assert!(
@@ -446,7 +453,7 @@ fn persistent_faults_fail_clearly_and_change_nothing() {
     assert!(s.backup(&s.registry.host()).status.success());
 
     // Restore: into an empty target and over existing content with --force.
-    let layers = s.layer_digests();
+    let layers = s.layer_digests_largest_first();
     let cases = [
         (
             "layer reset",

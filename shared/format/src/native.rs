@@ -456,13 +456,17 @@ pub fn read_index(
 
 /// Decides layer boundaries over the canonical entry order.
 ///
-/// An entry of tar weight `w` (512-byte header plus padded data) ends a layer when the layer has
-/// reached `max = 4 * target`, or when it has reached `min = target / 4` and
-/// `H(path) * target < c * 2^64`, where `H` is the first 8 bytes of SHA-256(path) read
-/// big-endian and `c` is `w` rounded up to a power of two (so that editing a file rarely changes
-/// whether it ends a layer). Boundaries therefore depend only on the entries near them: adding,
-/// removing or changing one file moves at most the boundaries of its own layer, and every other
-/// layer keeps its bytes and so its digest.
+/// An entry of tar weight `w` (512-byte header plus padded data) of at least `target / 2` is a
+/// layer of its own. A smaller one ends a layer when the layer has reached
+/// `max = target + target / 4`, or when it has reached `min = target / 2` and
+/// `H(path) * target < c * odds * 2^64`, where `H` is the first 8 bytes of SHA-256(path) read
+/// big-endian, `c` is `w` rounded up to a power of two (so that editing a file rarely changes
+/// whether it ends a layer) and `odds` is 1 below `target` and 8 from it on. Boundaries
+/// therefore depend only on the entries near them: adding, removing or changing one file moves
+/// at most the boundaries of its own layer, and every other layer keeps its bytes and so its
+/// digest. A one-file change uploads the file's whole layer, so layers are kept near the target
+/// (a file is more likely to sit in a large layer than in a small one), and large files, often
+/// incompressible, do not share one.
 #[derive(Clone, Debug)]
 pub struct LayerCutter {
     target: u64,
@@ -515,19 +519,42 @@ impl LayerCutter {
             .clamp(MIN_CHOSEN_TARGET, MAX_LAYER_TARGET)
     }
 
-    /// Adds an entry; returns true when the layer ends after it.
-    pub fn push(&mut self, path: &[u8], weight: u64) -> bool {
+    /// Adds an entry; says where layers end around it.
+    pub fn push(&mut self, path: &[u8], weight: u64) -> Cut {
+        let target = self.target;
+        if weight >= target / 2 {
+            let cut = if self.current > 0 {
+                Cut::BeforeAndAfter
+            } else {
+                Cut::After
+            };
+            self.current = 0;
+            return cut;
+        }
         self.current += weight;
-        let (min, max) = (self.target / 4, self.target * 4);
-        let cut = self.current >= max
-            || (self.current >= min
-                && path_hash(path) as u128 * (self.target as u128)
-                    < (weight.next_power_of_two() as u128) << 64);
+        let odds: u128 = if self.current >= target { 8 } else { 1 };
+        let chance = u128::from(weight.next_power_of_two()) * odds;
+        let cut = self.current >= target + target / 4
+            || (self.current >= target / 2
+                && u128::from(path_hash(path)) * u128::from(target) < chance << 64);
         if cut {
             self.current = 0;
+            Cut::After
+        } else {
+            Cut::None
         }
-        cut
     }
+}
+
+/// Where layers end around an entry pushed into a [`LayerCutter`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// The entry continues the current layer.
+    None,
+    /// The current layer ends after the entry.
+    After,
+    /// The entry is a layer of its own: the layer before it ends before it.
+    BeforeAndAfter,
 }
 
 /// Tar weight of an entry: its 512-byte header plus its data padded to 512 bytes.
@@ -643,7 +670,7 @@ mod tests {
         paths
             .iter()
             .enumerate()
-            .filter(|(_, p)| c.push(p.as_bytes(), tar_weight(10_000)))
+            .filter(|(_, p)| c.push(p.as_bytes(), tar_weight(10_000)) == Cut::After)
             .map(|(i, _)| i)
             .collect()
     }
@@ -668,6 +695,40 @@ mod tests {
             .map(|i| i + 1)
             .collect();
         assert!(after.ends_with(&shifted));
+    }
+
+    #[test]
+    fn layers_stay_between_half_and_five_quarters_of_the_target() {
+        // Weights from 512 B to 256 KiB, as a source tree's files vary.
+        let sizes = |i: u64| (i * 7919 % 512) * 512;
+        let target = MIN_LAYER_TARGET;
+        let mut c = LayerCutter::new(target);
+        let (mut acc, mut layers) = (0, Vec::new());
+        for i in 0..20_000u64 {
+            acc += tar_weight(sizes(i));
+            let cut = c.push(format!("src/f{i:06}.rs").as_bytes(), tar_weight(sizes(i)));
+            if cut == Cut::After {
+                layers.push(acc);
+                acc = 0;
+            }
+        }
+        let biggest = tar_weight(511 * 512);
+        assert!(layers.len() > 100, "{}", layers.len());
+        for &l in &layers {
+            assert!(l >= target / 2 && l < target + target / 4 + biggest, "{l}");
+        }
+        // Most layers end on the path hash, past the target, not at the hard maximum.
+        let at_max = layers.iter().filter(|&&l| l >= target + target / 4).count();
+        assert!(at_max * 4 < layers.len(), "{at_max} of {}", layers.len());
+    }
+
+    #[test]
+    fn a_large_entry_is_a_layer_of_its_own() {
+        let mut c = LayerCutter::new(MIN_LAYER_TARGET);
+        assert_eq!(c.push(b"a", 512), Cut::None);
+        assert_eq!(c.push(b"big", MIN_LAYER_TARGET / 2), Cut::BeforeAndAfter);
+        assert_eq!(c.push(b"bigger", 10 * MIN_LAYER_TARGET), Cut::After);
+        assert_eq!(c.push(b"b", 512), Cut::None);
     }
 
     #[test]
