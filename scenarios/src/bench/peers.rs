@@ -29,6 +29,7 @@ pub enum Peer {
     Zstd,
     Restic,
     ReadFloor,
+    WalkFloor,
     TarFloor,
     BlobFloor,
     CopyFloor,
@@ -41,6 +42,7 @@ pub const BACKUP_PEERS: &[Peer] = &[
     Peer::Zstd,
     Peer::Restic,
     Peer::ReadFloor,
+    Peer::WalkFloor,
     Peer::TarFloor,
     Peer::BlobFloor,
 ];
@@ -67,13 +69,18 @@ impl Peer {
             Peer::Upstream => "upstream",
             Peer::Zstd => "zstd",
             Peer::Restic => "restic",
-            Peer::ReadFloor | Peer::TarFloor | Peer::BlobFloor | Peer::CopyFloor => "floors",
+            Peer::ReadFloor
+            | Peer::WalkFloor
+            | Peer::TarFloor
+            | Peer::BlobFloor
+            | Peer::CopyFloor => "floors",
         }
     }
 
     pub fn key(self) -> &'static str {
         match self {
             Peer::ReadFloor => "floor-read",
+            Peer::WalkFloor => "floor-walk",
             Peer::TarFloor => "floor-tar",
             Peer::BlobFloor => "floor-blob",
             Peer::CopyFloor => "floor-copy",
@@ -92,6 +99,7 @@ impl Peer {
             (Peer::Restic, false) => "restic backup (local repo)",
             (Peer::Restic, true) => "restic restore (local repo)",
             (Peer::ReadFloor, _) => "floor: read all files (cat)",
+            (Peer::WalkFloor, _) => "floor: stat every entry (find, one thread)",
             (Peer::TarFloor, _) => "floor: tar, no compression",
             (Peer::BlobFloor, false) => "floor: raw blob upload (curl POST+PUT)",
             (Peer::BlobFloor, true) => "floor: raw blob download (curl GET)",
@@ -222,6 +230,13 @@ pub fn backup(tools: &Tools, peer: Peer, source: &Path, slot: &Slot) -> Result<P
                 &format!("find '{src}' -type f -print0 | xargs -0 cat > /dev/null"),
             ));
         }
+        Peer::WalkFloor => {
+            // What any re-backup that trusts metadata must do: the size and mtime of every entry.
+            plan.steps.push(Step::shell(
+                "find",
+                &format!("find '{src}' -printf '%s %T@\\n' > /dev/null"),
+            ));
+        }
         Peer::TarFloor => {
             // Through `cat`: GNU tar writing straight to /dev/null skips reading file contents.
             plan.steps.push(Step::shell(
@@ -334,7 +349,9 @@ pub fn restore(
                 ["-a".to_string(), source.display().to_string(), dst],
             ));
         }
-        Peer::ReadFloor | Peer::TarFloor => return Err("not a restore peer".into()),
+        Peer::ReadFloor | Peer::WalkFloor | Peer::TarFloor => {
+            return Err("not a restore peer".into());
+        }
     }
     Ok(plan)
 }
