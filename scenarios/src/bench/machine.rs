@@ -85,6 +85,15 @@ pub fn filesystem(path: &Path) -> String {
     )
 }
 
+/// ", no journal" for an ext4 filesystem mounted without one (see [`wait_for_freed_inodes`]).
+fn journal_note(device: &str) -> &'static str {
+    let name = device.rsplit('/').next().unwrap_or(device);
+    match fs::read_to_string(format!("/sys/fs/ext4/{name}/journal_task")) {
+        Ok(task) if task.trim() == "<none>" => ", no journal",
+        _ => "",
+    }
+}
+
 pub fn describe(work: &Path, tools: &Tools) -> Machine {
     let mem_kib: u64 = proc_field("/proc/meminfo", "MemTotal")
         .and_then(|v| v.trim_end_matches("kB").trim().parse().ok())
@@ -104,9 +113,10 @@ pub fn describe(work: &Path, tools: &Tools) -> Machine {
                 .map(String::from)
                 .collect();
             Some(format!(
-                "{} ({}), {} total, {} free",
+                "{} ({}{}), {} total, {} free",
                 f.first()?,
                 f.get(1)?,
+                journal_note(f.first()?),
                 f.get(2)?,
                 f.get(4)?
             ))
@@ -157,4 +167,42 @@ pub fn describe(work: &Path, tools: &Tools) -> Machine {
         wsr_commit: commit,
         tools: versions,
     }
+}
+
+/// When the harness last deleted a tree of many inodes.
+static LAST_MASS_REMOVAL: std::sync::Mutex<Option<std::time::Instant>> =
+    std::sync::Mutex::new(None);
+
+/// Deleting fewer inodes than this is not worth waiting for.
+const MASS_REMOVAL_INODES: u64 = 1000;
+
+/// How long ext4 without a journal skips a freed inode, once its inode table is flushed.
+const RECENTLY_DELETED: std::time::Duration = std::time::Duration::from_secs(61);
+
+/// Records that a removal freed `count` inodes.
+pub fn inodes_freed(count: u64) {
+    if count >= MASS_REMOVAL_INODES {
+        *LAST_MASS_REMOVAL.lock().expect("not poisoned") = Some(std::time::Instant::now());
+    }
+}
+
+/// Sleeps until a minute has passed since the last mass removal, and returns how long it slept.
+/// Call it after `sync`.
+///
+/// On ext4 without a journal (the machine table says so), allocating an inode skips every inode
+/// freed in the last 60 s, or 360 s while the freed inode's table block is unflushed, and
+/// checks each one it skips (`recently_deleted` in fs/ext4/ialloc.c). For a minute after a tree
+/// is deleted, creating files therefore costs several times the kernel time: during a `tar -x`
+/// of the 1 GB corpus right after deleting restored trees, `perf` found 57% of the busy
+/// samples under `recently_deleted`, and `tar`'s kernel time was 55 s; after a minute's wait,
+/// 14 s. (Even then a third of the busy samples are there: each new inode looks its inode table
+/// block up in the buffer cache, a cost every restore on this disk pays, whatever the tool.)
+/// A run must not pay for the previous run's cleanup.
+pub fn wait_for_freed_inodes() -> std::time::Duration {
+    let last = *LAST_MASS_REMOVAL.lock().expect("not poisoned");
+    let left = last.map_or(std::time::Duration::ZERO, |at| {
+        RECENTLY_DELETED.saturating_sub(at.elapsed())
+    });
+    std::thread::sleep(left);
+    left
 }

@@ -126,6 +126,9 @@ pub struct Record {
     pub background_cpu_s: Option<f64>,
     /// Page-cache pages evicted and read back during the run (`workingset_refault_file`).
     pub refaults: Option<u64>,
+    /// How long the run waited, before its clock started, after the harness deleted a tree
+    /// (`machine::wait_for_freed_inodes`).
+    pub freed_inodes_wait_s: Option<f64>,
 }
 
 impl Record {
@@ -559,6 +562,7 @@ impl Ctx<'_> {
             registry_cpu_s: None,
             background_cpu_s: None,
             refaults: None,
+            freed_inodes_wait_s: None,
         };
         if !self.selected(peer) {
             rec.skipped = Some("not selected (--peers)".into());
@@ -605,6 +609,14 @@ impl Ctx<'_> {
         // on this run's clock.
         // SAFETY: sync(2) takes no arguments and cannot fail.
         unsafe { libc::sync() };
+        let waited = machine::wait_for_freed_inodes();
+        if !waited.is_zero() {
+            rec.freed_inodes_wait_s = Some(waited.as_secs_f64());
+            eprintln!(
+                "  (waited {:.0} s for freed inodes to be reusable)",
+                waited.as_secs_f64()
+            );
+        }
         let registry_pid = registry_pid(reg);
         let cpu_before = registry_pid.and_then(process_cpu_s);
         let machine_before = machine_cpu_s();
@@ -937,13 +949,21 @@ fn quiet(step: &Step, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Removes a file or tree; a tree of many inodes starts the wait of
+/// [`machine::wait_for_freed_inodes`].
 fn remove(path: &Path) -> Result<()> {
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    let free_before = statvfs(parent).map(|st| st.f_ffree);
     let r = match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(path),
         Ok(_) => fs::remove_file(path),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     };
+    let free_after = statvfs(parent).map(|st| st.f_ffree);
+    if let (Some(a), Some(b)) = (free_before, free_after) {
+        machine::inodes_freed(b.saturating_sub(a));
+    }
     r.with_context(|| format!("remove {}", path.display()))
 }
 
@@ -968,13 +988,17 @@ fn size_of(path: &Path) -> Result<u64> {
 
 /// Bytes available to us on the filesystem holding `path`.
 fn free_bytes(path: &Path) -> Option<u64> {
+    statvfs(path).map(|st| st.f_bavail * st.f_frsize)
+}
+
+fn statvfs(path: &Path) -> Option<libc::statvfs> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
     // SAFETY: statvfs is plain old data; zeroed is valid and statvfs overwrites it.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a valid NUL-terminated path and `st` is valid for writes.
     let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
-    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+    (rc == 0).then_some(st)
 }
 
 fn sha256_file(path: &Path) -> Result<String> {

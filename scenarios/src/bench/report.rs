@@ -284,10 +284,12 @@ pub fn render(
          repository or output file) is what was uploaded or written. wsr's own count (`uploaded_bytes` of its \
          `--json` summary) is shown beside it for incremental runs.\n\
          - The corpus is read once before the runs, so all tools read it from the page cache. Each restore goes \
-         to a new empty directory; restored trees are deleted only after the restore phase, because on ext4 a \
-         restore that follows the deletion of a restored tree paid several times more kernel time (freed inodes \
-         are not reused for minutes). `sync` runs before every run and is not timed: times do not include \
-         flushing written data to disk.\n\
+         to a new empty directory; restored trees are deleted only after the restore phase (after each restore \
+         when the disk cannot hold them). `sync` runs before every run and is not timed: times do not include \
+         flushing written data to disk. After the harness deletes a tree, the next run waits (untimed) until \
+         a minute has passed: on ext4 without a journal (see the machine table), creating a file skips and \
+         checks every inode freed in the last minute (`recently_deleted` in fs/ext4/ialloc.c), and a `tar -x` \
+         right after deleting restored trees paid 55 s of kernel time, 14 s after a minute's wait.\n\
          - Restores are compared with the source (paths, kinds, executable bits, contents, symlink targets).\n\
          - The upstream pipeline is DWO's `workspace-recovery.sh` with the Go `oras` CLI its recovery image \
          ships (`$WSR_ORAS`, built by `scenarios/cluster/build.sh`): `tar -czf` without `-v`, then `oras push` \
@@ -1036,6 +1038,17 @@ fn limits_section(md: &mut String, t: &Table, run: &CorpusRun, misses: Vec<Strin
              That is other processes (concurrent builds) and kernel threads (page reclaim, writeback); these runs are \
              slower than they would be on an idle machine.",
             noisy.join(", ")
+        ));
+    }
+    let waited: f64 = run
+        .records
+        .iter()
+        .filter_map(|r| r.freed_inodes_wait_s)
+        .sum();
+    if waited > 0.0 {
+        notes.push(format!(
+            "Runs waited {} s in all, before their clocks started, for inodes freed by the harness's deletions to be reusable.",
+            secs(waited)
         ));
     }
     let refaults: f64 = t.aggs.values().filter_map(|a| a.refaults).sum();
