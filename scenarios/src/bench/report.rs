@@ -616,7 +616,10 @@ fn targets_section(md: &mut String, t: &Table, run: &CorpusRun) -> Vec<String> {
     let b = |p| t.get(Phase::Backup, "", p);
     let r = |p| t.get(Phase::Restore, "", p);
     let i = |s, p| t.get(Phase::Incremental, s, p);
-    let big = run.stats.bytes >= 1_000_000_000;
+    // The 1 GB targets apply from a tar stream of 1 GB (a header per entry included):
+    // the `large` corpus is 967 MB of file contents in 1.07 GB of tar.
+    let entries = run.stats.files + run.stats.dirs + run.stats.symlinks;
+    let big = run.stats.bytes + 512 * entries >= 1_000_000_000;
     let mut misses = Vec::new();
     let mut row = |md: &mut String, what: &str, measured: Option<(String, bool)>, why: String| {
         let (m, pass) = measured.map_or(("–".to_string(), None), |(m, p)| (m, Some(p)));
