@@ -133,6 +133,13 @@ pub struct CorpusStats {
     pub categories: BTreeMap<String, (u64, u64)>,
 }
 
+impl CorpusStats {
+    /// Files, directories and symlinks.
+    pub fn entries(&self) -> u64 {
+        self.files + self.dirs + self.symlinks
+    }
+}
+
 /// A small, fast, well-mixed PRNG (xoshiro256**, seeded with splitmix64). Written here rather
 /// than taken from a crate so the byte stream can never change under a dependency update.
 #[derive(Clone)]

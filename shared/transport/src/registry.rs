@@ -399,7 +399,6 @@ impl RegistryStore {
     }
 
     fn request_error(&self, e: reqwest::Error, what: &str) -> TransportError {
-        let mut detail = e.to_string();
         // What went wrong is read from the causes only: the top error's text holds the URL,
         // and an upload's URL carries a random base64 state that can spell "tls".
         let mut causes = String::new();
@@ -412,10 +411,10 @@ impl RegistryStore {
                     transient: lookup.transient,
                 };
             }
-            detail = format!("{detail}: {s}");
             causes = format!("{causes}: {s}");
             source = s.source();
         }
+        let detail = format!("{e}{causes}");
         let lower = causes.to_ascii_lowercase();
         if e.is_timeout() && !e.is_connect() {
             TransportError::Stalled {
