@@ -11,7 +11,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
-use wsr_format::codec::{EntryHeader, EntryKind, TarWriter, gzip_encoder, zstd_encoder};
+use wsr_format::codec::{EntryHeader, EntryKind, TarWriter, ZstdContext, gzip_encoder};
 use wsr_format::digest::{Digest, Hasher, HashingWriter};
 use wsr_format::native::{IndexEntry, RawPath};
 
@@ -46,7 +46,8 @@ pub fn archive(
 ) -> Result<Archived, BackupError> {
     let (diff_id, tar_size, index) = match codec {
         Codec::Zstd { level } => {
-            let enc = zstd_encoder(out, level).map_err(BackupError::Archive)?;
+            let mut context = ZstdContext::take(level).map_err(BackupError::Archive)?;
+            let enc = context.encoder(out);
             let (tar, index) = write_tar(root, entries, HashingWriter::new(enc), None, on_entry)?;
             let (enc, diff_id, tar_size) = tar.finish();
             enc.finish().map_err(BackupError::Archive)?;

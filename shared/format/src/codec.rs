@@ -285,16 +285,57 @@ pub fn zstd_decoder<'a, R: io::BufRead>(
     Ok(dec)
 }
 
-/// A deterministic zstd encoder: single-threaded, because zstd's multi-threaded mode writes
-/// different bytes than its single-threaded mode, and identical input must give identical
-/// layers on every machine. Parallelism comes from compressing several layers at once.
-pub fn zstd_encoder<W: Write>(
-    out: W,
-    level: i32,
-) -> io::Result<zstd::stream::write::Encoder<'static, W>> {
-    let mut enc = zstd::stream::write::Encoder::new(out, level)?;
-    enc.include_checksum(false)?;
-    Ok(enc)
+/// A zstd compression context, taken from the process's pool and returned to it on drop.
+///
+/// At the default level a context's window and tables take about 3.5 MiB. Allocating them
+/// afresh for every layer fragmented the heap: a 1 GB backup's peak RSS was 40 MiB above its
+/// peak live memory. The pool never holds more contexts than were in use at once.
+pub struct ZstdContext(Option<zstd::zstd_safe::CCtx<'static>>);
+
+static ZSTD_CONTEXTS: std::sync::Mutex<Vec<zstd::zstd_safe::CCtx<'static>>> =
+    std::sync::Mutex::new(Vec::new());
+
+impl ZstdContext {
+    /// A context set to `level` without a frame checksum, whatever its last user set.
+    pub fn take(level: i32) -> io::Result<ZstdContext> {
+        let pooled = ZSTD_CONTEXTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        Self::prepared(pooled.unwrap_or_else(zstd::zstd_safe::CCtx::create), level)
+    }
+
+    fn prepared(mut cctx: zstd::zstd_safe::CCtx<'static>, level: i32) -> io::Result<ZstdContext> {
+        use zstd::zstd_safe::{CParameter, ResetDirective};
+        let zstd_error = |code| io::Error::other(zstd::zstd_safe::get_error_name(code));
+        cctx.reset(ResetDirective::SessionAndParameters)
+            .map_err(zstd_error)?;
+        cctx.set_parameter(CParameter::CompressionLevel(level))
+            .map_err(zstd_error)?;
+        cctx.set_parameter(CParameter::ChecksumFlag(false))
+            .map_err(zstd_error)?;
+        Ok(ZstdContext(Some(cctx)))
+    }
+
+    /// A deterministic zstd encoder on this context: single-threaded, because zstd's
+    /// multi-threaded mode writes different bytes than its single-threaded mode, and
+    /// identical input must give identical layers on every machine. Parallelism comes from
+    /// compressing several layers at once.
+    pub fn encoder<W: Write>(&mut self, out: W) -> zstd::stream::write::Encoder<'_, W> {
+        let cctx = self.0.as_mut().expect("a context until dropped");
+        zstd::stream::write::Encoder::with_context(out, cctx)
+    }
+}
+
+impl Drop for ZstdContext {
+    fn drop(&mut self) {
+        if let Some(cctx) = self.0.take() {
+            ZSTD_CONTEXTS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(cctx);
+        }
+    }
 }
 
 /// A deterministic gzip encoder (no name, mtime 0), as used for `dwo` layers.
@@ -384,8 +425,8 @@ mod tests {
     #[test]
     fn same_entries_give_identical_bytes() {
         let build = || {
-            let enc = zstd_encoder(Vec::new(), 3).unwrap();
-            let mut w = TarWriter::new(enc, false);
+            let mut context = ZstdContext::take(3).unwrap();
+            let mut w = TarWriter::new(context.encoder(Vec::new()), false);
             for i in 0..200u32 {
                 let path = format!("dir/file-{i}");
                 let data = format!("content {i}\n").repeat(1000);
@@ -427,12 +468,35 @@ mod tests {
     }
 
     fn zstd_with_window_log(level: i32, window_log: Option<u32>) -> Vec<u8> {
-        let mut enc = zstd_encoder(Vec::new(), level).unwrap();
+        let mut context = ZstdContext::take(level).unwrap();
+        let mut enc = context.encoder(Vec::new());
         if let Some(log) = window_log {
             enc.window_log(log).unwrap();
         }
         enc.write_all(&[7u8; 4096]).unwrap();
         enc.finish().unwrap()
+    }
+
+    #[test]
+    fn a_reused_context_writes_the_bytes_a_fresh_encoder_writes() {
+        let data = b"the same bytes on every machine ".repeat(20_000);
+        let mut fresh = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        fresh.include_checksum(false).unwrap();
+        fresh.write_all(&data).unwrap();
+        let fresh = fresh.finish().unwrap();
+        // A context its last user left on another level, window and checksum, mid-frame.
+        let mut cctx = zstd::zstd_safe::CCtx::create();
+        let mut used = zstd::stream::write::Encoder::with_context(Vec::new(), &mut cctx);
+        used.set_parameter(zstd::stream::raw::CParameter::CompressionLevel(19))
+            .unwrap();
+        used.window_log(27).unwrap();
+        used.include_checksum(true).unwrap();
+        used.write_all(&data[..5000]).unwrap();
+        drop(used);
+        let mut context = ZstdContext::prepared(cctx, 3).unwrap();
+        let mut reused = context.encoder(Vec::new());
+        reused.write_all(&data).unwrap();
+        assert_eq!(reused.finish().unwrap(), fresh);
     }
 
     fn decode(bytes: &[u8]) -> io::Result<Vec<u8>> {

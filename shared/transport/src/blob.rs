@@ -121,7 +121,7 @@ impl RegistryUpload {
         outcome: oneshot::Receiver<Result<()>>,
     ) -> RegistryUpload {
         RegistryUpload {
-            buf: BytesMut::with_capacity(CHUNK),
+            buf: BytesMut::new(),
             pieces,
             digest,
             outcome,
@@ -146,17 +146,24 @@ impl RegistryUpload {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let chunk = self.buf.split().freeze();
-        self.buf.reserve(CHUNK);
+        // The whole buffer goes; the next write allocates the next piece's.
+        let chunk = std::mem::take(&mut self.buf).freeze();
         self.send(Piece::Data(chunk))
     }
 
+    /// Takes what fits in the current piece: pieces are exactly [`CHUNK`] bytes, so a buffer
+    /// never grows past its capacity (growing one doubles it, and the queue then holds
+    /// buffers twice the size of their bytes).
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= CHUNK {
+        if self.buf.capacity() == 0 {
+            self.buf = BytesMut::with_capacity(CHUNK);
+        }
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK {
             self.send_buffered()?;
         }
-        Ok(data.len())
+        Ok(n)
     }
 
     fn outcome(self) -> Result<()> {

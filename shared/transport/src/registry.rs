@@ -38,8 +38,8 @@ use wsr_format::reference::{Repository, Target};
 
 /// Accepted manifest types: OCI first; Docker v2 so foreign single-layer artifacts still read.
 /// A blob whose bytes end within this many is uploaded in one PUT instead of PATCH and PUT:
-/// one round trip fewer and less work for the registry. The pieces held meanwhile are this
-/// upload's memory besides the writer's queue.
+/// one round trip fewer and less work for the registry. The pieces held meanwhile (the
+/// writer's own, not copies) are this upload's memory besides the writer's queue.
 pub(crate) const MONOLITHIC_LIMIT: usize = 2 << 20;
 
 const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json;q=0.9";
@@ -593,22 +593,29 @@ impl RegistryStore {
             detail: "the upload was abandoned".into(),
         };
         let location = self.start_upload().await?;
-        // Hold the first bytes: a blob that ends within them goes in one request.
-        let mut held = bytes::BytesMut::with_capacity(MONOLITHIC_LIMIT);
-        while held.len() < MONOLITHIC_LIMIT {
+        // Hold the first pieces: a blob that ends within them goes in one request. They are
+        // kept as sent, not copied: each is the writer's own buffer.
+        let mut held = Vec::new();
+        let mut held_len = 0;
+        while held_len < MONOLITHIC_LIMIT {
             match pieces.recv().await {
-                Some(Piece::Data(bytes)) => held.extend_from_slice(&bytes),
+                Some(Piece::Data(bytes)) => {
+                    held_len += bytes.len();
+                    held.push(bytes);
+                }
                 Some(Piece::End) => {
                     let digest = digest.await.map_err(|_| abandoned())?;
-                    return self
-                        .finish_upload(&location, &digest, Some(held.freeze()))
-                        .await;
+                    let body = match held.as_slice() {
+                        [one] => one.clone(),
+                        many => Bytes::from(many.concat()),
+                    };
+                    return self.finish_upload(&location, &digest, Some(body)).await;
                 }
                 // The writer went away: nothing is completed.
                 None => return Err(abandoned()),
             }
         }
-        let location = self.stream_upload(&location, held.freeze(), pieces).await?;
+        let location = self.stream_upload(&location, held, pieces).await?;
         let digest = digest.await.map_err(|_| abandoned())?;
         self.finish_upload(&location, &digest, None).await
     }
@@ -618,7 +625,7 @@ impl RegistryStore {
     async fn stream_upload(
         &self,
         location: &str,
-        held: Bytes,
+        held: Vec<Bytes>,
         pieces: mpsc::Receiver<Piece>,
     ) -> Result<String> {
         // A body that ends only at `End`: a writer that went away fails the request, so the
@@ -639,7 +646,7 @@ impl RegistryStore {
                 }
             }
         });
-        let body = futures_util::stream::once(async { Ok(held) }).chain(rest);
+        let body = futures_util::stream::iter(held.into_iter().map(Ok)).chain(rest);
         // Not retried here: the body is consumed. The caller writes it again on a transient error.
         let request = self
             .authorize(self.upload_http.request(Method::PATCH, location))
