@@ -2,7 +2,7 @@
 //! so the report says where its numbers come from.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde::Serialize;
@@ -205,4 +205,33 @@ pub fn wait_for_freed_inodes() -> std::time::Duration {
     });
     std::thread::sleep(left);
     left
+}
+
+/// Reads every file under `paths` (missing ones are skipped), so that a run reads its inputs
+/// from the page cache.
+///
+/// Reading them once before the runs is not enough on a machine that evicts idle page cache:
+/// this one runs a DAMON `pageout` scheme (`/sys/kernel/mm/damon/admin/kdamonds`) that pages out
+/// memory not accessed for a minute, up to 128 MiB/s, so the minute waited for freed inodes
+/// evicted the corpus and the stored backups, and the next runs read them from a disk that
+/// answered in about 10 ms per read (`workingset_refault_file`, reported per corpus).
+pub fn warm(paths: &[PathBuf]) {
+    fn read_tree(path: &Path, buf: &mut [u8]) {
+        let Ok(meta) = fs::symlink_metadata(path) else {
+            return;
+        };
+        if meta.is_dir() {
+            for entry in fs::read_dir(path).into_iter().flatten().flatten() {
+                read_tree(&entry.path(), buf);
+            }
+        } else if meta.is_file()
+            && let Ok(mut file) = fs::File::open(path)
+        {
+            while matches!(std::io::Read::read(&mut file, buf), Ok(n) if n > 0) {}
+        }
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    for path in paths {
+        read_tree(path, &mut buf);
+    }
 }

@@ -617,6 +617,7 @@ impl Ctx<'_> {
                 waited.as_secs_f64()
             );
         }
+        machine::warm(&plan.inputs);
         let registry_pid = registry_pid(reg);
         let cpu_before = registry_pid.and_then(process_cpu_s);
         let machine_before = machine_cpu_s();

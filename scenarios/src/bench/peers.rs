@@ -137,6 +137,8 @@ pub struct Plan {
     pub wsr_json: bool,
     /// Removed after the run (unmeasured).
     pub cleanup: Vec<PathBuf>,
+    /// What the run reads: read once more, untimed, just before its clock starts.
+    pub inputs: Vec<PathBuf>,
 }
 
 fn restic_step(tools: &Tools, name: &str, repo: &Path, args: &[&str]) -> Result<Step, String> {
@@ -160,7 +162,10 @@ fn upstream_ref(slot: &Slot) -> String {
 /// A backup of `source` by `peer` into `slot`. `Err` says why the peer cannot run here.
 pub fn backup(tools: &Tools, peer: Peer, source: &Path, slot: &Slot) -> Result<Plan, String> {
     let src = source.display().to_string();
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        inputs: vec![source.to_path_buf()],
+        ..Plan::default()
+    };
     match peer {
         Peer::Wsr | Peer::WsrDwo => {
             let (backup, _) = tools.wsr.clone()?;
@@ -273,8 +278,18 @@ pub fn restore(
     slot: &Slot,
 ) -> Result<Plan, String> {
     let dst = target.display().to_string();
+    // Every restore peer gets the same inputs warmed: what any of them reads (the `cp -a`
+    // floor reads the source).
+    let inputs = [
+        slot.registry_data,
+        &slot.restic_repo,
+        &slot.zstd_file,
+        slot.blob.0,
+        source,
+    ];
     let mut plan = Plan {
         check: Some(target.to_path_buf()),
+        inputs: inputs.iter().map(|p| p.to_path_buf()).collect(),
         ..Plan::default()
     };
     match peer {

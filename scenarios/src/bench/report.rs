@@ -289,7 +289,10 @@ pub fn render(
          flushing written data to disk. After the harness deletes a tree, the next run waits (untimed) until \
          a minute has passed: on ext4 without a journal (see the machine table), creating a file skips and \
          checks every inode freed in the last minute (`recently_deleted` in fs/ext4/ialloc.c), and a `tar -x` \
-         right after deleting restored trees paid 55 s of kernel time, 14 s after a minute's wait.\n\
+         right after deleting restored trees paid 55 s of kernel time, 14 s after a minute's wait. \
+         Then the run's inputs (the corpus; for restores also the stored backups, archives and the \
+         source) are read once more, untimed: this machine pages out page cache idle for a minute \
+         (a DAMON `pageout` scheme), so the wait alone sent the next run to the disk.\n\
          - Restores are compared with the source (paths, kinds, executable bits, contents, symlink targets).\n\
          - The upstream pipeline is DWO's `workspace-recovery.sh` with the Go `oras` CLI its recovery image \
          ships (`$WSR_ORAS`, built by `scenarios/cluster/build.sh`): `tar -czf` without `-v`, then `oras push` \
