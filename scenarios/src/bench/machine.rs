@@ -214,7 +214,8 @@ pub fn wait_for_freed_inodes() -> std::time::Duration {
 /// this one runs a DAMON `pageout` scheme (`/sys/kernel/mm/damon/admin/kdamonds`) that pages out
 /// memory not accessed for a minute, up to 128 MiB/s, so the minute waited for freed inodes
 /// evicted the corpus and the stored backups, and the next runs read them from a disk that
-/// answered in about 10 ms per read (`workingset_refault_file`, reported per corpus).
+/// answered in about 10 ms per read (`/proc/diskstats`; the report's `workingset_refault_file`
+/// line per corpus counts those evictions).
 pub fn warm(paths: &[PathBuf]) {
     fn read_tree(path: &Path, buf: &mut [u8]) {
         let Ok(meta) = fs::symlink_metadata(path) else {
