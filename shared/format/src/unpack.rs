@@ -786,7 +786,10 @@ impl Unpacker {
         hash: bool,
     ) -> Result<Option<Digest>, UnpackError> {
         let mut hasher = hash.then(Hasher::new);
-        let mut buf = vec![0u8; 256 * 1024];
+        // Most files are small: a buffer of their size, not of the largest read, saves zeroing
+        // 256 KiB per file (25 GB of memset for 100k files).
+        let mut buf = vec![0u8; size.clamp(1, 256 * 1024) as usize];
+        let mut ends_in_hole = false;
         let mut file = match self.full(path) {
             Some(full) => Some(
                 fs::OpenOptions::new()
@@ -810,7 +813,8 @@ impl Unpacker {
                 h.update(&buf[..n]);
             }
             if let Some(f) = file.as_mut() {
-                if buf[..n].iter().all(|&b| b == 0) {
+                ends_in_hole = buf[..n].iter().all(|&b| b == 0);
+                if ends_in_hole {
                     f.seek(io::SeekFrom::Current(n as i64))
                         .map(drop)
                         .map_err(self.io_err(path))?;
@@ -830,7 +834,9 @@ impl Unpacker {
         }
         if let Some(f) = file {
             // A trailing hole exists only once the length is set.
-            f.set_len(total).map_err(self.io_err(path))?;
+            if ends_in_hole {
+                f.set_len(total).map_err(self.io_err(path))?;
+            }
             f.set_permissions(fs::Permissions::from_mode(mode))
                 .map_err(self.io_err(path))?;
             let t = system_time(mtime);
@@ -1446,6 +1452,43 @@ mod tests {
             w.append(&header, content).unwrap();
         }
         w.finish().unwrap()
+    }
+
+    #[test]
+    fn zero_runs_become_holes_and_every_file_keeps_its_length_and_bytes() {
+        use EntryKind::File;
+        let mut tail_zeros = vec![7u8; 10_000];
+        tail_zeros.resize(600 << 10, 0);
+        let mut head_zeros = vec![0u8; 600 << 10];
+        head_zeros.extend_from_slice(b"end");
+        let all_zeros = vec![0u8; 300 << 10];
+        let files: [(&str, &[u8]); 5] = [
+            ("empty", b""),
+            ("small", b"hello"),
+            ("tail-zeros", &tail_zeros),
+            ("head-zeros", &head_zeros),
+            ("all-zeros", &all_zeros),
+        ];
+        let entries: Vec<(&str, EntryKind, &[u8])> =
+            files.iter().map(|&(p, c)| (p, File, c)).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let unpacker = Unpacker::new(dir.path(), options());
+        unpacker.unpack_tar(&mut &tar_of(&entries)[..]).unwrap();
+        unpacker.finish().unwrap();
+        for (path, content) in files {
+            let restored = dir.path().join(path);
+            assert_eq!(fs::read(&restored).unwrap(), content, "{path}");
+            let meta = fs::metadata(&restored).unwrap();
+            assert_eq!(meta.len(), content.len() as u64, "{path}");
+        }
+        let allocated = |p: &str| {
+            std::os::unix::fs::MetadataExt::blocks(&fs::metadata(dir.path().join(p)).unwrap()) * 512
+        };
+        assert!(allocated("all-zeros") < 300 << 10, "all-zeros is a hole");
+        assert!(
+            allocated("tail-zeros") < 600 << 10,
+            "the zero tail is a hole"
+        );
     }
 
     #[test]
