@@ -51,22 +51,29 @@ fn proc_field(file: &str, key: &str) -> Option<String> {
         .map(|(_, v)| v.trim().trim_matches('"').to_string())
 }
 
-/// "device (type, mount options), size total, free" of the filesystem holding `path`.
-pub fn filesystem(path: &Path) -> String {
+/// `df -hT`'s row for the filesystem holding `path` (or its nearest existing parent): device,
+/// type, size, used, available, use%, mount point.
+fn df_row(path: &Path) -> Option<Vec<String>> {
     let mut probe = path.to_path_buf();
     while !probe.exists() && probe.pop() {}
-    let out = Command::new("df").arg("-hT").arg(&probe).output().ok();
-    let line = out.as_ref().and_then(|o| {
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .nth(1)
-            .map(String::from)
-    });
-    let Some(line) = line else {
+    let out = Command::new("df").arg("-hT").arg(&probe).output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row: Vec<String> = text
+        .lines()
+        .nth(1)?
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    (row.len() >= 7).then_some(row)
+}
+
+/// "device (type, no journal, mount options) at mount, size total, free" of the filesystem
+/// holding `path`.
+pub fn filesystem(path: &Path) -> String {
+    let Some(f) = df_row(path) else {
         return "unknown".into();
     };
-    let f: Vec<&str> = line.split_whitespace().collect();
-    let mount = f.get(6).copied().unwrap_or("/");
+    let mount = &f[6];
     // Mount options matter here (e.g. online `discard` makes file creation slower).
     let opts = fs::read_to_string("/proc/mounts")
         .ok()
@@ -77,11 +84,12 @@ pub fn filesystem(path: &Path) -> String {
         })
         .unwrap_or_default();
     format!(
-        "{} at {mount} ({}, {opts}), {} total, {} free",
-        f.first().unwrap_or(&"?"),
-        f.get(1).unwrap_or(&"?"),
-        f.get(2).unwrap_or(&"?"),
-        f.get(4).unwrap_or(&"?")
+        "{} at {mount} ({}{}, {opts}), {} total, {} free",
+        f[0],
+        f[1],
+        journal_note(&f[0]),
+        f[2],
+        f[4]
     )
 }
 
@@ -94,34 +102,16 @@ fn journal_note(device: &str) -> &'static str {
     }
 }
 
+/// Whether `path` is on ext4 without a journal, where freed inodes slow later file creation.
+fn without_journal(path: &Path) -> bool {
+    df_row(path).is_some_and(|f| !journal_note(&f[0]).is_empty())
+}
+
 pub fn describe(work: &Path, tools: &Tools) -> Machine {
     let mem_kib: u64 = proc_field("/proc/meminfo", "MemTotal")
         .and_then(|v| v.trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0);
-    let work_s = work.display().to_string();
-    let df = Command::new("df")
-        .args(["-hT", &work_s])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-    let disk = df
-        .and_then(|t| {
-            let f: Vec<String> = t
-                .lines()
-                .nth(1)?
-                .split_whitespace()
-                .map(String::from)
-                .collect();
-            Some(format!(
-                "{} ({}{}), {} total, {} free",
-                f.first()?,
-                f.get(1)?,
-                journal_note(f.first()?),
-                f.get(2)?,
-                f.get(4)?
-            ))
-        })
-        .unwrap_or_else(|| "unknown".into());
+    let disk = filesystem(work);
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let root_s = root.display().to_string();
     let mut commit = first_line("git", &["-C", &root_s, "rev-parse", "--short", "HEAD"]);
@@ -176,28 +166,29 @@ static LAST_MASS_REMOVAL: std::sync::Mutex<Option<std::time::Instant>> =
 /// Deleting fewer inodes than this is not worth waiting for.
 const MASS_REMOVAL_INODES: u64 = 1000;
 
-/// How long ext4 without a journal skips a freed inode, once its inode table is flushed.
-const RECENTLY_DELETED: std::time::Duration = std::time::Duration::from_secs(61);
+/// How long ext4 without a journal may skip a freed inode: 60 s after it was freed, 360 s
+/// more while its inode table block is dirty (see [`wait_for_freed_inodes`]).
+const RECENTLY_DELETED: std::time::Duration = std::time::Duration::from_secs(361);
 
-/// Records that a removal freed `count` inodes.
-pub fn inodes_freed(count: u64) {
-    if count >= MASS_REMOVAL_INODES {
+/// Records that removing `path` freed `count` inodes.
+pub fn inodes_freed(path: &Path, count: u64) {
+    if count >= MASS_REMOVAL_INODES && without_journal(path) {
         *LAST_MASS_REMOVAL.lock().expect("not poisoned") = Some(std::time::Instant::now());
     }
 }
 
-/// Sleeps until a minute has passed since the last mass removal, and returns how long it slept.
-/// Call it after `sync`.
+/// Sleeps until six minutes have passed since the last mass removal on ext4 without a journal,
+/// and returns how long it slept.
 ///
-/// On ext4 without a journal (the machine table says so), allocating an inode skips every inode
-/// freed in the last 60 s, or 360 s while the freed inode's table block is unflushed, and
-/// checks each one it skips (`recently_deleted` in fs/ext4/ialloc.c). For a minute after a tree
-/// is deleted, creating files therefore costs several times the kernel time: during a `tar -x`
-/// of the 1 GB corpus right after deleting restored trees, `perf` found 57% of the busy
-/// samples under `recently_deleted`, and `tar`'s kernel time was 55 s; after a minute's wait,
-/// 14 s. (Even then a third of the busy samples are there: each new inode looks its inode table
-/// block up in the buffer cache, a cost every restore on this disk pays, whatever the tool.)
-/// A run must not pay for the previous run's cleanup.
+/// There, allocating an inode skips every inode freed in the last 60 s, or in the last 360 s
+/// while the freed inode's table block is dirty, and checks each one it skips
+/// (`recently_deleted` in fs/ext4/ialloc.c). A `sync` before the run does not shorten that:
+/// the run's own new inodes dirty the same table blocks again. On this machine's work disk,
+/// 65 s after `sync` and the deletion of 1.6 M inodes, a `tar -x` of the many-files corpus
+/// took 44.4 s (43.3 s in the kernel; `perf` put 55% of the samples under `recently_deleted`);
+/// 370 s after, 3.55 s. A run must not pay for the previous run's cleanup, so the bench keeps
+/// the trees it creates and deletes on a scratch filesystem with a journal when it can
+/// (`--scratch-dir`), and this wait is for the rest.
 pub fn wait_for_freed_inodes() -> std::time::Duration {
     let last = *LAST_MASS_REMOVAL.lock().expect("not poisoned");
     let left = last.map_or(std::time::Duration::ZERO, |at| {

@@ -72,10 +72,12 @@ pub struct BenchArgs {
     /// Do not run `cargo build --release -p wsr-backup -p wsr-restore` first.
     #[arg(long)]
     no_build: bool,
-    /// Where restores go [default: a directory in the work dir]. Put it on another
-    /// filesystem (e.g. /dev/shm/wsr-restore) to take that disk out of restore times.
+    /// Where the trees the harness creates and deletes go: restores, upstream's extracted
+    /// copy, the incremental copy [default: the work dir]. On ext4 without a journal, put it on
+    /// a filesystem with one (`scenarios/bench-scratch.sh`): there, deleting a tree slows every
+    /// file created in the next six minutes (`machine::wait_for_freed_inodes`).
     #[arg(long)]
-    restore_dir: Option<PathBuf>,
+    scratch_dir: Option<PathBuf>,
     /// Size in GiB of the sparse file (a few KiB of data) backed up and restored once by wsr
     /// and upstream, on loopback; 0 skips it.
     #[arg(long, default_value_t = 4)]
@@ -149,8 +151,8 @@ pub struct CorpusRun {
     /// Size of `tar | zstd -T0` of the corpus (level 3).
     pub zstd_bytes: u64,
     pub mutations: Vec<(String, Mutation)>,
-    /// The filesystem restores were written to.
-    pub restore_fs: String,
+    /// The filesystem of the scratch trees (restores, the incremental copy).
+    pub scratch_fs: String,
     /// When restored trees were deleted.
     pub restores_deleted: RestoreCleanup,
     pub records: Vec<Record>,
@@ -189,8 +191,10 @@ impl RestoreCleanup {
 
 struct Ctx<'a> {
     timeout: Duration,
-    /// Scratch directory of this corpus (`$RUN` in the report), inside `work` (`$WORK`).
+    /// This corpus's run directory (`$RUN` in the report), inside `work` (`$WORK`).
     dir: PathBuf,
+    /// Where this corpus's restores and incremental copy go (`$SCRATCH`; `dir` by default).
+    scratch: PathBuf,
     work: PathBuf,
     corpus: PathBuf,
     summary: TreeSummary,
@@ -297,9 +301,19 @@ fn bench_corpus(
         fs::remove_dir_all(&dir)?;
     }
     fs::create_dir_all(&dir)?;
+    let scratch = match &args.scratch_dir {
+        Some(root) => root.join(dir.file_name().expect("named")),
+        None => dir.clone(),
+    };
+    if scratch != dir && scratch.exists() {
+        remove(&scratch)?;
+    }
+    fs::create_dir_all(&scratch)?;
+    let scratch_fs = machine::filesystem(&scratch);
     let ctx = Ctx {
         timeout,
         dir: dir.clone(),
+        scratch: scratch.clone(),
         work: work.to_path_buf(),
         corpus: corpus.clone(),
         summary: summary.clone(),
@@ -377,13 +391,7 @@ fn bench_corpus(
     // trees are deleted only after the phase (or after each repetition, or each restore, if the
     // disk is short): ext4 does not reuse inodes freed in the last minutes and searches past
     // them, which made every restore after a deleted one several times slower in kernel time.
-    let restore_root = args
-        .restore_dir
-        .clone()
-        .unwrap_or_else(|| dir.join("restore"));
-    if fs::read_dir(&restore_root).is_ok_and(|mut d| d.next().is_some()) {
-        bail!("restore dir {} is not empty", restore_root.display());
-    }
+    let restore_root = scratch.join("restore");
     fs::create_dir_all(&restore_root)?;
     // Upstream holds its archive and extracted copy besides the restored tree: allow 2x.
     let one_rep = 2 * stats.bytes * peers::RESTORE_PEERS.len() as u64;
@@ -403,7 +411,7 @@ fn bench_corpus(
             registry_data: &data,
             restic_repo,
             zstd_file,
-            upstream_tmp: dir.join(format!("upstream-tmp-r{rep}")),
+            upstream_tmp: scratch.join(format!("upstream-tmp-r{rep}")),
             blob: (&archive, &digest),
         };
         for peer in rotated(peers::RESTORE_PEERS, rep) {
@@ -426,9 +434,7 @@ fn bench_corpus(
         }
     }
     deferred.drain(..).try_for_each(|p| remove(&p))?;
-    if args.restore_dir.is_none() {
-        remove(&restore_root)?;
-    }
+    remove(&restore_root)?;
     drop(registries);
     for rep in 0..args.reps {
         remove(&dir.join(format!("restic-{rep}")))?;
@@ -437,7 +443,7 @@ fn bench_corpus(
 
     // 3. Incremental backups on a copy, so the cached corpus stays pristine.
     let mut mutations = Vec::new();
-    let copy = dir.join("inc-src");
+    let copy = scratch.join("inc-src");
     for rep in 0..args.reps {
         if !rotated(peers::INCREMENTAL_PEERS, rep)
             .iter()
@@ -501,6 +507,9 @@ fn bench_corpus(
         remove(&s.restic_repo)?;
     }
     remove(&copy)?;
+    if scratch != dir {
+        remove(&scratch)?;
+    }
 
     Ok(CorpusRun {
         network,
@@ -510,7 +519,7 @@ fn bench_corpus(
         summary,
         zstd_bytes,
         mutations,
-        restore_fs: machine::filesystem(&restore_root),
+        scratch_fs,
         restores_deleted: cleanup,
         records,
     })
@@ -583,8 +592,13 @@ impl Ctx<'_> {
             } else {
                 s.replace(&oras, "$WSR_ORAS")
             };
-            s.replace(&self.corpus.display().to_string(), "$CORPUS")
-                .replace(&self.dir.display().to_string(), "$RUN")
+            let s = s.replace(&self.corpus.display().to_string(), "$CORPUS");
+            let s = if self.scratch == self.dir {
+                s
+            } else {
+                s.replace(&self.scratch.display().to_string(), "$SCRATCH")
+            };
+            s.replace(&self.dir.display().to_string(), "$RUN")
                 .replace(&self.work.display().to_string(), "$WORK")
                 .replace(&root, "")
                 .replace(&host, "$REGISTRY")
@@ -963,7 +977,7 @@ fn remove(path: &Path) -> Result<()> {
     };
     let free_after = statvfs(parent).map(|st| st.f_ffree);
     if let (Some(a), Some(b)) = (free_before, free_after) {
-        machine::inodes_freed(b.saturating_sub(a));
+        machine::inodes_freed(path, b.saturating_sub(a));
     }
     r.with_context(|| format!("remove {}", path.display()))
 }

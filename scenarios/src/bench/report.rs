@@ -286,11 +286,15 @@ pub fn render(
          - The corpus is read once before the runs, so all tools read it from the page cache. Each restore goes \
          to a new empty directory; restored trees are deleted only after the restore phase (after each restore \
          when the disk cannot hold them). `sync` runs before every run and is not timed: times do not include \
-         flushing written data to disk. After the harness deletes a tree, the next run waits (untimed) until \
-         a minute has passed: on ext4 without a journal (see the machine table), creating a file skips and \
-         checks every inode freed in the last minute (`recently_deleted` in fs/ext4/ialloc.c), and a `tar -x` \
-         right after deleting restored trees paid 55 s of kernel time, 14 s after a minute's wait. \
-         Then the run's inputs (the corpus; for restores also the stored backups, archives and the \
+         flushing written data to disk. The trees the harness creates and deletes (restores, upstream's \
+         extracted copy, the incremental copy) go to a scratch directory (`--scratch-dir`, shown per \
+         corpus). On ext4 without a journal, creating a file skips and checks every inode freed in the last \
+         minute, or six minutes while its inode table block is dirty (`recently_deleted` in \
+         fs/ext4/ialloc.c): on this machine's work disk, a `tar -x` of the many-files corpus 65 s after \
+         deleting 1.6 M inodes took 44 s (43 s in the kernel), 3.6 s six minutes after. So the scratch \
+         directory is on an ext4 filesystem with a journal, which has no such rule (an image on the work \
+         disk, mounted by `scenarios/bench-scratch.sh`), and after a deletion on a filesystem without one \
+         the next run waits (untimed) until six minutes have passed. Then the run's inputs (the corpus; for restores also the stored backups, archives and the \
          source) are read once more, untimed: this machine pages out page cache idle for a minute \
          (a DAMON `pageout` scheme), so the wait alone sent the next run to the disk.\n\
          - Restores are compared with the source (paths, kinds, executable bits, contents, symlink targets).\n\
@@ -315,7 +319,8 @@ pub fn render(
     if let Some(run) = runs.first() {
         let _ = writeln!(
             md,
-            "Commands (`$CORPUS` = the corpus, `$WORK` = the work dir, `$RUN` = this corpus's scratch dir in it, \
+            "Commands (`$CORPUS` = the corpus, `$WORK` = the work dir, `$RUN` = this corpus's dir in it, \
+             `$SCRATCH` = this corpus's scratch dir, if not `$RUN` (`--scratch-dir`), \
              `$REGISTRY` = this repetition's registry, `$WSR_ORAS` = the oras CLI; paths relative to the workspace root):\n"
         );
         let _ = writeln!(md, "| phase | tool | command(s) |\n|---|---|---|");
@@ -418,12 +423,16 @@ fn corpus_section(md: &mut String, run: &CorpusRun) {
         run.network.name,
         run.network.describe()
     );
+    let _ = writeln!(
+        md,
+        "Scratch (restores, the incremental copy): {}.\n",
+        run.scratch_fs
+    );
     if run.restores_deleted != RestoreCleanup::AtPhaseEnd {
         let _ = writeln!(
             md,
             "Disk: too short to keep every restored tree until the end of the restore phase, so \
-             each was deleted {}; later restores may have paid ext4's slow inode allocation after \
-             deletions (see Method).\n",
+             each was deleted {}.\n",
             run.restores_deleted.describe()
         );
     }
