@@ -159,7 +159,7 @@ pub struct CorpusRun {
 }
 
 /// When restored trees are deleted: as late as the disk allows (see `bench_corpus`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestoreCleanup {
     AtPhaseEnd,
@@ -168,9 +168,9 @@ pub enum RestoreCleanup {
 }
 
 impl RestoreCleanup {
-    /// The latest cleanup that `free` bytes allow, one repetition's restores needing `one_rep`.
-    fn for_disk(free: u64, one_rep: u64, reps: usize) -> RestoreCleanup {
-        let margin = 5 << 30;
+    /// The latest cleanup that `free` units (bytes or inodes) allow, one repetition's restores
+    /// needing `one_rep` and `margin` kept free.
+    fn for_disk(free: u64, one_rep: u64, reps: usize, margin: u64) -> RestoreCleanup {
         if free > one_rep * reps as u64 + margin {
             RestoreCleanup::AtPhaseEnd
         } else if free > one_rep + margin {
@@ -394,9 +394,12 @@ fn bench_corpus(
     let restore_root = scratch.join("restore");
     fs::create_dir_all(&restore_root)?;
     // Upstream holds its archive and extracted copy besides the restored tree: allow 2x.
-    let one_rep = 2 * stats.bytes * peers::RESTORE_PEERS.len() as u64;
-    let free = free_bytes(&restore_root).unwrap_or(0);
-    let cleanup = RestoreCleanup::for_disk(free, one_rep, args.reps);
+    let copies = 2 * peers::RESTORE_PEERS.len() as u64;
+    let inodes = stats.files + stats.dirs + stats.symlinks;
+    let room = statvfs(&restore_root).map_or((0, 0), |st| (st.f_bavail * st.f_frsize, st.f_favail));
+    let cleanup = RestoreCleanup::for_disk(room.0, copies * stats.bytes, args.reps, 5 << 30).max(
+        RestoreCleanup::for_disk(room.1, copies * inodes, args.reps, 100_000),
+    );
     if cleanup != RestoreCleanup::AtPhaseEnd {
         eprintln!(
             "bench: short of disk: restored trees are deleted {}",
@@ -1001,11 +1004,6 @@ fn size_of(path: &Path) -> Result<u64> {
     }
 }
 
-/// Bytes available to us on the filesystem holding `path`.
-fn free_bytes(path: &Path) -> Option<u64> {
-    statvfs(path).map(|st| st.f_bavail * st.f_frsize)
-}
-
 fn statvfs(path: &Path) -> Option<libc::statvfs> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
@@ -1033,4 +1031,19 @@ fn sha256_file(path: &Path) -> Result<String> {
 fn tail_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.trim_end().lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RestoreCleanup::{self, AtPhaseEnd, PerRepetition, PerRestore};
+
+    #[test]
+    fn restored_trees_are_kept_as_long_as_the_scarcer_of_bytes_and_inodes_allows() {
+        let cleanup = |free, one_rep| RestoreCleanup::for_disk(free, one_rep, 2, 10);
+        assert_eq!(cleanup(100, 40), AtPhaseEnd);
+        assert_eq!(cleanup(60, 40), PerRepetition);
+        assert_eq!(cleanup(45, 40), PerRestore);
+        // Plenty of bytes, too few inodes for two repetitions: the inodes decide.
+        assert_eq!(cleanup(1000, 40).max(cleanup(60, 40)), PerRepetition);
+    }
 }
