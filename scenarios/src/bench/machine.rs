@@ -184,11 +184,12 @@ pub fn inodes_freed(path: &Path, count: u64) {
 /// while the freed inode's table block is dirty, and checks each one it skips
 /// (`recently_deleted` in fs/ext4/ialloc.c). A `sync` before the run does not shorten that:
 /// the run's own new inodes dirty the same table blocks again. On this machine's work disk,
-/// 65 s after `sync` and the deletion of 1.6 M inodes, a `tar -x` of the many-files corpus
-/// took 44.4 s (43.3 s in the kernel; `perf` put 55% of the samples under `recently_deleted`);
-/// 370 s after, 3.55 s. A run must not pay for the previous run's cleanup, so the bench keeps
-/// the trees it creates and deletes on a scratch filesystem with a journal when it can
-/// (`--scratch-dir`), and this wait is for the rest.
+/// 65 s after `sync` and the deletion of 1.6 M inodes, a restore of the many-files corpus took
+/// 35.0 s with wsr (54.0 s of kernel time; `perf -a` put 55% of the samples under
+/// `recently_deleted`) and then 44.4 s with `tar -x` (43.3 s); 370 s after, `tar -x` took
+/// 3.55 s. A run must not pay for the previous run's cleanup, so the bench keeps the trees it
+/// creates and deletes on a scratch filesystem with a journal when it can (`--scratch-dir`),
+/// and this wait is for the rest.
 pub fn wait_for_freed_inodes() -> std::time::Duration {
     let last = *LAST_MASS_REMOVAL.lock().expect("not poisoned");
     let left = last.map_or(std::time::Duration::ZERO, |at| {
