@@ -259,3 +259,36 @@ fn check_declared_counts(digest: &Digest, config: &BackupConfig) -> Result<(), R
         _ => corrupt("the config's entry counts add up beyond 2^64".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal config with `entries` files in one layer.
+    fn config_with(entries: u64) -> BackupConfig {
+        let digest = format!("sha256:{}", "0".repeat(64));
+        let json = serde_json::json!({
+            "format_version": "1.0", "created": "2026-11-26T00:00:00Z", "tool": "test",
+            "workspace": {}, "source_path": "/projects",
+            "totals": {"files": entries, "dirs": 0, "symlinks": 0, "hardlinks": 0, "bytes": 0},
+            "layer_target": 1048576,
+            "layers": [{"digest": digest, "diff_id": digest, "tar_size": 1024,
+                        "entries": entries, "index": digest, "fingerprint": digest}],
+        });
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn a_backup_of_up_to_max_entries_is_accepted_and_one_more_is_refused_before_any_index() {
+        let digest = Digest::of(b"manifest");
+        // A 10 GB workspace of the benchmark's profile: over the limit of earlier readers.
+        assert!(check_declared_counts(&digest, &config_with(1_400_000)).is_ok());
+        assert!(check_declared_counts(&digest, &config_with(native::MAX_ENTRIES)).is_ok());
+        let refused = check_declared_counts(&digest, &config_with(native::MAX_ENTRIES + 1));
+        let message = refused.unwrap_err().to_string();
+        assert!(
+            message.contains("at most 2097152 are accepted"),
+            "{message}"
+        );
+    }
+}

@@ -722,7 +722,7 @@ fn native_documents_are_bounded(run: Runner) {
                 n.config["layers"][0]["entries"] = (1u64 << 62).into();
                 n.config["totals"]["files"] = ((1u64 << 62) - 1).into();
             }),
-            "at most 1048576",
+            "at most 2097152",
         ),
         (
             "counts that disagree",

@@ -65,7 +65,8 @@ pub enum UnpackError {
         limit: u64,
     },
     #[error(
-        "archive has more than {limit} entries (at most 1048576 are restored, and no more than the target's free inodes)"
+        "archive has more than {limit} entries (at most {} are restored, and no more than the target's free inodes)",
+        crate::native::MAX_ENTRIES
     )]
     /// More entries than `UnpackOptions::max_entries`.
     TooManyEntries {
