@@ -166,8 +166,8 @@ static LAST_MASS_REMOVAL: std::sync::Mutex<Option<std::time::Instant>> =
 /// Deleting fewer inodes than this is not worth waiting for.
 const MASS_REMOVAL_INODES: u64 = 1000;
 
-/// How long ext4 without a journal may skip a freed inode: 60 s after it was freed, 360 s
-/// more while its inode table block is dirty (see [`wait_for_freed_inodes`]).
+/// How long ext4 without a journal may skip a freed inode: 60 s after it was freed, or 360 s
+/// while its inode table block is dirty (see [`wait_for_freed_inodes`]).
 const RECENTLY_DELETED: std::time::Duration = std::time::Duration::from_secs(361);
 
 /// Records that removing `path` freed `count` inodes.

@@ -291,10 +291,11 @@ pub fn render(
          corpus). On ext4 without a journal, creating a file skips and checks every inode freed in the last \
          minute, or six minutes while its inode table block is dirty (`recently_deleted` in \
          fs/ext4/ialloc.c): on this machine's work disk, a `tar -x` of the many-files corpus 65 s after \
-         deleting 1.6 M inodes took 44 s (43 s in the kernel), 3.6 s six minutes after. So the scratch \
-         directory is on an ext4 filesystem with a journal, which has no such rule (an image on the work \
-         disk, mounted by `scenarios/bench-scratch.sh`), and after a deletion on a filesystem without one \
-         the next run waits (untimed) until six minutes have passed. Then the run's inputs (the corpus; for restores also the stored backups, archives and the \
+         deleting 1.6 M inodes took 44 s (43 s in the kernel), 3.6 s six minutes after. The scratch \
+         directory belongs on a filesystem with a journal, which has no such rule \
+         (`scenarios/bench-scratch.sh` mounts an ext4 image on the work disk for it); after a deletion \
+         on a filesystem without one, the next run waits (untimed) until six minutes have passed. Then \
+         the run's inputs (the corpus; for restores also the stored backups, archives and the \
          source) are read once more, untimed: this machine pages out page cache idle for a minute \
          (a DAMON `pageout` scheme), so the wait alone sent the next run to the disk.\n\
          - Restores are compared with the source (paths, kinds, executable bits, contents, symlink targets).\n\
