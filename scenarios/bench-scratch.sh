@@ -8,7 +8,8 @@
 #
 # The filesystem lives in a sparse image file on the work disk, attached with direct I/O (no
 # second page cache) and made by `mkfs.ext4` with its defaults but for the inode count. Needs
-# root. Idempotent: an existing mount is reused. Prints the mount point.
+# root. Idempotent: an existing mount is reused. Prints the mount point. The image keeps the
+# blocks of deleted trees until `fstrim <mount point>` punches them out again.
 #   usage: bench-scratch.sh [mount point] [image file] [size]
 set -euo pipefail
 
