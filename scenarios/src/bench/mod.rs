@@ -167,7 +167,22 @@ pub enum RestoreCleanup {
     PerRestore,
 }
 
+/// Bytes and inodes: what a filesystem has free, or what restores need.
+#[derive(Clone, Copy)]
+struct Room {
+    bytes: u64,
+    inodes: u64,
+}
+
 impl RestoreCleanup {
+    /// The latest cleanup that both the free bytes and the free inodes allow, one repetition's
+    /// restores needing `one_rep` of each.
+    fn for_room(free: Room, one_rep: Room, reps: usize) -> RestoreCleanup {
+        let bytes = Self::for_disk(free.bytes, one_rep.bytes, reps, 5 << 30);
+        let inodes = Self::for_disk(free.inodes, one_rep.inodes, reps, 100_000);
+        bytes.max(inodes)
+    }
+
     /// The latest cleanup that `free` units (bytes or inodes) allow, one repetition's restores
     /// needing `one_rep` and `margin` kept free.
     fn for_disk(free: u64, one_rep: u64, reps: usize, margin: u64) -> RestoreCleanup {
@@ -395,11 +410,21 @@ fn bench_corpus(
     fs::create_dir_all(&restore_root)?;
     // Upstream holds its archive and extracted copy besides the restored tree: allow 2x.
     let copies = 2 * peers::RESTORE_PEERS.len() as u64;
-    let inodes = stats.files + stats.dirs + stats.symlinks;
-    let room = statvfs(&restore_root).map_or((0, 0), |st| (st.f_bavail * st.f_frsize, st.f_favail));
-    let cleanup = RestoreCleanup::for_disk(room.0, copies * stats.bytes, args.reps, 5 << 30).max(
-        RestoreCleanup::for_disk(room.1, copies * inodes, args.reps, 100_000),
+    let one_rep = Room {
+        bytes: copies * stats.bytes,
+        inodes: copies * (stats.files + stats.dirs + stats.symlinks),
+    };
+    let free = statvfs(&restore_root).map_or(
+        Room {
+            bytes: 0,
+            inodes: 0,
+        },
+        |st| Room {
+            bytes: st.f_bavail * st.f_frsize,
+            inodes: st.f_favail,
+        },
     );
+    let cleanup = RestoreCleanup::for_room(free, one_rep, args.reps);
     if cleanup != RestoreCleanup::AtPhaseEnd {
         eprintln!(
             "bench: short of disk: restored trees are deleted {}",
@@ -1036,6 +1061,7 @@ fn tail_lines(text: &str, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::RestoreCleanup::{self, AtPhaseEnd, PerRepetition, PerRestore};
+    use super::Room;
 
     #[test]
     fn restored_trees_are_kept_as_long_as_the_scarcer_of_bytes_and_inodes_allows() {
@@ -1043,7 +1069,18 @@ mod tests {
         assert_eq!(cleanup(100, 40), AtPhaseEnd);
         assert_eq!(cleanup(60, 40), PerRepetition);
         assert_eq!(cleanup(45, 40), PerRestore);
-        // Plenty of bytes, too few inodes for two repetitions: the inodes decide.
-        assert_eq!(cleanup(1000, 40).max(cleanup(60, 40)), PerRepetition);
+        // Plenty of bytes, too few inodes for two repetitions: the inodes decide, and the
+        // other way round.
+        const GIB: u64 = 1 << 30;
+        let one_rep = Room {
+            bytes: GIB,
+            inodes: 100_000,
+        };
+        let room = |bytes, inodes| Room { bytes, inodes };
+        let cleanup = |free| RestoreCleanup::for_room(free, one_rep, 2);
+        assert_eq!(cleanup(room(100 * GIB, 10_000_000)), AtPhaseEnd);
+        assert_eq!(cleanup(room(100 * GIB, 250_000)), PerRepetition);
+        assert_eq!(cleanup(room(7 * GIB, 10_000_000)), PerRepetition);
+        assert_eq!(cleanup(room(100 * GIB, 150_000)), PerRestore);
     }
 }
