@@ -4,7 +4,9 @@
 //! This kernel has no netem, so the shaping happens in user space: for each direction of each
 //! connection a reader task takes what arrived, stamps it with the time it would leave a link
 //! of the profile's rate (`link_free = max(link_free, now) + len / rate`) plus the one-way
-//! delay, and a writer task delivers it no earlier than that. A bounded queue between them
+//! delay, and a writer task delivers it no earlier than that. All connections through one proxy
+//! share its link, one per direction, as they would share a real one: a tool that opens four
+//! connections gets the profile's bandwidth, not four times it. A bounded queue between them
 //! (about twice the bandwidth-delay product) stops reading when the far side is slow, so TCP's
 //! own flow control still applies end to end. Delivery is never early; tokio's timer may make
 //! it up to about a millisecond late.
@@ -12,6 +14,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -178,11 +181,34 @@ impl Drop for ShapingProxy {
     }
 }
 
+/// One direction of the proxy's link: when it is next free to send, shared by every connection.
+#[derive(Clone)]
+struct Link(Arc<Mutex<Instant>>);
+
+impl Link {
+    fn new() -> Link {
+        Link(Arc::new(Mutex::new(Instant::now())))
+    }
+
+    /// Queues `len` bytes arriving at `now` behind everything already sent; returns when their
+    /// last byte has left.
+    fn send(&self, now: Instant, len: usize, rate: Option<u64>) -> Instant {
+        let mut free = self.0.lock().expect("link lock");
+        *free = (*free).max(now);
+        if let Some(rate) = rate {
+            *free += Duration::from_secs_f64(len as f64 / rate as f64);
+        }
+        *free
+    }
+}
+
 async fn accept_loop(listener: TcpListener, upstream: SocketAddr, network: Network) {
+    let (up, down) = (Link::new(), Link::new());
     loop {
         let Ok((client, _)) = listener.accept().await else {
             continue;
         };
+        let (up, down) = (up.clone(), down.clone());
         tokio::spawn(async move {
             // The connection to the registry pays the profile's round trip like any other.
             tokio::time::sleep(2 * network.one_way).await;
@@ -194,15 +220,16 @@ async fn accept_loop(listener: TcpListener, upstream: SocketAddr, network: Netwo
             let (client_r, client_w) = client.into_split();
             let (server_r, server_w) = server.into_split();
             tokio::join!(
-                shape(client_r, server_w, network),
-                shape(server_r, client_w, network),
+                shape(client_r, server_w, &up, network),
+                shape(server_r, client_w, &down, network),
             );
         });
     }
 }
 
-/// One direction of one connection: read, stamp with the delivery time, deliver then.
-async fn shape<R, W>(mut from: R, mut to: W, network: Network)
+/// One direction of one connection: read, stamp with the delivery time on the shared link,
+/// deliver then.
+async fn shape<R, W>(mut from: R, mut to: W, link: &Link, network: Network)
 where
     R: AsyncReadExt + Unpin,
     W: AsyncWriteExt + Unpin,
@@ -210,21 +237,16 @@ where
     // `None` marks the end of the stream (the reader saw EOF or an error).
     let (tx, mut rx) = mpsc::channel::<(Instant, Option<Vec<u8>>)>(network.queue_pieces());
     let reader = async move {
-        let mut link_free = Instant::now();
         loop {
             let mut buf = vec![0u8; PIECE];
             let n = from.read(&mut buf).await.unwrap_or(0);
-            let now = Instant::now();
-            link_free = link_free.max(now);
-            if let Some(rate) = network.rate {
-                link_free += Duration::from_secs_f64(n as f64 / rate as f64);
-            }
+            let sent = link.send(Instant::now(), n, network.rate);
             let piece = (n > 0).then(|| {
                 buf.truncate(n);
                 buf
             });
             let end = piece.is_none();
-            if tx.send((link_free + network.one_way, piece)).await.is_err() || end {
+            if tx.send((sent + network.one_way, piece)).await.is_err() || end {
                 return;
             }
         }
@@ -281,23 +303,33 @@ mod tests {
         rate: Some(8_000_000),
     };
 
-    #[test]
-    fn a_transfer_takes_at_least_the_profile_delay_and_serialisation() {
-        let proxy = ShapingProxy::start(echo_server(), TEST_NETWORK).unwrap();
-        let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
-
-        let start = StdInstant::now();
+    /// Sends `payload` through the proxy to the echo server and reads it all back.
+    fn echo_through(proxy: &ShapingProxy, payload: &[u8]) -> Vec<u8> {
         let mut conn = StdStream::connect(proxy.addr).unwrap();
         let mut reader = conn.try_clone().unwrap();
-        let sent = payload.clone();
+        let sent = payload.to_vec();
         let sender = thread::spawn(move || {
             conn.write_all(&sent).unwrap();
             conn.shutdown(std::net::Shutdown::Write).unwrap();
         });
         let mut echoed = Vec::new();
         reader.read_to_end(&mut echoed).unwrap();
-        let elapsed = start.elapsed();
         sender.join().unwrap();
+        echoed
+    }
+
+    fn payload() -> Vec<u8> {
+        (0..1_000_000u32).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[test]
+    fn a_transfer_takes_at_least_the_profile_delay_and_serialisation() {
+        let proxy = ShapingProxy::start(echo_server(), TEST_NETWORK).unwrap();
+        let payload = payload();
+
+        let start = StdInstant::now();
+        let echoed = echo_through(&proxy, &payload);
+        let elapsed = start.elapsed();
 
         assert_eq!(
             echoed, payload,
@@ -311,6 +343,32 @@ mod tests {
         assert!(
             elapsed >= least,
             "{elapsed:?} through the proxy is less than the profile allows ({least:?})"
+        );
+    }
+
+    #[test]
+    fn connections_share_the_bandwidth() {
+        let proxy = ShapingProxy::start(echo_server(), TEST_NETWORK).unwrap();
+        let payload = payload();
+        let connections = 3;
+
+        let start = StdInstant::now();
+        thread::scope(|s| {
+            let echoes: Vec<_> = (0..connections)
+                .map(|_| s.spawn(|| echo_through(&proxy, &payload)))
+                .collect();
+            for echo in echoes {
+                assert_eq!(echo.join().unwrap(), payload);
+            }
+        });
+        let elapsed = start.elapsed();
+
+        // All the bytes leave through one capped link, however many connections carry them.
+        let least = TEST_NETWORK.min_one_way(connections * payload.len() as u64);
+        assert!(
+            elapsed >= least,
+            "{connections} connections moved {connections} MB in {elapsed:?}, faster than one \
+             link of the profile's rate allows ({least:?})"
         );
     }
 
