@@ -43,7 +43,7 @@ pub struct RestoreOptions {
     pub force: bool,
     /// Refuse archives that expand beyond this many bytes (free space always bounds it too).
     pub max_size: Option<u64>,
-    /// Layers fetched and unpacked at once.
+    /// Layers unpacked at once (as many more are requested ahead).
     pub parallel: usize,
     pub connect: ConnectOptions,
 }

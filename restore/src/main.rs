@@ -102,7 +102,8 @@ struct RestoreArgs {
     /// Refuse backups that would expand beyond this many bytes (free space always bounds it).
     #[arg(long, value_name = "BYTES")]
     max_size: Option<u64>,
-    /// Layers fetched and unpacked in parallel.
+    /// Layers unpacked in parallel; as many more are requested ahead, so round trips overlap
+    /// the unpacking.
     #[arg(long, value_name = "N", default_value_t = 4)]
     parallel: usize,
 }

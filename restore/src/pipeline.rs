@@ -3,6 +3,10 @@
 //! once; a native layer's file index streams beside it, one line per entry, so memory does not
 //! grow with the number of entries; a layer is read only up to its end-of-archive (plus
 //! bounded padding).
+//!
+//! Up to `parallel` more layers are requested ahead of the ones unpacking (their blob and index
+//! requests at once), so each layer's round trips overlap the unpacking of the ones before it
+//! instead of adding to it; a layer opened ahead holds only its reader's bounded read-ahead.
 
 use crate::open::{self, Opened};
 use crate::{Progress, RestoreError};
@@ -10,6 +14,7 @@ use futures_util::StreamExt;
 use std::io::{self, BufReader, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::Semaphore;
 use wsr_format::codec::Compression;
 use wsr_format::digest::{Digest, HashingReader};
 use wsr_format::manifest::Descriptor;
@@ -29,8 +34,9 @@ struct NativeLayer {
     budget: Arc<IndexBudget>,
 }
 
-/// Streams the chosen layers into the unpacker, `parallel` at a time, each native layer beside
-/// its file index. Returns the sum of the file sizes the layers' indexes list.
+/// Streams the chosen layers into the unpacker, `parallel` at a time and `parallel` more opened
+/// ahead, each native layer beside its file index. Returns the sum of the file sizes the
+/// layers' indexes list.
 pub(crate) async fn unpack_layers(
     store: &Arc<Store>,
     opened: &Opened,
@@ -41,6 +47,8 @@ pub(crate) async fn unpack_layers(
 ) -> Result<u64, RestoreError> {
     let layers = opened.data_layers();
     let budget = Arc::new(IndexBudget::default());
+    // Permits are handed out first come, first served: layers unpack in the order they start.
+    let unpacking = Arc::new(Semaphore::new(parallel));
     let jobs = positions.iter().map(|&i| {
         let descriptor = layers[i].clone();
         let native =
@@ -56,9 +64,14 @@ pub(crate) async fn unpack_layers(
                     budget: budget.clone(),
                 });
         let (store, unpacker, progress) = (store.clone(), unpacker.clone(), progress.clone());
-        async move { unpack_layer(&store, descriptor, native, unpacker, progress).await }
+        let unpacking = unpacking.clone();
+        async move {
+            let readers = open_layer(&store, &descriptor, native.as_ref()).await?;
+            let _slot = unpacking.acquire().await.expect("semaphore never closed");
+            unpack_layer(readers, descriptor, native, unpacker, progress).await
+        }
     });
-    let mut results = futures_util::stream::iter(jobs).buffer_unordered(parallel);
+    let mut results = futures_util::stream::iter(jobs).buffer_unordered(2 * parallel);
     let mut index_bytes = 0u64;
     while let Some(result) = results.next().await {
         let (bytes, index) = result?;
@@ -72,20 +85,35 @@ pub(crate) async fn unpack_layers(
 /// Most bytes accepted after a native layer's end-of-archive marker.
 const MAX_TRAILER: u64 = 1 << 20;
 
-async fn unpack_layer(
+/// Requests a layer's blob and, for a native layer, its file index, both at once.
+async fn open_layer(
     store: &Store,
+    descriptor: &Descriptor,
+    native: Option<&NativeLayer>,
+) -> Result<(BlobReader, Option<BlobReader>), RestoreError> {
+    let blob = async {
+        Ok::<_, RestoreError>(
+            store
+                .blob_reader(&descriptor.digest, descriptor.size)
+                .await?,
+        )
+    };
+    let index = async {
+        match native {
+            Some(native) => open::index_reader(store, &native.index).await.map(Some),
+            None => Ok(None),
+        }
+    };
+    tokio::try_join!(blob, index)
+}
+
+async fn unpack_layer(
+    (blob, index_blob): (BlobReader, Option<BlobReader>),
     descriptor: Descriptor,
     native: Option<NativeLayer>,
     unpacker: Arc<Unpacker>,
     progress: Arc<Progress>,
 ) -> Result<(u64, Option<Descriptor>), RestoreError> {
-    let blob = store
-        .blob_reader(&descriptor.digest, descriptor.size)
-        .await?;
-    let index_blob = match &native {
-        Some(native) => Some(open::index_reader(store, &native.index).await?),
-        None => None,
-    };
     tokio::task::spawn_blocking(move || {
         let bytes = unpack_blob(
             blob,

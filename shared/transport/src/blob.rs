@@ -22,6 +22,10 @@ const CHUNK: usize = 1 << 20;
 const UPLOAD_QUEUE: usize = 4;
 /// Pieces read ahead of the reader by a registry download.
 pub(crate) const DOWNLOAD_QUEUE: usize = 8;
+/// Longest piece queued by a registry download: the HTTP client reads in pieces of up to a few
+/// hundred KiB, and a restore keeps several downloads open ahead of the one it reads, so the
+/// read-ahead is bounded in bytes (about `DOWNLOAD_QUEUE` × this), not only in pieces.
+pub(crate) const DOWNLOAD_PIECE: usize = 64 << 10;
 
 /// An upload in progress. Write the blob's bytes, then [`finish`](BlobWriter::finish) to store
 /// it under their digest, or [`abort`](BlobWriter::abort) (or drop) to store nothing.

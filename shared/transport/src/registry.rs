@@ -15,7 +15,9 @@
 //! before the registry answers).
 
 use crate::auth::{Credentials, credentials_for};
-use crate::blob::{BlobReader, BlobWriter, DOWNLOAD_QUEUE, Piece, RegistryUpload, Source};
+use crate::blob::{
+    BlobReader, BlobWriter, DOWNLOAD_PIECE, DOWNLOAD_QUEUE, Piece, RegistryUpload, Source,
+};
 use crate::challenge::{
     Challenge, TokenFailure, basic, check_realm, fetch_token, merge_scopes, parse_challenge,
     repository_scope,
@@ -677,9 +679,18 @@ impl RegistryStore {
         let (pieces, pieces_rx) = mpsc::channel(DOWNLOAD_QUEUE);
         tokio::spawn(async move {
             while let Some(piece) = stream.next().await {
-                let failed = piece.is_err();
-                if pieces.send(piece).await.is_err() || failed {
-                    return;
+                let mut bytes = match piece {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        let _ = pieces.send(Err(e)).await;
+                        return;
+                    }
+                };
+                while !bytes.is_empty() {
+                    let part = bytes.split_to(bytes.len().min(DOWNLOAD_PIECE));
+                    if pieces.send(Ok(part)).await.is_err() {
+                        return;
+                    }
                 }
             }
         });
