@@ -8,8 +8,10 @@
 #
 # The filesystem lives in a sparse image file on the work disk, attached with direct I/O (no
 # second page cache) and made by `mkfs.ext4` with its defaults but for the inode count. Needs
-# root. Idempotent: an existing mount is reused. Prints the mount point. The image keeps the
-# blocks of deleted trees until `fstrim <mount point>` punches them out again.
+# root. Idempotent: an existing mount is reused. Prints the mount point. Mounted with
+# `discard`, so the blocks of a deleted tree go back to the work disk (a `huge` corpus's trees
+# would not fit twice). ext4 issues them once the transaction that freed the blocks commits,
+# which the harness's untimed `sync` before every run forces.
 #   usage: bench-scratch.sh [mount point] [image file] [size]
 set -euo pipefail
 
@@ -29,5 +31,5 @@ if [ ! -f "$IMAGE" ]; then
     mkfs.ext4 -q -F -i 4096 -E lazy_itable_init=0,lazy_journal_init=0 "$IMAGE"
 fi
 DEVICE=$(losetup --find --show --direct-io=on "$IMAGE")
-mount "$DEVICE" "$MOUNT"
+mount -o discard "$DEVICE" "$MOUNT"
 echo "$MOUNT"
