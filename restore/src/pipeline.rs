@@ -47,7 +47,8 @@ pub(crate) async fn unpack_layers(
 ) -> Result<u64, RestoreError> {
     let layers = opened.data_layers();
     let budget = Arc::new(IndexBudget::default());
-    // Permits are handed out first come, first served: layers unpack in the order they start.
+    // Permits go first come, first served to layers whose requests were answered: roughly in
+    // order, and never to a layer still waiting for its registry.
     let unpacking = Arc::new(Semaphore::new(parallel));
     let jobs = positions.iter().map(|&i| {
         let descriptor = layers[i].clone();
