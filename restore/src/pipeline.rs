@@ -93,11 +93,8 @@ async fn open_layer(
     native: Option<&NativeLayer>,
 ) -> Result<(BlobReader, Option<BlobReader>), RestoreError> {
     let blob = async {
-        Ok::<_, RestoreError>(
-            store
-                .blob_reader(&descriptor.digest, descriptor.size)
-                .await?,
-        )
+        let reader = store.blob_reader(&descriptor.digest, descriptor.size);
+        reader.await.map_err(RestoreError::from)
     };
     let index = async {
         match native {

@@ -168,7 +168,7 @@ pub enum RestoreCleanup {
 }
 
 /// Bytes and inodes: what a filesystem has free, or what restores need.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Room {
     bytes: u64,
     inodes: u64,
@@ -414,16 +414,10 @@ fn bench_corpus(
         bytes: copies * stats.bytes,
         inodes: copies * (stats.files + stats.dirs + stats.symlinks),
     };
-    let free = statvfs(&restore_root).map_or(
-        Room {
-            bytes: 0,
-            inodes: 0,
-        },
-        |st| Room {
-            bytes: st.f_bavail * st.f_frsize,
-            inodes: st.f_favail,
-        },
-    );
+    let free = statvfs(&restore_root).map_or(Room::default(), |st| Room {
+        bytes: st.f_bavail * st.f_frsize,
+        inodes: st.f_favail,
+    });
     let cleanup = RestoreCleanup::for_room(free, one_rep, args.reps);
     if cleanup != RestoreCleanup::AtPhaseEnd {
         eprintln!(
