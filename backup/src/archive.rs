@@ -6,8 +6,9 @@
 //! whatever the size of the layer.
 
 use crate::BackupError;
-use crate::walk::{MIN_HOLES, SourceEntry, full_path};
+use crate::walk::{MIN_HOLES, Tree, full_path};
 use std::io::{self, Read, Write};
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
@@ -35,11 +36,11 @@ pub struct Archived {
     pub index: Vec<IndexEntry>,
 }
 
-/// Archives `entries` (read from `root`) and writes the compressed bytes into `out`. A failed
+/// Archives the entries of `tree` in `layer` (read from `root`) and writes the compressed bytes into `out`. A failed
 /// write is reported as [`BackupError::Archive`]; the writer knows whether it was its fault.
 pub fn archive(
     root: &Path,
-    entries: &[SourceEntry],
+    (tree, layer): (&Tree, Range<usize>),
     codec: Codec,
     out: &mut dyn Write,
     on_entry: &dyn Fn(u64),
@@ -48,7 +49,8 @@ pub fn archive(
         Codec::Zstd { level } => {
             let mut context = ZstdContext::take(level).map_err(BackupError::Archive)?;
             let enc = context.encoder(out);
-            let (tar, index) = write_tar(root, entries, HashingWriter::new(enc), None, on_entry)?;
+            let (tar, index) =
+                write_tar(root, (tree, layer), HashingWriter::new(enc), None, on_entry)?;
             let (enc, diff_id, tar_size) = tar.finish();
             enc.finish().map_err(BackupError::Archive)?;
             (diff_id, tar_size, index)
@@ -60,8 +62,13 @@ pub fn archive(
         } => {
             let enc = gzip_encoder(out, level);
             let root_entry = Some((root_mode, root_mtime));
-            let (tar, index) =
-                write_tar(root, entries, HashingWriter::new(enc), root_entry, on_entry)?;
+            let (tar, index) = write_tar(
+                root,
+                (tree, layer),
+                HashingWriter::new(enc),
+                root_entry,
+                on_entry,
+            )?;
             let (enc, diff_id, tar_size) = tar.finish();
             enc.finish().map_err(BackupError::Archive)?;
             (diff_id, tar_size, index)
@@ -78,7 +85,7 @@ pub fn archive(
 /// after a root entry.
 fn write_tar<W: Write>(
     root: &Path,
-    entries: &[SourceEntry],
+    (tree, layer): (&Tree, Range<usize>),
     out: HashingWriter<W>,
     root_entry: Option<(u32, i64)>,
     on_entry: &dyn Fn(u64),
@@ -87,18 +94,20 @@ fn write_tar<W: Write>(
     if let Some((mode, mtime)) = root_entry {
         tar.append_root(mode, mtime).map_err(BackupError::Archive)?;
     }
-    let mut index = Vec::with_capacity(entries.len());
-    for e in entries {
+    let mut index = Vec::with_capacity(layer.len());
+    let mut paths = tree.paths();
+    for i in layer {
+        let (e, rel, link) = (tree.meta(i), paths.get(i), tree.link(i));
         let header = EntryHeader {
-            path: &e.rel,
+            path: rel,
             kind: e.kind,
             mode: e.mode,
             mtime: e.mtime,
             size: e.size,
-            link: e.link.as_deref(),
+            link,
         };
         let sha256 = if e.kind == EntryKind::File {
-            let path = full_path(root, &e.rel);
+            let path = full_path(root, rel);
             let file = std::fs::File::open(&path).map_err(|source| match source.kind() {
                 io::ErrorKind::PermissionDenied => BackupError::Unreadable { path: path.clone() },
                 _ => BackupError::Source {
@@ -143,13 +152,13 @@ fn write_tar<W: Write>(
         };
         on_entry(if e.kind == EntryKind::File { e.size } else { 0 });
         index.push(IndexEntry {
-            path: RawPath(e.rel.clone()),
+            path: RawPath(rel.to_vec()),
             kind: e.kind,
             mode: e.mode,
             mtime: e.mtime.max(0),
             size: e.size,
             sha256,
-            link: e.link.clone().map(RawPath),
+            link: link.map(|l| RawPath(l.to_vec())),
         });
     }
     Ok((tar.finish().map_err(BackupError::Archive)?, index))

@@ -4,7 +4,7 @@
 use crate::archive::Codec;
 use crate::publish::Prepared;
 use crate::upload::upload_layer;
-use crate::walk::SourceEntry;
+use crate::walk::Tree;
 use crate::{BackupError, BackupOptions, Progress};
 use bytes::Bytes;
 use std::os::unix::fs::MetadataExt;
@@ -18,7 +18,7 @@ use wsr_transport::Store;
 pub(crate) async fn backup(
     options: &BackupOptions,
     store: &Store,
-    entries: Vec<SourceEntry>,
+    tree: Tree,
     annotations: Annotations,
     progress: &Arc<Progress>,
 ) -> Result<Prepared, BackupError> {
@@ -31,14 +31,14 @@ pub(crate) async fn backup(
         root_mode: root_meta.mode() & 0o7777,
         root_mtime: root_meta.mtime(),
     };
-    let n = entries.len();
-    let entries: Arc<[SourceEntry]> = entries.into();
+    let n = tree.len();
+    let tree = Arc::new(tree);
     let compressing = Arc::new(tokio::sync::Semaphore::new(1));
     let uploaded = upload_layer(
         store,
         &compressing,
         &options.source,
-        &entries,
+        &tree,
         0..n,
         0,
         codec,

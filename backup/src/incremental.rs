@@ -8,7 +8,7 @@ use crate::plan::{fingerprint, plan_layers, weight};
 use crate::previous::Previous;
 use crate::publish::Prepared;
 use crate::upload::{Uploaded, upload_layer};
-use crate::walk::{SourceEntry, Tree};
+use crate::walk::Tree;
 use crate::{BackupError, BackupOptions, Progress};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -49,20 +49,21 @@ pub(crate) async fn backup(
     options: &BackupOptions,
     store: &Store,
     previous: Option<Previous>,
-    tree: Tree,
+    mut tree: Tree,
     totals: Totals,
     created: &str,
     annotations: Annotations,
     progress: &Arc<Progress>,
 ) -> Result<Prepared, BackupError> {
-    let total_weight: u64 = tree.entries.iter().map(weight).sum();
+    let total_weight: u64 = tree.metas().map(weight).sum();
     let target = LayerCutter::choose_target(
         total_weight,
         previous.as_ref().map(|p| p.config.layer_target),
     );
-    let ranges = plan_layers(&tree.entries, target);
-    let skipped = tree.skipped;
-    let entries: Arc<[SourceEntry]> = tree.entries.into();
+    let ranges = plan_layers(&tree, target);
+    let skipped = std::mem::take(&mut tree.skipped);
+    // Moved, not copied: the entry list is the largest thing a backup holds.
+    let tree = Arc::new(tree);
 
     let reusable: HashMap<&Digest, usize> = previous
         .as_ref()
@@ -83,15 +84,15 @@ pub(crate) async fn backup(
     let workers = options.workers.max(1) as usize;
     let compressing = &Arc::new(tokio::sync::Semaphore::new(workers));
     let jobs = ranges.iter().enumerate().map(|(i, range)| {
-        let fp = fingerprint(&entries[range.clone()]);
+        let fp = fingerprint(&tree, range.clone());
         let reuse = previous
             .as_ref()
             .and_then(|prev| reusable_layer(prev, reusable.get(&fp).copied()?, range.len()));
-        let (entries, range) = (entries.clone(), range.clone());
+        let (tree, range) = (tree.clone(), range.clone());
         async move {
             let result = match reuse {
                 Some(stored) => {
-                    let bytes = entries[range.clone()].iter().map(|e| e.size).sum();
+                    let bytes = range.clone().map(|i| tree.meta(i).size).sum();
                     progress
                         .entries
                         .fetch_add(range.len() as u64, Ordering::Relaxed);
@@ -100,7 +101,7 @@ pub(crate) async fn backup(
                 }
                 None => {
                     let layer = (range, i as u32, fp);
-                    new_layer(options, store, compressing, &entries, layer, progress).await
+                    new_layer(options, store, compressing, &tree, layer, progress).await
                 }
             };
             (i, result)
@@ -151,7 +152,7 @@ pub(crate) async fn backup(
         .collect();
     // FORMAT.md §4.1: version 2 only when a layer may hold a sparse entry, so readers that
     // know version 1 only keep reading everything else.
-    let sparse = entries.iter().any(|e| e.sparse)
+    let sparse = tree.metas().any(|e| e.sparse)
         || (reused > 0 && previous.as_ref().is_some_and(|p| p.config.major() >= 2));
     let mut config = backup_config(options, created, totals, target, layer_infos, skipped);
     if sparse {
@@ -199,7 +200,7 @@ async fn new_layer(
     options: &BackupOptions,
     store: &Store,
     compressing: &Arc<tokio::sync::Semaphore>,
-    entries: &Arc<[SourceEntry]>,
+    tree: &Arc<Tree>,
     (range, position, fingerprint): (Range<usize>, u32, Digest),
     progress: &Arc<Progress>,
 ) -> Result<(StoredLayer, Option<Bytes>), BackupError> {
@@ -215,7 +216,7 @@ async fn new_layer(
         store,
         compressing,
         &options.source,
-        entries,
+        tree,
         range,
         position,
         codec,

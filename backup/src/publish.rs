@@ -51,7 +51,7 @@ pub async fn run(
         Repository::Layout { .. } => (walking.await?, connecting.await?),
         Repository::Registry { .. } => tokio::try_join!(walking, connecting)?,
     };
-    let totals = plan::totals(&tree.entries);
+    let totals = plan::totals(&tree);
     progress
         .total_entries
         .store(totals.entries(), Ordering::Relaxed);
@@ -87,7 +87,7 @@ pub async fn run(
             )
             .await?
         }
-        Format::Dwo => dwo::backup(options, &store, tree.entries, annotations, &progress).await?,
+        Format::Dwo => dwo::backup(options, &store, tree, annotations, &progress).await?,
     };
     let uploaded_layer_bytes = progress.uploaded.load(Ordering::Relaxed);
     uploaded += uploaded_layer_bytes;

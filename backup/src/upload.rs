@@ -4,7 +4,7 @@
 //! the registry to confirm the blob does not.
 
 use crate::archive::{Archived, Codec, archive};
-use crate::walk::SourceEntry;
+use crate::walk::Tree;
 use crate::{BackupError, Progress};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -28,7 +28,7 @@ pub(crate) async fn upload_layer(
     store: &Store,
     compressing: &Arc<Semaphore>,
     root: &Path,
-    entries: &Arc<[SourceEntry]>,
+    tree: &Arc<Tree>,
     range: Range<usize>,
     layer: u32,
     codec: Codec,
@@ -44,9 +44,9 @@ pub(crate) async fn upload_layer(
             .await
             .expect("the semaphore is never closed");
         let mut blob = store.blob_writer().await?;
-        let (root2, entries2, range2, progress2, attempt2): (PathBuf, _, _, _, _) = (
+        let (root2, tree2, range2, progress2, attempt2): (PathBuf, _, _, _, _) = (
             root.to_owned(),
-            entries.clone(),
+            tree.clone(),
             range.clone(),
             progress.clone(),
             attempt.clone(),
@@ -58,7 +58,7 @@ pub(crate) async fn upload_layer(
                     p.bytes.fetch_add(bytes, Ordering::Relaxed);
                 }
             };
-            let archived = archive(&root2, &entries2[range2], codec, &mut blob, &count);
+            let archived = archive(&root2, (&tree2, range2), codec, &mut blob, &count);
             // Compressed and handed to the upload: the next layer may start compressing
             // while the registry confirms this one.
             drop(permit);

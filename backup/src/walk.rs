@@ -17,19 +17,15 @@ use std::sync::{Condvar, Mutex, PoisonError};
 use wsr_format::codec::EntryKind;
 use wsr_format::{media, native};
 
-/// One entry of the source tree.
-#[derive(Clone, Debug)]
-pub struct SourceEntry {
-    /// Path relative to the source root, `/`-separated.
-    pub rel: Vec<u8>,
+/// What the walk found about one entry, besides its path and link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta {
     pub kind: EntryKind,
     pub mode: u32,
     pub mtime: i64,
-    pub mtime_nsec: i64,
+    pub mtime_nsec: u32,
     /// Content length of regular files; 0 otherwise.
     pub size: u64,
-    /// Symlink target, or the first path of the hard-link group.
-    pub link: Option<Vec<u8>>,
     /// A regular file whose allocated size is at least [`MIN_HOLES`] below its size: the
     /// archiver looks for its holes (FORMAT.md §3.2).
     pub sparse: bool,
@@ -38,12 +34,179 @@ pub struct SourceEntry {
 /// Holes smaller than this in total are not worth a sparse entry's map and headers.
 pub const MIN_HOLES: u64 = 64 << 10;
 
-/// The walk's result.
+/// The walk's result: the canonical entry list, held compactly because a backup holds all of
+/// it while it uploads. An entry keeps its own name and its parent's position, not its whole
+/// path, and names and link targets share a buffer: about 40 bytes plus the name per entry,
+/// against about 170 for a path allocation each. Entries are stored in chunks allocated once
+/// at their full size, so the list never moves as it grows (a growing `Vec` copies itself,
+/// holding both copies for a moment). A million entries cost tens of MiB. A [`Paths`] cursor
+/// gives the full paths back.
 #[derive(Debug, Default)]
 pub struct Tree {
-    pub entries: Vec<SourceEntry>,
+    chunks: Vec<Chunk>,
+    len: usize,
     /// Entries left out, with the reason (special files; unreadable ones with `--skip-unreadable`).
     pub skipped: Vec<(Vec<u8>, String)>,
+}
+
+/// Entries per [`Chunk`] (2.5 MiB of nodes).
+const CHUNK: usize = 1 << 16;
+
+#[derive(Debug)]
+struct Chunk {
+    /// At most [`CHUNK`], allocated at once.
+    nodes: Vec<Node>,
+    /// Each node's name, followed by its link (symlink target, or hard-link group's first path).
+    bytes: Vec<u8>,
+}
+
+/// One entry in [`Tree`]: the fields of [`Meta`], laid out here rather than nested so the node
+/// has no padding of its own (40 bytes).
+#[derive(Debug)]
+struct Node {
+    mtime: i64,
+    size: u64,
+    /// Where the name starts in its chunk's bytes; the link follows it.
+    at: u32,
+    /// The parent directory's position, or [`TOP`].
+    parent: u32,
+    mtime_nsec: u32,
+    /// Permission bits (12).
+    mode: u16,
+    /// At most PATH_MAX.
+    link_len: u16,
+    /// At most NAME_MAX.
+    name_len: u16,
+    kind: EntryKind,
+    sparse: bool,
+}
+
+/// The parent of the entries directly under the source root.
+pub(crate) const TOP: u32 = u32::MAX;
+
+impl Tree {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn node(&self, i: usize) -> (&Node, &Chunk) {
+        let chunk = &self.chunks[i / CHUNK];
+        (&chunk.nodes[i % CHUNK], chunk)
+    }
+
+    pub fn meta(&self, i: usize) -> Meta {
+        let (n, _) = self.node(i);
+        Meta {
+            kind: n.kind,
+            mode: u32::from(n.mode),
+            mtime: n.mtime,
+            mtime_nsec: n.mtime_nsec,
+            size: n.size,
+            sparse: n.sparse,
+        }
+    }
+
+    /// Metadata of every entry, in order.
+    pub fn metas(&self) -> impl Iterator<Item = Meta> + '_ {
+        (0..self.len).map(|i| self.meta(i))
+    }
+
+    /// The symlink's target, or the first path of the hard link's group.
+    pub fn link(&self, i: usize) -> Option<&[u8]> {
+        let (n, chunk) = self.node(i);
+        let start = n.at as usize + usize::from(n.name_len);
+        matches!(n.kind, EntryKind::Symlink | EntryKind::Hardlink)
+            .then(|| &chunk.bytes[start..start + usize::from(n.link_len)])
+    }
+
+    fn name(&self, i: usize) -> &[u8] {
+        let (n, chunk) = self.node(i);
+        &chunk.bytes[n.at as usize..n.at as usize + usize::from(n.name_len)]
+    }
+
+    /// A cursor over full paths; cheapest when entries are asked for in order.
+    pub fn paths(&self) -> Paths<'_> {
+        Paths {
+            tree: self,
+            path: Vec::new(),
+            dirs: Vec::new(),
+        }
+    }
+
+    /// Appends an entry named `name` under the directory at `parent` (an earlier position, or
+    /// [`TOP`]); returns its position.
+    pub(crate) fn push(
+        &mut self,
+        parent: u32,
+        name: &[u8],
+        meta: Meta,
+        link: Option<&[u8]>,
+    ) -> u32 {
+        let link = link.unwrap_or_default();
+        let position = u32::try_from(self.len).expect("at most MAX_ENTRIES entries");
+        if self.len.is_multiple_of(CHUNK) {
+            self.chunks.push(Chunk {
+                nodes: Vec::with_capacity(CHUNK),
+                bytes: Vec::new(),
+            });
+        }
+        let chunk = self.chunks.last_mut().expect("a chunk with room");
+        chunk.nodes.push(Node {
+            mtime: meta.mtime,
+            size: meta.size,
+            // A chunk's names and links: at most CHUNK * (NAME_MAX + PATH_MAX) bytes.
+            at: u32::try_from(chunk.bytes.len()).expect("a chunk holds under 4 GiB"),
+            parent,
+            mtime_nsec: meta.mtime_nsec,
+            mode: u16::try_from(meta.mode).expect("permission bits only"),
+            link_len: u16::try_from(link.len()).expect("a link is shorter than PATH_MAX"),
+            name_len: u16::try_from(name.len()).expect("a name is shorter than NAME_MAX"),
+            kind: meta.kind,
+            sparse: meta.sparse,
+        });
+        chunk.bytes.extend_from_slice(name);
+        chunk.bytes.extend_from_slice(link);
+        self.len += 1;
+        position
+    }
+}
+
+/// Full paths of a [`Tree`]'s entries, `/`-separated and relative to the source root. It
+/// keeps the path of the directory last asked about and of its ancestors, so asking in order
+/// costs one name's copy per entry.
+pub struct Paths<'a> {
+    tree: &'a Tree,
+    path: Vec<u8>,
+    /// Directories whose path is a prefix of `path`, outermost first, with that prefix's length.
+    dirs: Vec<(u32, usize)>,
+}
+
+impl Paths<'_> {
+    /// The path of entry `i`.
+    pub fn get(&mut self, i: usize) -> &[u8] {
+        let parent = self.tree.node(i).0.parent;
+        while self.dirs.last().is_some_and(|&(d, _)| d != parent) {
+            self.dirs.pop();
+        }
+        if self.dirs.is_empty() && parent != TOP {
+            // Recursion as deep as the tree, which PATH_MAX bounds.
+            self.get(parent as usize);
+        }
+        let base = self.dirs.last().map_or(0, |&(_, len)| len);
+        self.path.truncate(base);
+        if base > 0 {
+            self.path.push(b'/');
+        }
+        self.path.extend_from_slice(self.tree.name(i));
+        if self.tree.node(i).0.kind == EntryKind::Dir {
+            self.dirs.push((i as u32, self.path.len()));
+        }
+        &self.path
+    }
 }
 
 pub fn full_path(root: &Path, rel: &[u8]) -> PathBuf {
@@ -122,10 +285,19 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
+/// An entry as a walker lists it, with its whole path: only the listings ahead of the
+/// assembly exist in this form.
+#[derive(Debug)]
+struct Listed {
+    rel: Vec<u8>,
+    meta: Meta,
+    link: Option<Vec<u8>>,
+}
+
 /// What listing a directory found, in name order.
 enum Found {
     /// With the (device, inode) of a regular file of more than one link.
-    Entry(SourceEntry, Option<(u64, u64)>),
+    Entry(Listed, Option<(u64, u64)>),
     Skipped(Vec<u8>, String),
 }
 
@@ -250,7 +422,7 @@ impl Prefetch {
                 if q.found <= self.max {
                     let before = q.todo.len();
                     let dirs = found.iter().filter_map(|f| match f {
-                        Found::Entry(e, _) if e.kind == EntryKind::Dir => {
+                        Found::Entry(e, _) if e.meta.kind == EntryKind::Dir => {
                             Some(Reverse(InWalkOrder(e.rel.clone())))
                         }
                         _ => None,
@@ -329,11 +501,17 @@ impl Assembly<'_> {
 
     fn dir(&mut self, rel_dir: &[u8]) -> Result<(), BackupError> {
         let listing = self.prefetch.take(rel_dir);
-        self.add(rel_dir, listing)
+        self.add(rel_dir, TOP, listing)
     }
 
-    /// Adds what `listing` found in `rel_dir`, and what is in its subdirectories.
-    fn add(&mut self, rel_dir: &[u8], listing: Option<Listing>) -> Result<(), BackupError> {
+    /// Adds what `listing` found in `rel_dir` (at `position` in the tree), and what is in its
+    /// subdirectories.
+    fn add(
+        &mut self,
+        rel_dir: &[u8],
+        position: u32,
+        listing: Option<Listing>,
+    ) -> Result<(), BackupError> {
         let found = match listing {
             Some(Ok(found)) => found,
             Some(Err(ListError::Failed(e))) => return Err(e),
@@ -345,6 +523,12 @@ impl Assembly<'_> {
             // Only directories past the entry limit are left unlisted.
             None => return Err(self.too_many()),
         };
+        // Names follow the directory's path and its `/`, except at the top.
+        let name_at = if rel_dir.is_empty() {
+            0
+        } else {
+            rel_dir.len() + 1
+        };
         for f in found {
             let (mut entry, inode) = match f {
                 Found::Skipped(rel, why) => {
@@ -353,39 +537,39 @@ impl Assembly<'_> {
                 }
                 Found::Entry(entry, inode) => (entry, inode),
             };
-            if self.tree.entries.len() as u64 >= self.max {
+            if self.tree.len() as u64 >= self.max {
                 return Err(self.too_many());
             }
-            if entry.kind == EntryKind::Dir {
-                self.subdir(entry)?;
+            if entry.meta.kind == EntryKind::Dir {
+                self.subdir(position, name_at, entry)?;
                 continue;
             }
             if let Some(inode) = inode {
                 if let Some(first) = self.links.get(&inode) {
-                    entry.kind = EntryKind::Hardlink;
+                    entry.meta.kind = EntryKind::Hardlink;
                     entry.link = Some(first.clone());
-                    entry.size = 0;
-                    entry.sparse = false;
+                    entry.meta.size = 0;
+                    entry.meta.sparse = false;
                 } else {
                     self.links.insert(inode, entry.rel.clone());
                 }
             }
-            self.tree.entries.push(entry);
+            let name = &entry.rel[name_at..];
+            (self.tree).push(position, name, entry.meta, entry.link.as_deref());
         }
         Ok(())
     }
 
     /// A directory that cannot be listed is left out (`--skip-unreadable`) or fails the walk;
     /// any other is kept, followed by what is in it.
-    fn subdir(&mut self, entry: SourceEntry) -> Result<(), BackupError> {
+    fn subdir(&mut self, parent: u32, name_at: usize, entry: Listed) -> Result<(), BackupError> {
         let listing = self.prefetch.take(&entry.rel);
         if self.skip_unreadable && matches!(listing, Some(Err(ListError::Unreadable))) {
             (self.tree.skipped).push((entry.rel, "unreadable directory".into()));
             return Ok(());
         }
-        let rel = entry.rel.clone();
-        self.tree.entries.push(entry);
-        self.add(&rel, listing)
+        let position = (self.tree).push(parent, &entry.rel[name_at..], entry.meta, None);
+        self.add(&entry.rel, position, listing)
     }
 }
 
@@ -443,18 +627,21 @@ fn child(
     skip_unreadable: bool,
 ) -> Result<Option<Found>, BackupError> {
     let ft = meta.file_type();
-    let mut entry = SourceEntry {
+    let mut entry = Listed {
         rel,
-        kind: EntryKind::File,
-        mode: meta.mode() & 0o7777,
-        mtime: meta.mtime(),
-        mtime_nsec: meta.mtime_nsec(),
-        size: 0,
+        meta: Meta {
+            kind: EntryKind::File,
+            mode: meta.mode() & 0o7777,
+            mtime: meta.mtime(),
+            // Always within 0..1e9.
+            mtime_nsec: meta.mtime_nsec() as u32,
+            size: 0,
+            sparse: false,
+        },
         link: None,
-        sparse: false,
     };
     if ft.is_dir() {
-        entry.kind = EntryKind::Dir;
+        entry.meta.kind = EntryKind::Dir;
         return Ok(Some(Found::Entry(entry, None)));
     }
     let path = full_path(root, &entry.rel);
@@ -464,7 +651,7 @@ fn child(
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(BackupError::Source { path, source }),
         };
-        entry.kind = EntryKind::Symlink;
+        entry.meta.kind = EntryKind::Symlink;
         entry.link = Some(target.as_os_str().as_bytes().to_vec());
         return Ok(Some(Found::Entry(entry, None)));
     }
@@ -474,8 +661,9 @@ fn child(
         if skip_unreadable && !readable(&path, false) {
             return Ok(Some(Found::Skipped(entry.rel, "unreadable file".into())));
         }
-        entry.size = meta.len();
-        entry.sparse = meta.blocks().saturating_mul(512).saturating_add(MIN_HOLES) <= meta.len();
+        entry.meta.size = meta.len();
+        entry.meta.sparse =
+            meta.blocks().saturating_mul(512).saturating_add(MIN_HOLES) <= meta.len();
         let inode = (meta.nlink() > 1).then(|| (meta.dev(), meta.ino()));
         return Ok(Some(Found::Entry(entry, inode)));
     }
@@ -501,6 +689,60 @@ fn ft_is(meta: &fs::Metadata, kind: libc::mode_t) -> bool {
 mod tests {
     use super::*;
 
+    /// Every entry's path, metadata and link, in order.
+    fn listed(tree: &Tree) -> Vec<(Vec<u8>, Meta, Option<Vec<u8>>)> {
+        let mut paths = tree.paths();
+        (0..tree.len())
+            .map(|i| {
+                (
+                    paths.get(i).to_vec(),
+                    tree.meta(i),
+                    tree.link(i).map(<[u8]>::to_vec),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn entries_past_the_first_chunk_keep_their_paths_links_and_metadata() {
+        // Tree's comment counts 40 bytes a node.
+        assert_eq!(std::mem::size_of::<Node>(), 40);
+        let meta = |kind, size| Meta {
+            kind,
+            mode: 0o640,
+            mtime: -7,
+            mtime_nsec: 999_999_999,
+            size,
+            sparse: size == 3,
+        };
+        let mut tree = Tree::default();
+        let a = tree.push(TOP, b"a", meta(EntryKind::Dir, 0), None);
+        for i in 0..CHUNK as u64 {
+            tree.push(
+                a,
+                format!("f{i}").as_bytes(),
+                meta(EntryKind::File, i),
+                None,
+            );
+        }
+        // In the second chunk, under a directory of the first.
+        let b = tree.push(a, b"b", meta(EntryKind::Dir, 0), None);
+        let ln = tree.push(b, b"ln", meta(EntryKind::Symlink, 0), Some(b"../f3"));
+        let hard = tree.push(TOP, b"z", meta(EntryKind::Hardlink, 0), Some(b"a/f3"));
+        assert_eq!((tree.len(), tree.chunks.len()), (CHUNK + 4, 2));
+        let mut paths = tree.paths();
+        assert_eq!(paths.get(ln as usize), b"a/b/ln");
+        assert_eq!(paths.get(4), b"a/f3");
+        assert_eq!(paths.get(hard as usize), b"z");
+        assert_eq!(tree.link(ln as usize), Some(b"../f3".as_slice()));
+        assert_eq!(tree.link(hard as usize), Some(b"a/f3".as_slice()));
+        assert_eq!(
+            (tree.link(4), tree.meta(4)),
+            (None, meta(EntryKind::File, 3))
+        );
+        assert_eq!(tree.meta(b as usize), meta(EntryKind::Dir, 0));
+    }
+
     #[test]
     fn a_tree_beyond_the_entry_limit_is_refused_while_walking() {
         let root = tempfile::tempdir().unwrap();
@@ -512,7 +754,6 @@ mod tests {
         assert_eq!(
             walk_at_most(root.path(), false, 4, LOOKAHEAD)
                 .unwrap()
-                .entries
                 .len(),
             4
         );
@@ -552,31 +793,32 @@ mod tests {
         let tree = walk(root.path(), false).unwrap();
         // Walkers held back to a few entries ahead: the same tree, whatever the lookahead.
         let held_back = walk_at_most(root.path(), false, native::MAX_ENTRIES, 3).unwrap();
-        assert_eq!(
-            format!("{:?}", held_back.entries),
-            format!("{:?}", tree.entries)
-        );
-        let rels: Vec<&[u8]> = tree.entries.iter().map(|e| e.rel.as_slice()).collect();
+        let entries = listed(&tree);
+        assert_eq!(listed(&held_back), entries);
+        let rels: Vec<&[u8]> = entries.iter().map(|(rel, ..)| rel.as_slice()).collect();
         let mut canonical = rels.clone();
         // Depth-first with children by name bytes is the order of the paths' components.
         canonical.sort_by(|a, b| a.split(|&c| c == b'/').cmp(b.split(|&c| c == b'/')));
         assert_eq!(rels, canonical);
-        assert_eq!(tree.entries.len(), 40 * (2 + 5) + 4);
-        let kind_of = |rel: &[u8]| tree.entries.iter().find(|e| e.rel == rel).unwrap();
-        let first = kind_of(b"d07/link");
-        assert_eq!(
-            (first.kind, first.size, first.link.as_deref()),
-            (EntryKind::File, 6, None)
-        );
-        for later in [b"d31/sub/link".as_slice(), b"z-first-made"] {
-            let e = kind_of(later);
-            assert_eq!(e.kind, EntryKind::Hardlink);
-            assert_eq!(
-                (e.size, e.link.as_deref()),
-                (0, Some(b"d07/link".as_slice()))
-            );
+        assert_eq!(entries.len(), 40 * (2 + 5) + 4);
+        // Asked for out of order, and from the middle, the paths are the same.
+        let mut paths = tree.paths();
+        for i in (0..tree.len()).rev().chain(150..160) {
+            assert_eq!(paths.get(i), entries[i].0.as_slice(), "entry {i}");
         }
-        assert_eq!(kind_of(b"s").kind, EntryKind::Symlink);
+        let find = |rel: &[u8]| entries.iter().find(|(r, ..)| r == rel).unwrap();
+        let (_, first, link) = find(b"d07/link");
+        assert_eq!((first.kind, first.size, link), (EntryKind::File, 6, &None));
+        for later in [b"d31/sub/link".as_slice(), b"z-first-made"] {
+            let (_, e, link) = find(later);
+            assert_eq!(e.kind, EntryKind::Hardlink);
+            assert_eq!((e.size, link.as_deref()), (0, Some(b"d07/link".as_slice())));
+        }
+        let (_, s, link) = find(b"s");
+        assert_eq!(
+            (s.kind, link.as_deref()),
+            (EntryKind::Symlink, Some(b"d07".as_slice()))
+        );
     }
 
     #[test]
@@ -593,10 +835,9 @@ mod tests {
         fs::create_dir_all(root.path().join("sub/.wsr-restore-kept")).unwrap();
         fs::write(root.path().join(".wsr-restorex"), "kept").unwrap();
         let tree = walk(root.path(), false).unwrap();
-        let names: Vec<String> = tree
-            .entries
+        let names: Vec<String> = listed(&tree)
             .iter()
-            .map(|e| String::from_utf8_lossy(&e.rel).into_owned())
+            .map(|(rel, ..)| String::from_utf8_lossy(rel).into_owned())
             .collect();
         assert_eq!(names, [".wsr-restorex", "sub", "sub/.wsr-restore-kept"]);
         let skipped: Vec<&[u8]> = tree.skipped.iter().map(|(p, _)| p.as_slice()).collect();
