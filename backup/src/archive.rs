@@ -36,11 +36,13 @@ pub struct Archived {
     pub index: Vec<IndexEntry>,
 }
 
-/// Archives the entries of `tree` in `layer` (read from `root`) and writes the compressed bytes into `out`. A failed
-/// write is reported as [`BackupError::Archive`]; the writer knows whether it was its fault.
+/// Archives the entries of `tree` in `layer` (read from `root`) and writes the compressed bytes
+/// into `out`. A failed write is reported as [`BackupError::Archive`]; the writer knows
+/// whether it was its fault.
 pub fn archive(
     root: &Path,
-    (tree, layer): (&Tree, Range<usize>),
+    tree: &Tree,
+    layer: Range<usize>,
     codec: Codec,
     out: &mut dyn Write,
     on_entry: &dyn Fn(u64),
@@ -50,7 +52,7 @@ pub fn archive(
             let mut context = ZstdContext::take(level).map_err(BackupError::Archive)?;
             let enc = context.encoder(out);
             let (tar, index) =
-                write_tar(root, (tree, layer), HashingWriter::new(enc), None, on_entry)?;
+                write_tar(root, tree, layer, HashingWriter::new(enc), None, on_entry)?;
             let (enc, diff_id, tar_size) = tar.finish();
             enc.finish().map_err(BackupError::Archive)?;
             (diff_id, tar_size, index)
@@ -64,7 +66,8 @@ pub fn archive(
             let root_entry = Some((root_mode, root_mtime));
             let (tar, index) = write_tar(
                 root,
-                (tree, layer),
+                tree,
+                layer,
                 HashingWriter::new(enc),
                 root_entry,
                 on_entry,
@@ -85,7 +88,8 @@ pub fn archive(
 /// after a root entry.
 fn write_tar<W: Write>(
     root: &Path,
-    (tree, layer): (&Tree, Range<usize>),
+    tree: &Tree,
+    layer: Range<usize>,
     out: HashingWriter<W>,
     root_entry: Option<(u32, i64)>,
     on_entry: &dyn Fn(u64),

@@ -58,7 +58,7 @@ pub(crate) async fn upload_layer(
                     p.bytes.fetch_add(bytes, Ordering::Relaxed);
                 }
             };
-            let archived = archive(&root2, (&tree2, range2), codec, &mut blob, &count);
+            let archived = archive(&root2, &tree2, range2, codec, &mut blob, &count);
             // Compressed and handed to the upload: the next layer may start compressing
             // while the registry confirms this one.
             drop(permit);
