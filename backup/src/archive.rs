@@ -101,6 +101,7 @@ fn write_tar<W: Write>(
     if let Some((mode, mtime)) = root_entry {
         tar.append_root(mode, mtime).map_err(BackupError::Archive)?;
     }
+    // The index records each file's digest: without one, no file is hashed either.
     let with_index = root_entry.is_none();
     let mut index = Vec::with_capacity(if with_index { layer.len() } else { 0 });
     let mut paths = tree.paths();
@@ -132,17 +133,17 @@ fn write_tar<W: Write>(
                 None
             };
             if let Some(runs) = runs {
-                let mut reader = SparseReader::new(file, runs, e.size);
+                let mut reader = SparseReader::new(file, runs, e.size, with_index);
                 let appended = tar.append_sparse(&header, &reader.runs.clone(), &mut reader);
                 if reader.changed || (appended.is_ok() && !reader.done()) {
                     return Err(BackupError::Changed { path });
                 }
                 appended.map_err(BackupError::Archive)?;
-                Some(reader.finish())
+                reader.finish()
             } else {
                 let mut reader = FileReader {
                     file,
-                    hasher: Hasher::new(),
+                    hasher: with_index.then(Hasher::new),
                     remaining: e.size,
                     changed: false,
                 };
@@ -151,7 +152,7 @@ fn write_tar<W: Write>(
                     return Err(BackupError::Changed { path });
                 }
                 appended.map_err(BackupError::Archive)?;
-                Some(reader.hasher.finish().0)
+                reader.hasher.map(|h| h.finish().0)
             }
         } else {
             tar.append(&header, io::empty())
@@ -175,11 +176,11 @@ fn write_tar<W: Write>(
     Ok((tar.finish().map_err(BackupError::Archive)?, index))
 }
 
-/// Reads exactly the size recorded by the walk, hashing it. A file that shrank since sets
-/// `changed`: a tar header cannot be corrected after the fact.
+/// Reads exactly the size recorded by the walk, hashing it when there is a hasher. A file that
+/// shrank since sets `changed`: a tar header cannot be corrected after the fact.
 struct FileReader {
     file: std::fs::File,
-    hasher: Hasher,
+    hasher: Option<Hasher>,
     remaining: u64,
     changed: bool,
 }
@@ -197,7 +198,9 @@ impl Read for FileReader {
             self.changed = true;
             return Err(io::Error::other("file shrank while being read"));
         }
-        self.hasher.update(&out[..n]);
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(&out[..n]);
+        }
         self.remaining -= n as u64;
         Ok(n)
     }
@@ -256,12 +259,13 @@ struct SparseReader {
     /// How much of the whole content has been hashed.
     hashed: u64,
     size: u64,
-    hasher: Hasher,
+    hasher: Option<Hasher>,
     changed: bool,
 }
 
 impl SparseReader {
-    fn new(file: std::fs::File, runs: Vec<(u64, u64)>, size: u64) -> SparseReader {
+    /// Without `hash`, nothing is hashed and [`SparseReader::finish`] gives no digest.
+    fn new(file: std::fs::File, runs: Vec<(u64, u64)>, size: u64, hash: bool) -> SparseReader {
         SparseReader {
             file,
             runs,
@@ -269,7 +273,7 @@ impl SparseReader {
             done_in_run: 0,
             hashed: 0,
             size,
-            hasher: Hasher::new(),
+            hasher: hash.then(Hasher::new),
             changed: false,
         }
     }
@@ -284,17 +288,21 @@ impl SparseReader {
 
     fn hash_zeros_to(&mut self, end: u64) {
         static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        let Some(hasher) = &mut self.hasher else {
+            self.hashed = self.hashed.max(end);
+            return;
+        };
         while self.hashed < end {
             let n = (end - self.hashed).min(ZEROS.len() as u64) as usize;
-            self.hasher.update(&ZEROS[..n]);
+            hasher.update(&ZEROS[..n]);
             self.hashed += n as u64;
         }
     }
 
     /// The digest of the whole content, trailing hole included.
-    fn finish(mut self) -> Digest {
+    fn finish(mut self) -> Option<Digest> {
         self.hash_zeros_to(self.size);
-        self.hasher.finish().0
+        self.hasher.map(|h| h.finish().0)
     }
 }
 
@@ -312,7 +320,9 @@ impl Read for SparseReader {
                     self.changed = true;
                     return Err(io::Error::other("file shrank while being read"));
                 }
-                self.hasher.update(&out[..n]);
+                if let Some(hasher) = &mut self.hasher {
+                    hasher.update(&out[..n]);
+                }
                 self.hashed += n as u64;
                 self.done_in_run += n as u64;
                 return Ok(n);
@@ -363,12 +373,22 @@ mod tests {
         let data: u64 = runs.iter().map(|r| r.1).sum();
         assert!((8192..1 << 20).contains(&data), "{runs:?}");
 
-        let mut reader = SparseReader::new(file, runs, size);
+        let mut reader = SparseReader::new(file, runs.clone(), size, true);
         let mut stored = Vec::new();
         reader.read_to_end(&mut stored).unwrap();
         assert_eq!(stored.len() as u64, data);
         assert!(reader.done());
-        assert_eq!(reader.finish(), Digest::of(&std::fs::read(&path).unwrap()));
+        assert_eq!(
+            reader.finish(),
+            Some(Digest::of(&std::fs::read(&path).unwrap()))
+        );
+        // Unhashed (`dwo`): the same bytes, no digest.
+        let file = std::fs::File::open(&path).unwrap();
+        let mut unhashed = SparseReader::new(file, runs, size, false);
+        let mut same = Vec::new();
+        unhashed.read_to_end(&mut same).unwrap();
+        assert!(same == stored && unhashed.done());
+        assert_eq!(unhashed.finish(), None);
 
         // A file without enough holes is stored whole.
         let dense = dir.path().join("dense");
