@@ -256,7 +256,7 @@ struct SparseReader {
     /// The run being read, and how far into it.
     run: usize,
     done_in_run: u64,
-    /// How much of the whole content has been hashed.
+    /// How much of the whole content has been hashed (passed over, without a hasher).
     hashed: u64,
     size: u64,
     hasher: Option<Hasher>,
