@@ -14,7 +14,7 @@ use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use wsr_format::codec::{EntryHeader, EntryKind, TarWriter, ZstdContext, gzip_encoder};
 use wsr_format::digest::{Digest, Hasher, HashingWriter};
-use wsr_format::native::{IndexEntry, RawPath};
+use wsr_format::native::{IndexEntry, IndexLines, RawPath};
 
 /// Which codec and archive flavour to produce.
 #[derive(Clone, Copy, Debug)]
@@ -33,10 +33,10 @@ pub enum Codec {
 pub struct Archived {
     pub diff_id: Digest,
     pub tar_size: u64,
-    /// The layer's file index; empty for `dwo`, which has none. Built only when it is kept:
-    /// a `dwo` backup is one layer of the whole tree, and its index would be the largest thing
-    /// the backup holds (448 MiB at 1.29 M entries).
-    pub index: Vec<IndexEntry>,
+    /// The layer's file index blob (compressed); `None` for `dwo`, which has none. Built only
+    /// when it is kept: a `dwo` backup is one layer of the whole tree, and its index would be
+    /// the largest thing the backup holds (448 MiB at 1.29 M entries).
+    pub index: Option<Vec<u8>>,
 }
 
 /// Archives the entries of `tree` in `layer` (read from `root`) and writes the compressed bytes
@@ -54,11 +54,14 @@ pub fn archive(
         Codec::Zstd { level } => {
             let mut context = ZstdContext::take(level).map_err(BackupError::Archive)?;
             let enc = context.encoder(out);
-            let (tar, index) =
+            let (tar, lines) =
                 write_tar(root, tree, layer, HashingWriter::new(enc), None, on_entry)?;
             let (enc, diff_id, tar_size) = tar.finish();
             enc.finish().map_err(BackupError::Archive)?;
-            (diff_id, tar_size, index)
+            // The layer's context is back in the pool: the index takes it.
+            drop(context);
+            let index = lines.compress().map_err(BackupError::Archive)?;
+            (diff_id, tar_size, Some(index))
         }
         Codec::Gzip {
             level,
@@ -67,7 +70,7 @@ pub fn archive(
         } => {
             let enc = gzip_encoder(out, level);
             let root_entry = Some((root_mode, root_mtime));
-            let (tar, index) = write_tar(
+            let (tar, _) = write_tar(
                 root,
                 tree,
                 layer,
@@ -77,7 +80,7 @@ pub fn archive(
             )?;
             let (enc, diff_id, tar_size) = tar.finish();
             enc.finish().map_err(BackupError::Archive)?;
-            (diff_id, tar_size, index)
+            (diff_id, tar_size, None)
         }
     };
     Ok(Archived {
@@ -96,14 +99,14 @@ fn write_tar<W: Write>(
     out: HashingWriter<W>,
     root_entry: Option<(u32, i64)>,
     on_entry: &dyn Fn(u64),
-) -> Result<(HashingWriter<W>, Vec<IndexEntry>), BackupError> {
+) -> Result<(HashingWriter<W>, IndexLines), BackupError> {
     let mut tar = TarWriter::new(out, root_entry.is_some());
     if let Some((mode, mtime)) = root_entry {
         tar.append_root(mode, mtime).map_err(BackupError::Archive)?;
     }
     // The index records each file's digest: without one, no file is hashed either.
     let with_index = root_entry.is_none();
-    let mut index = Vec::with_capacity(if with_index { layer.len() } else { 0 });
+    let mut index = IndexLines::default();
     let mut paths = tree.paths();
     for i in layer {
         let (e, rel, link) = (tree.meta(i), paths.get(i), tree.link(i));
@@ -163,7 +166,7 @@ fn write_tar<W: Write>(
         if !with_index {
             continue;
         }
-        index.push(IndexEntry {
+        let entry = IndexEntry {
             path: RawPath(rel.to_vec()),
             kind: e.kind,
             mode: e.mode,
@@ -171,7 +174,8 @@ fn write_tar<W: Write>(
             size: e.size,
             sha256,
             link: link.map(|l| RawPath(l.to_vec())),
-        });
+        };
+        index.push(&entry).map_err(BackupError::Archive)?;
     }
     Ok((tar.finish().map_err(BackupError::Archive)?, index))
 }
@@ -354,9 +358,13 @@ mod tests {
             let archived = archive(dir.path(), &tree, 0..2, codec, &mut Vec::new(), &|_| {});
             archived.unwrap().index
         };
-        let paths: Vec<_> = index(native).into_iter().map(|e| e.path.0).collect();
-        assert_eq!(paths, [b"src".to_vec(), b"src/a.rs".to_vec()]);
-        assert!(index(dwo).is_empty());
+        let blob = index(native).expect("a native layer has an index");
+        let budget = &mut wsr_format::native::MAX_INDEX_BYTES.clone();
+        let entries = wsr_format::native::read_index(&blob[..], 2, budget).unwrap();
+        let paths: Vec<_> = entries.iter().map(|e| e.path.0.as_slice()).collect();
+        assert_eq!(paths, [b"src".as_slice(), b"src/a.rs"]);
+        assert_eq!(entries[1].sha256, Some(Digest::of(b"fn main() {}")));
+        assert_eq!(index(dwo), None);
     }
 
     #[test]

@@ -223,8 +223,7 @@ async fn new_layer(
         progress,
     )
     .await?;
-    let index_bytes =
-        Bytes::from(native::write_index(&archived.index).map_err(BackupError::Archive)?);
+    let index_bytes = Bytes::from(archived.index.expect("native layers have an index"));
     let index = Descriptor::new(
         media::NATIVE_INDEX,
         Digest::of(&index_bytes),

@@ -1,7 +1,7 @@
 //! The `native` format's documents: the config blob, the file index, and the layering rule that
 //! decides which entries share a layer. FORMAT.md §Native is the normative text.
 
-use crate::codec::EntryKind;
+use crate::codec::{EntryKind, ZstdContext};
 use crate::digest::Digest;
 use crate::manifest::Descriptor;
 use serde::{Deserialize, Serialize};
@@ -268,15 +268,43 @@ pub struct IndexEntry {
     pub link: Option<RawPath>,
 }
 
-/// Writes one layer's file index as zstd-compressed JSON lines. Single-threaded zstd level 3:
-/// the index must be deterministic (an unchanged layer's index blob is reused as is).
-pub fn write_index(entries: &[IndexEntry]) -> io::Result<Vec<u8>> {
-    let mut enc = zstd::stream::write::Encoder::new(Vec::new(), 3)?;
-    for e in entries {
-        serde_json::to_writer(&mut enc, e)?;
-        enc.write_all(b"\n")?;
+/// zstd level of every file index, whatever the layers' level.
+const INDEX_LEVEL: i32 = 3;
+
+/// A layer's file index while it is built: JSON lines, one allocation that grows, compressed
+/// once complete. About half the memory of the entries themselves (each with its path's
+/// allocation), and what a finished layer holds until its index is sent is the compressed
+/// bytes, a tenth of that.
+#[derive(Debug, Default)]
+pub struct IndexLines(Vec<u8>);
+
+impl IndexLines {
+    /// Appends one entry's line.
+    pub fn push(&mut self, entry: &IndexEntry) -> io::Result<()> {
+        serde_json::to_writer(&mut self.0, entry)?;
+        self.0.push(b'\n');
+        Ok(())
     }
-    enc.finish()
+
+    /// The index blob: the lines zstd-compressed, single-threaded at level 3 on a pooled
+    /// context. Deterministic: an unchanged layer's index blob is reused as is.
+    pub fn compress(&self) -> io::Result<Vec<u8>> {
+        let mut context = ZstdContext::take(INDEX_LEVEL)?;
+        // Written, not given whole to the end of the frame: zstd would then record the
+        // content size in the frame header, and the bytes would differ from earlier indexes.
+        let mut enc = context.encoder(Vec::new());
+        enc.write_all(&self.0)?;
+        enc.finish()
+    }
+}
+
+/// Writes one layer's file index (see [`IndexLines::compress`]).
+pub fn write_index(entries: &[IndexEntry]) -> io::Result<Vec<u8>> {
+    let mut lines = IndexLines::default();
+    for e in entries {
+        lines.push(e)?;
+    }
+    lines.compress()
 }
 
 /// Longest line a file index may have: a 4095-byte path and link, JSON-escaped, fit easily.
@@ -655,6 +683,13 @@ mod tests {
         ];
         let bytes = write_index(&entries).unwrap();
         assert_eq!(write_index(&entries).unwrap(), bytes, "deterministic");
+        // The bytes earlier versions wrote: a fresh level-3 encoder fed line by line.
+        let mut fresh = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        for e in &entries {
+            serde_json::to_writer(&mut fresh, e).unwrap();
+            fresh.write_all(b"\n").unwrap();
+        }
+        assert_eq!(fresh.finish().unwrap(), bytes, "as earlier versions wrote");
         let budget = &mut MAX_INDEX_BYTES.clone();
         assert_eq!(read_index(&bytes[..], 2, budget).unwrap(), entries);
         assert!(*budget < MAX_INDEX_BYTES);
