@@ -128,7 +128,8 @@ mod tests {
             o.to.to_string(),
             "registry.example:5000/backups/user1-che/my-ws:latest"
         );
-        assert_eq!((o.format, o.level, o.workers), (Format::Dwo, 1, 4));
+        assert_eq!((o.format, o.level), (Format::Dwo, 1));
+        assert_eq!(o.workers, crate::default_workers());
         assert_eq!(o.workspace.as_deref(), Some("my-ws"));
         assert_eq!(o.namespace.as_deref(), Some("user1-che"));
         assert_eq!(o.workspace_id.as_deref(), Some("workspace123"));

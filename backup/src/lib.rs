@@ -61,11 +61,24 @@ pub struct BackupOptions {
 pub struct Tuning {
     /// Compression level; default 3 (zstd) for native, 1 (gzip) for dwo.
     pub level: Option<i32>,
-    /// Layers at once; default 4.
+    /// Layers at once; default [`default_workers`].
     pub workers: Option<u32>,
     pub keep: Option<usize>,
     pub skip_unreadable: bool,
     pub full: bool,
+}
+
+/// Most layers compressed at once by default: each holds a compression context, its file index
+/// and its upload's buffers, so more would raise the memory a backup needs.
+const MAX_DEFAULT_WORKERS: u32 = 4;
+
+/// Layers compressed at once unless told: one per core this process may use (its CPU quota
+/// included), at most [`MAX_DEFAULT_WORKERS`]. Each layer is compressed on one thread, so more
+/// layers than cores only share them and hold more memory: on 2 cores, 1.32 M small files
+/// took as long with 2 workers as with 4 (17-21 s either way) and peaked at 114 MiB, not 131-135.
+pub fn default_workers() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    u32::try_from(cores).map_or(MAX_DEFAULT_WORKERS, |n| n.min(MAX_DEFAULT_WORKERS))
 }
 
 impl BackupOptions {
@@ -89,7 +102,7 @@ impl BackupOptions {
             namespace: None,
             workspace_id: None,
             level: tuning.level.unwrap_or(default_level),
-            workers: tuning.workers.unwrap_or(4),
+            workers: tuning.workers.unwrap_or_else(default_workers),
             keep: tuning.keep,
             skip_unreadable: tuning.skip_unreadable,
             full: tuning.full,
