@@ -118,22 +118,37 @@ pub fn report_error(program: &str, error: &anyhow::Error, step: Option<&str>) {
     write_termination_log(&message);
 }
 
-/// Sets the process up: at most two malloc arenas ([`limit_malloc_arenas`]) and logging to
-/// stderr, filtered by `WSR_LOG` (default `info`), coloured only on a terminal.
+/// Sets the process up: glibc's allocator tuned to hand memory back ([`tune_malloc`]) and
+/// logging to stderr, filtered by `WSR_LOG` (default `info`), coloured only on a terminal.
 pub fn init_process() {
-    limit_malloc_arenas();
+    tune_malloc();
     init_logging();
 }
 
-/// glibc gives threads that contend for the allocator their own arenas (up to 8 per core), and
-/// each arena keeps what it freed: a 1 GB backup's peak RSS was 150 MiB with the default and
-/// 92 MiB with two arenas, in the same time (one arena was slower). `MALLOC_ARENA_MAX`, when
-/// set, still wins.
-fn limit_malloc_arenas() {
+/// Blocks of at least this size get their own mapping, unmapped when freed.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: libc::c_int = 256 << 10;
+
+/// Two settings of glibc's allocator, each unless its environment variable is set:
+/// - At most two arenas (`MALLOC_ARENA_MAX`). glibc gives threads that contend for the
+///   allocator their own arenas (up to 8 per core), and each arena keeps what it freed: a 1 GB
+///   backup's peak RSS was 150 MiB with the default and 92 MiB with two arenas, in the same
+///   time (one arena was slower).
+/// - A fixed mmap threshold of 256 KiB (`MALLOC_MMAP_THRESHOLD_`). glibc raises its threshold
+///   each time a mapped block is freed, so after the first upload piece (1 MiB) or download
+///   buffer went back, the next ones came from the arenas and left them fragmented. At
+///   1.32 M entries: backup 104-110 -> 88-92 MiB, restore 97 -> 80 MiB, in the same time.
+fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only adjusts allocator parameters; called before other threads start.
-        unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+    {
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+            // SAFETY: mallopt only adjusts allocator parameters; called before other threads.
+            unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+        }
+        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+            // SAFETY: as above.
+            unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) };
+        }
     }
 }
 
