@@ -823,7 +823,9 @@ fn targets_section(md: &mut String, t: &Table, run: &CorpusRun) -> Vec<String> {
         md,
         "peak RSS < 100 MiB, backup (full and incremental)",
         rss(Phase::Backup),
-        "the entry list of the whole tree is held, plus 4 layers in flight".into(),
+        "the entry list of the whole tree is held (32 bytes plus the name per entry), plus the \
+         layers in flight (one compressing per core, at most 4)"
+            .into(),
     );
     row(
         md,
