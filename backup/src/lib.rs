@@ -75,7 +75,8 @@ const MAX_DEFAULT_WORKERS: u32 = 4;
 /// Layers compressed at once unless told: one per core this process may use (its CPU quota
 /// included), at most [`MAX_DEFAULT_WORKERS`]. Each layer is compressed on one thread, so more
 /// layers than cores only share them and hold more memory: on 2 cores, 1.32 M small files
-/// took as long with 2 workers as with 4 (17-21 s either way) and peaked at 114 MiB, not 131-135.
+/// took as long with 2 workers as with 4 (18-26 s either way) and peaked at 110-113 MiB, not
+/// 126-132.
 pub fn default_workers() -> u32 {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     u32::try_from(cores).map_or(MAX_DEFAULT_WORKERS, |n| n.min(MAX_DEFAULT_WORKERS))

@@ -137,7 +137,7 @@ const MMAP_THRESHOLD: libc::c_int = 256 << 10;
 /// - A fixed mmap threshold of 256 KiB (`MALLOC_MMAP_THRESHOLD_`). glibc raises its threshold
 ///   each time a mapped block is freed, so after the first upload piece (1 MiB) or download
 ///   buffer went back, the next ones came from the arenas and left them fragmented. At
-///   1.32 M entries: backup 104-110 -> 88-92 MiB, restore 97 -> 80 MiB, in the same time.
+///   1.32 M entries: backup 101-107 -> 86-89 MiB, restore 96.5 -> 80 MiB, in the same time.
 fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
