@@ -271,10 +271,9 @@ pub struct IndexEntry {
 /// zstd level of every file index, whatever the layers' level.
 const INDEX_LEVEL: i32 = 3;
 
-/// A layer's file index while it is built: JSON lines, one allocation that grows, compressed
-/// once complete. About half the memory of the entries themselves (each with its path's
-/// allocation), and what a finished layer holds until its index is sent is the compressed
-/// bytes, a tenth of that.
+/// A layer's file index while it is built: JSON lines in one allocation that grows (not an
+/// entry and a path allocation per line), compressed once complete, so a finished layer
+/// waiting for the registry holds only the compressed bytes.
 #[derive(Debug, Default)]
 pub struct IndexLines(Vec<u8>);
 
