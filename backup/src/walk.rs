@@ -6,12 +6,16 @@
 //! entry list.
 
 use crate::BackupError;
+use rustix::fd::OwnedFd;
+use rustix::fs::{Access, AtFlags, FileType, Mode, OFlags, RawDir};
+use rustix::io::Errno;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::ffi::CStr;
 use std::ffi::OsStr;
 use std::fs;
+use std::mem::MaybeUninit;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, PoisonError};
 use wsr_format::codec::EntryKind;
@@ -364,21 +368,30 @@ const MAX_WALKERS: usize = 8;
 /// must not add up to a second copy of the tree's entry list.
 const LOOKAHEAD: u64 = 32_768;
 
-/// A directory's path, ordered as the canonical walk meets directories (by components).
-#[derive(PartialEq, Eq)]
+/// A directory's path, ordered as the canonical walk meets directories: by components. It is
+/// held with each `/` as a NUL, which no name contains and every other byte sorts after, so
+/// comparing the bytes compares the components (`a/b` before `a-c`, as `a` is before `a-c`).
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct InWalkOrder(Vec<u8>);
 
-impl Ord for InWalkOrder {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0
-            .split(|&c| c == b'/')
-            .cmp(other.0.split(|&c| c == b'/'))
+impl InWalkOrder {
+    fn of(rel: &[u8]) -> InWalkOrder {
+        InWalkOrder(rel.iter().map(|&c| if c == b'/' { 0 } else { c }).collect())
     }
-}
 
-impl PartialOrd for InWalkOrder {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
+    fn is(&self, rel: &[u8]) -> bool {
+        self.0.len() == rel.len()
+            && self
+                .0
+                .iter()
+                .zip(rel)
+                .all(|(&a, &b)| a == b || (a == 0 && b == b'/'))
+    }
+
+    fn into_rel(self) -> Vec<u8> {
+        let mut rel = self.0;
+        rel.iter_mut().filter(|c| **c == 0).for_each(|c| *c = b'/');
+        rel
     }
 }
 
@@ -413,7 +426,7 @@ struct Ahead {
 impl Prefetch {
     fn new(max: u64, lookahead: u64) -> Prefetch {
         let mut todo = BinaryHeap::new();
-        todo.push(Reverse(InWalkOrder(Vec::new())));
+        todo.push(Reverse(InWalkOrder::of(b"")));
         let state = Mutex::new(Ahead {
             todo,
             busy: 0,
@@ -438,6 +451,7 @@ impl Prefetch {
 
     /// A walker: lists directories until none is left or the assembly is done.
     fn list_ahead(&self, root: &Path, skip_unreadable: bool) {
+        let mut lister = Lister::new();
         let mut q = self.lock();
         loop {
             if q.finished || q.all_listed() {
@@ -447,16 +461,16 @@ impl Prefetch {
             }
             let next_is_wanted = matches!(
                 (q.todo.peek(), &q.wanted),
-                (Some(Reverse(next)), Some(wanted)) if next.0 == *wanted
+                (Some(Reverse(next)), Some(wanted)) if next.is(wanted)
             );
             if q.todo.is_empty() || (q.ready_entries >= self.lookahead && !next_is_wanted) {
                 q = self.work.wait(q).expect("no walker panics");
                 continue;
             }
-            let Reverse(InWalkOrder(rel)) = q.todo.pop().expect("not empty");
+            let rel = q.todo.pop().expect("not empty").0.into_rel();
             q.busy += 1;
             drop(q);
-            let listing = list_dir(root, &rel, skip_unreadable);
+            let listing = lister.list(root, &rel, skip_unreadable);
             q = self.lock();
             q.busy -= 1;
             let mut entries = 0;
@@ -470,7 +484,7 @@ impl Prefetch {
                     let before = q.todo.len();
                     let dirs = found.iter().filter_map(|f| match f {
                         Found::Entry(e, _) if e.meta.kind == EntryKind::Dir => {
-                            Some(Reverse(InWalkOrder(e.rel.clone())))
+                            Some(Reverse(InWalkOrder::of(&e.rel)))
                         }
                         _ => None,
                     });
@@ -620,116 +634,193 @@ impl Assembly<'_> {
     }
 }
 
-/// Lists one directory: its children in name order, each looked up (never followed).
-fn list_dir(root: &Path, rel_dir: &[u8], skip_unreadable: bool) -> Listing {
-    let dir = full_path(root, rel_dir);
-    let failed = |source: std::io::Error| match source.kind() {
-        std::io::ErrorKind::PermissionDenied => ListError::Unreadable,
-        _ => ListError::Failed(BackupError::Source {
-            path: dir.clone(),
-            source,
-        }),
-    };
-    // Entries are kept (not just names) so each lstat is relative to this directory's open
-    // descriptor: no path lookup from the root per entry, which dominated a re-backup's walk.
-    let mut children: Vec<(Vec<u8>, fs::DirEntry)> = fs::read_dir(&dir)
-        .map_err(failed)?
-        .map(|e| e.map(|e| (e.file_name().as_bytes().to_vec(), e)))
-        .collect::<Result<_, _>>()
-        .map_err(failed)?;
-    children.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    let mut found = Vec::with_capacity(children.len());
-    for (name, dir_entry) in children {
-        // An interrupted restore's leftovers are wsr's bookkeeping, not the workspace's; a
-        // restore would never restore them either (FORMAT.md §8.2).
-        if rel_dir.is_empty() && name.starts_with(media::STAGING_PREFIX.as_bytes()) {
-            let why = "a restore's staging directory, not backed up";
-            found.push(Found::Skipped(name, why.into()));
-            continue;
-        }
-        let rel = if rel_dir.is_empty() {
-            name
-        } else {
-            [rel_dir, b"/", &name].concat()
-        };
-        let meta = match dir_entry.metadata() {
-            Ok(m) => m,
-            // Vanished between readdir and lstat: it is simply not part of the backup.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            // Listable but not searchable (no x bit): the directory is unreadable, not its child.
-            Err(e) => return Err(failed(e)),
-        };
-        if let Some(f) = child(root, rel, &meta, skip_unreadable).map_err(ListError::Failed)? {
-            found.push(f);
-        }
-    }
-    Ok(found)
+/// Bytes of `getdents` results read at once: most directories in one call.
+const LISTING_BUFFER: usize = 32 << 10;
+
+/// A walker's buffers, reused for every directory it lists: listing allocates only what it
+/// returns.
+struct Lister {
+    getdents: Vec<MaybeUninit<u8>>,
+    /// The names of the directory being listed, back to back, each with its NUL.
+    names: Vec<u8>,
+    /// Where each name starts in `names`, in name order once sorted.
+    starts: Vec<usize>,
 }
 
-/// What one looked-up child of a directory is; `None` if it vanished.
+impl Lister {
+    fn new() -> Lister {
+        Lister {
+            getdents: vec![MaybeUninit::uninit(); LISTING_BUFFER],
+            names: Vec::new(),
+            starts: Vec::new(),
+        }
+    }
+
+    /// Lists one directory: its children in name order, each looked up (never followed)
+    /// relative to the directory's descriptor, so no path is resolved from the root per entry.
+    /// Names are read straight from `getdents`, not through `std::fs::read_dir`, whose
+    /// allocations per name took a share of a re-backup's walk, which is little else.
+    fn list(&mut self, root: &Path, rel_dir: &[u8], skip_unreadable: bool) -> Listing {
+        let dir_path = full_path(root, rel_dir);
+        let failed = |errno: Errno| match errno {
+            Errno::ACCESS | Errno::PERM => ListError::Unreadable,
+            _ => ListError::Failed(BackupError::Source {
+                path: dir_path.clone(),
+                source: errno.into(),
+            }),
+        };
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let dir = rustix::fs::open(&dir_path, flags, Mode::empty()).map_err(failed)?;
+        self.read_names(&dir).map_err(failed)?;
+        let mut found = Vec::with_capacity(self.starts.len());
+        for &at in &self.starts {
+            let name = CStr::from_bytes_until_nul(&self.names[at..]).expect("NUL-terminated");
+            let name_bytes = name.to_bytes();
+            // An interrupted restore's leftovers are wsr's bookkeeping, not the workspace's; a
+            // restore would never restore them either (FORMAT.md §8.2).
+            if rel_dir.is_empty() && name_bytes.starts_with(media::STAGING_PREFIX.as_bytes()) {
+                let why = "a restore's staging directory, not backed up";
+                found.push(Found::Skipped(name_bytes.to_vec(), why.into()));
+                continue;
+            }
+            let stat = match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(stat) => stat,
+                // Vanished between getdents and lstat: it is simply not part of the backup.
+                Err(Errno::NOENT) => continue,
+                // Listable but not searchable (no x bit): the directory is unreadable, not its
+                // child.
+                Err(errno) => return Err(failed(errno)),
+            };
+            let rel = if rel_dir.is_empty() {
+                name_bytes.to_vec()
+            } else {
+                [rel_dir, b"/", name_bytes].concat()
+            };
+            let child = child(&dir, name, rel, &LookedUp::from(&stat), skip_unreadable);
+            if let Some(f) = child.map_err(|errno| {
+                ListError::Failed(BackupError::Source {
+                    path: full_path(&dir_path, name_bytes),
+                    source: errno.into(),
+                })
+            })? {
+                found.push(f);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Reads the names of `dir`'s children (without `.` and `..`) and sorts them by their
+    /// bytes.
+    fn read_names(&mut self, dir: &OwnedFd) -> Result<(), Errno> {
+        self.names.clear();
+        self.starts.clear();
+        let mut entries = RawDir::new(dir, &mut self.getdents);
+        while let Some(entry) = entries.next() {
+            let entry = entry?;
+            let name = entry.file_name().to_bytes_with_nul();
+            if name != b".\0" && name != b"..\0" {
+                self.starts.push(self.names.len());
+                self.names.extend_from_slice(name);
+            }
+        }
+        // Comparing from each start to the end of the buffer orders by name: names are
+        // distinct, and the first NUL (before every other byte) ends the comparison.
+        let names = &self.names;
+        self.starts.sort_unstable_by_key(|&at| &names[at..]);
+        Ok(())
+    }
+}
+
+/// What `lstat` tells of a child, in fixed widths: `struct stat`'s fields differ in width and
+/// sign across architectures.
+struct LookedUp {
+    mode: u32,
+    size: u64,
+    blocks: u64,
+    mtime: i64,
+    mtime_nsec: u32,
+    nlink: u64,
+    dev: u64,
+    ino: u64,
+}
+
+impl From<&rustix::fs::Stat> for LookedUp {
+    // A cast that is needless on one architecture converts on another.
+    #[allow(clippy::unnecessary_cast)]
+    fn from(stat: &rustix::fs::Stat) -> LookedUp {
+        LookedUp {
+            mode: stat.st_mode as u32,
+            // Never negative for a file.
+            size: stat.st_size as u64,
+            blocks: stat.st_blocks as u64,
+            mtime: stat.st_mtime as i64,
+            // Always within 0..1e9.
+            mtime_nsec: stat.st_mtime_nsec as u32,
+            nlink: stat.st_nlink as u64,
+            dev: stat.st_dev as u64,
+            ino: stat.st_ino as u64,
+        }
+    }
+}
+
+/// What one looked-up child of `dir` is; `None` if it vanished.
 fn child(
-    root: &Path,
+    dir: &OwnedFd,
+    name: &CStr,
     rel: Vec<u8>,
-    meta: &fs::Metadata,
+    looked_up: &LookedUp,
     skip_unreadable: bool,
-) -> Result<Option<Found>, BackupError> {
-    let ft = meta.file_type();
+) -> Result<Option<Found>, Errno> {
     let mut entry = Listed {
         rel,
         meta: Meta {
             kind: EntryKind::File,
-            mode: meta.mode() & 0o7777,
-            mtime: meta.mtime(),
-            // Always within 0..1e9.
-            mtime_nsec: meta.mtime_nsec() as u32,
+            mode: looked_up.mode & 0o7777,
+            mtime: looked_up.mtime,
+            mtime_nsec: looked_up.mtime_nsec,
             size: 0,
             sparse: false,
         },
         link: None,
     };
-    if ft.is_dir() {
-        entry.meta.kind = EntryKind::Dir;
-        return Ok(Some(Found::Entry(entry, None)));
-    }
-    let path = full_path(root, &entry.rel);
-    if ft.is_symlink() {
-        let target = match fs::read_link(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(BackupError::Source { path, source }),
-        };
-        entry.meta.kind = EntryKind::Symlink;
-        entry.link = Some(target.as_os_str().as_bytes().to_vec());
-        return Ok(Some(Found::Entry(entry, None)));
-    }
-    if ft.is_file() {
-        // Without --skip-unreadable, opening the file while archiving reports it by name;
-        // checking here too would double the system calls of a re-backup's walk.
-        if skip_unreadable && !readable(&path, false) {
-            return Ok(Some(Found::Skipped(entry.rel, "unreadable file".into())));
+    let what = match FileType::from_raw_mode(looked_up.mode) {
+        FileType::Directory => {
+            entry.meta.kind = EntryKind::Dir;
+            return Ok(Some(Found::Entry(entry, None)));
         }
-        entry.meta.size = meta.len();
-        entry.meta.sparse =
-            meta.blocks().saturating_mul(512).saturating_add(MIN_HOLES) <= meta.len();
-        let inode = (meta.nlink() > 1).then(|| (meta.dev(), meta.ino()));
-        return Ok(Some(Found::Entry(entry, inode)));
-    }
-    let what = if ft_is(meta, libc::S_IFSOCK) {
-        "socket"
-    } else if ft_is(meta, libc::S_IFIFO) {
-        "FIFO"
-    } else {
-        "device node"
+        FileType::Symlink => {
+            let target = match rustix::fs::readlinkat(dir, name, Vec::new()) {
+                Ok(target) => target,
+                Err(Errno::NOENT) => return Ok(None),
+                Err(errno) => return Err(errno),
+            };
+            entry.meta.kind = EntryKind::Symlink;
+            entry.link = Some(target.into_bytes());
+            return Ok(Some(Found::Entry(entry, None)));
+        }
+        FileType::RegularFile => {
+            // Without --skip-unreadable, opening the file while archiving reports it by name;
+            // checking here too would double the system calls of a re-backup's walk.
+            if skip_unreadable
+                && rustix::fs::accessat(dir, name, Access::READ_OK, AtFlags::EACCESS).is_err()
+            {
+                return Ok(Some(Found::Skipped(entry.rel, "unreadable file".into())));
+            }
+            entry.meta.size = looked_up.size;
+            entry.meta.sparse =
+                (looked_up.blocks.saturating_mul(512)).saturating_add(MIN_HOLES) <= looked_up.size;
+            let inode = (looked_up.nlink > 1).then_some((looked_up.dev, looked_up.ino));
+            return Ok(Some(Found::Entry(entry, inode)));
+        }
+        FileType::Socket => "socket",
+        FileType::Fifo => "FIFO",
+        _ => "device node",
     };
     tracing::warn!(path = %String::from_utf8_lossy(&entry.rel), "skipping {what}");
     Ok(Some(Found::Skipped(
         entry.rel,
         format!("{what} not backed up"),
     )))
-}
-
-fn ft_is(meta: &fs::Metadata, kind: libc::mode_t) -> bool {
-    meta.mode() & libc::S_IFMT == kind
 }
 
 #[cfg(test)]
@@ -826,6 +917,9 @@ mod tests {
 
     #[test]
     fn the_order_is_canonical_and_hard_links_point_to_the_first_path_in_it() {
+        /// Names of 29 bytes: 56-byte `getdents` records, so 1,000 take more than one call.
+        const BIG: usize = 1_000;
+        const SIBLINGS: [&str; 6] = ["d07!x", "d07#x", "d07+x", "d07,x", "d07-x", "d07.x"];
         let root = tempfile::tempdir().unwrap();
         // Enough directories that several walkers take part.
         for d in 0..40 {
@@ -834,6 +928,23 @@ mod tests {
                 fs::create_dir_all(&dir).unwrap();
                 fs::write(dir.join(format!("f{f}")), format!("{d} {f}")).unwrap();
             }
+        }
+        // Siblings whose names sort between a directory's and its children's paths by bytes
+        // (these bytes are below '/'), and a directory longer than one `getdents` call. Each
+        // sibling holds more entries than the held-back walk's lookahead: listed before
+        // d07/sub, as a byte order would, two fill it and the next waits for the assembly,
+        // which waits for d07/sub.
+        for sibling in SIBLINGS {
+            let dir = root.path().join(sibling);
+            fs::create_dir(&dir).unwrap();
+            for f in 0..5 {
+                fs::write(dir.join(format!("f{f}")), "").unwrap();
+            }
+        }
+        let big = root.path().join("d08/big");
+        fs::create_dir(&big).unwrap();
+        for f in (0..BIG).rev() {
+            fs::write(big.join(format!("a-file-with-a-long-name-{f:05}")), "").unwrap();
         }
         fs::write(root.path().join("z-first-made"), "shared").unwrap();
         // Made first, walked last: the group's first path is d07/link, whoever lists it.
@@ -851,7 +962,14 @@ mod tests {
 
         let tree = walk(root.path(), false).unwrap();
         // Walkers held back to a few entries ahead: the same tree, whatever the lookahead.
-        let held_back = walk_at_most(root.path(), false, native::MAX_ENTRIES, 3).unwrap();
+        // Walkers list directories in the order the assembly takes them, or, held back, they
+        // wait for it while it waits for them: a hang, reported as a failure.
+        let (done, finished) = std::sync::mpsc::channel();
+        let path = root.path().to_owned();
+        std::thread::spawn(move || done.send(walk_at_most(&path, false, native::MAX_ENTRIES, 3)));
+        let held_back = (finished.recv_timeout(std::time::Duration::from_secs(60)))
+            .expect("the held-back walk finishes")
+            .unwrap();
         let entries = listed(&tree);
         assert_eq!(listed(&held_back), entries);
         let rels: Vec<&[u8]> = entries.iter().map(|(rel, ..)| rel.as_slice()).collect();
@@ -859,7 +977,10 @@ mod tests {
         // Depth-first with children by name bytes is the order of the paths' components.
         canonical.sort_by(|a, b| a.split(|&c| c == b'/').cmp(b.split(|&c| c == b'/')));
         assert_eq!(rels, canonical);
-        assert_eq!(entries.len(), 40 * (2 + 5) + 4);
+        assert_eq!(
+            entries.len(),
+            40 * (2 + 5) + 4 + SIBLINGS.len() * (1 + 5) + 1 + BIG
+        );
         // Asked for out of order, and from the middle, the paths are the same.
         let mut paths = tree.paths();
         for i in (0..tree.len()).rev().chain(150..160) {
