@@ -3,8 +3,8 @@
 //! `dwo` (one gzip tarball, as upstream DWO writes) format.
 //!
 //! It owns the walk, the layering and reuse decisions, the streaming archive-and-upload
-//! pipeline, the publish order (blobs, manifest by digest, time-stamped tag, moving tag last) and
-//! retention. It must not unpack or restore anything, talk to Kubernetes, or print: the binary
+//! pipeline, the publish order (blobs, the manifest under its time-stamped tag, the moving tag
+//! last) and retention. It must not unpack or restore anything, talk to Kubernetes, or print: the binary
 //! renders progress from [`Progress`] and the [`BackupReport`].
 
 mod archive;

@@ -37,7 +37,7 @@ Environment:
 
 /// Back up a workspace directory as an OCI artifact.
 ///
-/// Publishes in a safe order: layer blobs, file index and config, the manifest by digest, an
+/// Publishes in a safe order: layer blobs, file index and config, the manifest under an
 /// immutable time-stamped tag (wsr-YYYYMMDDTHHMMSSmmmZ), then the moving tag (usually
 /// `latest`) last. A failure at any point leaves the previous `latest` intact.
 ///

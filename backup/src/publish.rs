@@ -1,10 +1,9 @@
 //! The backup flow: walk (while connecting and reading the previous backup), let the format's
-//! writer store the layers, config and index
-//! (`incremental.rs` for native, `dwo.rs` for dwo), then publish in the safe order: manifest by
-//! digest (by the time-stamped tag where a registry refuses untagged manifests), the
-//! time-stamped tag, and the moving tag last. Nothing is tagged until everything it
-//! references exists, so a failure at any point leaves the previous moving tag intact. Retention
-//! (`--keep`) runs only after a successful publish.
+//! writer store the layers, config and index (`incremental.rs` for native, `dwo.rs` for dwo),
+//! then publish in the safe order: the manifest under its time-stamped tag, and the moving tag
+//! last. Nothing is tagged until everything it references exists, so a failure at any point
+//! leaves the previous moving tag intact. Retention (`--keep`) runs only after a successful
+//! publish.
 
 use crate::walk::walk;
 use crate::{BackupError, BackupOptions, BackupReport, Format, Progress};
@@ -128,12 +127,14 @@ pub async fn run(
     })
 }
 
-/// Publishes in the safe order: the manifest by digest, then the immutable time-stamped tag,
-/// then the moving tag. Returns the manifest's digest and the time-stamped tag.
+/// Publishes in the safe order: the manifest under its immutable time-stamped tag, then the
+/// moving tag. Returns the manifest's digest and the time-stamped tag.
 ///
-/// A registry that refuses manifests without a tag (OpenShift's integrated registry) gets the
-/// manifest under the time-stamped tag first; that tag is then read back and must name exactly
-/// this manifest before the moving tag is written.
+/// The time-stamped tag names this backup alone, so storing the manifest under it is as safe
+/// as storing it by digest first, one round trip less, and no manifest is ever left without a
+/// tag (registries' garbage collectors may delete those; OpenShift's integrated registry
+/// refuses them). The digest the registry says it stored must be this manifest's; a registry
+/// that says none is asked, by reading the tag back, before the moving tag is written.
 async fn publish(
     store: &Store,
     manifest_bytes: &[u8],
@@ -141,40 +142,27 @@ async fn publish(
     moving_tag: &str,
 ) -> Result<(Digest, String), BackupError> {
     let stamp = media::timestamp_tag(created);
-    let digest = match store
-        .push_manifest(manifest_bytes, media::MANIFEST_V1)
-        .await
-    {
-        Ok(digest) => {
-            store
-                .tag_manifest(manifest_bytes, media::MANIFEST_V1, &stamp)
-                .await?;
-            digest
-        }
-        Err(refusal) if refusal.is_untagged_refused() => {
-            tracing::warn!(%refusal, "pushing the manifest by its time-stamped tag {stamp} first");
-            store
-                .tag_manifest(manifest_bytes, media::MANIFEST_V1, &stamp)
-                .await?;
-            let expected = Digest::of(manifest_bytes);
-            let (stored, _) = store.fetch_manifest(&Target::Tag(stamp.clone())).await?;
-            if stored != expected {
-                return Err(TransportError::DigestMismatch {
-                    what: format!("the manifest the registry stored under {stamp}"),
-                    expected,
-                    actual: stored,
-                }
-                .into());
-            }
-            expected
-        }
-        Err(e) => return Err(e.into()),
+    let expected = Digest::of(manifest_bytes);
+    let reported = (store)
+        .tag_manifest(manifest_bytes, media::MANIFEST_V1, &stamp)
+        .await?;
+    let stored = match reported {
+        Some(digest) => digest,
+        None => store.fetch_manifest(&Target::Tag(stamp.clone())).await?.0,
     };
+    if stored != expected {
+        return Err(TransportError::DigestMismatch {
+            what: format!("the manifest the registry stored under {stamp}"),
+            expected,
+            actual: stored,
+        }
+        .into());
+    }
     store
         .tag_manifest(manifest_bytes, media::MANIFEST_V1, moving_tag)
         .await?;
-    tracing::info!(%digest, tags = %format!("{stamp}, {moving_tag}"), "published");
-    Ok((digest, stamp))
+    tracing::info!(digest = %expected, tags = %format!("{stamp}, {moving_tag}"), "published");
+    Ok((expected, stamp))
 }
 
 /// What a format's writer stored: the manifest to publish and what it cost.

@@ -3,8 +3,8 @@
 //! `config.json` credentials.
 //!
 //! A `Store` is bound to one repository. Blobs are pushed as streams with the digest computed
-//! on the fly; manifests are pushed by digest and tagged separately, so callers can publish in
-//! the safe order (blobs, manifest, tags). Transient failures (connect errors, resets, stalls, 5xx, 429)
+//! on the fly; manifests are pushed by digest or by tag, so callers can publish in the safe
+//! order (blobs, then the manifest under its first tag, then other tags). Transient failures (connect errors, resets, stalls, 5xx, 429)
 //! are retried under one policy ([`retry`]) for idempotent requests, and interrupted blob
 //! downloads resume where they stopped; streamed uploads report them via
 //! [`TransportError::is_transient`] so the caller can write the blob again under the same
@@ -164,16 +164,6 @@ pub enum TransportError {
         what: String,
         detail: String,
     },
-    /// The registry would not store a manifest by digest alone (OpenShift's integrated registry
-    /// needs a tag); push it by tag instead ([`Store::push_manifest`]).
-    #[error(
-        "{registry}: the registry refused a manifest pushed without a tag ({status}): {detail}"
-    )]
-    UntaggedRefused {
-        registry: String,
-        status: u16,
-        detail: String,
-    },
     #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
     DigestMismatch {
         what: String,
@@ -232,11 +222,6 @@ impl TransportError {
             | TransportError::Oversized { .. } => Some("verify"),
             _ => None,
         }
-    }
-
-    /// The registry refused a manifest pushed by digest alone.
-    pub fn is_untagged_refused(&self) -> bool {
-        matches!(self, TransportError::UntaggedRefused { .. })
     }
 
     /// A missing manifest, tag or blob.
@@ -367,30 +352,39 @@ impl Store {
         Ok(out)
     }
 
-    /// Stores a manifest under its digest (no tag). Returns the digest. A registry that
-    /// refuses manifests without a tag answers [`TransportError::UntaggedRefused`]; the caller
-    /// then stores it with [`Store::tag_manifest`].
+    /// Stores a manifest under its digest (no tag). Returns the digest. Some registries refuse
+    /// manifests without a tag (OpenShift's integrated registry); a backup stores its manifest
+    /// under a tag with [`Store::tag_manifest`].
     pub async fn push_manifest(&self, manifest: &[u8], media_type: &str) -> Result<Digest> {
         let digest = Digest::of(manifest);
         match self {
             Store::Registry(r) => {
                 r.put_manifest(manifest, media_type, &Target::Digest(digest.clone()))
-                    .await?
+                    .await?;
             }
             Store::Layout(l) => l.put_manifest(manifest, media_type, None).await?,
         }
         Ok(digest)
     }
 
-    /// Points `tag` at a manifest already stored (re-sends the same bytes, which registries
-    /// treat as tagging).
-    pub async fn tag_manifest(&self, manifest: &[u8], media_type: &str, tag: &str) -> Result<()> {
+    /// Stores a manifest under `tag` (sending the bytes of one already stored only moves the
+    /// tag). Returns the digest the store says it stored: a registry's `Docker-Content-Digest`,
+    /// `None` if it sent none; a layout's, which wsr computes.
+    pub async fn tag_manifest(
+        &self,
+        manifest: &[u8],
+        media_type: &str,
+        tag: &str,
+    ) -> Result<Option<Digest>> {
         match self {
             Store::Registry(r) => {
                 r.put_manifest(manifest, media_type, &Target::Tag(tag.to_owned()))
                     .await
             }
-            Store::Layout(l) => l.put_manifest(manifest, media_type, Some(tag)).await,
+            Store::Layout(l) => {
+                l.put_manifest(manifest, media_type, Some(tag)).await?;
+                Ok(Some(Digest::of(manifest)))
+            }
         }
     }
 

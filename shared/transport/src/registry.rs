@@ -347,19 +347,6 @@ impl RegistryStore {
         what: &str,
         customize: impl Fn(RequestBuilder) -> RequestBuilder,
     ) -> Result<Response> {
-        self.send_with(method, url, what, customize, |_| true).await
-    }
-
-    /// [`RegistryStore::send`], except that a 5xx or 429 answer for which `retried` is false
-    /// is returned as the response instead of being retried.
-    async fn send_with(
-        &self,
-        method: Method,
-        url: &str,
-        what: &str,
-        customize: impl Fn(RequestBuilder) -> RequestBuilder,
-        retried: impl Fn(StatusCode) -> bool,
-    ) -> Result<Response> {
         let mut backoff = self.policy.backoff();
         let mut answered = false;
         loop {
@@ -383,9 +370,8 @@ impl RegistryStore {
                     return Ok(response);
                 }
                 Ok(response)
-                    if (response.status().is_server_error()
-                        || response.status() == StatusCode::TOO_MANY_REQUESTS)
-                        && retried(response.status()) =>
+                    if response.status().is_server_error()
+                        || response.status() == StatusCode::TOO_MANY_REQUESTS =>
                 {
                     self.status_error(response, what).await
                 }
@@ -780,21 +766,22 @@ impl RegistryStore {
         Ok(skip_bytes(body.boxed(), skip))
     }
 
+    /// Stores a manifest under `target`; returns the digest the registry says it stored
+    /// (`Docker-Content-Digest`), if it says one.
     pub async fn put_manifest(
         &self,
         manifest: &[u8],
         media_type: &str,
         target: &Target,
-    ) -> Result<()> {
+    ) -> Result<Option<Digest>> {
         let reference = match target {
             Target::Tag(t) => t.clone(),
             Target::Digest(d) => d.to_string(),
         };
         let what = format!("push manifest {reference}");
         let body = Bytes::copy_from_slice(manifest);
-        let by_digest = matches!(target, Target::Digest(_));
         let response = self
-            .send_with(
+            .send(
                 Method::PUT,
                 &self.url(&format!("manifests/{reference}")),
                 &what,
@@ -802,30 +789,17 @@ impl RegistryStore {
                     r.header(header::CONTENT_TYPE, media_type)
                         .body(body.clone())
                 },
-                // A registry that refuses untagged manifests may say so with a 500: that is
-                // an answer, not a failure to retry.
-                |status| !(by_digest && refuses_untagged(status)),
             )
             .await?;
-        let status = response.status();
-        if status == StatusCode::CREATED {
-            return Ok(());
+        if response.status() != StatusCode::CREATED {
+            return Err(self.status_error(response, &what).await);
         }
-        if by_digest && refuses_untagged(status) {
-            let detail = response
-                .text()
-                .await
-                .unwrap_or_default()
-                .chars()
-                .take(300)
-                .collect();
-            return Err(TransportError::UntaggedRefused {
-                registry: self.host.clone(),
-                status: status.as_u16(),
-                detail,
-            });
-        }
-        Err(self.status_error(response, &what).await)
+        let reported = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        Ok(reported)
     }
 
     /// A manifest's bytes, bounded while reading; a body that fails part-way (reset, stall) is
@@ -943,16 +917,6 @@ impl RegistryStore {
             _ => Err(self.status_error(response, &what).await),
         }
     }
-}
-
-/// Answers to `PUT /v2/<name>/manifests/<digest>` that mean "not without a tag", so the
-/// manifest is pushed by tag instead: 400 (distribution's MANIFEST_INVALID or UNSUPPORTED),
-/// 403 (DENIED), 405 (no untagged pushes), 500 (OpenShift's integrated registry: its
-/// ImageStreamMapping needs a tag, and the API server's "tag: Required value" came back as
-/// UNKNOWN) and 501. A 404 (no such repository) would fail by tag too; 502, 503, 504 and 429
-/// are transient and retried.
-fn refuses_untagged(status: StatusCode) -> bool {
-    matches!(status.as_u16(), 400 | 403 | 405 | 500 | 501)
 }
 
 /// The response's parsed `WWW-Authenticate` challenge, if it has one wsr can answer.

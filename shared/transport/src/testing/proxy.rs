@@ -34,6 +34,8 @@ pub enum Fault {
     Status { code: u16, retry_after: Option<u64> },
     /// Answered with this status and this JSON body, not forwarded: a registry's refusal.
     Answer { code: u16, body: String },
+    /// Forwarded, with this header left out of the response: a registry that does not send it.
+    DropHeader { name: String },
 }
 
 impl Fault {
@@ -235,7 +237,10 @@ fn serve(
             }
         });
         let down = (|| {
-            let (head, rest) = read_head(&mut server)?;
+            let (mut head, rest) = read_head(&mut server)?;
+            if let Some(Fault::DropHeader { name }) = &down_fault {
+                head = without_header(&head, name);
+            }
             client.write_all(&head)?;
             let mut body = io::Cursor::new(rest).chain(&server);
             pipe(&mut body, &client, &client, down_fault.as_ref(), stop)
@@ -356,6 +361,16 @@ fn close_connection(head: &str) -> Vec<u8> {
     }
     out.push_str("Connection: close\r\n\r\n");
     out.into_bytes()
+}
+
+/// A response head without the header `name`.
+fn without_header(head: &[u8], name: &str) -> Vec<u8> {
+    let text = String::from_utf8_lossy(head);
+    let kept = text.split_inclusive("\r\n").filter(|line| {
+        let line_name = line.split(':').next().unwrap_or_default();
+        !(line.contains(':') && line_name.eq_ignore_ascii_case(name))
+    });
+    kept.collect::<String>().into_bytes()
 }
 
 /// Closes with a reset (SO_LINGER 0), as a peer that drops the connection does.
