@@ -759,8 +759,9 @@ fn targets_section(md: &mut String, t: &Table, run: &CorpusRun) -> Vec<String> {
     let why = match (i("full", "wsr"), i("unchanged", "wsr")) {
         (Some(f), Some(u)) => format!(
             "20× needs a re-backup in {} s (wsr: {} s). An unchanged re-backup must still learn every \
-             entry's size and mtime (one `statx` each, plus listing every directory){}; the rest is \
-             the requests of one publish (new config, manifest, two tags, one after the other). The \
+             entry's size and mtime (one `lstat` each, plus listing every directory){}; the rest is \
+             the requests of one publish (new config, the manifest under its time-stamped tag, then \
+             `latest`, one after the other). The \
              ratio grows with the bytes per entry, not with wsr: a faster full backup lowers it",
             secs(f.wall / 20.0),
             secs(u.wall),

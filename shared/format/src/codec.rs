@@ -277,12 +277,90 @@ pub const ZSTD_MAX_WINDOW_LOG: u32 = 23;
 
 /// A zstd decoder of `input` that refuses frames whose window exceeds [`ZSTD_MAX_WINDOW_LOG`]
 /// (the read fails with zstd's "Frame requires too much memory for decoding").
-pub fn zstd_decoder<'a, R: io::BufRead>(
+pub fn zstd_decoder<R: io::BufRead>(input: R) -> io::Result<ZstdReader<R>> {
+    use zstd::zstd_safe::{DCtx, DParameter, ResetDirective};
+    let pooled = ZSTD_DECODERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pop();
+    let mut dctx = pooled.unwrap_or_else(DCtx::create);
+    dctx.reset(ResetDirective::SessionAndParameters)
+        .map_err(zstd_error)?;
+    dctx.set_parameter(DParameter::WindowLogMax(ZSTD_MAX_WINDOW_LOG))
+        .map_err(zstd_error)?;
+    Ok(ZstdReader {
+        input,
+        dctx: Some(dctx),
+        in_frame: false,
+    })
+}
+
+fn zstd_error(code: usize) -> io::Error {
+    io::Error::other(zstd::zstd_safe::get_error_name(code))
+}
+
+/// Decompression contexts of finished readers, kept for the next ones: a context's window
+/// buffer (2 MiB and more at the default level) is above glibc's mmap threshold, so a fresh
+/// one per layer and per index was a new mapping, zeroed page by page as it filled (a 1 GB
+/// restore paid about 0.7 GB of page faults for them). At most as many as were in use at once.
+static ZSTD_DECODERS: std::sync::Mutex<Vec<zstd::zstd_safe::DCtx<'static>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// A streaming zstd decoder on a pooled context (see [`zstd_decoder`]). It reads frame after
+/// frame to the end of its input; input that ends inside a frame is an `UnexpectedEof` error.
+pub struct ZstdReader<R> {
     input: R,
-) -> io::Result<zstd::stream::read::Decoder<'a, R>> {
-    let mut dec = zstd::stream::read::Decoder::with_buffer(input)?;
-    dec.window_log_max(ZSTD_MAX_WINDOW_LOG)?;
-    Ok(dec)
+    dctx: Option<zstd::zstd_safe::DCtx<'static>>,
+    /// A frame is begun and not yet completely decoded and flushed.
+    in_frame: bool,
+}
+
+impl<R: io::BufRead> Read for ZstdReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        use zstd::zstd_safe::{InBuffer, OutBuffer};
+        if out.is_empty() {
+            return Ok(0);
+        }
+        let dctx = self.dctx.as_mut().expect("a context until dropped");
+        loop {
+            let input = self.input.fill_buf()?;
+            let ended = input.is_empty();
+            let mut src = InBuffer::around(input);
+            let mut dst = OutBuffer::around(&mut *out);
+            // With no input left, the context still flushes what it holds.
+            let hint = dctx
+                .decompress_stream(&mut dst, &mut src)
+                .map_err(zstd_error)?;
+            let (consumed, produced) = (src.pos(), dst.pos());
+            self.input.consume(consumed);
+            // The hint is 0 once a frame is decoded and flushed. A call that did nothing
+            // (no input, nothing to flush) asks for the next frame's header: not a frame begun.
+            if consumed > 0 || produced > 0 {
+                self.in_frame = hint != 0;
+            }
+            if produced > 0 {
+                return Ok(produced);
+            }
+            if ended {
+                if self.in_frame {
+                    let truncated = "zstd stream ends inside a frame";
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, truncated));
+                }
+                return Ok(0);
+            }
+        }
+    }
+}
+
+impl<R> Drop for ZstdReader<R> {
+    fn drop(&mut self) {
+        if let Some(dctx) = self.dctx.take() {
+            ZSTD_DECODERS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(dctx);
+        }
+    }
 }
 
 /// A zstd compression context, taken from the process's pool and returned to it on drop.
@@ -503,6 +581,47 @@ mod tests {
         let mut out = Vec::new();
         Compression::decoder(bytes)?.read_to_end(&mut out)?;
         Ok(out)
+    }
+
+    #[test]
+    fn the_zstd_reader_reads_every_frame_and_refuses_a_cut_one() {
+        let first: Vec<u8> = (0..50_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        let second = b"a second frame".to_vec();
+        let mut frames = zstd::bulk::compress(&first, 3).unwrap();
+        let first_len = frames.len();
+        frames.extend(zstd::bulk::compress(&second, 3).unwrap());
+        // Input handed over a few bytes at a time, output taken `chunk` bytes at a time.
+        let read_all = |compressed: &[u8], chunk: usize| -> io::Result<Vec<u8>> {
+            let mut reader = zstd_decoder(io::BufReader::with_capacity(7, compressed))?;
+            let (mut out, mut buf) = (Vec::new(), vec![0; chunk]);
+            loop {
+                match reader.read(&mut buf)? {
+                    0 => return Ok(out),
+                    n => out.extend_from_slice(&buf[..n]),
+                }
+            }
+        };
+        let whole = [first.clone(), second].concat();
+        assert_eq!(read_all(&frames, 1).unwrap(), whole);
+        assert_eq!(read_all(&frames, 64 << 10).unwrap(), whole);
+        assert_eq!(read_all(&frames[..first_len], 4096).unwrap(), first);
+        assert_eq!(read_all(&[], 16).unwrap(), Vec::<u8>::new());
+        // Cut inside either frame: an error, never a short stream passed off as complete.
+        for cut in [
+            1,
+            4,
+            first_len / 2,
+            first_len - 1,
+            first_len + 3,
+            frames.len() - 1,
+        ] {
+            let error = read_all(&frames[..cut], 4096).unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof, "cut at {cut}");
+        }
+        // The contexts those readers returned to the pool decode the next stream whole.
+        assert_eq!(read_all(&frames, 4096).unwrap(), whole);
     }
 
     #[test]

@@ -348,7 +348,7 @@ impl Default for IndexBudget {
 /// entries before a count check), each at most [`MAX_INDEX_LINE`] bytes, no more than the
 /// shared [`IndexBudget`]; [`IndexReader::finish`] checks that the count was exact.
 pub struct IndexReader<'a> {
-    lines: io::BufReader<zstd::stream::read::Decoder<'static, io::BufReader<Box<dyn Read + 'a>>>>,
+    lines: io::BufReader<crate::codec::ZstdReader<io::BufReader<Box<dyn Read + 'a>>>>,
     expected: u64,
     /// Lines read so far.
     read: u64,

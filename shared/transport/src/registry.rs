@@ -665,15 +665,22 @@ impl RegistryStore {
         let (pieces, pieces_rx) = mpsc::channel(DOWNLOAD_QUEUE);
         tokio::spawn(async move {
             while let Some(piece) = stream.next().await {
-                let mut bytes = match piece {
+                let bytes = match piece {
                     Ok(bytes) => bytes,
                     Err(e) => {
                         let _ = pieces.send(Err(e)).await;
                         return;
                     }
                 };
-                while !bytes.is_empty() {
-                    let part = bytes.split_to(bytes.len().min(DOWNLOAD_PIECE));
+                // Copied out, so the HTTP client's read buffer is free again at once and is
+                // reused: a piece that shared it kept it alive, and the client allocated a new
+                // buffer of a few hundred KiB (a fresh mapping, zeroed page by page) for every
+                // such read.
+                let parts: Vec<Bytes> = (bytes.chunks(DOWNLOAD_PIECE))
+                    .map(Bytes::copy_from_slice)
+                    .collect();
+                drop(bytes);
+                for part in parts {
                     if pieces.send(Ok(part)).await.is_err() {
                         return;
                     }
