@@ -360,7 +360,7 @@ enum ListError {
 
 type Listing = Result<Vec<Found>, ListError>;
 
-/// Directories are listed by several threads: a re-backup's walk is little but `statx` and
+/// Directories are listed by several threads: a re-backup's walk is little but `fstatat` and
 /// `getdents` in the kernel, one directory after another on one core otherwise.
 const MAX_WALKERS: usize = 8;
 
