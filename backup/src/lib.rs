@@ -4,8 +4,8 @@
 //!
 //! It owns the walk, the layering and reuse decisions, the streaming archive-and-upload
 //! pipeline, the publish order (blobs, the manifest under its time-stamped tag, the moving tag
-//! last) and retention. It must not unpack or restore anything, talk to Kubernetes, or print: the binary
-//! renders progress from [`Progress`] and the [`BackupReport`].
+//! last) and retention. It must not unpack or restore anything, talk to Kubernetes, or print:
+//! the binary renders progress from [`Progress`] and the [`BackupReport`].
 
 mod archive;
 mod dwo;

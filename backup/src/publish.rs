@@ -143,7 +143,7 @@ async fn publish(
 ) -> Result<(Digest, String), BackupError> {
     let stamp = media::timestamp_tag(created);
     let expected = Digest::of(manifest_bytes);
-    let reported = (store)
+    let reported = store
         .tag_manifest(manifest_bytes, media::MANIFEST_V1, &stamp)
         .await?;
     let stored = match reported {

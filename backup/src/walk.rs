@@ -250,17 +250,15 @@ pub fn full_path(root: &Path, rel: &[u8]) -> PathBuf {
     root.join(OsStr::from_bytes(rel))
 }
 
-fn readable(path: &Path, dir: bool) -> bool {
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    let mode = if dir {
-        libc::R_OK | libc::X_OK
-    } else {
-        libc::R_OK
-    };
-    // SAFETY: `c` is a valid NUL-terminated path.
-    unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), mode, libc::AT_EACCESS) == 0 }
+/// Whether this process may list and search `dir` (with its effective ids, as opening will).
+fn searchable(dir: &Path) -> bool {
+    rustix::fs::accessat(
+        rustix::fs::CWD,
+        dir,
+        Access::READ_OK | Access::EXEC_OK,
+        AtFlags::EACCESS,
+    )
+    .is_ok()
 }
 
 /// Walks `root`. Unreadable files and directories are an error naming them, unless
@@ -301,7 +299,7 @@ fn walk_at_most(
             source: std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory"),
         });
     }
-    if !readable(root, true) {
+    if !searchable(root) {
         return Err(BackupError::Unreadable {
             path: root.to_owned(),
         });

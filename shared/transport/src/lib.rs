@@ -4,12 +4,12 @@
 //!
 //! A `Store` is bound to one repository. Blobs are pushed as streams with the digest computed
 //! on the fly; manifests are pushed by digest or by tag, so callers can publish in the safe
-//! order (blobs, then the manifest under its first tag, then other tags). Transient failures (connect errors, resets, stalls, 5xx, 429)
-//! are retried under one policy ([`retry`]) for idempotent requests, and interrupted blob
-//! downloads resume where they stopped; streamed uploads report them via
-//! [`TransportError::is_transient`] so the caller can write the blob again under the same
-//! policy. Blob bytes move
-//! through one interface, a blocking [`BlobWriter`] and [`BlobReader`], which hash them once.
+//! order (blobs, then the manifest under its first tag, then other tags). Transient failures
+//! (connect errors, resets, stalls, 5xx, 429) are retried under one policy ([`retry`]) for
+//! idempotent requests, and interrupted blob downloads resume where they stopped; streamed
+//! uploads report them via [`TransportError::is_transient`] so the caller can write the blob
+//! again under the same policy. Blob bytes move through one interface, a blocking
+//! [`BlobWriter`] and [`BlobReader`], which hash them once.
 //!
 //! It moves bytes and names; it must not interpret layer contents, decide what to back up or
 //! print to the terminal. The wire documents it stores are defined in `wsr-format`. With the

@@ -351,26 +351,22 @@ fn read_head(stream: &mut TcpStream) -> io::Result<(Vec<u8>, Vec<u8>)> {
 
 /// The request head with `Connection: close` in place of any `Connection` header.
 fn close_connection(head: &str) -> Vec<u8> {
-    let mut out = String::new();
-    for line in head.split("\r\n").filter(|l| !l.is_empty()) {
-        let name = line.split(':').next().unwrap_or_default();
-        if !name.eq_ignore_ascii_case("connection") {
-            out.push_str(line);
-            out.push_str("\r\n");
-        }
-    }
-    out.push_str("Connection: close\r\n\r\n");
-    out.into_bytes()
+    (lines_without(head, "connection") + "Connection: close\r\n\r\n").into_bytes()
 }
 
 /// A response head without the header `name`.
 fn without_header(head: &[u8], name: &str) -> Vec<u8> {
-    let text = String::from_utf8_lossy(head);
-    let kept = text.split_inclusive("\r\n").filter(|line| {
+    (lines_without(&String::from_utf8_lossy(head), name) + "\r\n").into_bytes()
+}
+
+/// The lines of an HTTP head, each ending in CRLF, without the header `name` and without the
+/// empty line that ends the head.
+fn lines_without(head: &str, name: &str) -> String {
+    let kept = head.split("\r\n").filter(|line| {
         let line_name = line.split(':').next().unwrap_or_default();
-        !(line.contains(':') && line_name.eq_ignore_ascii_case(name))
+        !line.is_empty() && !line_name.eq_ignore_ascii_case(name)
     });
-    kept.collect::<String>().into_bytes()
+    kept.map(|line| format!("{line}\r\n")).collect()
 }
 
 /// Closes with a reset (SO_LINGER 0), as a peer that drops the connection does.
