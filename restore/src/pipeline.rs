@@ -1,8 +1,13 @@
 //! The download pipeline: each chosen layer streams from a `BlobReader` through decompression
-//! and the tar digest check into the shared unpacker on a blocking thread, `parallel` layers at
-//! once; a native layer's file index streams beside it, one line per entry, so memory does not
-//! grow with the number of entries; a layer is read only up to its end-of-archive (plus
-//! bounded padding).
+//! into the shared unpacker on a blocking thread, `parallel` layers at once; a native layer's
+//! file index streams beside it, one line per entry, so memory does not grow with the number of
+//! entries; a layer is read only up to its end-of-archive (plus bounded padding).
+//!
+//! Each byte is hashed once on its way in: the compressed blob against its descriptor, which
+//! fixes every byte decompressed from it, and each file's content against its index line. The
+//! uncompressed stream is counted against `tar_size` but not hashed against `diff_id` (FORMAT.md
+//! §6 rule 5): that would hash the whole layer a second time and could only catch a writer whose
+//! config disagrees with a layer whose entries all matched their index.
 //!
 //! Up to `parallel` more layers are requested ahead of the ones unpacking (their blob and index
 //! requests at once), so each layer's round trips overlap the unpacking of the ones before it
@@ -16,7 +21,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::Semaphore;
 use wsr_format::codec::Compression;
-use wsr_format::digest::{Digest, HashingReader};
 use wsr_format::manifest::Descriptor;
 use wsr_format::native::{IndexBudget, IndexReader};
 use wsr_format::unpack::{UnpackError, Unpacker};
@@ -25,7 +29,6 @@ use wsr_transport::{BlobReader, Store};
 /// What a native data layer is checked against: its config record and its file index, read
 /// line by line beside the layer.
 struct NativeLayer {
-    diff_id: Digest,
     tar_size: u64,
     index: Descriptor,
     /// The index's line count in the config.
@@ -58,7 +61,6 @@ pub(crate) async fn unpack_layers(
                 .as_ref()
                 .zip(opened.index_of(i))
                 .map(|(config, (index, entries))| NativeLayer {
-                    diff_id: config.layers[i].diff_id.clone(),
                     tar_size: config.layers[i].tar_size,
                     index: index.clone(),
                     entries,
@@ -129,7 +131,7 @@ async fn unpack_layer(
 
 /// Decompresses and unpacks one layer blob (a native one checked against its index), then
 /// checks the blobs (size, then digest: a reader never reads more than one byte past the
-/// declared size) and the tar's digest. Returns the sum of the file sizes the index lists.
+/// declared size) and a native tar's length. Returns the sum of the file sizes the index lists.
 fn unpack_blob(
     mut blob: BlobReader,
     mut index_blob: Option<BlobReader>,
@@ -147,7 +149,7 @@ fn unpack_blob(
             .map_err(corrupt(desc))?;
         // A native layer's uncompressed length is declared too (`tar_size`).
         let tar_limit = native.map_or(u64::MAX, |n| n.tar_size.saturating_add(1));
-        let mut tar = HashingReader::new(decoder.take(tar_limit));
+        let mut tar = decoder.take(tar_limit);
         let index_bytes = match (native, index_blob.as_mut()) {
             (Some(native), Some(index_blob)) => {
                 let index_error = open::index_error(&native.index);
@@ -167,7 +169,7 @@ fn unpack_blob(
             }
         };
         if native.is_some() {
-            // The padding after the end-of-archive marker belongs to `diff_id`; wsr writes
+            // The padding after the end-of-archive marker counts in `tar_size`; wsr writes
             // 1 KiB, GNU tar pads to 10 KiB. Anything longer is refused, not decompressed.
             let trailer = io::copy(&mut (&mut tar).take(MAX_TRAILER + 1), &mut io::sink())
                 .map_err(corrupt(desc))?;
@@ -178,10 +180,10 @@ fn unpack_blob(
                 )));
             }
         }
-        let (_, tar_digest, tar_size) = tar.finish();
-        Ok::<_, RestoreError>((tar_digest, tar_size, index_bytes))
+        let tar_size = tar_limit - tar.limit();
+        Ok::<_, RestoreError>((tar_size, index_bytes))
     })();
-    let (tar_digest, tar_size, index_bytes) = match unpacked {
+    let (tar_size, index_bytes) = match unpacked {
         Ok(tar) => tar,
         Err(e) => {
             // A read that failed because the download did is reported as the download's
@@ -201,11 +203,17 @@ fn unpack_blob(
         index_blob.finish()?;
     }
     if let Some(native) = native
-        && (native.diff_id != tar_digest || native.tar_size != tar_size)
+        && native.tar_size != tar_size
     {
+        // The limit stops a reader one byte past the declared length.
+        let length = if tar_size > native.tar_size {
+            format!("more than {}", native.tar_size)
+        } else {
+            tar_size.to_string()
+        };
         return Err(RestoreError::Corrupt(format!(
-            "layer {}: uncompressed digest {tar_digest} ({tar_size} bytes) differs from the config's {} ({} bytes)",
-            desc.digest, native.diff_id, native.tar_size
+            "layer {}: the uncompressed stream is {length} bytes, the config says {}",
+            desc.digest, native.tar_size
         )));
     }
     Ok(index_bytes)

@@ -803,6 +803,18 @@ fn native_documents_are_bounded(run: Runner) {
             }),
             "lists this directory twice",
         ),
+        // The uncompressed stream is counted, not hashed, against the config (the entries'
+        // contents are hashed against the index): its length must match either way.
+        (
+            "a stream longer than its tar_size",
+            Box::new(|n| n.config["layers"][0]["tar_size"] = (n.tar.len() - 1).into()),
+            "the uncompressed stream is more than 2559 bytes",
+        ),
+        (
+            "a stream shorter than its tar_size",
+            Box::new(|n| n.config["layers"][0]["tar_size"] = (n.tar.len() + 512).into()),
+            "the uncompressed stream is 2560 bytes, the config says 3072",
+        ),
         (
             "a sparse entry in a native layer",
             Box::new(|n| {
