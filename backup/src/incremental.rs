@@ -25,6 +25,20 @@ use wsr_format::native::{
 };
 use wsr_transport::Store;
 
+/// Layer bytes (by the layer target) that may wait on the registry at once, whatever the
+/// cores: how many layers should wait depends on how far the registry is, not on how many can
+/// compress. Small layers are the ones whose round trips, not their bytes, decide the time, and
+/// a small layer waits holding at most its request body and its compressed file index.
+const LAYER_BYTES_IN_FLIGHT: u64 = 16 << 20;
+
+/// New layers in flight: twice the workers (a finished layer waits for the registry's answer
+/// while the next ones compress), and more when layers are small, up to
+/// [`LAYER_BYTES_IN_FLIGHT`] of them.
+fn layers_in_flight(workers: usize, target: u64) -> usize {
+    let by_bytes = usize::try_from(LAYER_BYTES_IN_FLIGHT / target.max(1)).unwrap_or(usize::MAX);
+    (2 * workers).max(by_bytes)
+}
+
 /// One layer of the new backup: its data and index descriptors, its config record and whether
 /// it was reused.
 struct StoredLayer {
@@ -78,11 +92,12 @@ pub(crate) async fn backup(
         .unwrap_or_default();
 
     // Reused layers cost nothing; new ones are archived and compressed (one thread each)
-    // `workers` at a time, which uses the cores; twice as many are in flight, so the
-    // registry's round trips at the end of each upload overlap the next layers' compression.
-    // Layers finish in any order and are put back in order.
+    // `workers` at a time, which uses the cores; more are in flight, so the registry's round
+    // trips at the start and end of each upload overlap other layers' compression. Layers
+    // finish in any order and are put back in order.
     let workers = options.workers.max(1) as usize;
     let compressing = &Arc::new(tokio::sync::Semaphore::new(workers));
+    let in_flight = layers_in_flight(workers, target);
     let jobs = ranges.iter().enumerate().map(|(i, range)| {
         let fp = fingerprint(&tree, range.clone());
         let reuse = previous
@@ -107,7 +122,7 @@ pub(crate) async fn backup(
             (i, result)
         }
     });
-    let mut layers = futures_util::stream::iter(jobs).buffer_unordered(2 * workers);
+    let mut layers = futures_util::stream::iter(jobs).buffer_unordered(in_flight);
     // A new layer's file index is sent while the next layers are archived: it is small, and
     // waiting for its requests would keep a worker from compressing.
     let mut index_pushes = futures_util::stream::FuturesUnordered::new();
@@ -270,5 +285,23 @@ fn backup_config(
         layer_target,
         layers,
         skipped,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::layers_in_flight;
+
+    #[test]
+    fn small_layers_keep_more_uploads_in_flight_than_the_workers_alone() {
+        const MIB: u64 = 1 << 20;
+        // Small layers: enough of them to make 16 MiB, whatever the cores.
+        assert_eq!(layers_in_flight(1, MIB), 16);
+        assert_eq!(layers_in_flight(2, 2 * MIB), 8);
+        assert_eq!(layers_in_flight(4, 2 * MIB), 8);
+        // Large layers: twice the workers, as their bytes decide the time.
+        assert_eq!(layers_in_flight(2, 8 * MIB), 4);
+        assert_eq!(layers_in_flight(4, 64 * MIB), 8);
+        assert_eq!(layers_in_flight(1, 64 * MIB), 2);
     }
 }

@@ -45,7 +45,7 @@ pub struct BackupOptions {
     pub workspace_id: Option<String>,
     /// Compression level (zstd 1–19 for native, gzip 1–9 for dwo).
     pub level: i32,
-    /// Layers archived, compressed and uploaded at once (≥ 1; the output does not depend on it).
+    /// Layers archived and compressed at once (≥ 1; the output does not depend on it).
     pub workers: u32,
     /// Keep this many time-stamped backups; older ones are deleted after a successful publish.
     pub keep: Option<usize>,

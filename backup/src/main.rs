@@ -72,8 +72,9 @@ struct Cli {
     /// Compression level: zstd 1-19 for native (default 3), gzip 1-9 for dwo (default 1).
     #[arg(long, value_name = "N")]
     level: Option<i32>,
-    /// Layers archived, compressed and uploaded at once (default: one per core, at most 4; each
-    /// uses one core). The output is identical for any value.
+    /// Layers archived and compressed at once (default: one per core, at most 4; each uses one
+    /// core); twice as many are uploading, more when layers are small. The output is identical
+    /// for any value.
     #[arg(long, value_name = "N")]
     workers: Option<u32>,
     /// Keep the newest N time-stamped backups; delete older ones (by digest) after publishing.
