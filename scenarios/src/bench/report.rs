@@ -626,6 +626,19 @@ fn download_first(run: &CorpusRun, floor: Option<&Agg>, local: &Agg) -> String {
     }
 }
 
+/// Under a shaped network, what an upload of many blobs pays that one raw upload does not.
+fn round_trips_first(run: &CorpusRun) -> String {
+    if run.network.is_direct() {
+        return String::new();
+    }
+    format!(
+        "through the proxy ({}) each request waits a round trip of {} ms, and a blob's requests \
+         follow one another (a few layers are in flight at once; the raw upload is one blob). Besides, ",
+        run.network.describe(),
+        2 * run.network.one_way.as_millis()
+    )
+}
+
 fn verdict(pass: Option<bool>) -> &'static str {
     match pass {
         Some(true) => "PASS",
@@ -689,10 +702,11 @@ fn targets_section(md: &mut String, t: &Table, run: &CorpusRun) -> Vec<String> {
     );
     let why = match (b("wsr"), b("zstd")) {
         (Some(w), Some(z)) => format!(
-            "wsr compresses each layer on one thread (so identical trees give identical layers) and \
+            "{}wsr compresses each layer on one thread (so identical trees give identical layers) and \
              uploads {} blobs (a layer and an index each; a POST and a PUT each, plus a streamed PATCH \
              for a blob over 2 MiB): {} CPU-s in the registry against {} CPU-s for one monolithic \
              upload; `zstd -T0` uses {} CPU-s",
+            round_trips_first(run),
             2 * layer_count(w),
             secs(w.server_cpu.unwrap_or(0.0)),
             secs(b("floor-blob").and_then(|f| f.server_cpu).unwrap_or(0.0)),
