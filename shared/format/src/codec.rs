@@ -279,11 +279,7 @@ pub const ZSTD_MAX_WINDOW_LOG: u32 = 23;
 /// (the read fails with zstd's "Frame requires too much memory for decoding").
 pub fn zstd_decoder<R: io::BufRead>(input: R) -> io::Result<ZstdReader<R>> {
     use zstd::zstd_safe::{DCtx, DParameter, ResetDirective};
-    let pooled = ZSTD_DECODERS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .pop();
-    let mut dctx = pooled.unwrap_or_else(DCtx::create);
+    let mut dctx = ZSTD_DECODERS.take().unwrap_or_else(DCtx::create);
     dctx.reset(ResetDirective::SessionAndParameters)
         .map_err(zstd_error)?;
     dctx.set_parameter(DParameter::WindowLogMax(ZSTD_MAX_WINDOW_LOG))
@@ -299,12 +295,29 @@ fn zstd_error(code: usize) -> io::Error {
     io::Error::other(zstd::zstd_safe::get_error_name(code))
 }
 
+/// Contexts kept by the process for the next user: at most as many as were in use at once.
+struct Pool<T>(std::sync::Mutex<Vec<T>>);
+
+impl<T> Pool<T> {
+    const fn new() -> Pool<T> {
+        Pool(std::sync::Mutex::new(Vec::new()))
+    }
+    fn take(&self) -> Option<T> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+    fn give_back(&self, context: T) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(context);
+    }
+}
+
 /// Decompression contexts of finished readers, kept for the next ones: a context's window
 /// buffer (2 MiB and more at the default level) is above glibc's mmap threshold, so a fresh
 /// one per layer and per index was a new mapping, zeroed page by page as it filled (a 1 GB
 /// restore paid about 0.7 GB of page faults for them). At most as many as were in use at once.
-static ZSTD_DECODERS: std::sync::Mutex<Vec<zstd::zstd_safe::DCtx<'static>>> =
-    std::sync::Mutex::new(Vec::new());
+static ZSTD_DECODERS: Pool<zstd::zstd_safe::DCtx<'static>> = Pool::new();
 
 /// A streaming zstd decoder on a pooled context (see [`zstd_decoder`]). It reads frame after
 /// frame to the end of its input; input that ends inside a frame is an `UnexpectedEof` error.
@@ -355,10 +368,7 @@ impl<R: io::BufRead> Read for ZstdReader<R> {
 impl<R> Drop for ZstdReader<R> {
     fn drop(&mut self) {
         if let Some(dctx) = self.dctx.take() {
-            ZSTD_DECODERS
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(dctx);
+            ZSTD_DECODERS.give_back(dctx);
         }
     }
 }
@@ -370,22 +380,17 @@ impl<R> Drop for ZstdReader<R> {
 /// peak live memory. The pool never holds more contexts than were in use at once.
 pub struct ZstdContext(Option<zstd::zstd_safe::CCtx<'static>>);
 
-static ZSTD_CONTEXTS: std::sync::Mutex<Vec<zstd::zstd_safe::CCtx<'static>>> =
-    std::sync::Mutex::new(Vec::new());
+static ZSTD_CONTEXTS: Pool<zstd::zstd_safe::CCtx<'static>> = Pool::new();
 
 impl ZstdContext {
     /// A context set to `level` without a frame checksum, whatever its last user set.
     pub fn take(level: i32) -> io::Result<ZstdContext> {
-        let pooled = ZSTD_CONTEXTS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop();
+        let pooled = ZSTD_CONTEXTS.take();
         Self::prepared(pooled.unwrap_or_else(zstd::zstd_safe::CCtx::create), level)
     }
 
     fn prepared(mut cctx: zstd::zstd_safe::CCtx<'static>, level: i32) -> io::Result<ZstdContext> {
         use zstd::zstd_safe::{CParameter, ResetDirective};
-        let zstd_error = |code| io::Error::other(zstd::zstd_safe::get_error_name(code));
         cctx.reset(ResetDirective::SessionAndParameters)
             .map_err(zstd_error)?;
         cctx.set_parameter(CParameter::CompressionLevel(level))
@@ -408,10 +413,7 @@ impl ZstdContext {
 impl Drop for ZstdContext {
     fn drop(&mut self) {
         if let Some(cctx) = self.0.take() {
-            ZSTD_CONTEXTS
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(cctx);
+            ZSTD_CONTEXTS.give_back(cctx);
         }
     }
 }

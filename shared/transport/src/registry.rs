@@ -676,7 +676,8 @@ impl RegistryStore {
                 // reused: a piece that shared it kept it alive, and the client allocated a new
                 // buffer of a few hundred KiB (a fresh mapping, zeroed page by page) for every
                 // such read.
-                let parts: Vec<Bytes> = (bytes.chunks(DOWNLOAD_PIECE))
+                let parts: Vec<Bytes> = bytes
+                    .chunks(DOWNLOAD_PIECE)
                     .map(Bytes::copy_from_slice)
                     .collect();
                 drop(bytes);
