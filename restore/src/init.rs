@@ -85,6 +85,7 @@ pub async fn init(
         force: false,
         max_size: None,
         parallel: 4,
+        sync: true,
         connect,
     };
     match restore(&options, progress).await {

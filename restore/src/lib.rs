@@ -45,6 +45,11 @@ pub struct RestoreOptions {
     pub max_size: Option<u64>,
     /// Layers unpacked at once (as many more are requested ahead).
     pub parallel: usize,
+    /// Flush the restored tree's filesystem to disk before marking the restore complete. The
+    /// marker is durable, so without the flush a power loss soon after could leave files with
+    /// their names but not their contents, behind a marker that says the restore succeeded.
+    /// Off only for restores that are thrown away (drills).
+    pub sync: bool,
     pub connect: ConnectOptions,
 }
 
@@ -181,7 +186,14 @@ pub async fn restore(
         &progress,
     )
     .await;
-    // The existing content is moved aside only once the new tree is complete and verified.
+    let unpacked = unpacked.and_then(|done| {
+        if options.sync {
+            target::flush_filesystem(&tree)?;
+        }
+        Ok(done)
+    });
+    // The existing content is moved aside only once the new tree is complete, verified and
+    // on disk.
     let aside = match unpacked {
         Ok(done) if existing.is_empty() => Ok((done, None)),
         Ok(done) => target::move_aside(target, &existing).map(|aside| (done, Some(aside))),

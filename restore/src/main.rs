@@ -106,6 +106,10 @@ struct RestoreArgs {
     /// the unpacking.
     #[arg(long, value_name = "N", default_value_t = 4)]
     parallel: usize,
+    /// Do not flush the restored files to disk before marking the restore complete. Only for
+    /// restores you throw away: after a power loss such a tree may hold empty files.
+    #[arg(long)]
+    no_sync: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -375,6 +379,7 @@ fn restore_options(args: &RestoreArgs, connect: ConnectOptions) -> anyhow::Resul
         force: args.force,
         max_size: args.max_size,
         parallel: args.parallel,
+        sync: !args.no_sync,
         connect,
     })
 }

@@ -22,7 +22,10 @@
 //! `renameat2(RENAME_NOREPLACE)`, so nothing existing is ever replaced.
 //!
 //! A crash before `complete` is written leaves the target showing only that hidden directory (a
-//! rerun discards it); a crash after it is finished by the rerun. `complete` carries the same
+//! rerun discards it); a crash after it is finished by the rerun. Before `complete` is written
+//! the tree's filesystem is flushed ([`flush_filesystem`]): the marker is durable, and a marker
+//! over files whose contents were still in the page cache would, after a power loss, vouch for
+//! empty files that no rerun redoes. `complete` carries the same
 //! identity as `identity`, and the final clean-up removes `identity` first, then `complete`, so
 //! a kill at any instant leaves a directory a rerun recognises: one holding nothing (killed
 //! before `identity` was written, or after `complete` was removed) is ours to remove, whoever
@@ -384,6 +387,19 @@ fn write_new(path: &Path, bytes: &[u8]) -> Result<(), RestoreError> {
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .map_err(io(path))
+}
+
+/// Writes every dirty page of the filesystem holding `dir` to disk (`syncfs`). Files are not
+/// fsynced one by one: a restore creates tens of thousands, and one flush writes them in the
+/// order the disk prefers. It flushes other writers' data on that filesystem too; a workspace
+/// volume has no other writer during a restore.
+pub fn flush_filesystem(dir: &Path) -> Result<(), RestoreError> {
+    let handle = fs::File::open(dir).map_err(io(dir))?;
+    // SAFETY: syncfs only reads the descriptor, which `handle` keeps open for the call.
+    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&handle)) } != 0 {
+        return Err(io(dir)(std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 fn random_token() -> std::io::Result<String> {

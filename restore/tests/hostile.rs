@@ -122,6 +122,7 @@ fn restore(
         force: false,
         max_size,
         parallel: 2,
+        sync: true,
         connect: ConnectOptions::default(),
     };
     tokio::runtime::Runtime::new()

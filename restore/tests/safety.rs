@@ -1083,6 +1083,84 @@ fn exit_codes(run: Runner) {
     assert!(names(&deep).is_empty());
 }
 
+// ---------------------------------------------------------------------------------------------
+// A restore marked complete is on disk: a power loss after it cannot leave empty files behind a
+// marker that says the restore succeeded.
+
+/// Pages of `path` in the page cache that are dirty or under writeback, from `cachestat(2)`
+/// (Linux 6.5); `None` where the kernel has no such call.
+fn unwritten_pages(path: &Path) -> Option<u64> {
+    /// The same number on every architecture (the generic syscall table).
+    const SYS_CACHESTAT: libc::c_long = 451;
+    #[repr(C)]
+    struct Range {
+        off: u64,
+        len: u64,
+    }
+    #[repr(C)]
+    #[derive(Default)]
+    struct Stat {
+        cache: u64,
+        dirty: u64,
+        writeback: u64,
+        evicted: u64,
+        recently_evicted: u64,
+    }
+    let file = std::fs::File::open(path).unwrap();
+    let range = Range { off: 0, len: 0 };
+    let mut stat = Stat::default();
+    // SAFETY: both structs match the kernel's layout and outlive the call; `len: 0` means to
+    // the end of the file.
+    let rc = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            &range as *const Range,
+            &mut stat as *mut Stat,
+            0u32,
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSYS), "cachestat: {e}");
+        return None;
+    }
+    Some(stat.dirty + stat.writeback)
+}
+
+fn on_tmpfs(path: &Path) -> bool {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let mut fs = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: a valid C string and a buffer of the right type.
+    assert_eq!(unsafe { libc::statfs(c.as_ptr(), fs.as_mut_ptr()) }, 0);
+    // SAFETY: statfs succeeded, so it filled the buffer.
+    unsafe { fs.assume_init() }.f_type == libc::TMPFS_MAGIC
+}
+
+#[test]
+fn a_completed_restore_is_on_disk() {
+    let jail = Jail::new();
+    if on_tmpfs(jail.path()) {
+        eprintln!(
+            "the temporary directory is on tmpfs, whose pages are never written: not checked"
+        );
+        return;
+    }
+    let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    let tar = Tar::default().file("big", &data).end();
+    let lines = vec![index_line("file", "big", 0o644, &data, None)];
+    let native = Native::new(tar, &lines, 1, 0, data.len() as u64);
+    let reference = readable(native.publish(&jail.layout("big")));
+    let run = Runner { uid: None };
+    report(&run.restore(&reference, &jail.target(), &[]));
+    let restored = jail.target().join("big");
+    assert_eq!(std::fs::read(&restored).unwrap(), data);
+    match unwritten_pages(&restored) {
+        Some(pages) => assert_eq!(pages, 0, "restored data still waits in the page cache"),
+        None => eprintln!("this kernel has no cachestat: not checked"),
+    }
+}
+
 fn each_runner(case: fn(Runner)) {
     for run in Runner::all() {
         eprintln!("as {run:?}");

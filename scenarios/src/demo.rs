@@ -82,6 +82,7 @@ fn demo(dir: &Path) -> anyhow::Result<()> {
         force: false,
         max_size: None,
         parallel: 4,
+        sync: true,
         connect: ConnectOptions::default(),
     };
     let restored = runtime.block_on(wsr_restore::restore(&restore, Arc::default()))?;

@@ -205,6 +205,7 @@ fn partial_restore_of_selected_paths() {
         force: false,
         max_size: None,
         parallel: 4,
+        sync: true,
         connect: ConnectOptions::default(),
     };
     let report = runtime()

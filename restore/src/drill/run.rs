@@ -456,6 +456,8 @@ async fn restore_into(
         force: false,
         max_size: options.max_size,
         parallel: 4,
+        // The scratch tree is checked, then deleted: nothing to keep after a crash.
+        sync: false,
         connect: options.connect.clone(),
     };
     let report = crate::restore(&restore_options, progress.clone()).await?;

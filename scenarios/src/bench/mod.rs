@@ -6,7 +6,8 @@
 //! 1. full backup: every peer reads the pristine corpus; each repetition pushes into its own
 //!    fresh registry, so storage growth equals bytes uploaded;
 //! 2. restore: every peer restores what it wrote in the same repetition into an empty target,
-//!    and the result is compared with the corpus;
+//!    timed until the tree is on disk (each ends with a measured `sync -f`), and the result is
+//!    compared with the corpus;
 //! 3. incremental (wsr and restic): on a copy of the corpus, back up, back up again unchanged,
 //!    after one edited file, and after rewriting 10% of the files.
 //!

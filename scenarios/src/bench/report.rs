@@ -285,8 +285,10 @@ pub fn render(
          `--json` summary) is shown beside it for incremental runs.\n\
          - The corpus is read once before the runs, so all tools read it from the page cache. Each restore goes \
          to a new empty directory; restored trees are deleted only after the restore phase (after each restore \
-         when the disk cannot hold them). `sync` runs before every run and is not timed: times do not include \
-         flushing written data to disk. The trees the harness creates and deletes (restores, upstream's \
+         when the disk cannot hold them). `sync` runs before every run and is not timed. A restore is timed until its tree \
+         is on disk: every restore ends with a timed `sync -f` of its target (wsr flushes the tree itself \
+         before it marks the restore complete, so its `sync -f` finds little to write; the other tools \
+         leave the flush to it). Backups write no tree and are not flushed. The trees the harness creates and deletes (restores, upstream's \
          extracted copy, the incremental copy) go to a scratch directory (`--scratch-dir`, shown per \
          corpus). On ext4 without a journal, creating a file skips and checks every inode freed in the last \
          minute, or six minutes while its inode table block is dirty (`recently_deleted` in \

@@ -60,6 +60,7 @@ pub fn restore(
         force: false,
         max_size: None,
         parallel: 4,
+        sync: true,
         connect,
     };
     runtime().block_on(wsr_restore::restore(&options, Arc::default()))
