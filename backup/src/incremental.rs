@@ -29,9 +29,10 @@ use wsr_transport::Store;
 /// cores: how many layers should wait depends on how far the registry is, not on how many can
 /// compress. Small layers are the ones whose round trips, not their bytes, decide the time, and
 /// a small layer waits holding at most its request body and its compressed file index. On 2
-/// cores, 40 ms from the registry, the 100 MB benchmark corpus (2 MiB layers) took 4.31 s with
-/// 4 layers in flight and 3.25 s with 8.
-const LAYER_BYTES_IN_FLIGHT: u64 = 16 << 20;
+/// cores, 40 ms from the registry, the 100 MB benchmark corpus took 4.31 s with 4 layers in
+/// flight and 3.25 s with 8 when its layers were 2 MiB; at 4 MiB (28 layers), 3.65 s with 4
+/// and 3.01 s with 8.
+const LAYER_BYTES_IN_FLIGHT: u64 = 32 << 20;
 
 /// New layers in flight: twice the workers (a finished layer waits for the registry's answer
 /// while the next ones compress), and more when layers are small, up to
@@ -297,10 +298,11 @@ mod tests {
     #[test]
     fn small_layers_keep_more_uploads_in_flight_than_the_workers_alone() {
         const MIB: u64 = 1 << 20;
-        // Small layers: enough of them to make 16 MiB, whatever the cores.
-        assert_eq!(layers_in_flight(1, MIB), 16);
-        assert_eq!(layers_in_flight(2, 2 * MIB), 8);
-        assert_eq!(layers_in_flight(4, 2 * MIB), 8);
+        // Small layers: enough of them to make 32 MiB, whatever the cores.
+        assert_eq!(layers_in_flight(1, 4 * MIB), 8);
+        assert_eq!(layers_in_flight(2, 4 * MIB), 8);
+        assert_eq!(layers_in_flight(4, 4 * MIB), 8);
+        assert_eq!(layers_in_flight(2, MIB), 32);
         // Large layers: twice the workers, as their bytes decide the time.
         assert_eq!(layers_in_flight(2, 8 * MIB), 4);
         assert_eq!(layers_in_flight(4, 64 * MIB), 8);

@@ -664,7 +664,10 @@ impl Ctx<'_> {
             let r = run_step(step, &logs, self.timeout)?;
             rec.usage.add(&r.usage);
             rec.steps.push((r.name.clone(), r.usage.clone()));
-            last_stdout = r.stdout_tail;
+            // The restores' `sync -f` after wsr prints nothing: keep wsr's summary.
+            if !r.stdout_tail.trim().is_empty() {
+                last_stdout = r.stdout_tail;
+            }
             if let Some(f) = r.failure {
                 rec.failure = Some(format!(
                     "{}: {f}; stderr: {}",

@@ -133,7 +133,8 @@ pub struct Plan {
     pub growth: Option<PathBuf>,
     /// A restored tree to compare with the source.
     pub check: Option<PathBuf>,
-    /// The last step is wsr: read its JSON summary from the last stdout line.
+    /// A step is wsr: read its JSON summary from the last stdout line (of the last step that
+    /// printed any).
     pub wsr_json: bool,
     /// Removed after the run (unmeasured).
     pub cleanup: Vec<PathBuf>,

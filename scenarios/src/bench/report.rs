@@ -817,7 +817,7 @@ fn targets_section(md: &mut String, t: &Table, run: &CorpusRun) -> Vec<String> {
                 ))
             }),
         "the changed file's whole layer (and its index) is uploaded again: layers of small files hold \
-         1/2 to 5/4 of the layering target (about 1/128 of the tree, at least 2 MiB; FORMAT.md §4.5)"
+         1/2 to 5/4 of the layering target (about 1/128 of the tree, at least 4 MiB; FORMAT.md §4.5)"
             .to_string(),
     );
     let rss = |phase: Phase| {

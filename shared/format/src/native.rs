@@ -504,13 +504,16 @@ pub struct LayerCutter {
     current: u64,
 }
 
-/// Smallest layering target a cutter accepts, in bytes (what earlier wsr chose for trees under
-/// 128 MiB; such a backup's target is kept while it gives 8 to 512 layers).
+/// Smallest layering target a cutter accepts, in bytes (what the earliest wsr chose for trees
+/// under 128 MiB).
 pub const MIN_LAYER_TARGET: u64 = 1 << 20;
-/// Smallest target chosen for a tree without a usable previous one. Every blob costs a fixed
-/// few requests and a few milliseconds of registry work whatever its size, so small trees are
-/// not cut finer than this; a one-file change still uploads only about 1 MB compressed.
-pub const MIN_CHOSEN_TARGET: u64 = 2 << 20;
+/// Smallest target wsr chooses, and keeps from a previous backup. Every blob costs a fixed few
+/// requests and milliseconds of registry CPU whatever its size (distribution 2.8 on the
+/// benchmark machine: about 5 ms to serve a blob of a few MB or less, 9 ms to receive one), so
+/// small trees are not cut finer than this; a one-file change still uploads 1-2 MB compressed.
+/// Earlier wsr chose 1 MiB, then 2 MiB: a previous target below this one is replaced, which
+/// costs one full upload of a tree under 512 MiB, once.
+pub const MIN_CHOSEN_TARGET: u64 = 4 << 20;
 /// Largest layering target, in bytes.
 pub const MAX_LAYER_TARGET: u64 = 64 << 20;
 
@@ -529,12 +532,12 @@ impl LayerCutter {
     }
 
     /// The target for a tree of `total_weight` bytes: 64 to 128 layers, a power of two, at
-    /// least [`MIN_CHOSEN_TARGET`]. A previous target is kept while it still gives 8 to 512
-    /// layers (or fewer, when it is already that small), so boundaries don't move when the
-    /// workspace merely grows a little.
+    /// least [`MIN_CHOSEN_TARGET`]. A previous target of at least that is kept while it still
+    /// gives 8 to 512 layers (or fewer, when it is already the smallest), so boundaries don't
+    /// move when the workspace merely grows a little.
     pub fn choose_target(total_weight: u64, previous: Option<u64>) -> u64 {
         if let Some(prev) = previous
-            && (MIN_LAYER_TARGET..=MAX_LAYER_TARGET).contains(&prev)
+            && (MIN_CHOSEN_TARGET..=MAX_LAYER_TARGET).contains(&prev)
             && prev.is_power_of_two()
         {
             let layers = total_weight / prev;
@@ -771,41 +774,50 @@ mod tests {
 
     #[test]
     fn target_is_sticky_within_a_range() {
-        assert_eq!(LayerCutter::choose_target(100 << 20, None), 2 << 20);
+        assert_eq!(LayerCutter::choose_target(100 << 20, None), 4 << 20);
         assert_eq!(LayerCutter::choose_target(1 << 30, None), 8 << 20);
         assert_eq!(
             LayerCutter::choose_target(10 << 20, None),
             MIN_CHOSEN_TARGET
         );
         assert_eq!(LayerCutter::choose_target(1 << 20, None), MIN_CHOSEN_TARGET);
-        // An earlier backup's 1 MiB target is kept while it gives 8 to 512 layers, and below.
-        assert_eq!(
-            LayerCutter::choose_target(100 << 20, Some(MIN_LAYER_TARGET)),
-            MIN_LAYER_TARGET
-        );
-        assert_eq!(
-            LayerCutter::choose_target(3 << 20, Some(MIN_LAYER_TARGET)),
-            MIN_LAYER_TARGET
-        );
+        // Earlier backups' 1 MiB and 2 MiB targets are replaced, however many layers they give.
+        for earlier in [MIN_LAYER_TARGET, 2 << 20] {
+            assert_eq!(
+                LayerCutter::choose_target(100 << 20, Some(earlier)),
+                MIN_CHOSEN_TARGET
+            );
+            assert_eq!(
+                LayerCutter::choose_target(3 << 20, Some(earlier)),
+                MIN_CHOSEN_TARGET
+            );
+        }
+        // The smallest target is kept however small the tree becomes.
         assert_eq!(
             LayerCutter::choose_target(3 << 20, Some(MIN_CHOSEN_TARGET)),
             MIN_CHOSEN_TARGET
         );
         assert_eq!(LayerCutter::choose_target(1 << 40, None), MAX_LAYER_TARGET);
-        // 300 MB would choose 4 MiB fresh, but 2 MiB from the previous backup still gives 150 layers.
+        // 600 MB would choose 8 MiB fresh, but 4 MiB from the previous backup still gives 150 layers.
         assert_eq!(
-            LayerCutter::choose_target(300 << 20, Some(2 << 20)),
-            2 << 20
+            LayerCutter::choose_target(600 << 20, Some(4 << 20)),
+            4 << 20
         );
-        assert_eq!(LayerCutter::choose_target(300 << 20, None), 4 << 20);
-        // Grown 100x: re-chosen.
+        assert_eq!(LayerCutter::choose_target(600 << 20, None), 8 << 20);
+        // Grown 50x: re-chosen.
         assert_eq!(
-            LayerCutter::choose_target(20 << 30, Some(2 << 20)),
+            LayerCutter::choose_target(20 << 30, Some(4 << 20)),
             64 << 20
         );
+        // Not a power of two: re-chosen.
         assert_eq!(
-            LayerCutter::choose_target(100 << 20, Some(3 << 20)),
-            2 << 20
+            LayerCutter::choose_target(100 << 20, Some(5 << 20)),
+            4 << 20
+        );
+        // A larger target than the tree calls for is kept while it gives 8 layers.
+        assert_eq!(
+            LayerCutter::choose_target(300 << 20, Some(32 << 20)),
+            32 << 20
         );
     }
 }
