@@ -18,8 +18,10 @@ pub use token::{Grant, TOKEN_ISSUER, TOKEN_SERVICE, TokenIssuer, TokenRequest};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{OnceLock, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -344,7 +346,7 @@ impl TestRegistry {
                 command.env_remove(key);
             }
         }
-        let mut child = command.spawn().map_err(|e| {
+        let mut child = spawn_tied_to_this_process(command).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("cannot run {}: {e}", self.binary.display()),
@@ -370,6 +372,46 @@ impl TestRegistry {
             }
         }
     }
+}
+
+/// Spawns `command` so that its process is killed when this one dies, even by SIGKILL, which
+/// runs no destructor (a killed benchmark used to leave its registries running). The kernel's
+/// `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, not the process,
+/// and tests start registries from short-lived threads (tokio's blocking pool), so every child
+/// is forked by one thread that lives as long as the process.
+pub(crate) fn spawn_tied_to_this_process(mut command: Command) -> io::Result<Child> {
+    type Request = (Command, mpsc::Sender<io::Result<Child>>);
+    static SPAWNER: OnceLock<mpsc::Sender<Request>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (requests, incoming) = mpsc::channel::<Request>();
+        thread::Builder::new()
+            .name("wsr-test-spawner".into())
+            .spawn(move || {
+                for (mut command, reply) in incoming {
+                    let _ = reply.send(command.spawn());
+                }
+            })
+            .expect("the spawner thread starts");
+        requests
+    });
+    let parent = std::process::id();
+    // SAFETY: prctl and getppid are async-signal-safe and touch no memory of the parent.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // Had the parent died before the prctl, nothing would signal the child.
+            if libc::getppid() as u32 != parent {
+                return Err(io::Error::other("the test process exited"));
+            }
+            Ok(())
+        });
+    }
+    let gone = || io::Error::other("the spawner thread is gone");
+    let (reply, answer) = mpsc::channel();
+    spawner.send((command, reply)).map_err(|_| gone())?;
+    answer.recv().map_err(|_| gone())?
 }
 
 impl Drop for TestRegistry {
@@ -916,6 +958,51 @@ mod tests {
         drop(registry);
         assert!(TcpStream::connect(addr).is_err());
         assert!(!dir.exists());
+    }
+
+    /// A registry outlives the thread that started it and dies with its process, even a
+    /// process killed by SIGKILL. The test runs itself again as that process.
+    #[test]
+    fn a_killed_test_process_takes_its_registry_with_it() {
+        const CHILD: &str = "WSR_TEST_TIED_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            let started = thread::spawn(|| TestRegistry::start(RegistryKind::Plain).unwrap());
+            let registry = started.join().unwrap();
+            // The kernel signals a dead thread's children a moment after `join` returns.
+            thread::sleep(Duration::from_millis(500));
+            println!("registry port {}", registry.port);
+            thread::sleep(Duration::from_secs(120));
+            return;
+        }
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "--nocapture", "--test-threads=1"])
+            .arg("testing::tests::a_killed_test_process_takes_its_registry_with_it")
+            .env(CHILD, "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = io::BufReader::new(child.stdout.take().unwrap());
+        let port: u16 = io::BufRead::lines(stdout)
+            .map_while(Result::ok)
+            // libtest prints the test's name on the same line first.
+            .find_map(|l| l.split("registry port ").nth(1)?.trim().parse().ok())
+            .expect("the child reports its registry's port");
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        assert!(
+            TcpStream::connect(addr).is_ok(),
+            "the registry died with the thread that started it"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "the registry outlived its killed process"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
     }
 
     #[test]

@@ -45,7 +45,7 @@ impl TestDns {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped());
-            let child = command.spawn().map_err(|e| {
+            let child = super::spawn_tied_to_this_process(command).map_err(|e| {
                 io::Error::new(
                     e.kind(),
                     format!("cannot run dnsmasq ({e}): apt-get install dnsmasq-base"),
