@@ -542,7 +542,7 @@ impl LayerCutter {
         {
             let layers = total_weight / prev;
             if (8..=512).contains(&layers)
-                || (prev <= MIN_CHOSEN_TARGET && layers < 8)
+                || (prev == MIN_CHOSEN_TARGET && layers < 8)
                 || (prev == MAX_LAYER_TARGET && layers > 512)
             {
                 return prev;
