@@ -33,7 +33,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use wsr_transport::testing::{RegistryKind, TestRegistry};
+use wsr_transport::testing::TestRegistry;
 
 use crate::corpus::{self, CorpusStats, Mutation, Profile, Scale, TreeSummary};
 use measure::{Step, Usage, run_step};
@@ -744,7 +744,7 @@ struct Served {
 
 impl Served {
     fn start(network: Network) -> Result<Served> {
-        let registry = TestRegistry::start(RegistryKind::Plain).context("start registry")?;
+        let registry = TestRegistry::start_cached().context("start registry")?;
         let proxy = if network.is_direct() {
             None
         } else {

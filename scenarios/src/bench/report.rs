@@ -280,7 +280,8 @@ pub fn render(
          from its own small process: a process spawned straight from the harness would report at least the \
          harness's own peak RSS.\n\
          - Every repetition pushes into a fresh local registry (CNCF distribution, plain HTTP on 127.0.0.1, \
-         filesystem storage on the same disk), so \"stored bytes\" (growth of the registry storage, restic \
+         filesystem storage on the same disk, and the in-memory blob descriptor cache the Debian package's own \
+         configuration turns on), so \"stored bytes\" (growth of the registry storage, restic \
          repository or output file) is what was uploaded or written. wsr's own count (`uploaded_bytes` of its \
          `--json` summary) is shown beside it for incremental runs.\n\
          - The corpus is read once before the runs, so all tools read it from the page cache. Each restore goes \

@@ -104,6 +104,19 @@ impl TestRegistry {
     /// Starts a registry of `kind` on a free port of 127.0.0.1 and waits until it accepts
     /// connections. Fails with a message naming the Debian package if a tool is missing.
     pub fn start(kind: RegistryKind) -> io::Result<TestRegistry> {
+        TestRegistry::start_configured(kind, false)
+    }
+
+    /// A plain registry as the Debian package's own configuration runs it: with distribution's
+    /// in-memory blob descriptor cache, so a blob it has seen is described without a look at
+    /// its storage. The benchmark runs every tool against this one, as a real deployment would
+    /// (distribution recommends a descriptor cache). Tests use [`TestRegistry::start`]: some
+    /// change the storage behind the registry's back, which a cache would hide.
+    pub fn start_cached() -> io::Result<TestRegistry> {
+        TestRegistry::start_configured(RegistryKind::Plain, true)
+    }
+
+    fn start_configured(kind: RegistryKind, cached: bool) -> io::Result<TestRegistry> {
         let binary = registry_binary()?;
         let dir = tempfile::Builder::new()
             .prefix("wsr-test-registry-")
@@ -128,6 +141,9 @@ impl TestRegistry {
                 "maintenance": { "uploadpurging": { "enabled": false } },
             },
         });
+        if cached {
+            config["storage"]["cache"] = serde_json::json!({ "blobdescriptor": "inmemory" });
+        }
 
         let leaf = if kind.is_tls() {
             let (cert, key) = generate_leaf_cert(dir.path())?;
@@ -948,6 +964,28 @@ mod tests {
         // Restart while running works too.
         registry.restart().unwrap();
         assert_eq!(request(&registry, &["-I", &blob]).0, 200);
+    }
+
+    /// The cache is what tells the two apart: a blob whose storage is removed behind the
+    /// registry's back is still described by the cached registry, and no longer by the other.
+    #[test]
+    fn the_cached_registry_describes_blobs_from_its_cache() {
+        for (registry, still_found) in [
+            (TestRegistry::start_cached().unwrap(), 200),
+            (TestRegistry::start(RegistryKind::Plain).unwrap(), 404),
+        ] {
+            let digest = push_blob(&registry, "wsr/cache", b"described once");
+            let blob = format!("{}/v2/wsr/cache/blobs/{digest}", registry.base_url());
+            assert_eq!(request(&registry, &["-I", &blob]).0, 200);
+            let hex = digest.strip_prefix("sha256:").unwrap();
+            let stored = registry.data_dir().join(format!(
+                "docker/registry/v2/blobs/sha256/{}/{hex}",
+                &hex[..2]
+            ));
+            fs::remove_dir_all(&stored).unwrap();
+            let (status, headers) = request(&registry, &["-I", &blob]);
+            assert_eq!(status, still_found, "{headers}");
+        }
     }
 
     #[test]
