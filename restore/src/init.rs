@@ -84,7 +84,7 @@ pub async fn init(
         paths: None,
         force: false,
         max_size: None,
-        parallel: 4,
+        parallel: crate::default_parallel(),
         sync: true,
         connect,
     };

@@ -102,9 +102,9 @@ struct RestoreArgs {
     /// Refuse backups that would expand beyond this many bytes (free space always bounds it).
     #[arg(long, value_name = "BYTES")]
     max_size: Option<u64>,
-    /// Layers unpacked in parallel; as many more are requested ahead, so round trips overlap
-    /// the unpacking.
-    #[arg(long, value_name = "N", default_value_t = 4)]
+    /// Layers unpacked in parallel (default: one per core, at most 4); as many more, and at
+    /// least 4, are requested ahead, so round trips overlap the unpacking.
+    #[arg(long, value_name = "N", default_value_t = wsr_restore::default_parallel(), hide_default_value = true)]
     parallel: usize,
     /// Do not flush the restored files to disk before marking the restore complete. Only for
     /// restores you throw away: after a power loss such a tree may hold empty files.
@@ -137,7 +137,8 @@ enum Command {
     /// Download and verify a backup completely (blobs, layers, every file) without writing files.
     Verify {
         reference: String,
-        #[arg(long, value_name = "N", default_value_t = 4)]
+        /// Layers verified in parallel (default: one per core, at most 4).
+        #[arg(long, value_name = "N", default_value_t = wsr_restore::default_parallel(), hide_default_value = true)]
         parallel: usize,
     },
     /// Disaster-recovery drill: restore every backup below a registry path into a scratch

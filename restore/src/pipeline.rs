@@ -9,9 +9,10 @@
 //! §6 rule 5): that would hash the whole layer a second time and could only catch a writer whose
 //! config disagrees with a layer whose entries all matched their index.
 //!
-//! Up to `parallel` more layers are requested ahead of the ones unpacking (their blob and index
-//! requests at once), so each layer's round trips overlap the unpacking of the ones before it
-//! instead of adding to it; a layer opened ahead holds only its reader's bounded read-ahead.
+//! Up to `parallel` more layers, and at least [`MIN_AHEAD`], are requested ahead of the ones
+//! unpacking (their blob and index requests at once), so each layer's round trips overlap the
+//! unpacking of the ones before it instead of adding to it; a layer opened ahead holds only its
+//! reader's bounded read-ahead.
 
 use crate::open::{self, Opened};
 use crate::{Progress, RestoreError};
@@ -37,8 +38,12 @@ struct NativeLayer {
     budget: Arc<IndexBudget>,
 }
 
-/// Streams the chosen layers into the unpacker, `parallel` at a time and `parallel` more opened
-/// ahead, each native layer beside its file index. Returns the sum of the file sizes the
+/// Layers requested ahead however few unpack at once: how many round trips should overlap
+/// depends on how far the registry is, not on the cores.
+const MIN_AHEAD: usize = 4;
+
+/// Streams the chosen layers into the unpacker, `parallel` at a time and `parallel` more (at
+/// least [`MIN_AHEAD`]) opened ahead, each native layer beside its file index. Returns the sum of the file sizes the
 /// layers' indexes list.
 pub(crate) async fn unpack_layers(
     store: &Arc<Store>,
@@ -74,7 +79,8 @@ pub(crate) async fn unpack_layers(
             unpack_layer(readers, descriptor, native, unpacker, progress).await
         }
     });
-    let mut results = futures_util::stream::iter(jobs).buffer_unordered(2 * parallel);
+    let ahead = parallel.max(MIN_AHEAD);
+    let mut results = futures_util::stream::iter(jobs).buffer_unordered(parallel + ahead);
     let mut index_bytes = 0u64;
     while let Some(result) = results.next().await {
         let (bytes, index) = result?;

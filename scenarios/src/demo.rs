@@ -81,7 +81,7 @@ fn demo(dir: &Path) -> anyhow::Result<()> {
         paths: None,
         force: false,
         max_size: None,
-        parallel: 4,
+        parallel: wsr_restore::default_parallel(),
         sync: true,
         connect: ConnectOptions::default(),
     };

@@ -455,7 +455,7 @@ async fn restore_into(
         paths: None,
         force: false,
         max_size: options.max_size,
-        parallel: 4,
+        parallel: crate::default_parallel(),
         // The scratch tree is checked, then deleted: nothing to keep after a crash.
         sync: false,
         connect: options.connect.clone(),
