@@ -161,7 +161,9 @@ pub enum BackupError {
     },
     #[error("{path} is not readable by this user (uid {uid}); fix its permissions or pass --skip-unreadable", uid = unsafe_uid())]
     Unreadable { path: PathBuf },
-    #[error("{path} changed size while being backed up; back up a stopped workspace, or retry")]
+    #[error(
+        "{path} changed while being backed up (its size, or what it is); back up a stopped workspace, or retry"
+    )]
     Changed { path: PathBuf },
     /// More entries than a restore accepts (FORMAT.md §8.1), refused before anything is sent.
     #[error(

@@ -164,7 +164,13 @@ impl Tree {
             .then(|| &chunk.bytes[start..end])
     }
 
-    fn name(&self, i: usize) -> &[u8] {
+    /// The position of the entry's directory, or [`TOP`].
+    pub(crate) fn parent(&self, i: usize) -> u32 {
+        self.node(i).0.parent
+    }
+
+    /// The entry's own name (its path's last component).
+    pub(crate) fn name(&self, i: usize) -> &[u8] {
         let (n, chunk) = self.node(i);
         &chunk.bytes[n.at as usize..n.at as usize + n.name_len()]
     }
