@@ -381,9 +381,13 @@ impl Unpacker {
         Some(root.join(std::ffi::OsStr::from_bytes(path)))
     }
 
-    fn io_err(&self, path: &[u8]) -> impl FnOnce(io::Error) -> UnpackError + '_ {
-        let p = show(path);
-        move |source| UnpackError::Io { path: p, source }
+    /// The error for an I/O failure at `path`; the name is rendered only if one happens
+    /// (rendering it for every call was a visible share of a restore's own CPU).
+    fn io_err<'a>(&self, path: &'a [u8]) -> impl FnOnce(io::Error) -> UnpackError + 'a {
+        move |source| UnpackError::Io {
+            path: show(path),
+            source,
+        }
     }
 
     /// Unpacks every entry of one tar stream, up to its end-of-archive marker.
