@@ -6,15 +6,14 @@
 //! whatever the size of the layer.
 
 use crate::BackupError;
+use crate::beneath::{self, Root};
 use crate::walk::{MIN_HOLES, Tree, full_path};
 use rustix::fd::OwnedFd;
-use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
-use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::ops::Range;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
@@ -114,10 +113,14 @@ fn write_tar<W: Write>(
     let with_index = root_entry.is_none();
     let mut index = IndexLines::default();
     let mut paths = tree.paths();
-    let mut opener = Opener::new(root).map_err(|source| BackupError::Source {
+    let root_dir = Root::open(root).map_err(|source| BackupError::Source {
         path: root.to_owned(),
         source: source.into(),
     })?;
+    let mut opener = Opener {
+        root: root_dir,
+        dir: None,
+    };
     for i in layer {
         let (e, rel, link) = (tree.meta(i), paths.get(i), tree.link(i));
         let header = EntryHeader {
@@ -132,10 +135,7 @@ fn write_tar<W: Write>(
             let path = full_path(root, rel);
             let file = opener.open(tree, i, rel).map_err(|source| match source {
                 Errno::ACCESS | Errno::PERM => BackupError::Unreadable { path: path.clone() },
-                // A symlink where the walk found the file or a directory above it.
-                Errno::LOOP | Errno::NOTDIR | Errno::XDEV => {
-                    BackupError::Changed { path: path.clone() }
-                }
+                _ if beneath::is_swapped(source) => BackupError::Changed { path: path.clone() },
                 _ => BackupError::Source {
                     path: path.clone(),
                     source: source.into(),
@@ -194,75 +194,32 @@ fn write_tar<W: Write>(
     Ok((tar.finish().map_err(BackupError::Archive)?, index))
 }
 
-/// Opens a layer's files beneath the source root without following a symlink anywhere in
-/// their paths. The walk found regular files in real directories; an entry swapped since for a
-/// symlink (itself, or a directory above it) must not be read through: in a backup pod the
-/// link could reach the pod's own files, its registry credentials among them, and a backup
-/// that stored them would hand them to whoever restores it.
+/// Opens a layer's files beneath the source root, through no symlink (`beneath.rs`).
 struct Opener {
-    root: OwnedFd,
-    /// Whether the kernel has `openat2`: one call per file then, resolving as much as opening
-    /// the file by its whole path would.
-    openat2: bool,
-    /// Without it: the directory of the last file opened and its `O_PATH` descriptor, as a
+    root: Root,
+    /// Without `openat2`: the directory of the last file opened and its descriptor, as a
     /// layer's files come directory by directory.
     dir: Option<(u32, OwnedFd)>,
 }
 
-const DIR_FLAGS: OFlags = OFlags::PATH
-    .union(OFlags::DIRECTORY)
-    .union(OFlags::NOFOLLOW)
-    .union(OFlags::CLOEXEC);
-const FILE_FLAGS: OFlags = OFlags::RDONLY
-    .union(OFlags::NOFOLLOW)
-    .union(OFlags::CLOEXEC);
-
 impl Opener {
-    fn new(root: &Path) -> Result<Opener, Errno> {
-        // The root itself may be a symlink the user named on the command line.
-        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        let root = rustix::fs::open(root, flags, Mode::empty())?;
-        // Linux before 5.6 has no openat2; a seccomp profile may refuse what it does not
-        // know with EPERM.
-        let probe = Self::beneath(&root, OsStr::new("."), DIR_FLAGS);
-        let openat2 = !matches!(probe, Err(Errno::NOSYS | Errno::PERM));
-        Ok(Opener {
-            root,
-            openat2,
-            dir: None,
-        })
-    }
-
-    fn beneath(root: &OwnedFd, rel: &OsStr, flags: OFlags) -> Result<OwnedFd, Errno> {
-        let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS;
-        rustix::fs::openat2(root, rel, flags, Mode::empty(), resolve)
-    }
-
     /// Opens file `i` of `tree`, at `rel`, for reading.
     fn open(&mut self, tree: &Tree, i: usize, rel: &[u8]) -> Result<File, Errno> {
-        if self.openat2 {
-            let rel = OsStr::from_bytes(rel);
-            return Self::beneath(&self.root, rel, FILE_FLAGS).map(File::from);
+        if self.root.has_openat2() {
+            return self.root.open_beneath(rel, OFlags::RDONLY).map(File::from);
         }
         let parent = tree.parent(i);
         let dir = match self.dir.take() {
             Some((at, fd)) if at == parent => fd,
             _ => {
                 let name_at = rel.len() - tree.name(i).len();
-                self.open_dir_by_components(&rel[..name_at.saturating_sub(1)])?
+                (self.root).open_dir_by_components(&rel[..name_at.saturating_sub(1)])?
             }
         };
-        let file = rustix::fs::openat(&dir, tree.name(i), FILE_FLAGS, Mode::empty());
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let file = rustix::fs::openat(&dir, tree.name(i), flags, Mode::empty());
         self.dir = Some((parent, dir));
         Ok(File::from(file?))
-    }
-
-    fn open_dir_by_components(&self, rel: &[u8]) -> Result<OwnedFd, Errno> {
-        let mut dir = rustix::fs::openat(&self.root, c".", DIR_FLAGS, Mode::empty())?;
-        for name in rel.split(|&c| c == b'/').filter(|name| !name.is_empty()) {
-            dir = rustix::fs::openat(&dir, OsStr::from_bytes(name), DIR_FLAGS, Mode::empty())?;
-        }
-        Ok(dir)
     }
 }
 
@@ -427,6 +384,7 @@ impl Read for SparseReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::beneath::tests::{root_and_outside, swap_for_symlink};
 
     #[test]
     fn native_layers_get_a_file_index_and_dwo_builds_none() {
@@ -453,35 +411,13 @@ mod tests {
         assert_eq!(index(dwo), None);
     }
 
-    /// `src/deep/a.rs` in a source root, and the same paths with other content (of the same
-    /// size) in a directory outside it.
-    fn source_and_outside() -> (tempfile::TempDir, tempfile::TempDir) {
-        let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        for (dir, content) in [(&dirs.0, "fn main() {}"), (&dirs.1, "secret: 1234")] {
-            std::fs::create_dir_all(dir.path().join("src/deep")).unwrap();
-            std::fs::write(dir.path().join("src/deep/a.rs"), content).unwrap();
-        }
-        dirs
-    }
-
-    /// Replaces `rel` in `dir` by a symlink to the same path in `outside`.
-    fn swap_for_symlink(dir: &Path, outside: &Path, rel: &str) {
-        let at = dir.join(rel);
-        if at.is_dir() {
-            std::fs::remove_dir_all(&at).unwrap();
-        } else {
-            std::fs::remove_file(&at).unwrap();
-        }
-        std::os::unix::fs::symlink(outside.join(rel), &at).unwrap();
-    }
-
     /// A file swapped for a symlink between the walk and the archiving, or a directory above
     /// it, fails the backup: no link is followed, so nothing outside the tree is read, even
     /// when what it points to has the size the walk recorded.
     #[test]
     fn a_file_or_directory_swapped_for_a_symlink_after_the_walk_is_not_followed() {
         for swapped in ["src/deep/a.rs", "src/deep", "src"] {
-            let (dir, outside) = source_and_outside();
+            let (dir, outside) = root_and_outside();
             let tree = crate::walk::walk(dir.path(), false).unwrap();
             swap_for_symlink(dir.path(), outside.path(), swapped);
             let codec = Codec::Zstd { level: 3 };
@@ -494,32 +430,36 @@ mod tests {
         }
     }
 
-    /// Both ways of opening (with `openat2`, and one component at a time without it) open
-    /// what is there and refuse every swap.
+    /// Without `openat2` a layer's files are opened from their directory, kept open: it opens
+    /// what is there, refuses every swap, and follows the files from directory to directory.
     #[test]
-    fn files_are_opened_with_or_without_openat2_through_no_symlink() {
-        for openat2 in [true, false] {
-            for swapped in [None, Some("src/deep/a.rs"), Some("src/deep"), Some("src")] {
-                let (dir, outside) = source_and_outside();
-                let tree = crate::walk::walk(dir.path(), false).unwrap();
-                if let Some(swapped) = swapped {
-                    swap_for_symlink(dir.path(), outside.path(), swapped);
+    fn without_openat2_files_open_from_their_directory_through_no_symlink() {
+        for swapped in [None, Some("src/deep/a.rs"), Some("src/deep"), Some("src")] {
+            let (dir, outside) = root_and_outside();
+            std::fs::write(dir.path().join("src/z.rs"), "z").unwrap();
+            let tree = crate::walk::walk(dir.path(), false).unwrap();
+            if let Some(swapped) = swapped {
+                swap_for_symlink(dir.path(), outside.path(), swapped);
+            }
+            let root = Root::open(dir.path()).unwrap().without_openat2();
+            let mut opener = Opener { root, dir: None };
+            let case = format!("{swapped:?} swapped");
+            let mut paths = tree.paths();
+            let rels: Vec<Vec<u8>> = (0..tree.len()).map(|i| paths.get(i).to_vec()).collect();
+            assert_eq!(rels[2], b"src/deep/a.rs");
+            let opened = opener.open(&tree, 2, &rels[2]);
+            match swapped {
+                None => {
+                    let content = std::io::read_to_string(opened.unwrap()).unwrap();
+                    assert_eq!(content, "fn main() {}", "{case}");
+                    // Next, a file of another directory.
+                    assert_eq!(rels[3], b"src/z.rs");
+                    let z = std::io::read_to_string(opener.open(&tree, 3, &rels[3]).unwrap());
+                    assert_eq!(z.unwrap(), "z");
                 }
-                let mut opener = Opener::new(dir.path()).unwrap();
-                assert!(opener.openat2, "this kernel has openat2");
-                opener.openat2 = openat2;
-                let opened = opener.open(&tree, 2, b"src/deep/a.rs");
-                let case = format!("openat2 {openat2}, {swapped:?} swapped");
-                match swapped {
-                    None => {
-                        let content = std::io::read_to_string(opened.unwrap()).unwrap();
-                        assert_eq!(content, "fn main() {}", "{case}");
-                    }
-                    Some(_) => {
-                        let refused = opened.unwrap_err();
-                        let expected = [Errno::LOOP, Errno::NOTDIR];
-                        assert!(expected.contains(&refused), "{case}: {refused}");
-                    }
+                Some(_) => {
+                    let refused = opened.unwrap_err();
+                    assert!(beneath::is_swapped(refused), "{case}: {refused}");
                 }
             }
         }

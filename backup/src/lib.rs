@@ -8,6 +8,7 @@
 //! the binary renders progress from [`Progress`] and the [`BackupReport`].
 
 mod archive;
+mod beneath;
 mod dwo;
 pub mod dwo_env;
 mod incremental;

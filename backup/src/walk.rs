@@ -6,8 +6,9 @@
 //! entry list.
 
 use crate::BackupError;
+use crate::beneath::{self, Root};
 use rustix::fd::OwnedFd;
-use rustix::fs::{Access, AtFlags, FileType, Mode, OFlags, RawDir};
+use rustix::fs::{Access, AtFlags, FileType, OFlags, RawDir};
 use rustix::io::Errno;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -310,11 +311,15 @@ fn walk_at_most(
             path: root.to_owned(),
         });
     }
+    let root_dir = Root::open(root).map_err(|source| BackupError::Source {
+        path: root.to_owned(),
+        source: source.into(),
+    })?;
     let walkers = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WALKERS));
     let prefetch = Prefetch::new(max, lookahead);
     std::thread::scope(|s| {
         for _ in 0..walkers {
-            s.spawn(|| prefetch.list_ahead(root, skip_unreadable));
+            s.spawn(|| prefetch.list_ahead(root, &root_dir, skip_unreadable));
         }
         // Walkers stop however the assembly ends, so the scope's join cannot hang.
         let _stop = StopOnDrop(&prefetch);
@@ -454,7 +459,7 @@ impl Prefetch {
     }
 
     /// A walker: lists directories until none is left or the assembly is done.
-    fn list_ahead(&self, root: &Path, skip_unreadable: bool) {
+    fn list_ahead(&self, root: &Path, root_dir: &Root, skip_unreadable: bool) {
         let mut lister = Lister::new();
         let mut q = self.lock();
         loop {
@@ -474,7 +479,7 @@ impl Prefetch {
             let rel = q.todo.pop().expect("not empty").0.into_rel();
             q.busy += 1;
             drop(q);
-            let listing = lister.list(root, &rel, skip_unreadable);
+            let listing = lister.list(root, root_dir, &rel, skip_unreadable);
             q = self.lock();
             q.busy -= 1;
             let mut entries = 0;
@@ -664,7 +669,13 @@ impl Lister {
     /// relative to the directory's descriptor, so no path is resolved from the root per entry.
     /// Names are read straight from `getdents`, not through `std::fs::read_dir`, whose
     /// allocations per name took a share of a re-backup's walk, which is little else.
-    fn list(&mut self, root: &Path, rel_dir: &[u8], skip_unreadable: bool) -> Listing {
+    fn list(
+        &mut self,
+        root: &Path,
+        root_dir: &Root,
+        rel_dir: &[u8],
+        skip_unreadable: bool,
+    ) -> Listing {
         let dir_path = full_path(root, rel_dir);
         let failed = |errno: Errno| match errno {
             Errno::ACCESS | Errno::PERM => ListError::Unreadable,
@@ -673,8 +684,15 @@ impl Lister {
                 source: errno.into(),
             }),
         };
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        let dir = rustix::fs::open(&dir_path, flags, Mode::empty()).map_err(failed)?;
+        // Opened beneath the root through no symlink: a directory swapped for one since its
+        // parent was listed is not listed through it (`beneath.rs`).
+        let dir = root_dir.open_beneath(rel_dir, OFlags::RDONLY | OFlags::DIRECTORY);
+        let dir = dir.map_err(|errno| match errno {
+            _ if beneath::is_swapped(errno) => ListError::Failed(BackupError::Changed {
+                path: dir_path.clone(),
+            }),
+            _ => failed(errno),
+        })?;
         self.read_names(&dir).map_err(failed)?;
         let mut found = Vec::with_capacity(self.starts.len());
         for &at in &self.starts {
@@ -1003,6 +1021,28 @@ mod tests {
             (s.kind, link.as_deref()),
             (EntryKind::Symlink, Some(b"d07".as_slice()))
         );
+    }
+
+    /// A directory swapped for a symlink after its parent was listed is not listed through
+    /// the link: the walk fails naming it, rather than recording what lies outside the tree.
+    #[test]
+    fn a_directory_swapped_for_a_symlink_is_not_listed_through_it() {
+        use crate::beneath::tests::{root_and_outside, swap_for_symlink};
+        let (dir, outside) = root_and_outside();
+        let root = Root::open(dir.path()).unwrap();
+        let mut lister = Lister::new();
+        assert!(lister.list(dir.path(), &root, b"src/deep", false).is_ok());
+        swap_for_symlink(dir.path(), outside.path(), "src");
+        for rel in [&b"src"[..], b"src/deep"] {
+            match lister.list(dir.path(), &root, rel, false) {
+                Err(ListError::Failed(BackupError::Changed { path })) => {
+                    assert_eq!(path, full_path(dir.path(), rel));
+                }
+                Err(ListError::Failed(e)) => panic!("{e}"),
+                Err(ListError::Unreadable) => panic!("unreadable"),
+                Ok(listed) => panic!("listed {} entries through the link", listed.len()),
+            }
+        }
     }
 
     #[test]
