@@ -43,8 +43,8 @@ struct NativeLayer {
 const MIN_AHEAD: usize = 4;
 
 /// Streams the chosen layers into the unpacker, `parallel` at a time and `parallel` more (at
-/// least [`MIN_AHEAD`]) opened ahead, each native layer beside its file index. Returns the sum of the file sizes the
-/// layers' indexes list.
+/// least [`MIN_AHEAD`]) opened ahead, each native layer beside its file index. Returns the sum
+/// of the file sizes the layers' indexes list.
 pub(crate) async fn unpack_layers(
     store: &Arc<Store>,
     opened: &Opened,
