@@ -9,7 +9,7 @@ use crate::BackupError;
 use crate::beneath::{self, Root};
 use crate::walk::{MIN_HOLES, Tree, full_path};
 use rustix::fd::OwnedFd;
-use rustix::fs::{Mode, OFlags};
+use rustix::fs::OFlags;
 use rustix::io::Errno;
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -216,8 +216,7 @@ impl Opener {
                 (self.root).open_dir_by_components(&rel[..name_at.saturating_sub(1)])?
             }
         };
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let file = rustix::fs::openat(&dir, tree.name(i), flags, Mode::empty());
+        let file = beneath::open_child(&dir, tree.name(i), OFlags::RDONLY);
         self.dir = Some((parent, dir));
         Ok(File::from(file?))
     }

@@ -57,8 +57,7 @@ impl Root {
             Some(slash) => (&rel[..slash], &rel[slash + 1..]),
             None => (&b""[..], rel),
         };
-        let dir = self.open_dir_by_components(dir)?;
-        rustix::fs::openat(&dir, OsStr::from_bytes(name), flags, Mode::empty())
+        open_child(&self.open_dir_by_components(dir)?, name, flags)
     }
 
     /// Whether opening by components is needed, for callers that keep a directory open
@@ -82,6 +81,13 @@ impl Root {
         self.openat2 = false;
         self
     }
+}
+
+/// Opens `name` in `dir` (a directory from [`Root::open_dir_by_components`]) with `flags`,
+/// not following it if it is a symlink.
+pub(crate) fn open_child(dir: &OwnedFd, name: &[u8], flags: OFlags) -> Result<OwnedFd, Errno> {
+    let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    rustix::fs::openat(dir, OsStr::from_bytes(name), flags, Mode::empty())
 }
 
 fn openat2_beneath(root: &OwnedFd, rel: &OsStr, flags: OFlags) -> Result<OwnedFd, Errno> {
