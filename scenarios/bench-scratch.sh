@@ -12,6 +12,8 @@
 # `discard`, so the blocks of a deleted tree go back to the work disk (a `huge` corpus's trees
 # would not fit twice). ext4 issues them once the transaction that freed the blocks commits,
 # which the harness's untimed `sync` before every run forces.
+# The image only grows while the work disk has room (past that ext4 sees I/O errors and
+# remounts read-only): the harness counts the smaller of the two free spaces.
 #   usage: bench-scratch.sh [mount point] [image file] [size]
 set -euo pipefail
 

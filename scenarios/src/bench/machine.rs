@@ -83,14 +83,35 @@ pub fn filesystem(path: &Path) -> String {
                 .and_then(|l| l.split_whitespace().nth(3).map(String::from))
         })
         .unwrap_or_default();
+    let image = loop_image(path)
+        .and_then(|image| Some((df_row(&image)?, image)))
+        .map_or(String::new(), |(disk, image)| {
+            format!(
+                " (an image file, {}, on {} with {} free)",
+                image.display(),
+                disk[0],
+                disk[4]
+            )
+        });
     format!(
-        "{} at {mount} ({}{}, {opts}), {} total, {} free",
+        "{} at {mount} ({}{}, {opts}), {} total, {} free{image}",
         f[0],
         f[1],
         journal_note(&f[0]),
         f[2],
         f[4]
     )
+}
+
+/// The image file behind the loop device that holds `path`, if any (`bench-scratch.sh` puts the
+/// scratch filesystem in a sparse one on the work disk).
+pub fn loop_image(path: &Path) -> Option<PathBuf> {
+    let device = df_row(path)?.into_iter().next()?;
+    let name = device
+        .strip_prefix("/dev/")
+        .filter(|n| n.starts_with("loop"))?;
+    let image = fs::read_to_string(format!("/sys/block/{name}/loop/backing_file")).ok()?;
+    Some(PathBuf::from(image.trim_end()))
 }
 
 /// ", no journal" for an ext4 filesystem mounted without one (see [`wait_for_freed_inodes`]).

@@ -415,10 +415,18 @@ fn bench_corpus(
         bytes: copies * stats.bytes,
         inodes: copies * (stats.files + stats.dirs + stats.symlinks),
     };
-    let free = statvfs(&restore_root).map_or(Room::default(), |st| Room {
-        bytes: st.f_bavail * st.f_frsize,
-        inodes: st.f_favail,
-    });
+    let free = free_room(&restore_root);
+    // One restore: upstream's archive and extracted copy, beside a gigabyte for everything else.
+    let one_restore = 2 * stats.bytes + (1 << 30);
+    if free.bytes < one_restore {
+        bail!(
+            "{} has {} MB free (counting the disk under its image file, if any); one restore \
+             of this corpus needs {} MB",
+            restore_root.display(),
+            free.bytes / 1_000_000,
+            one_restore / 1_000_000
+        );
+    }
     let cleanup = RestoreCleanup::for_room(free, one_rep, args.reps);
     if cleanup != RestoreCleanup::AtPhaseEnd {
         eprintln!(
@@ -1024,6 +1032,23 @@ fn size_of(path: &Path) -> Result<u64> {
     match walk(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
         r => r.with_context(|| format!("size of {}", path.display())),
+    }
+}
+
+/// What the filesystem holding `path` has free. A filesystem in a sparse image file
+/// (`bench-scratch.sh`) only has room while the disk under the image has: past that its writes
+/// fail with I/O errors and ext4 remounts it read-only in the middle of a run (it did, once the
+/// work disk had filled), so the smaller of the two free byte counts is what it has.
+fn free_room(path: &Path) -> Room {
+    let Some(st) = statvfs(path) else {
+        return Room::default();
+    };
+    let disk = machine::loop_image(path)
+        .and_then(|image| statvfs(image.parent()?))
+        .map_or(u64::MAX, |disk| disk.f_bavail * disk.f_frsize);
+    Room {
+        bytes: (st.f_bavail * st.f_frsize).min(disk),
+        inodes: st.f_favail,
     }
 }
 

@@ -286,7 +286,8 @@ pub fn render(
          `--json` summary) is shown beside it for incremental runs.\n\
          - The corpus is read once before the runs, so all tools read it from the page cache. Each restore goes \
          to a new empty directory; restored trees are deleted only after the restore phase (after each restore \
-         when the disk cannot hold them). `sync` runs before every run and is not timed. A restore is timed until its tree \
+         when the disk cannot hold them; for a scratch filesystem in an image file, the disk under the image \
+         must have the room too, and a corpus whose one restore does not fit stops the run). `sync` runs before every run and is not timed. A restore is timed until its tree \
          is on disk: every restore ends with a timed `sync -f` of its target (wsr flushes the tree itself \
          before it marks the restore complete, so its `sync -f` finds little to write; the other tools \
          leave the flush to it). Backups write no tree and are not flushed. The trees the harness creates and deletes (restores, upstream's \
