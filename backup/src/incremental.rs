@@ -1,6 +1,6 @@
 //! The `native` format's writer: layers planned by the layering rule, each either reused from
 //! the previous backup (equal fingerprint and entry count: no file is read, no request made) or
-//! archived and uploaded with its file index, `workers` at a time; then the config recording
+//! archived and uploaded with its file index at the end of its blob, `workers` at a time; then the config recording
 //! what was backed up.
 
 use crate::archive::Codec;
@@ -42,25 +42,23 @@ fn layers_in_flight(workers: usize, target: u64) -> usize {
     (2 * workers).max(by_bytes)
 }
 
-/// One layer of the new backup: its data and index descriptors, its config record and whether
-/// it was reused.
+/// One layer of the new backup: its descriptor (its blob ends with its file index), its config
+/// record and whether it was reused.
 struct StoredLayer {
     layer: Descriptor,
-    index: Descriptor,
     info: LayerInfo,
     reused: bool,
 }
 
-/// Stores a small blob that is new by construction (a new layer's index, a config with this
-/// backup's time): the existence check would cost a round trip and find nothing. Returns the
-/// bytes sent.
+/// Stores a small blob that is new by construction (a config with this backup's time): the
+/// existence check would cost a round trip and find nothing. Returns the bytes sent.
 async fn push_new_blob(store: &Store, bytes: Bytes) -> Result<u64, BackupError> {
     let len = bytes.len() as u64;
     store.put_blob_bytes(bytes).await?;
     Ok(len)
 }
 
-/// Stores every new layer, its index and the config; returns the manifest to publish.
+/// Stores every new layer (with its index) and the config; returns the manifest to publish.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn backup(
     options: &BackupOptions,
@@ -82,8 +80,11 @@ pub(crate) async fn backup(
     // Moved, not copied: the entry list is the largest thing a backup holds.
     let tree = Arc::new(tree);
 
+    // Layers of a version 1 or 2 backup have their index in a blob of their own: a version 3
+    // backup cannot list them, so the first backup after the upgrade is a full one.
     let reusable: HashMap<&Digest, usize> = previous
         .as_ref()
+        .filter(|p| p.config.major() >= native::INDEX_IN_LAYER_MAJOR)
         .map(|p| {
             p.config
                 .layers
@@ -115,7 +116,7 @@ pub(crate) async fn backup(
                         .entries
                         .fetch_add(range.len() as u64, Ordering::Relaxed);
                     progress.bytes.fetch_add(bytes, Ordering::Relaxed);
-                    Ok((stored, None))
+                    Ok(stored)
                 }
                 None => {
                     let layer = (range, i as u32, fp);
@@ -126,37 +127,16 @@ pub(crate) async fn backup(
         }
     });
     let mut layers = futures_util::stream::iter(jobs).buffer_unordered(in_flight);
-    // A new layer's file index is sent while the next layers are archived: it is small, and
-    // waiting for its requests would keep a worker from compressing.
-    let mut index_pushes = futures_util::stream::FuturesUnordered::new();
     let mut stored: Vec<Option<StoredLayer>> = ranges.iter().map(|_| None).collect();
-    let mut small_uploaded = 0;
-    loop {
-        tokio::select! {
-            Some(sent) = index_pushes.next() => small_uploaded += sent?,
-            next = layers.next() => match next {
-                Some((i, result)) => {
-                    let (layer, index) = result?;
-                    if let Some(index) = index {
-                        index_pushes.push(push_new_blob(store, index));
-                    }
-                    stored[i] = Some(layer);
-                }
-                None => break,
-            },
-        }
+    while let Some((i, result)) = layers.next().await {
+        stored[i] = Some(result?);
     }
     drop(layers);
-    while let Some(sent) = index_pushes.next().await {
-        small_uploaded += sent?;
-    }
     let mut descriptors = Vec::with_capacity(ranges.len());
-    let mut index_descriptors = Vec::with_capacity(ranges.len());
     let mut layer_infos = Vec::with_capacity(ranges.len());
     let mut reused = 0;
     for layer in stored.into_iter().map(|s| s.expect("every layer stored")) {
         descriptors.push(layer.layer);
-        index_descriptors.push(layer.index);
         layer_infos.push(layer.info);
         reused += usize::from(layer.reused);
     }
@@ -168,22 +148,15 @@ pub(crate) async fn backup(
             reason: r.clone(),
         })
         .collect();
-    // FORMAT.md §4.1: version 2 only when a layer may hold a sparse entry, so readers that
-    // know version 1 only keep reading everything else.
-    let sparse = tree.metas().any(|e| e.sparse)
-        || (reused > 0 && previous.as_ref().is_some_and(|p| p.config.major() >= 2));
-    let mut config = backup_config(options, created, totals, target, layer_infos, skipped);
-    if sparse {
-        config.format_version = native::FORMAT_VERSION_SPARSE.into();
-    }
+    let config = backup_config(options, created, totals, target, layer_infos, skipped);
     let config_bytes = Bytes::from(config.to_bytes());
     let config_desc = Descriptor::new(
-        media::NATIVE_CONFIG,
+        media::NATIVE_CONFIG_V3,
         Digest::of(&config_bytes),
         config_bytes.len() as u64,
     );
     // The config records this backup's time: it is new, so no existence check first.
-    small_uploaded += push_new_blob(store, config_bytes).await?;
+    let small_uploaded = push_new_blob(store, config_bytes).await?;
     let stored_bytes = descriptors.iter().map(|d| d.size).sum();
     let layers = descriptors.len();
     Ok(Prepared {
@@ -191,7 +164,7 @@ pub(crate) async fn backup(
             config.major(),
             config_desc,
             descriptors,
-            index_descriptors,
+            Vec::new(),
             annotations,
         ),
         layers,
@@ -207,13 +180,12 @@ fn reusable_layer(previous: &Previous, j: usize, entries: usize) -> Option<Store
     let info = &previous.config.layers[j];
     (info.entries == entries as u64).then(|| StoredLayer {
         layer: previous.layers[j].clone(),
-        index: previous.indexes[j].clone(),
         info: info.clone(),
         reused: true,
     })
 }
 
-/// Archives and uploads one new layer; returns it with its file index, still to be stored.
+/// Archives and uploads one new layer, its file index at the end of its blob.
 async fn new_layer(
     options: &BackupOptions,
     store: &Store,
@@ -221,7 +193,7 @@ async fn new_layer(
     tree: &Arc<Tree>,
     (range, position, fingerprint): (Range<usize>, u32, Digest),
     progress: &Arc<Progress>,
-) -> Result<(StoredLayer, Option<Bytes>), BackupError> {
+) -> Result<StoredLayer, BackupError> {
     let codec = Codec::Zstd {
         level: options.level,
     };
@@ -230,6 +202,7 @@ async fn new_layer(
         archived,
         compressed,
         compressed_size,
+        index_at,
     } = upload_layer(
         store,
         compressing,
@@ -241,28 +214,22 @@ async fn new_layer(
         progress,
     )
     .await?;
-    let index_bytes = Bytes::from(archived.index.expect("native layers have an index"));
-    let index = Descriptor::new(
-        media::NATIVE_INDEX,
-        Digest::of(&index_bytes),
-        index_bytes.len() as u64,
-    );
+    let index = archived.index.expect("native layers have an index");
     let layer = Descriptor::new(media::LAYER_TAR_ZSTD, compressed.clone(), compressed_size);
     let info = LayerInfo {
         digest: compressed,
         diff_id: archived.diff_id,
         tar_size: archived.tar_size,
         entries: count,
-        index: index.digest.clone(),
+        index: Digest::of(&index),
+        index_at,
         fingerprint,
     };
-    let stored = StoredLayer {
+    Ok(StoredLayer {
         layer,
-        index,
         info,
         reused: false,
-    };
-    Ok((stored, Some(index_bytes)))
+    })
 }
 
 /// The config recording what was backed up (FORMAT.md's native config).

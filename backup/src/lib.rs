@@ -140,7 +140,7 @@ pub struct BackupReport {
     pub bytes: u64,
     /// Compressed size of the data layers.
     pub stored_bytes: u64,
-    /// Bytes actually sent (new blobs, config, index, manifest).
+    /// Bytes actually sent (new blobs, config, manifest).
     pub uploaded_bytes: u64,
     /// The part of `uploaded_bytes` that is data-layer content.
     pub uploaded_layer_bytes: u64,

@@ -37,9 +37,9 @@ Environment:
 
 /// Back up a workspace directory as an OCI artifact.
 ///
-/// Publishes in a safe order: layer blobs, file index and config, the manifest under an
-/// immutable time-stamped tag (wsr-YYYYMMDDTHHMMSSmmmZ), then the moving tag (usually
-/// `latest`) last. A failure at any point leaves the previous `latest` intact.
+/// Publishes in a safe order: layer blobs (each ending with its file index) and config, the
+/// manifest under an immutable time-stamped tag (wsr-YYYYMMDDTHHMMSSmmmZ), then the moving tag
+/// (usually `latest`) last. A failure at any point leaves the previous `latest` intact.
 ///
 /// The native format is incremental: layers whose files are unchanged (same names, sizes,
 /// modes and nanosecond mtimes) are reused from the previous backup at the same tag without

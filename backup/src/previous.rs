@@ -9,11 +9,10 @@ use wsr_transport::Store;
 use wsr_transport::read::{self, ReadError};
 
 /// The previous native backup at the moving tag, if any and readable: its config and the
-/// descriptors of its data and index layers.
+/// descriptors of its data layers.
 pub(crate) struct Previous {
     pub(crate) config: BackupConfig,
     pub(crate) layers: Vec<Descriptor>,
-    pub(crate) indexes: Vec<Descriptor>,
 }
 
 /// Reads the previous backup with the same code restore reads backups with. Any problem
@@ -35,11 +34,7 @@ pub(crate) async fn load(store: &Store, tag: &str) -> Option<Previous> {
             return Ok(None);
         };
         let config = read::read_config(store, &read.digest, &config, &layers, &indexes).await?;
-        Ok(Some(Previous {
-            config,
-            layers,
-            indexes,
-        }))
+        Ok(Some(Previous { config, layers }))
     }
     .await;
     match result {

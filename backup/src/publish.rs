@@ -1,5 +1,5 @@
 //! The backup flow: walk (while connecting and reading the previous backup), let the format's
-//! writer store the layers, config and index (`incremental.rs` for native, `dwo.rs` for dwo),
+//! writer store the layers (with their file indexes) and config (`incremental.rs` for native, `dwo.rs` for dwo),
 //! then publish in the safe order: the manifest under its time-stamped tag, and the moving tag
 //! last. Nothing is tagged until everything it references exists, so a failure at any point
 //! leaves the previous moving tag intact. Retention (`--keep`) runs only after a successful
@@ -171,6 +171,6 @@ pub(crate) struct Prepared {
     pub(crate) layers: usize,
     pub(crate) reused: usize,
     pub(crate) stored_bytes: u64,
-    /// Config and index bytes sent.
+    /// Config bytes sent (a layer's file index is part of its blob).
     pub(crate) small_uploaded: u64,
 }

@@ -140,7 +140,7 @@ fn dwo_environment_contract_pushes_the_upstream_layout() {
         manifest(&work.path().join("native/user-ns/my-ws"))
             .artifact_type
             .as_deref(),
-        Some(wsr_format::media::NATIVE_ARTIFACT_TYPE)
+        Some(wsr_format::media::NATIVE_ARTIFACT_TYPE_V3)
     );
 }
 

@@ -31,6 +31,26 @@ fuzz_target!(|data: &[u8]| {
         2 => {
             if let Ok(config) = BackupConfig::from_bytes(body) {
                 let _ = config.totals.checked_entries();
+                // Where each index is must be computable (no overflow) once the config lists
+                // its layers: here, blobs of the config's digests and of the input's length.
+                let layers: Vec<_> = config
+                    .layers
+                    .iter()
+                    .map(|l| {
+                        let media = wsr_format::media::LAYER_TAR_ZSTD;
+                        wsr_format::manifest::Descriptor::new(
+                            media,
+                            l.digest.clone(),
+                            body.len() as u64,
+                        )
+                    })
+                    .collect();
+                if config.lists(&layers, &[]) {
+                    for i in 0..layers.len() {
+                        let at = config.index_location(i, &layers, &[]);
+                        assert_eq!(at.offset + at.size, body.len() as u64);
+                    }
+                }
                 let again = BackupConfig::from_bytes(&config.to_bytes()).expect("re-decodes");
                 assert_eq!(again, config);
             }

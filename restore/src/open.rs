@@ -7,7 +7,7 @@ use std::sync::Arc;
 use wsr_format::artifact::{self, Artifact};
 use wsr_format::digest::Digest;
 use wsr_format::manifest::{Descriptor, Manifest};
-use wsr_format::native::{self, BackupConfig, IndexBudget, IndexEntry, IndexReader};
+use wsr_format::native::{self, BackupConfig, IndexBudget, IndexEntry, IndexLocation, IndexReader};
 use wsr_format::reference::Target;
 use wsr_transport::{BlobReader, Store};
 
@@ -36,13 +36,19 @@ impl Opened {
         }
     }
 
-    /// For a native artifact: the index blob of data layer `position` and the number of
+    /// For a native artifact: where data layer `position`'s file index is, and the number of
     /// lines its config declares.
-    pub(crate) fn index_of(&self, position: usize) -> Option<(&Descriptor, u64)> {
+    pub(crate) fn index_of(&self, position: usize) -> Option<(IndexLocation, u64)> {
         match (&self.artifact, &self.config) {
-            (Artifact::Native { indexes, .. }, Some(config)) => {
-                Some((&indexes[position], config.layers[position].entries))
-            }
+            (
+                Artifact::Native {
+                    layers, indexes, ..
+                },
+                Some(config),
+            ) => Some((
+                config.index_location(position, layers, indexes),
+                config.layers[position].entries,
+            )),
             _ => None,
         }
     }
@@ -85,14 +91,7 @@ async fn load_config(
     let config_bytes = fetch_document(store, config, native::MAX_CONFIG_BYTES).await?;
     let config = BackupConfig::from_bytes(&config_bytes)?;
     drop(config_bytes);
-    let consistent = config.layers.len() == layers.len()
-        && config
-            .layers
-            .iter()
-            .zip(layers)
-            .zip(indexes)
-            .all(|((c, l), i)| c.digest == l.digest && c.index == i.digest);
-    if !consistent {
+    if !config.lists(layers, indexes) {
         return Err(RestoreError::Corrupt(format!(
             "manifest {digest}: config and manifest list different layers"
         )));
@@ -101,14 +100,22 @@ async fn load_config(
     Ok(config)
 }
 
-/// Opens the download of a file-index blob whose descriptor size is within its limit.
+/// Opens the download of a file index (its own blob, or the end of its layer's) whose size is
+/// within its limit.
 pub(crate) async fn index_reader(
     store: &Store,
-    descriptor: &Descriptor,
+    index: &IndexLocation,
 ) -> Result<BlobReader, RestoreError> {
-    check_document_size(descriptor, native::MAX_INDEX_BLOB_BYTES)?;
+    if index.size > native::MAX_INDEX_BLOB_BYTES {
+        return Err(RestoreError::Corrupt(format!(
+            "file index {} is {} bytes; at most {} are accepted",
+            index.digest,
+            index.size,
+            native::MAX_INDEX_BLOB_BYTES
+        )));
+    }
     Ok(store
-        .blob_reader(&descriptor.digest, descriptor.size)
+        .blob_part_reader(&index.blob, index.offset, &index.digest, index.size)
         .await?)
 }
 
@@ -129,22 +136,19 @@ pub(crate) fn read_index_blob<T>(
     }
 }
 
-/// An index reader's error, naming the index blob.
-pub(crate) fn index_error(descriptor: &Descriptor) -> impl Fn(std::io::Error) -> RestoreError + '_ {
-    move |e| RestoreError::Corrupt(format!("file index {}: {e}", descriptor.digest))
+/// An index reader's error, naming the index.
+pub(crate) fn index_error(digest: &Digest) -> impl Fn(std::io::Error) -> RestoreError + '_ {
+    move |e| RestoreError::Corrupt(format!("file index {digest}: {e}"))
 }
 
 /// Adds one layer's index sizes to the sum over all layers, refusing a sum beyond 2^64.
 pub(crate) fn add_index_bytes(
     total: u64,
     layer: u64,
-    descriptor: &Descriptor,
+    digest: &Digest,
 ) -> Result<u64, RestoreError> {
     total.checked_add(layer).ok_or_else(|| {
-        RestoreError::Corrupt(format!(
-            "file index {}: sizes add up beyond 2^64",
-            descriptor.digest
-        ))
+        RestoreError::Corrupt(format!("file index {digest}: sizes add up beyond 2^64"))
     })
 }
 
@@ -177,34 +181,34 @@ where
     let budget = Arc::new(IndexBudget::default());
     let mut bytes_total = 0u64;
     for position in 0..opened.data_layers().len() {
-        let Some((descriptor, entries)) = opened.index_of(position) else {
+        let Some((index, entries)) = opened.index_of(position) else {
             return Ok(state);
         };
-        let blob = index_reader(store, descriptor).await?;
-        let (descriptor, budget) = (descriptor.clone(), budget.clone());
+        let blob = index_reader(store, &index).await?;
+        let (digest, budget) = (index.digest, budget.clone());
         let (back, back_visit, bytes) = tokio::task::spawn_blocking(move || {
             let bytes = read_index_blob(blob, |blob| {
                 let mut lines =
-                    IndexReader::new(blob, entries, &budget).map_err(index_error(&descriptor))?;
-                while let Some(line) = lines.next_entry().map_err(index_error(&descriptor))? {
+                    IndexReader::new(blob, entries, &budget).map_err(index_error(&digest))?;
+                while let Some(line) = lines.next_entry().map_err(index_error(&digest))? {
                     visit(&mut state, position, line)?;
                 }
-                lines.finish().map_err(index_error(&descriptor))
+                lines.finish().map_err(index_error(&digest))
             })
-            .map(|bytes| (bytes, descriptor));
+            .map(|bytes| (bytes, digest));
             (state, visit, bytes)
         })
         .await
         .expect("index task");
         (state, visit) = (back, back_visit);
-        let (bytes, descriptor) = bytes?;
-        bytes_total = add_index_bytes(bytes_total, bytes, &descriptor)?;
+        let (bytes, digest) = bytes?;
+        bytes_total = add_index_bytes(bytes_total, bytes, &digest)?;
     }
     check_index_bytes(opened, bytes_total)?;
     Ok(state)
 }
 
-/// A config or index blob's descriptor size must be within `limit`.
+/// A config blob's descriptor size must be within `limit`.
 fn check_document_size(descriptor: &Descriptor, limit: u64) -> Result<(), RestoreError> {
     if descriptor.size > limit {
         return Err(RestoreError::Corrupt(format!(

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::Semaphore;
 use wsr_format::codec::Compression;
 use wsr_format::manifest::Descriptor;
-use wsr_format::native::{IndexBudget, IndexReader};
+use wsr_format::native::{self, IndexBudget, IndexLocation, IndexReader};
 use wsr_format::unpack::{UnpackError, Unpacker};
 use wsr_transport::{BlobReader, Store};
 
@@ -31,7 +31,9 @@ use wsr_transport::{BlobReader, Store};
 /// line by line beside the layer.
 struct NativeLayer {
     tar_size: u64,
-    index: Descriptor,
+    /// Version 3: where the layer's blob holds its index frame (the compressed tar ends there).
+    index_at: Option<u64>,
+    index: IndexLocation,
     /// The index's line count in the config.
     entries: u64,
     /// Decompressed index bytes all layers may still read.
@@ -67,7 +69,8 @@ pub(crate) async fn unpack_layers(
                 .zip(opened.index_of(i))
                 .map(|(config, (index, entries))| NativeLayer {
                     tar_size: config.layers[i].tar_size,
-                    index: index.clone(),
+                    index_at: config.layers[i].index_at,
+                    index,
                     entries,
                     budget: budget.clone(),
                 });
@@ -85,7 +88,7 @@ pub(crate) async fn unpack_layers(
     while let Some(result) = results.next().await {
         let (bytes, index) = result?;
         if let Some(index) = index {
-            index_bytes = crate::open::add_index_bytes(index_bytes, bytes, &index)?;
+            index_bytes = crate::open::add_index_bytes(index_bytes, bytes, &index.digest)?;
         }
     }
     Ok(index_bytes)
@@ -94,7 +97,8 @@ pub(crate) async fn unpack_layers(
 /// Most bytes accepted after a native layer's end-of-archive marker.
 const MAX_TRAILER: u64 = 1 << 20;
 
-/// Requests a layer's blob and, for a native layer, its file index, both at once.
+/// Requests a layer's blob and, for a native layer, its file index (from version 3 on, the end
+/// of the same blob, requested by range), both at once.
 async fn open_layer(
     store: &Store,
     descriptor: &Descriptor,
@@ -119,7 +123,7 @@ async fn unpack_layer(
     native: Option<NativeLayer>,
     unpacker: Arc<Unpacker>,
     progress: Arc<Progress>,
-) -> Result<(u64, Option<Descriptor>), RestoreError> {
+) -> Result<(u64, Option<IndexLocation>), RestoreError> {
     tokio::task::spawn_blocking(move || {
         let bytes = unpack_blob(
             blob,
@@ -147,8 +151,10 @@ fn unpack_blob(
     progress: &Progress,
 ) -> Result<u64, RestoreError> {
     let unpacked = (|| {
+        // Version 3: the compressed tar ends where the index frame starts.
+        let compressed_tar = native.and_then(|n| n.index_at).unwrap_or(u64::MAX);
         let counted = Counted {
-            inner: &mut blob,
+            inner: (&mut blob).take(compressed_tar),
             count: &progress.downloaded,
         };
         let decoder = Compression::decoder(BufReader::with_capacity(256 * 1024, counted))
@@ -158,7 +164,7 @@ fn unpack_blob(
         let mut tar = decoder.take(tar_limit);
         let index_bytes = match (native, index_blob.as_mut()) {
             (Some(native), Some(index_blob)) => {
-                let index_error = open::index_error(&native.index);
+                let index_error = open::index_error(&native.index.digest);
                 let mut lines = IndexReader::new(index_blob, native.entries, &native.budget)
                     .map_err(&index_error)?;
                 unpacker
@@ -187,6 +193,10 @@ fn unpack_blob(
             }
         }
         let tar_size = tar_limit - tar.limit();
+        drop(tar);
+        if let Some(index_at) = native.and_then(|n| n.index_at) {
+            check_index_frame(&mut blob, desc, index_at)?;
+        }
         Ok::<_, RestoreError>((tar_size, index_bytes))
     })();
     let (tar_size, index_bytes) = match unpacked {
@@ -223,6 +233,21 @@ fn unpack_blob(
         )));
     }
     Ok(index_bytes)
+}
+
+/// Version 3: the layer's compressed tar was read to its end at `index_at`; the skippable
+/// frame that follows must be the one the config implies, so that every zstd decoder skips it
+/// (its payload, the index, is checked by its own digest).
+fn check_index_frame(
+    blob: &mut BlobReader,
+    desc: &Descriptor,
+    index_at: u64,
+) -> Result<(), RestoreError> {
+    let mut header = [0u8; native::INDEX_FRAME_HEADER as usize];
+    blob.read_exact(&mut header).map_err(corrupt(desc))?;
+    let payload = desc.size - index_at - native::INDEX_FRAME_HEADER;
+    native::check_index_frame_header(&header, payload)
+        .map_err(|e| RestoreError::Corrupt(format!("layer {}: {e}", desc.digest)))
 }
 
 /// Counts the bytes read through it into a progress counter.

@@ -829,20 +829,68 @@ fn native_documents_are_bounded(run: Runner) {
             "GNU sparse entries are not part of the native format",
         ),
     ];
-    for (case, tamper, want) in cases {
-        let mut native = honest();
+    // Version 3 keeps each index at the end of its layer's blob, read by range: the same
+    // checks hold, and the frame itself is checked.
+    let v3_cases: Vec<(&str, Tamper, &str)> = vec![
+        (
+            "a frame with another magic number",
+            Box::new(|n| n.in_layer.as_mut().unwrap().magic = 0x184D2A50),
+            "not the magic number 0x184d2a57",
+        ),
+        (
+            "a frame declaring another length",
+            Box::new(|n| n.in_layer.as_mut().unwrap().length_lie = -1),
+            "the rest of the blob is",
+        ),
+        (
+            "an index_at inside the compressed tar",
+            Box::new(|n| n.in_layer.as_mut().unwrap().index_at_lie = -3),
+            "digest mismatch",
+        ),
+        (
+            "an index_at beyond the blob",
+            Box::new(|n| n.in_layer.as_mut().unwrap().index_at_lie = 1000),
+            "config and manifest list different layers",
+        ),
+        (
+            "index bytes other than the config's index",
+            Box::new(|n| {
+                let one = index_blob(&[index_line("dir", "d", 0o755, b"", None)]);
+                n.in_layer.as_mut().unwrap().payload = Some(one);
+            }),
+            "digest mismatch",
+        ),
+    ];
+    let reference = readable(honest().v3().publish(&jail.layout("honest-v3")));
+    report(&run.restore(&reference, &jail.path().join("t-honest-v3"), &[]));
+    assert_eq!(
+        std::fs::read(jail.path().join("t-honest-v3/d/f")).unwrap(),
+        b"data"
+    );
+    // Every case in both versions, then the version 3 ones.
+    let runs = cases
+        .iter()
+        .flat_map(|case| [(case, false), (case, true)])
+        .chain(v3_cases.iter().map(|case| (case, true)));
+    for ((case, tamper, want), in_layer) in runs {
+        let mut native = if in_layer { honest().v3() } else { honest() };
         tamper(&mut native);
-        let reference = readable(native.publish(&jail.layout(&case.replace(' ', "-"))));
+        let name = format!(
+            "{}{}",
+            if in_layer { "v3-" } else { "" },
+            case.replace(' ', "-")
+        );
+        let reference = readable(native.publish(&jail.layout(&name)));
         let target = jail.path().join("t-native");
         let out = run.restore(&reference, &target, &[]);
-        assert_eq!(out.status.code(), Some(6), "{case}: {}", stderr(&out));
-        assert!(stderr(&out).contains(want), "{case}: {}", stderr(&out));
-        assert!(names(&target).is_empty(), "{case}");
+        assert_eq!(out.status.code(), Some(6), "{name}: {}", stderr(&out));
+        assert!(stderr(&out).contains(want), "{name}: {}", stderr(&out));
+        assert!(names(&target).is_empty(), "{name}");
         let verify = run.verify(&reference);
-        assert_eq!(verify.status.code(), Some(6), "{case}: verify");
+        assert_eq!(verify.status.code(), Some(6), "{name}: verify");
         assert!(
             stderr(&verify).contains(want),
-            "{case}: {}",
+            "{name}: {}",
             stderr(&verify)
         );
     }

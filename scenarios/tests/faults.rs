@@ -303,6 +303,27 @@ fn resets_mid_blob_are_retried_or_resumed() {
     figures("resets_mid_blob_are_retried_or_resumed", injected);
 }
 
+/// A registry that ignores `Range` answers a version 3 layer's index request with the whole
+/// blob: the restore skips to the index and still verifies and restores everything.
+#[test]
+fn a_registry_that_ignores_range_still_serves_the_file_index() {
+    if !slow_tests_enabled("a_registry_that_ignores_range_still_serves_the_file_index") {
+        return;
+    }
+    let s = Setup::new();
+    s.direct_backup();
+    let injected = s.restore_survives("ignore-range", |layers| {
+        let drop_range = Fault::DropRequestHeader {
+            name: "range".into(),
+        };
+        vec![Rule::new("GET", &layers[0], drop_range).always()]
+    });
+    figures(
+        "a_registry_that_ignores_range_still_serves_the_file_index",
+        injected,
+    );
+}
+
 #[test]
 fn stalls_are_detected_by_the_idle_timeout_and_retried() {
     if !slow_tests_enabled("stalls_are_detected_by_the_idle_timeout_and_retried") {

@@ -116,6 +116,33 @@ pub struct Native {
     pub config: serde_json::Value,
     /// Added to the config descriptor's size in the manifest.
     pub config_size_lie: i64,
+    /// Format version 3: the index at the end of the layer's blob (FORMAT.md §4.4), with these
+    /// parts of it; `None`: version 1, the index in a blob of its own.
+    pub in_layer: Option<InLayer>,
+}
+
+/// How a version 3 layer's blob ends: the index frame, as written or tampered with.
+pub struct InLayer {
+    /// The frame's magic number.
+    pub magic: u32,
+    /// Added to the payload length the frame header declares.
+    pub length_lie: i64,
+    /// Added to the `index_at` the config records.
+    pub index_at_lie: i64,
+    /// The payload stored in the blob instead of `index` (whose digest the config keeps).
+    pub payload: Option<Vec<u8>>,
+}
+
+impl InLayer {
+    /// The frame as a writer writes it.
+    pub fn honest() -> InLayer {
+        InLayer {
+            magic: wsr_format::native::INDEX_FRAME_MAGIC,
+            length_lie: 0,
+            index_at_lie: 0,
+            payload: None,
+        }
+    }
 }
 
 impl Native {
@@ -141,38 +168,70 @@ impl Native {
             index: zstd(index.as_bytes()),
             tar,
             config_size_lie: 0,
+            in_layer: None,
         }
+    }
+
+    /// The same artifact in format version 3.
+    pub fn v3(mut self) -> Native {
+        self.config["format_version"] = wsr_format::native::FORMAT_VERSION.into();
+        self.in_layer = Some(InLayer::honest());
+        self
     }
 
     /// Stores the artifact in the layout `layout` as `latest`; returns the reference.
     pub fn publish(mut self, layout: &Path) -> String {
-        let layer = zstd(&self.tar);
+        let mut layer = zstd(&self.tar);
+        let mut blobs = Vec::new();
+        let mut indexes = Vec::new();
+        match &self.in_layer {
+            Some(frame) => {
+                let index_at = layer.len() as i64 + frame.index_at_lie;
+                self.config["layers"][0]["index_at"] = index_at.into();
+                let payload = frame.payload.as_ref().unwrap_or(&self.index);
+                let length = payload.len() as i64 + frame.length_lie;
+                layer.extend_from_slice(&frame.magic.to_le_bytes());
+                layer.extend_from_slice(&(length as u32).to_le_bytes());
+                layer.extend_from_slice(payload);
+            }
+            None => {
+                indexes.push(Descriptor::new(
+                    media::NATIVE_INDEX,
+                    Digest::of(&self.index),
+                    self.index.len() as u64,
+                ));
+                blobs.push(std::mem::take(&mut self.index));
+            }
+        }
         let layer_desc = Descriptor::new(
             media::LAYER_TAR_ZSTD,
             Digest::of(&layer),
             layer.len() as u64,
         );
-        let index_desc = Descriptor::new(
-            media::NATIVE_INDEX,
-            Digest::of(&self.index),
-            self.index.len() as u64,
-        );
         self.config["layers"][0]["digest"] = layer_desc.digest.to_string().into();
-        self.config["layers"][0]["index"] = index_desc.digest.to_string().into();
+        let index_digest = indexes
+            .first()
+            .map_or(Digest::of(&self.index), |i| i.digest.clone());
+        self.config["layers"][0]["index"] = index_digest.to_string().into();
         let config = serde_json::to_vec(&self.config).unwrap();
+        let (major, config_type) = match self.in_layer {
+            Some(_) => (3, media::NATIVE_CONFIG_V3),
+            None => (1, media::NATIVE_CONFIG),
+        };
         let config_desc = Descriptor::new(
-            media::NATIVE_CONFIG,
+            config_type,
             Digest::of(&config),
             (config.len() as i64 + self.config_size_lie) as u64,
         );
         let manifest = wsr_format::artifact::native_manifest(
-            1,
+            major,
             config_desc,
             vec![layer_desc],
-            vec![index_desc],
+            indexes,
             Default::default(),
         )
         .to_bytes();
+        blobs.extend([layer, config]);
         tokio::runtime::Runtime::new().unwrap().block_on(async {
             let repo = Repository::Layout {
                 dir: layout.to_owned(),
@@ -180,7 +239,7 @@ impl Native {
             let store = Store::open(&repo, &ConnectOptions::default(), Access::Push)
                 .await
                 .unwrap();
-            for blob in [layer, self.index, config] {
+            for blob in blobs {
                 store.push_blob_bytes(blob.into()).await.unwrap();
             }
             store

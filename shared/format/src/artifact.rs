@@ -6,14 +6,15 @@ use crate::media::{self, annotation};
 /// What a manifest is, as far as restore is concerned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Artifact {
-    /// wsr's own format: config, data layers (in order), and one file-index blob per data
-    /// layer (same order).
+    /// wsr's own format: config, data layers (in order), and in versions 1 and 2 one
+    /// file-index blob per data layer (same order); from version 3 on each data layer's blob
+    /// ends with its index, and `indexes` is empty.
     Native {
         /// The native config blob.
         config: Descriptor,
         /// The data layers, in order.
         layers: Vec<Descriptor>,
-        /// One file-index blob per data layer, in the same order.
+        /// Versions 1 and 2: one file-index blob per data layer, in the same order.
         indexes: Vec<Descriptor>,
     },
     /// One tar layer (gzip, zstd or plain): upstream DWO backups and compatible artifacts.
@@ -30,7 +31,7 @@ pub enum Artifact {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ArtifactError {
     #[error(
-        "artifact has type {0:?}, a newer wsr format than this wsr reads (application/vnd.wsr.backup.v1 and v2); upgrade wsr"
+        "artifact has type {0:?}, a newer wsr format than this wsr reads (application/vnd.wsr.backup.v1 to v3); upgrade wsr"
     )]
     /// The manifest's artifact type is a later wsr major version.
     UnsupportedVersion(String),
@@ -52,6 +53,27 @@ pub fn classify(manifest: &Manifest) -> Result<Artifact, ArtifactError> {
         .artifact_type
         .as_deref()
         .unwrap_or(&manifest.config.media_type);
+    if artifact_type == media::NATIVE_ARTIFACT_TYPE_V3
+        || manifest.config.media_type == media::NATIVE_CONFIG_V3
+    {
+        let well_formed = manifest.config.media_type == media::NATIVE_CONFIG_V3
+            && !manifest.layers.is_empty()
+            && manifest
+                .layers
+                .iter()
+                .all(|l| l.media_type == media::LAYER_TAR_ZSTD);
+        if !well_formed {
+            return Err(ArtifactError::Unrecognised(format!(
+                "native artifact version 3 must have a {} config and only tar+zstd data layers",
+                media::NATIVE_CONFIG_V3
+            )));
+        }
+        return Ok(Artifact::Native {
+            config: manifest.config.clone(),
+            layers: manifest.layers.clone(),
+            indexes: Vec::new(),
+        });
+    }
     if artifact_type == media::NATIVE_ARTIFACT_TYPE
         || artifact_type == media::NATIVE_ARTIFACT_TYPE_V2
         || manifest.config.media_type == media::NATIVE_CONFIG
@@ -141,8 +163,9 @@ pub fn dwo_manifest(layer: Descriptor, annotations: Annotations) -> Manifest {
     }
 }
 
-/// The native manifest: data layers in order, then their file indexes in the same order.
-/// `major` is the config's format major (1 or 2), which the `artifactType` repeats.
+/// The native manifest: data layers in order, then (versions 1 and 2) their file indexes in
+/// the same order. `major` is the config's format major, which the `artifactType` repeats;
+/// from version 3 on `indexes` is empty (each layer's blob ends with its index).
 pub fn native_manifest(
     major: u32,
     config: Descriptor,
@@ -156,10 +179,10 @@ pub fn native_manifest(
         schema_version: 2,
         media_type: Some(media::MANIFEST_V1.into()),
         artifact_type: Some(
-            if major >= 2 {
-                media::NATIVE_ARTIFACT_TYPE_V2
-            } else {
-                media::NATIVE_ARTIFACT_TYPE
+            match major {
+                1 => media::NATIVE_ARTIFACT_TYPE,
+                2 => media::NATIVE_ARTIFACT_TYPE_V2,
+                _ => media::NATIVE_ARTIFACT_TYPE_V3,
             }
             .into(),
         ),
@@ -243,6 +266,67 @@ mod tests {
     }
 
     #[test]
+    fn version_3_lists_data_layers_only_and_earlier_readers_refuse_it_with_their_upgrade_message() {
+        let config = desc(media::NATIVE_CONFIG_V3, b"{}");
+        let layers = vec![
+            desc(media::LAYER_TAR_ZSTD, b"a"),
+            desc(media::LAYER_TAR_ZSTD, b"b"),
+            desc(media::LAYER_TAR_ZSTD, b"c"),
+        ];
+        let m = native_manifest(
+            3,
+            config.clone(),
+            layers.clone(),
+            vec![],
+            Annotations::new(),
+        );
+        assert_eq!(
+            m.artifact_type.as_deref(),
+            Some(media::NATIVE_ARTIFACT_TYPE_V3)
+        );
+        assert_eq!(
+            classify(&Manifest::from_bytes(&m.to_bytes()).unwrap()),
+            Ok(Artifact::Native {
+                config,
+                layers,
+                indexes: vec![]
+            })
+        );
+        // Readers of versions 1 and 2 take a manifest for a native artifact when its
+        // artifactType is v1 or v2 or its config has their config media type, and refuse
+        // any other `application/vnd.wsr.backup.v…` type as a newer format (their rule,
+        // spelled out here): version 3 meets none of the first and the last.
+        let old_reader_takes_it_as_native = |m: &Manifest| {
+            let t = m.artifact_type.as_deref().unwrap_or_default();
+            t == media::NATIVE_ARTIFACT_TYPE
+                || t == media::NATIVE_ARTIFACT_TYPE_V2
+                || m.config.media_type == media::NATIVE_CONFIG
+        };
+        assert!(!old_reader_takes_it_as_native(&m));
+        assert!(
+            m.artifact_type
+                .unwrap()
+                .starts_with("application/vnd.wsr.backup.v")
+        );
+        // An index layer, another layer type or the old config type is not version 3.
+        let mut with_index = native_manifest(
+            3,
+            desc(media::NATIVE_CONFIG_V3, b"{}"),
+            vec![desc(media::LAYER_TAR_ZSTD, b"a")],
+            vec![desc(media::NATIVE_INDEX, b"i")],
+            Annotations::new(),
+        );
+        assert!(classify(&with_index).is_err());
+        with_index.layers.pop();
+        assert!(classify(&with_index).is_ok());
+        with_index.config.media_type = media::NATIVE_CONFIG.into();
+        assert!(classify(&with_index).is_err());
+        with_index.layers.clear();
+        with_index.config.media_type = media::NATIVE_CONFIG_V3.into();
+        assert!(classify(&with_index).is_err());
+    }
+
+    #[test]
     fn foreign_single_layer_tarballs_are_accepted_and_others_rejected() {
         let mut m = dwo_manifest(desc("x", b"t"), Annotations::new());
         m.artifact_type = None;
@@ -263,7 +347,7 @@ mod tests {
         assert!(classify(&m).is_ok());
         m.layers.push(m.layers[0].clone());
         assert!(matches!(classify(&m), Err(ArtifactError::Unrecognised(_))));
-        m.artifact_type = Some("application/vnd.wsr.backup.v3".into());
+        m.artifact_type = Some("application/vnd.wsr.backup.v4".into());
         assert!(matches!(
             classify(&m),
             Err(ArtifactError::UnsupportedVersion(_))

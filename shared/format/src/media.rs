@@ -18,9 +18,15 @@ pub const DWO_LAYER_TITLE: &str = "devworkspace-backup.tar.gz";
 pub const NATIVE_ARTIFACT_TYPE: &str = "application/vnd.wsr.backup.v1";
 /// `artifactType` of native format version 2: data layers may hold sparse entries.
 pub const NATIVE_ARTIFACT_TYPE_V2: &str = "application/vnd.wsr.backup.v2";
-/// Media type of the native config blob.
+/// `artifactType` of native format version 3: each data layer's blob ends with its file index.
+pub const NATIVE_ARTIFACT_TYPE_V3: &str = "application/vnd.wsr.backup.v3";
+/// Media type of the native config blob, versions 1 and 2.
 pub const NATIVE_CONFIG: &str = "application/vnd.wsr.backup.config.v1+json";
-/// Media type of the native file-index blob (zstd-compressed JSON lines).
+/// Media type of the native config blob from version 3 on. A new name, because readers of
+/// versions 1 and 2 also recognise a native artifact by its config's media type; with this one
+/// they reach their check of the artifact type and ask the user to upgrade.
+pub const NATIVE_CONFIG_V3: &str = "application/vnd.wsr.backup.config.v3+json";
+/// Media type of the native file-index blob (zstd-compressed JSON lines), versions 1 and 2.
 pub const NATIVE_INDEX: &str = "application/vnd.wsr.backup.index.v1+jsonl+zstd";
 
 /// The empty config descriptor of image-spec v1.1 (`{}`), used by `dwo` artifacts.

@@ -24,15 +24,28 @@ pub const MAX_INDEX_BYTES: u64 = MAX_ENTRIES << 10;
 /// at 228 MiB, so one at the limit stays well within the backup Job's 1 GiB memory limit.
 pub const MAX_ENTRIES: u64 = 1 << 21;
 
-/// The format version this code writes when no file is stored sparse (FORMAT.md §4.1), so that
-/// readers that only know version 1 keep reading such backups.
-pub const FORMAT_VERSION: &str = "1.0";
-/// The format version this code writes when a data layer holds a sparse entry (FORMAT.md §3.2).
-pub const FORMAT_VERSION_SPARSE: &str = "2.0";
+/// The format version this code writes (FORMAT.md §4.1): each data layer's blob ends with its
+/// file index.
+pub const FORMAT_VERSION: &str = "3.0";
+/// Version 1: file indexes in blobs of their own, no sparse entries. Read, no longer written.
+pub const FORMAT_VERSION_1: &str = "1.0";
+/// Version 2: as 1, and data layers may hold sparse entries (FORMAT.md §3.2). Read, no longer
+/// written.
+pub const FORMAT_VERSION_2: &str = "2.0";
 /// The majors this code reads; any minor of them is accepted.
-const KNOWN_MAJORS: [u32; 2] = [1, 2];
+const KNOWN_MAJORS: [u32; 3] = [1, 2, 3];
 /// The highest major this code reads (for messages).
-const FORMAT_MAJOR: u32 = 2;
+const FORMAT_MAJOR: u32 = 3;
+/// The first major whose data layers hold their own file index (FORMAT.md §4.4).
+pub const INDEX_IN_LAYER_MAJOR: u32 = 3;
+
+/// The magic number of the zstd skippable frame that holds a data layer's file index (version
+/// 3; RFC 8878 §3.1.2 reserves `0x184D2A50` to `0x184D2A5F`; zstd decoders skip such frames, so
+/// the blob stays a plain tar+zstd stream to every other tool).
+pub const INDEX_FRAME_MAGIC: u32 = 0x184D_2A57;
+/// Bytes of a skippable frame's header: the magic number and the payload's length, both u32
+/// little-endian.
+pub const INDEX_FRAME_HEADER: u64 = 8;
 
 /// The config blob (`application/vnd.wsr.backup.config.v1+json`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,8 +127,14 @@ pub struct LayerInfo {
     pub tar_size: u64,
     /// Number of entries in the layer.
     pub entries: u64,
-    /// Digest of the layer's file-index blob (the index layer at the same position).
+    /// Digest of the layer's compressed file index: the index layer at the same position
+    /// (versions 1 and 2), or the payload of the skippable frame the layer's blob ends with
+    /// (version 3).
     pub index: Digest,
+    /// Version 3: the offset in the layer's blob of the skippable frame holding its file index
+    /// (the compressed tar ends there). Absent in versions 1 and 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_at: Option<u64>,
     /// Digest over the metadata of the layer's entries (see FORMAT.md); equal fingerprints let a
     /// re-backup reuse the layer without reading file contents.
     pub fingerprint: Digest,
@@ -146,18 +165,76 @@ pub enum ConfigError {
     Json(#[from] serde_json::Error),
 }
 
+/// Where a data layer's compressed file index is: bytes `offset..` of blob `blob`, which must
+/// be `size` bytes with digest `digest`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexLocation {
+    /// The blob holding the index: an index blob (versions 1 and 2) or the data layer's.
+    pub blob: Digest,
+    /// Where in that blob the index starts: 0, or just past the skippable frame's header.
+    pub offset: u64,
+    /// The index bytes' digest (the config's `index`).
+    pub digest: Digest,
+    /// The index bytes' length (to the end of the blob).
+    pub size: u64,
+}
+
 impl BackupConfig {
     /// Whether this config describes exactly these data layers and file indexes, in order
-    /// (as a manifest lists them).
+    /// (as a manifest lists them): from version 3 on the manifest lists no index blobs and
+    /// each layer record says where in its blob the index frame is.
     pub fn lists(&self, layers: &[Descriptor], indexes: &[Descriptor]) -> bool {
-        self.layers.len() == layers.len()
-            && self.layers.len() == indexes.len()
+        let same_layers = self.layers.len() == layers.len()
             && self
                 .layers
                 .iter()
                 .zip(layers)
+                .all(|(c, l)| c.digest == l.digest);
+        if self.major() >= INDEX_IN_LAYER_MAJOR {
+            return same_layers
+                && indexes.is_empty()
+                && self.layers.iter().zip(layers).all(|(c, l)| {
+                    c.index_at.is_some_and(|at| {
+                        at.checked_add(INDEX_FRAME_HEADER)
+                            .is_some_and(|end| end <= l.size)
+                    })
+                });
+        }
+        same_layers
+            && self.layers.len() == indexes.len()
+            && self
+                .layers
+                .iter()
                 .zip(indexes)
-                .all(|((c, l), i)| c.digest == l.digest && c.index == i.digest)
+                .all(|(c, i)| c.index == i.digest && c.index_at.is_none())
+    }
+
+    /// Where data layer `position`'s file index is, in a config that [`lists`](Self::lists)
+    /// `layers` and `indexes`.
+    pub fn index_location(
+        &self,
+        position: usize,
+        layers: &[Descriptor],
+        indexes: &[Descriptor],
+    ) -> IndexLocation {
+        let info = &self.layers[position];
+        match info.index_at {
+            Some(at) => {
+                let offset = at + INDEX_FRAME_HEADER;
+                IndexLocation {
+                    blob: info.digest.clone(),
+                    offset,
+                    digest: info.index.clone(),
+                    size: layers[position].size - offset,
+                }
+            }
+            None => IndexLocation {
+                blob: indexes[position].digest.clone(),
+                offset: 0,
+                digest: indexes[position].digest.clone(),
+                size: indexes[position].size,
+            },
+        }
     }
 
     /// The config's canonical encoding (its digest is the config blob's).
@@ -295,6 +372,34 @@ impl IndexLines {
         enc.write_all(&self.0)?;
         enc.finish()
     }
+}
+
+/// The header of the skippable frame that holds a compressed file index of `len` bytes at the
+/// end of a data layer's blob (version 3); `None` when `len` does not fit the frame's u32.
+pub fn index_frame_header(len: usize) -> Option<[u8; 8]> {
+    let len = u32::try_from(len).ok()?;
+    let mut header = [0u8; 8];
+    header[..4].copy_from_slice(&INDEX_FRAME_MAGIC.to_le_bytes());
+    header[4..].copy_from_slice(&len.to_le_bytes());
+    Some(header)
+}
+
+/// Checks the header of a layer's index frame against the length the config implies (the rest
+/// of the blob); the error says what is wrong.
+pub fn check_index_frame_header(header: &[u8; 8], len: u64) -> Result<(), String> {
+    let magic = u32::from_le_bytes(header[..4].try_into().expect("4 bytes"));
+    let found = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+    if magic != INDEX_FRAME_MAGIC {
+        return Err(format!(
+            "the file index frame starts with {magic:#010x}, not the magic number {INDEX_FRAME_MAGIC:#010x}"
+        ));
+    }
+    if u64::from(found) != len {
+        return Err(format!(
+            "the file index frame declares {found} bytes, the rest of the blob is {len}"
+        ));
+    }
+    Ok(())
 }
 
 /// Writes one layer's file index (see [`IndexLines::compress`]).
@@ -637,28 +742,111 @@ mod tests {
     fn config_round_trips_and_rejects_unknown_major() {
         let c = sample_config();
         assert_eq!(BackupConfig::from_bytes(&c.to_bytes()).unwrap(), c);
-        let minor = String::from_utf8(c.to_bytes())
-            .unwrap()
-            .replace("\"1.0\"", "\"1.7\"");
-        assert!(BackupConfig::from_bytes(minor.as_bytes()).is_ok());
-        // Version 2 (sparse entries) is read, and so is version 1 above.
-        let v2 = String::from_utf8(c.to_bytes())
-            .unwrap()
-            .replace("\"1.0\"", &format!("\"{FORMAT_VERSION_SPARSE}\""));
-        let v2 = BackupConfig::from_bytes(v2.as_bytes()).unwrap();
-        assert_eq!((c.major(), v2.major()), (1, 2));
-        // A major this code does not know is refused with the upgrade message, as version-1
-        // readers refuse "2.0" (this very check, with KNOWN_MAJORS = [1]).
+        let with_version = |v: &str| {
+            String::from_utf8(c.to_bytes())
+                .unwrap()
+                .replace(&format!("\"{FORMAT_VERSION}\""), &format!("\"{v}\""))
+        };
+        assert!(BackupConfig::from_bytes(with_version("3.7").as_bytes()).is_ok());
+        // Versions 1 and 2 (written before) are read too.
+        let v1 = BackupConfig::from_bytes(with_version(FORMAT_VERSION_1).as_bytes()).unwrap();
+        let v2 = BackupConfig::from_bytes(with_version(FORMAT_VERSION_2).as_bytes()).unwrap();
+        assert_eq!((v1.major(), v2.major(), c.major()), (1, 2, 3));
+        // A major this code does not know is refused with the upgrade message, as version-2
+        // readers refuse "3.0" (this very check, with KNOWN_MAJORS = [1, 2]).
         let err =
-            BackupConfig::from_bytes(br#"{"format_version":"3.0","whatever":1}"#).unwrap_err();
+            BackupConfig::from_bytes(br#"{"format_version":"4.0","whatever":1}"#).unwrap_err();
         assert!(
-            err.to_string().contains("format 3.0") && err.to_string().contains("upgrade wsr"),
+            err.to_string().contains("format 4.0") && err.to_string().contains("upgrade wsr"),
             "{err}"
         );
         assert!(matches!(
             BackupConfig::from_bytes(br#"{"format_version":"x"}"#),
             Err(ConfigError::UnsupportedVersion { .. })
         ));
+    }
+
+    #[test]
+    fn a_version_3_config_locates_each_index_in_its_layer_and_earlier_ones_in_index_blobs() {
+        let layer =
+            |data: &[u8]| Descriptor::new(crate::media::LAYER_TAR_ZSTD, Digest::of(data), 1000);
+        let index = Descriptor::new(crate::media::NATIVE_INDEX, Digest::of(b"index"), 40);
+        let record = |index_at| LayerInfo {
+            digest: Digest::of(b"layer"),
+            diff_id: Digest::of(b"tar"),
+            tar_size: 4096,
+            entries: 3,
+            index: Digest::of(b"index"),
+            index_at,
+            fingerprint: Digest::of(b"fp"),
+        };
+        let mut v3 = sample_config();
+        v3.layers = vec![record(Some(900))];
+        let layers = [layer(b"layer")];
+        assert!(v3.lists(&layers, &[]));
+        assert_eq!(
+            v3.index_location(0, &layers, &[]),
+            IndexLocation {
+                blob: Digest::of(b"layer"),
+                offset: 908,
+                digest: Digest::of(b"index"),
+                size: 92,
+            }
+        );
+        // The frame's header must fit in the blob; an index blob or a missing offset is not
+        // version 3.
+        v3.layers = vec![record(Some(993))];
+        assert!(!v3.lists(&layers, &[]));
+        v3.layers = vec![record(Some(992))];
+        assert!(v3.lists(&layers, &[]));
+        v3.layers = vec![record(Some(u64::MAX))];
+        assert!(!v3.lists(&layers, &[]));
+        v3.layers = vec![record(Some(900))];
+        assert!(!v3.lists(&layers, std::slice::from_ref(&index)));
+        v3.layers = vec![record(None)];
+        assert!(!v3.lists(&layers, &[]));
+
+        let mut v2 = v3.clone();
+        v2.format_version = FORMAT_VERSION_2.into();
+        assert!(v2.lists(&layers, std::slice::from_ref(&index)));
+        assert_eq!(
+            v2.index_location(0, &layers, std::slice::from_ref(&index)),
+            IndexLocation {
+                blob: Digest::of(b"index"),
+                offset: 0,
+                digest: Digest::of(b"index"),
+                size: 40,
+            }
+        );
+        assert!(!v2.lists(&layers, &[]));
+        v2.layers = vec![record(Some(900))];
+        assert!(!v2.lists(&layers, std::slice::from_ref(&index)));
+    }
+
+    #[test]
+    fn the_index_frame_header_is_a_skippable_frame_of_the_payload_length() {
+        let header = index_frame_header(300).unwrap();
+        assert_eq!(header, [0x57, 0x2A, 0x4D, 0x18, 44, 1, 0, 0]);
+        assert!(check_index_frame_header(&header, 300).is_ok());
+        let err = check_index_frame_header(&header, 301).unwrap_err();
+        assert!(
+            err.contains("declares 300 bytes, the rest of the blob is 301"),
+            "{err}"
+        );
+        let mut bad = header;
+        bad[0] = 0x50;
+        assert!(
+            check_index_frame_header(&bad, 300)
+                .unwrap_err()
+                .contains("magic")
+        );
+        assert!(index_frame_header(u32::MAX as usize + 1).is_none());
+        // zstd skips it: a blob of a compressed stream followed by the frame decodes to the
+        // stream's content alone.
+        let mut blob = zstd::encode_all(&b"tar bytes"[..], 3).unwrap();
+        blob.extend_from_slice(&index_frame_header(5).unwrap());
+        blob.extend_from_slice(b"index");
+        assert_eq!(zstd::decode_all(&blob[..]).unwrap(), b"tar bytes");
     }
 
     #[test]

@@ -98,6 +98,12 @@ fn the_native_examples_are_one_backup() {
     assert_eq!(config_desc.size, config_bytes.len() as u64);
     assert!(config.lists(&layers, &indexes));
     assert_eq!(config.layers[0].entries, index.len() as u64);
+    // Version 3: the index is the end of the layer's blob, right after the frame header.
+    let compressed = native::write_index(&index).unwrap();
+    assert_eq!(config.layers[0].index, Digest::of(&compressed));
+    let located = config.index_location(0, &layers, &indexes);
+    assert_eq!(located.size, compressed.len() as u64);
+    assert_eq!(located.offset + located.size, layers[0].size);
     assert_eq!(
         config.totals.entries(),
         index.len() as u64,

@@ -316,7 +316,7 @@ impl BlobReader {
         }
         if actual != self.digest {
             return Err(TransportError::DigestMismatch {
-                what: format!("layer blob ({size} bytes)"),
+                what: format!("{size} bytes downloaded"),
                 expected: self.digest,
                 actual,
             });

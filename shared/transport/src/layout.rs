@@ -140,9 +140,22 @@ impl LayoutStore {
         }))
     }
 
-    /// Opens a blob file for reading.
-    pub fn blob_reader(&self, digest: &Digest, size: u64) -> Result<BlobReader> {
-        let file = open_regular(&self.blob_path(digest)).map_err(|e| self.open_error(digest, e))?;
+    /// Opens blob file `blob` for reading from `offset` on, checked against `digest` and
+    /// `size` (the blob's own, when `offset` is 0).
+    pub fn blob_reader(
+        &self,
+        blob: &Digest,
+        offset: u64,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<BlobReader> {
+        use std::io::{Seek, SeekFrom};
+        let mut file = open_regular(&self.blob_path(blob)).map_err(|e| self.open_error(blob, e))?;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(|source| TransportError::Io {
+                what: format!("read blob {blob}"),
+                source,
+            })?;
         Ok(BlobReader::new(Source::Layout(file), digest, size))
     }
 

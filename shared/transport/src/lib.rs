@@ -314,15 +314,28 @@ impl Store {
     /// Opens the blob `digest` of `size` bytes for reading (on a blocking thread); the
     /// [`BlobReader`] checks both when it is finished.
     pub async fn blob_reader(&self, digest: &Digest, size: u64) -> Result<BlobReader> {
+        self.blob_part_reader(digest, 0, digest, size).await
+    }
+
+    /// Opens blob `blob` from byte `offset` to its end, a part with a digest of its own (a
+    /// native layer's file index, FORMAT.md §4.4): the [`BlobReader`] checks that part against
+    /// `digest` and `size`. A registry is asked for the part alone (`Range`).
+    pub async fn blob_part_reader(
+        &self,
+        blob: &Digest,
+        offset: u64,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<BlobReader> {
         match self {
-            Store::Registry(r) => r.blob_reader(digest, size).await,
-            Store::Layout(l) => l.blob_reader(digest, size),
+            Store::Registry(r) => r.blob_reader(blob, offset, digest, size).await,
+            Store::Layout(l) => l.blob_reader(blob, offset, digest, size),
         }
     }
 
     async fn fetch_blob(&self, digest: &Digest) -> Result<BlobStream> {
         match self {
-            Store::Registry(r) => r.fetch_blob(digest).await,
+            Store::Registry(r) => r.fetch_blob(digest, 0).await,
             Store::Layout(l) => l.fetch_blob(digest).await,
         }
     }

@@ -658,10 +658,17 @@ impl RegistryStore {
         self.location(&response, "upload blob")
     }
 
-    /// Opens a blob for reading; a task reads ahead while the reader consumes. An interrupted
-    /// download resumes where it stopped (see [`RegistryStore::fetch_blob`]).
-    pub async fn blob_reader(&self, digest: &Digest, size: u64) -> Result<BlobReader> {
-        let mut stream = self.fetch_blob(digest).await?;
+    /// Opens blob `blob` from `offset` on for reading, checked against `digest` and `size`
+    /// (the blob's own, when `offset` is 0); a task reads ahead while the reader consumes. An
+    /// interrupted download resumes where it stopped (see [`RegistryStore::fetch_blob`]).
+    pub async fn blob_reader(
+        &self,
+        blob: &Digest,
+        offset: u64,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<BlobReader> {
+        let mut stream = self.fetch_blob(blob, offset).await?;
         let (pieces, pieces_rx) = mpsc::channel(DOWNLOAD_QUEUE);
         tokio::spawn(async move {
             while let Some(piece) = stream.next().await {
@@ -695,18 +702,19 @@ impl RegistryStore {
         Ok(BlobReader::new(source, digest, size))
     }
 
-    /// The blob's bytes. When the body fails part-way (reset, stall), the rest is requested
-    /// with `Range: bytes=N-` under the retry policy, whose budget starts again after a request
-    /// that delivered at least [`RESUME_PROGRESS`] bytes (so a long download survives sporadic
-    /// failures, and one cut every few KiB still fails within the budget); the caller's
-    /// digest check covers the joined stream.
-    pub(crate) async fn fetch_blob(&self, digest: &Digest) -> Result<BlobStream> {
-        let first = self.blob_body(digest, 0).await?;
+    /// The blob's bytes from `offset` on (`Range: bytes=N-` when not 0). When the body fails
+    /// part-way (reset, stall), the rest is requested with `Range: bytes=N-` under the retry
+    /// policy, whose budget starts again after a request that delivered at least
+    /// [`RESUME_PROGRESS`] bytes (so a long download survives sporadic failures, and one cut
+    /// every few KiB still fails within the budget); the caller's digest check covers the
+    /// joined stream.
+    pub(crate) async fn fetch_blob(&self, digest: &Digest, offset: u64) -> Result<BlobStream> {
+        let first = self.blob_body(digest, offset).await?;
         let download = Download {
             store: self.clone(),
             digest: digest.clone(),
             body: Some(first),
-            offset: 0,
+            offset,
             backoff: self.policy.backoff(),
             progressed: 0,
             failed: false,

@@ -2,7 +2,7 @@
 //! registry and, for the requests its rules select (method, a path substring, the nth
 //! occurrence and how many times), refuses them, resets or stalls them part-way through the
 //! blob, slows them to a trickle, or answers an error status (with or without `Retry-After`,
-//! or with a registry's own error body) without forwarding. Every connection carries one
+//! or with a registry's own error body) without forwarding, or forwards them without a header. Every connection carries one
 //! request (`Connection: close` is forced), so each request is seen and counted.
 
 use std::io::{self, Read, Write};
@@ -36,6 +36,9 @@ pub enum Fault {
     Answer { code: u16, body: String },
     /// Forwarded, with this header left out of the response: a registry that does not send it.
     DropHeader { name: String },
+    /// Forwarded, with this header left out of the request: a registry that ignores it (e.g.
+    /// `Range`, answered with the whole blob). Selects only requests that carry the header.
+    DropRequestHeader { name: String },
 }
 
 impl Fault {
@@ -171,11 +174,16 @@ impl Drop for FaultProxy {
 }
 
 /// Picks the fault for a request, counting it against every rule it matches.
-fn choose(state: &Mutex<State>, method: &str, path: &str) -> Option<Fault> {
+fn choose(state: &Mutex<State>, method: &str, path: &str, head: &str) -> Option<Fault> {
     let mut state = state.lock().unwrap();
     let mut chosen = None;
     for (rule, count) in &mut state.rules {
-        if rule.matches(method, path) {
+        // Dropping a header selects only the requests that carry it.
+        let applies = match &rule.fault {
+            Fault::DropRequestHeader { name } => has_header(head, name),
+            _ => true,
+        };
+        if applies && rule.matches(method, path) {
             *count += 1;
             let active = *count >= rule.nth && *count - rule.nth < rule.times;
             if active && chosen.is_none() {
@@ -202,7 +210,7 @@ fn serve(
     let mut words = text.split_whitespace();
     let method = words.next().unwrap_or_default().to_owned();
     let path = words.next().unwrap_or_default().to_owned();
-    let fault = choose(state, &method, &path);
+    let fault = choose(state, &method, &path, &text);
     match &fault {
         Some(Fault::Refuse) => return reset(&client),
         Some(Fault::Status { code, retry_after }) => {
@@ -214,7 +222,11 @@ fn serve(
         _ => {}
     }
     let mut server = TcpStream::connect(upstream)?;
-    server.write_all(&close_connection(&text))?;
+    let request = match &fault {
+        Some(Fault::DropRequestHeader { name }) => lines_without(&text, name),
+        _ => text,
+    };
+    server.write_all(&close_connection(&request))?;
     server.write_all(&rest)?;
     // The fault applies to the upload body for PATCH, to the response body otherwise.
     let (up_fault, down_fault) = if method == "PATCH" {
@@ -359,6 +371,14 @@ fn without_header(head: &[u8], name: &str) -> Vec<u8> {
     (lines_without(&String::from_utf8_lossy(head), name) + "\r\n").into_bytes()
 }
 
+/// Whether an HTTP head has the header `name`.
+fn has_header(head: &str, name: &str) -> bool {
+    head.split("\r\n").skip(1).any(|line| {
+        line.split_once(':')
+            .is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+    })
+}
+
 /// The lines of an HTTP head, each ending in CRLF, without the header `name` and without the
 /// empty line that ends the head.
 fn lines_without(head: &str, name: &str) -> String {
@@ -441,16 +461,16 @@ mod tests {
             seen: Vec::new(),
         });
         let faults: Vec<_> = (0..5)
-            .map(|_| choose(&state, "GET", "/v2/r/blobs/sha256:1"))
+            .map(|_| choose(&state, "GET", "/v2/r/blobs/sha256:1", ""))
             .collect();
         assert_eq!(
             faults,
             [None, Some(Fault::Refuse), Some(Fault::Refuse), None, None]
         );
-        assert_eq!(choose(&state, "HEAD", "/v2/r/blobs/sha256:1"), None);
+        assert_eq!(choose(&state, "HEAD", "/v2/r/blobs/sha256:1", ""), None);
         for method in ["GET", "PUT", "GET"] {
             assert!(matches!(
-                choose(&state, method, "/v2/r/manifests/latest"),
+                choose(&state, method, "/v2/r/manifests/latest", ""),
                 Some(Fault::Status { code: 503, .. })
             ));
         }
