@@ -373,19 +373,22 @@ fn without_header(head: &[u8], name: &str) -> Vec<u8> {
 
 /// Whether an HTTP head has the header `name`.
 fn has_header(head: &str, name: &str) -> bool {
-    head.split("\r\n").skip(1).any(|line| {
-        line.split_once(':')
-            .is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case(name))
-    })
+    head.split("\r\n").any(|line| is_header(line, name))
+}
+
+/// Whether a line of an HTTP head is the header `name`.
+fn is_header(line: &str, name: &str) -> bool {
+    line.split(':')
+        .next()
+        .is_some_and(|n| n.eq_ignore_ascii_case(name))
 }
 
 /// The lines of an HTTP head, each ending in CRLF, without the header `name` and without the
 /// empty line that ends the head.
 fn lines_without(head: &str, name: &str) -> String {
-    let kept = head.split("\r\n").filter(|line| {
-        let line_name = line.split(':').next().unwrap_or_default();
-        !line.is_empty() && !line_name.eq_ignore_ascii_case(name)
-    });
+    let kept = head
+        .split("\r\n")
+        .filter(|line| !line.is_empty() && !is_header(line, name));
     kept.map(|line| format!("{line}\r\n")).collect()
 }
 
