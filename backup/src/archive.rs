@@ -38,7 +38,7 @@ pub enum Codec {
 pub struct Archived {
     pub diff_id: Digest,
     pub tar_size: u64,
-    /// The layer's file index blob (compressed); `None` for `dwo`, which has none. Built only
+    /// The layer's compressed file index; `None` for `dwo`, which has none. Built only
     /// when it is kept: a `dwo` backup is one layer of the whole tree, and its index would be
     /// the largest thing the backup holds (448 MiB at 1.29 M entries).
     pub index: Option<Vec<u8>>,

@@ -106,14 +106,12 @@ pub(crate) async fn index_reader(
     store: &Store,
     index: &IndexLocation,
 ) -> Result<BlobReader, RestoreError> {
-    if index.size > native::MAX_INDEX_BLOB_BYTES {
-        return Err(RestoreError::Corrupt(format!(
-            "file index {} is {} bytes; at most {} are accepted",
-            index.digest,
-            index.size,
-            native::MAX_INDEX_BLOB_BYTES
-        )));
-    }
+    check_declared_size(
+        "file index",
+        &index.digest,
+        index.size,
+        native::MAX_INDEX_BLOB_BYTES,
+    )?;
     Ok(store
         .blob_part_reader(&index.blob, index.offset, &index.digest, index.size)
         .await?)
@@ -208,12 +206,17 @@ where
     Ok(state)
 }
 
-/// A config blob's descriptor size must be within `limit`.
-fn check_document_size(descriptor: &Descriptor, limit: u64) -> Result<(), RestoreError> {
-    if descriptor.size > limit {
+/// A document's declared size (a config's descriptor, a file index's) must be within `limit`,
+/// checked before anything is downloaded.
+fn check_declared_size(
+    what: &str,
+    digest: &Digest,
+    size: u64,
+    limit: u64,
+) -> Result<(), RestoreError> {
+    if size > limit {
         return Err(RestoreError::Corrupt(format!(
-            "{} blob {} declares {} bytes; at most {limit} are accepted",
-            descriptor.media_type, descriptor.digest, descriptor.size
+            "{what} {digest} declares {size} bytes; at most {limit} are accepted"
         )));
     }
     Ok(())
@@ -226,7 +229,8 @@ async fn fetch_document(
     descriptor: &Descriptor,
     limit: u64,
 ) -> Result<Vec<u8>, RestoreError> {
-    check_document_size(descriptor, limit)?;
+    let what = format!("{} blob", descriptor.media_type);
+    check_declared_size(&what, &descriptor.digest, descriptor.size, limit)?;
     let bytes = store
         .fetch_blob_bytes(&descriptor.digest, descriptor.size)
         .await?;
