@@ -83,7 +83,7 @@ pub fn filesystem(path: &Path) -> String {
                 .and_then(|l| l.split_whitespace().nth(3).map(String::from))
         })
         .unwrap_or_default();
-    let image = loop_image(path)
+    let image = backing_file(&f[0])
         .and_then(|image| Some((df_row(&image)?, image)))
         .map_or(String::new(), |(disk, image)| {
             format!(
@@ -106,7 +106,11 @@ pub fn filesystem(path: &Path) -> String {
 /// The image file behind the loop device that holds `path`, if any (`bench-scratch.sh` puts the
 /// scratch filesystem in a sparse one on the work disk).
 pub fn loop_image(path: &Path) -> Option<PathBuf> {
-    let device = df_row(path)?.into_iter().next()?;
+    backing_file(&df_row(path)?[0])
+}
+
+/// The image file behind `device`, if it is a loop device.
+fn backing_file(device: &str) -> Option<PathBuf> {
     let name = device
         .strip_prefix("/dev/")
         .filter(|n| n.starts_with("loop"))?;
