@@ -607,7 +607,9 @@ impl Unpacker {
             return Ok(false);
         }
 
-        {
+        // The model is updated under the lock; the disk is written after it is released, so
+        // layers unpacking at once do not wait for each other's system calls.
+        let made = {
             let mut st = self.state.lock().unwrap();
             st.entries += 1;
             if st.entries > self.options.max_entries {
@@ -628,7 +630,7 @@ impl Unpacker {
                     limit: self.options.max_bytes,
                 });
             }
-            self.claim(&mut st, &path, kind)?;
+            let made = self.claim(&mut st, &path, kind)?;
             match kind {
                 EntryKind::Dir => {
                     if let Some(slot) = st.nodes.get_mut(&self.key(&path)) {
@@ -645,16 +647,14 @@ impl Unpacker {
                     st.report.dirs += 1;
                 }
                 EntryKind::Symlink => {
-                    let target = link
-                        .clone()
-                        .filter(|t| !t.is_empty() && !t.contains(&0))
-                        .ok_or_else(|| {
-                            UnpackError::unsafe_entry(&path, "symlink without a valid target")
-                        })?;
-                    if let Some(full) = self.full(&path) {
-                        std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(&target), &full)
-                            .map_err(self.io_err(&path))?;
-                        set_symlink_mtime(&full, mtime).map_err(self.io_err(&path))?;
+                    if !link
+                        .as_ref()
+                        .is_some_and(|t| !t.is_empty() && !t.contains(&0))
+                    {
+                        return Err(UnpackError::unsafe_entry(
+                            &path,
+                            "symlink without a valid target",
+                        ));
                     }
                     st.report.symlinks += 1;
                 }
@@ -675,6 +675,18 @@ impl Unpacker {
                     st.report.bytes += size;
                 }
             }
+            made
+        };
+        for dir in &made {
+            self.make_dir(dir).map_err(self.io_err(dir))?;
+        }
+        if kind == EntryKind::Symlink
+            && let (Some(full), Some(target)) = (self.full(&path), &link)
+        {
+            let target = std::ffi::OsStr::from_bytes(target);
+            self.with_parents(&path, || std::os::unix::fs::symlink(target, &full))
+                .and_then(|()| set_symlink_mtime(&full, mtime))
+                .map_err(self.io_err(&path))?;
         }
         if kind != EntryKind::File {
             return Ok(false);
@@ -724,9 +736,16 @@ impl Unpacker {
             .is_some_and(|prefix| top.starts_with(prefix))
     }
 
-    /// Records `path` as created by us, creating missing parents. Fails if the path or any
-    /// parent is something other than a directory we made.
-    fn claim(&self, st: &mut State, path: &[u8], kind: EntryKind) -> Result<(), UnpackError> {
+    /// Records `path` as created by us, with its missing parents. Fails if the path or any
+    /// parent is something other than a directory we made. Returns the directories the caller
+    /// must create (parents first), once the lock is released.
+    fn claim(
+        &self,
+        st: &mut State,
+        path: &[u8],
+        kind: EntryKind,
+    ) -> Result<Vec<Vec<u8>>, UnpackError> {
+        let mut made = Vec::new();
         for parent in parents(path) {
             match self.node(st, parent) {
                 Some(Node::Dir) => {}
@@ -743,9 +762,7 @@ impl Unpacker {
                     ));
                 }
                 None => {
-                    if let Some(full) = self.full(parent) {
-                        fs::create_dir(full).map_err(self.io_err(parent))?;
-                    }
+                    made.push(parent.to_vec());
                     st.nodes.insert(self.key(parent), Slot::new(Node::Dir));
                 }
             }
@@ -762,20 +779,48 @@ impl Unpacker {
         }
         match self.node(st, path) {
             // A directory entry for a directory created implicitly (or listed twice) only updates metadata.
-            Some(Node::Dir) if node == Node::Dir => Ok(()),
+            Some(Node::Dir) if node == Node::Dir => Ok(made),
             Some(_) => Err(UnpackError::unsafe_entry(
                 path,
                 "duplicate entry would replace an earlier one",
             )),
             None => {
-                if node == Node::Dir
-                    && let Some(full) = self.full(path)
-                {
-                    fs::create_dir(full).map_err(self.io_err(path))?;
+                if node == Node::Dir {
+                    made.push(path.to_vec());
                 }
                 st.nodes.insert(self.key(path), Slot::new(node));
-                Ok(())
+                Ok(made)
             }
+        }
+    }
+
+    /// Creates a directory the model holds as ours. Another layer's thread may have created it
+    /// first: an existing entry there can only be that directory, because the staging tree is
+    /// private to this process and the model gave the path to no other kind of entry.
+    fn make_dir(&self, path: &[u8]) -> io::Result<()> {
+        let Some(full) = self.full(path) else {
+            return Ok(());
+        };
+        match self.with_parents(path, || fs::create_dir(&full)) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            made => made,
+        }
+    }
+
+    /// Runs `create`, which creates `path`. When the parent is missing, another layer's thread
+    /// has claimed it in the model but not created it yet: the parents are created here (each
+    /// is a directory of ours, or [`Unpacker::claim`] would have refused `path`) and `create`
+    /// runs once more.
+    fn with_parents<T>(&self, path: &[u8], create: impl Fn() -> io::Result<T>) -> io::Result<T> {
+        match create() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let Some(slash) = path.iter().rposition(|&b| b == b'/') else {
+                    return Err(e);
+                };
+                self.make_dir(&path[..slash])?;
+                create()
+            }
+            created => created,
         }
     }
 
@@ -797,13 +842,15 @@ impl Unpacker {
         let mut ends_in_hole = false;
         let mut file = match self.full(path) {
             Some(full) => Some(
-                fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                    .open(full)
-                    .map_err(self.io_err(path))?,
+                self.with_parents(path, || {
+                    fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                        .open(&full)
+                })
+                .map_err(self.io_err(path))?,
             ),
             None => None,
         };
@@ -1537,6 +1584,49 @@ mod tests {
         lying[1].mode = 0o600;
         let err = run(&lying, &tar).unwrap();
         assert!(err.contains("\"d/a\": mode 644, index says 600"), "{err}");
+    }
+
+    /// Layers unpacking at once claim directories in the model under the lock and create them
+    /// after it: a layer may find a directory claimed but not made yet, or made by another.
+    #[test]
+    fn a_layer_creates_directories_another_layer_claimed_or_already_made() {
+        use EntryKind::{Dir, File};
+        let root = tempfile::tempdir().unwrap();
+        let unpacker = Unpacker::new(root.path(), options());
+        unpacker
+            .unpack_tar(&mut &tar_of(&[("a/b", Dir, b"")])[..])
+            .unwrap();
+        // Claimed, not made yet (the other layer has not run its mkdir).
+        fs::remove_dir(root.path().join("a/b")).unwrap();
+        fs::remove_dir(root.path().join("a")).unwrap();
+        // Made by another layer between this one's claim and its mkdir.
+        fs::create_dir(root.path().join("c")).unwrap();
+        let mut w = TarWriter::new(Vec::new(), false);
+        let link = EntryHeader {
+            path: b"a/b/link",
+            kind: EntryKind::Symlink,
+            mode: 0o777,
+            mtime: 1_700_000_000,
+            size: 0,
+            link: Some(b"f"),
+        };
+        w.append(&link, io::empty()).unwrap();
+        let layer = [
+            w.finish().unwrap(),
+            tar_of(&[("a/b/f", File, b"x"), ("c/g", File, b"y")]),
+        ];
+        for tar in &layer {
+            unpacker.unpack_tar(&mut &tar[..]).unwrap();
+        }
+        unpacker.finish().unwrap();
+        let read = |p: &str| fs::read(root.path().join(p)).unwrap();
+        assert_eq!(read("a/b/link"), b"x");
+        assert_eq!(read("c/g"), b"y");
+        // A file where a directory was claimed is still refused, parents or not.
+        let unpacker = Unpacker::new(root.path(), options());
+        let clash = tar_of(&[("d", File, b""), ("d/e", File, b"")]);
+        let err = unpacker.unpack_tar(&mut &clash[..]).unwrap_err();
+        assert!(err.to_string().contains("is not a directory"), "{err}");
     }
 
     #[test]
