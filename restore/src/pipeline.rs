@@ -150,14 +150,16 @@ fn unpack_blob(
     unpacker: &Unpacker,
     progress: &Progress,
 ) -> Result<u64, RestoreError> {
+    let mut streamed = 0u64;
     let unpacked = (|| {
         // Version 3: the compressed tar ends where the index frame starts.
         let compressed_tar = native.and_then(|n| n.index_at).unwrap_or(u64::MAX);
-        let counted = Counted {
+        let mut counted = Counted {
             inner: (&mut blob).take(compressed_tar),
             count: &progress.downloaded,
+            streamed: &mut streamed,
         };
-        let decoder = Compression::decoder(BufReader::with_capacity(256 * 1024, counted))
+        let decoder = Compression::decoder(BufReader::with_capacity(256 * 1024, &mut counted))
             .map_err(corrupt(desc))?;
         // A native layer's uncompressed length is declared too (`tar_size`).
         let tar_limit = native.map_or(u64::MAX, |n| n.tar_size.saturating_add(1));
@@ -214,10 +216,13 @@ fn unpack_blob(
             };
         }
     };
-    blob.finish()?;
+    // Progress counted what streamed into the decoder; the rest of the blob (a version 3
+    // index frame, padding) and the index's own request count once read.
+    let mut read = blob.finish()? - streamed;
     if let Some(index_blob) = index_blob {
-        index_blob.finish()?;
+        read += index_blob.finish()?;
     }
+    progress.downloaded.fetch_add(read, Ordering::Relaxed);
     if let Some(native) = native
         && native.tar_size != tar_size
     {
@@ -254,12 +259,15 @@ fn check_index_frame(
 struct Counted<'a, R> {
     inner: R,
     count: &'a AtomicU64,
+    /// The same bytes, for this reader alone.
+    streamed: &'a mut u64,
 }
 
 impl<R: Read> Read for Counted<'_, R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(out)?;
         self.count.fetch_add(n as u64, Ordering::Relaxed);
+        *self.streamed += n as u64;
         Ok(n)
     }
 }

@@ -61,9 +61,20 @@ fn registry_round_trips_in_every_variant_and_format() {
             });
             assert!(report.uploaded_bytes > 0);
             let out = work.path().join(format!("out-{kind:?}-{format:?}"));
-            restore(&reference, &out, connect_for(&registry))
+            let restored = restore(&reference, &out, connect_for(&registry))
                 .unwrap_or_else(|e| panic!("{kind:?} {format:?} restore: {e}"));
             assert_same_tree(&src, &out);
+            // Every byte of every layer blob counts as downloaded; a native layer's file index
+            // is requested once more on its own.
+            match format {
+                Format::Dwo => assert_eq!(restored.downloaded_bytes, report.stored_bytes),
+                Format::Native => assert!(
+                    restored.downloaded_bytes > report.stored_bytes,
+                    "{} downloaded, {} stored",
+                    restored.downloaded_bytes,
+                    report.stored_bytes
+                ),
+            }
             // By digest too.
             let out2 = work.path().join(format!("out-digest-{kind:?}-{format:?}"));
             let by_digest = format!(
