@@ -333,16 +333,10 @@ impl SparseReader {
     }
 
     fn hash_zeros_to(&mut self, end: u64) {
-        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
-        let Some(hasher) = &mut self.hasher else {
-            self.hashed = self.hashed.max(end);
-            return;
-        };
-        while self.hashed < end {
-            let n = (end - self.hashed).min(ZEROS.len() as u64) as usize;
-            hasher.update(&ZEROS[..n]);
-            self.hashed += n as u64;
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update_zeros(end.saturating_sub(self.hashed));
         }
+        self.hashed = self.hashed.max(end);
     }
 
     /// The digest of the whole content, trailing hole included.

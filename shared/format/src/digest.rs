@@ -95,6 +95,15 @@ impl Hasher {
         self.inner.update(bytes);
         self.len += bytes.len() as u64;
     }
+    /// Hashes `len` zero bytes (a sparse file's hole), from a buffer that is never written.
+    pub fn update_zeros(&mut self, mut len: u64) {
+        static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+        while len > 0 {
+            let n = len.min(ZEROS.len() as u64) as usize;
+            self.update(&ZEROS[..n]);
+            len -= n as u64;
+        }
+    }
     /// Bytes hashed so far.
     pub fn len(&self) -> u64 {
         self.len

@@ -824,12 +824,12 @@ impl Unpacker {
         }
     }
 
-    /// Writes a file's content (all-zero stretches become holes, so sparse entries are restored
-    /// sparse) and returns its digest when `hash` is set. The content must be exactly `size`.
+    /// Writes a file's content (holes a sparse entry declares, and all-zero stretches, become
+    /// holes) and returns its digest when `hash` is set. The content must be exactly `size`.
     fn write_file(
         &self,
         path: &[u8],
-        data: &mut impl Read,
+        data: &mut impl FileContent,
         size: u64,
         mode: u32,
         mtime: i64,
@@ -856,6 +856,25 @@ impl Unpacker {
         };
         let mut total = 0u64;
         loop {
+            let hole = data.hole_ahead();
+            if hole > 0 {
+                // Declared zeros are skipped, not produced and scanned; the digest still
+                // covers them.
+                data.pass_hole(hole);
+                total += hole;
+                if let Some(h) = hasher.as_mut() {
+                    h.update_zeros(hole);
+                }
+                if let Some(f) = file.as_mut() {
+                    let hole = i64::try_from(hole).map_err(|_| {
+                        UnpackError::unsafe_entry(path, "hole longer than 2^63 bytes")
+                    })?;
+                    f.seek(io::SeekFrom::Current(hole))
+                        .map_err(self.io_err(path))?;
+                    ends_in_hole = true;
+                }
+                continue;
+            }
             let n = data.read(&mut buf).map_err(UnpackError::Corrupt)?;
             if n == 0 {
                 break;
@@ -1213,6 +1232,47 @@ impl<'a, R: Read> SparseContent<'a, R> {
     }
 }
 
+/// A file's content as [`Unpacker::write_file`] reads it: bytes, and the holes declared ahead.
+trait FileContent: Read {
+    /// Zero bytes at the current position that the archive declares a hole (not stored).
+    fn hole_ahead(&self) -> u64 {
+        0
+    }
+
+    /// Moves past `len` bytes of [`FileContent::hole_ahead`].
+    fn pass_hole(&mut self, len: u64) {
+        debug_assert_eq!(len, 0, "only sparse content has holes");
+    }
+}
+
+impl<R: Read> FileContent for tar::Entry<'_, R> {}
+
+impl<R: Read> FileContent for SparseContent<'_, R> {
+    fn hole_ahead(&self) -> u64 {
+        let (hole_end, _) = self.around();
+        hole_end.saturating_sub(self.pos)
+    }
+
+    fn pass_hole(&mut self, len: u64) {
+        self.pos += len;
+    }
+}
+
+impl<R: Read> SparseContent<'_, R> {
+    /// Where the hole at or after the current position ends, and where the run after it ends
+    /// (both the real size past the last run).
+    fn around(&self) -> (u64, u64) {
+        let mut next = self.next;
+        while let Some(&(offset, len)) = self.runs.get(next) {
+            if self.pos < offset + len {
+                return (offset, offset + len);
+            }
+            next += 1;
+        }
+        (self.size, self.size)
+    }
+}
+
 impl<R: Read> Read for SparseContent<'_, R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         while let Some(&(offset, len)) = self.runs.get(self.next) {
@@ -1221,10 +1281,7 @@ impl<R: Read> Read for SparseContent<'_, R> {
             }
             self.next += 1;
         }
-        let (hole_end, run_end) = match self.runs.get(self.next) {
-            Some(&(offset, len)) => (offset, offset + len),
-            None => (self.size, self.size),
-        };
+        let (hole_end, run_end) = self.around();
         let (limit, zeros) = if self.pos < hole_end {
             (hole_end - self.pos, true)
         } else {
