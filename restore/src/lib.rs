@@ -44,7 +44,7 @@ pub struct RestoreOptions {
     /// Refuse archives that expand beyond this many bytes (free space always bounds it too).
     pub max_size: Option<u64>,
     /// Layers unpacked at once ([`default_parallel`] unless told); as many more, and at least
-    /// 4, are requested ahead.
+    /// 8, are requested ahead.
     pub parallel: usize,
     /// Flush the restored tree's filesystem to disk before marking the restore complete. The
     /// marker is durable, so without the flush a power loss soon after could leave files with
@@ -61,8 +61,8 @@ const MAX_DEFAULT_PARALLEL: usize = 4;
 /// Layers unpacked at once unless told: one per core this process may use (its CPU quota
 /// included), at most [`MAX_DEFAULT_PARALLEL`]. Unpacking a layer is one thread's work
 /// (decompressing, hashing, creating files), so more layers than cores only share them and
-/// hold more memory: on 2 cores, from a local registry with 4 layers requested ahead either
-/// way, 2 layers restored the 1 GB benchmark corpus as fast as 4 (medians 8.05 and 7.72 s over
+/// hold more memory: on 2 cores, from a local registry with 4 layers requested ahead (then the
+/// minimum) either way, 2 layers restored the 1 GB benchmark corpus as fast as 4 (medians 8.05 and 7.72 s over
 /// 7 alternating rounds on a busy machine) with 35-37 MiB peak RSS instead of 45-46. Round
 /// trips are overlapped by the layers requested ahead, whose number does not follow the cores.
 pub fn default_parallel() -> usize {

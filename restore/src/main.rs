@@ -103,7 +103,7 @@ struct RestoreArgs {
     #[arg(long, value_name = "BYTES")]
     max_size: Option<u64>,
     /// Layers unpacked in parallel (default: one per core, at most 4); as many more, and at
-    /// least 4, are requested ahead, so round trips overlap the unpacking.
+    /// least 8, are requested ahead, so round trips overlap the unpacking.
     #[arg(long, value_name = "N", default_value_t = wsr_restore::default_parallel(), hide_default_value = true)]
     parallel: usize,
     /// Do not flush the restored files to disk before marking the restore complete. Only for
