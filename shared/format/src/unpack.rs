@@ -1235,7 +1235,7 @@ impl<'a, R: Read> SparseContent<'a, R> {
 /// A file's content as [`Unpacker::write_file`] reads it: bytes, and the holes declared ahead.
 trait FileContent: Read {
     /// Zero bytes at the current position that the archive declares a hole (not stored).
-    fn hole_ahead(&self) -> u64 {
+    fn hole_ahead(&mut self) -> u64 {
         0
     }
 
@@ -1248,9 +1248,9 @@ trait FileContent: Read {
 impl<R: Read> FileContent for tar::Entry<'_, R> {}
 
 impl<R: Read> FileContent for SparseContent<'_, R> {
-    fn hole_ahead(&self) -> u64 {
+    fn hole_ahead(&mut self) -> u64 {
         let (hole_end, _) = self.around();
-        hole_end.saturating_sub(self.pos)
+        hole_end - self.pos
     }
 
     fn pass_hole(&mut self, len: u64) {
@@ -1259,15 +1259,16 @@ impl<R: Read> FileContent for SparseContent<'_, R> {
 }
 
 impl<R: Read> SparseContent<'_, R> {
-    /// Where the hole at or after the current position ends, and where the run after it ends
-    /// (both the real size past the last run).
-    fn around(&self) -> (u64, u64) {
-        let mut next = self.next;
-        while let Some(&(offset, len)) = self.runs.get(next) {
+    /// Moves past the runs that end at or before the current position (each run once, so a
+    /// map of many empty runs costs its length, not its square), then returns where the hole
+    /// at the position ends and where the run after it ends (both the real size past the last
+    /// run).
+    fn around(&mut self) -> (u64, u64) {
+        while let Some(&(offset, len)) = self.runs.get(self.next) {
             if self.pos < offset + len {
-                return (offset, offset + len);
+                return (offset.max(self.pos), offset + len);
             }
-            next += 1;
+            self.next += 1;
         }
         (self.size, self.size)
     }
@@ -1275,12 +1276,6 @@ impl<R: Read> SparseContent<'_, R> {
 
 impl<R: Read> Read for SparseContent<'_, R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while let Some(&(offset, len)) = self.runs.get(self.next) {
-            if self.pos < offset + len {
-                break;
-            }
-            self.next += 1;
-        }
         let (hole_end, run_end) = self.around();
         let (limit, zeros) = if self.pos < hole_end {
             (hole_end - self.pos, true)
@@ -1786,6 +1781,46 @@ mod tests {
         tar[at..at + 512].fill(0);
         tar[at..at + map.len()].copy_from_slice(map);
         tar
+    }
+
+    /// Reads sparse content as `write_file` does: declared holes passed, the rest read.
+    fn expand(content: &mut SparseContent<'_, &[u8]>) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let hole = content.hole_ahead();
+            if hole > 0 {
+                out.resize(out.len() + hole as usize, 0);
+                content.pass_hole(hole);
+                continue;
+            }
+            let mut buf = [0u8; 4096];
+            match content.read(&mut buf).unwrap() {
+                0 => return out,
+                n => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    #[test]
+    fn a_map_of_many_empty_runs_is_walked_once() {
+        // 50,000 empty runs, one a byte, then one with data: each is passed once (walking the
+        // map again for every hole would be 10^9 steps).
+        let empty = 50_000u64;
+        let mut map = format!("{}\n", empty + 1);
+        for offset in 0..empty {
+            map.push_str(&format!("{offset}\n0\n"));
+        }
+        map.push_str(&format!("{empty}\n3\n"));
+        let mut stored = map.into_bytes();
+        stored.resize(stored.len().next_multiple_of(512), 0);
+        stored.extend_from_slice(b"abc");
+        let mut reader = &stored[..];
+        let mut content = SparseContent::new(&mut reader, empty + 10).unwrap();
+        let mut want = vec![0u8; empty as usize];
+        want.extend_from_slice(b"abc");
+        want.resize(want.len() + 7, 0);
+        assert!(expand(&mut content) == want);
+        content.finish().unwrap();
     }
 
     #[test]
