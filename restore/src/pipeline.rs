@@ -153,16 +153,14 @@ fn unpack_blob(
     unpacker: &Unpacker,
     progress: &Progress,
 ) -> Result<u64, RestoreError> {
-    let mut streamed = 0u64;
     let unpacked = (|| {
         // Version 3: the compressed tar ends where the index frame starts.
         let compressed_tar = native.and_then(|n| n.index_at).unwrap_or(u64::MAX);
-        let mut counted = Counted {
+        let counted = Counted {
             inner: (&mut blob).take(compressed_tar),
             count: &progress.downloaded,
-            streamed: &mut streamed,
         };
-        let decoder = Compression::decoder(BufReader::with_capacity(256 * 1024, &mut counted))
+        let decoder = Compression::decoder(BufReader::with_capacity(256 * 1024, counted))
             .map_err(corrupt(desc))?;
         // A native layer's uncompressed length is declared too (`tar_size`).
         let tar_limit = native.map_or(u64::MAX, |n| n.tar_size.saturating_add(1));
@@ -199,12 +197,14 @@ fn unpack_blob(
         }
         let tar_size = tar_limit - tar.limit();
         drop(tar);
+        // What progress has counted: every byte so far went through `counted`.
+        let streamed = blob.read_so_far();
         if let Some(index_at) = native.and_then(|n| n.index_at) {
             check_index_frame(&mut blob, desc, index_at)?;
         }
-        Ok::<_, RestoreError>((tar_size, index_bytes))
+        Ok::<_, RestoreError>((tar_size, index_bytes, streamed))
     })();
-    let (tar_size, index_bytes) = match unpacked {
+    let (tar_size, index_bytes, streamed) = match unpacked {
         Ok(tar) => tar,
         Err(e) => {
             // A read that failed because the download did is reported as the download's
@@ -262,15 +262,12 @@ fn check_index_frame(
 struct Counted<'a, R> {
     inner: R,
     count: &'a AtomicU64,
-    /// The same bytes, for this reader alone.
-    streamed: &'a mut u64,
 }
 
 impl<R: Read> Read for Counted<'_, R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(out)?;
         self.count.fetch_add(n as u64, Ordering::Relaxed);
-        *self.streamed += n as u64;
         Ok(n)
     }
 }
