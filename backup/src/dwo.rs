@@ -34,7 +34,7 @@ pub(crate) async fn backup(
     let n = tree.len();
     let tree = Arc::new(tree);
     let compressing = Arc::new(tokio::sync::Semaphore::new(1));
-    let uploaded = upload_layer(
+    let layer = upload_layer(
         store,
         &compressing,
         &options.source,
@@ -43,18 +43,19 @@ pub(crate) async fn backup(
         0,
         codec,
         progress,
-    )
-    .await?;
+    );
+    // The config is the same in every dwo backup: stored (or found) beside the layer, its
+    // round trips are not added to the backup's.
+    let config = async {
+        let sent = store.push_blob_bytes(Bytes::from_static(b"{}")).await?;
+        Ok::<_, BackupError>(if sent { 2 } else { 0 })
+    };
+    let (uploaded, small_uploaded) = tokio::try_join!(layer, config)?;
     let layer = Descriptor::new(
         media::LAYER_TAR,
         uploaded.compressed,
         uploaded.compressed_size,
     );
-    let small_uploaded = if store.push_blob_bytes(Bytes::from_static(b"{}")).await? {
-        2
-    } else {
-        0
-    };
     Ok(Prepared {
         manifest: artifact::dwo_manifest(layer, annotations),
         layers: 1,

@@ -5,7 +5,7 @@
 
 use crate::archive::Codec;
 use crate::plan::{fingerprint, plan_layers, weight};
-use crate::previous::Previous;
+use crate::previous::{self, Previous};
 use crate::publish::Prepared;
 use crate::upload::{Uploaded, upload_layer};
 use crate::walk::Tree;
@@ -13,6 +13,7 @@ use crate::{BackupError, BackupOptions, Progress};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::collections::HashMap;
+use std::io::Write;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -23,7 +24,8 @@ use wsr_format::media;
 use wsr_format::native::{
     self, BackupConfig, LayerCutter, LayerInfo, RawPath, SkippedEntry, Totals, WorkspaceInfo,
 };
-use wsr_transport::Store;
+use wsr_transport::read::ReadError;
+use wsr_transport::{BlobWriter, Store, TransportError};
 
 /// Layer bytes (by the layer target) that may wait on the registry at once, whatever the
 /// cores: how many layers should wait depends on how far the registry is, not on how many can
@@ -50,12 +52,57 @@ struct StoredLayer {
     reused: bool,
 }
 
-/// Stores a small blob that is new by construction (a config with this backup's time): the
-/// existence check would cost a round trip and find nothing. Returns the bytes sent.
-async fn push_new_blob(store: &Store, bytes: Bytes) -> Result<u64, BackupError> {
+/// Stores the config, which is new by construction (it records this backup's time), so
+/// nothing asks first whether it exists. Its upload was opened while the tree was walked
+/// (`early`), so that request's round trip is not added after the last layer's; should that
+/// upload have failed (a registry that dropped it while the layers took their time), the
+/// config is sent again on its own. Returns the bytes sent.
+async fn push_config(
+    store: &Store,
+    early: Result<BlobWriter, TransportError>,
+    bytes: Bytes,
+) -> Result<u64, BackupError> {
     let len = bytes.len() as u64;
+    if let Ok(mut writer) = early {
+        let body = bytes.clone();
+        let sent = tokio::task::spawn_blocking(move || match writer.write_all(&body) {
+            Ok(()) => writer.finish(),
+            Err(e) => Err(writer.abort().unwrap_or(TransportError::Io {
+                what: "config upload".into(),
+                source: e,
+            })),
+        });
+        match sent.await.expect("config upload task") {
+            Ok(_) => return Ok(len),
+            Err(e) => tracing::debug!("the config's upload failed ({e}); sending it again"),
+        }
+    }
     store.put_blob_bytes(bytes).await?;
     Ok(len)
+}
+
+/// What a native backup starts while the tree is walked: the previous backup read, and the
+/// config's upload opened (see [`push_config`]).
+pub(crate) struct Begun {
+    /// The moving tag the previous backup was read at.
+    tag: String,
+    previous: Result<Option<Previous>, ReadError>,
+    config_upload: Result<BlobWriter, TransportError>,
+}
+
+/// Starts what needs no tree, so its round trips overlap the walk.
+pub(crate) async fn begin(options: &BackupOptions, store: &Store, tag: &str) -> Begun {
+    let config_upload = store.blob_writer().await;
+    let previous = if options.full {
+        Ok(None)
+    } else {
+        previous::load(store, tag).await
+    };
+    Begun {
+        tag: tag.to_owned(),
+        previous,
+        config_upload,
+    }
 }
 
 /// Stores every new layer (with its index) and the config; returns the manifest to publish.
@@ -63,13 +110,19 @@ async fn push_new_blob(store: &Store, bytes: Bytes) -> Result<u64, BackupError> 
 pub(crate) async fn backup(
     options: &BackupOptions,
     store: &Store,
-    previous: Option<Previous>,
+    begun: Begun,
     mut tree: Tree,
     totals: Totals,
     created: &str,
     annotations: Annotations,
     progress: &Arc<Progress>,
 ) -> Result<Prepared, BackupError> {
+    // Reported only now: with wrong credentials, the credential check's error is the one that
+    // counts, and it came first.
+    let previous = begun.previous.unwrap_or_else(|e| {
+        previous::unusable(&begun.tag, &e);
+        None
+    });
     let total_weight: u64 = tree.metas().map(weight).sum();
     let target = LayerCutter::choose_target(
         total_weight,
@@ -155,8 +208,7 @@ pub(crate) async fn backup(
         Digest::of(&config_bytes),
         config_bytes.len() as u64,
     );
-    // The config records this backup's time: it is new, so no existence check first.
-    let small_uploaded = push_new_blob(store, config_bytes).await?;
+    let small_uploaded = push_config(store, begun.config_upload, config_bytes).await?;
     let stored_bytes = descriptors.iter().map(|d| d.size).sum();
     let layers = descriptors.len();
     Ok(Prepared {

@@ -15,10 +15,11 @@ pub(crate) struct Previous {
     pub(crate) layers: Vec<Descriptor>,
 }
 
-/// Reads the previous backup with the same code restore reads backups with. Any problem
-/// (including a previous backup in another format) means a full backup, not a failure.
-pub(crate) async fn load(store: &Store, tag: &str) -> Option<Previous> {
-    let result: Result<Option<Previous>, ReadError> = async {
+/// Reads the previous backup with the same code restore reads backups with: `None` when there
+/// is none or it is in another format; an error for one that cannot be read, which the caller
+/// reports with [`unusable`] and answers with a full backup.
+pub(crate) async fn load(store: &Store, tag: &str) -> Result<Option<Previous>, ReadError> {
+    async {
         let read = match read::read_manifest(store, &Target::Tag(tag.to_owned())).await {
             Ok(read) => read,
             Err(ReadError::Transport(e)) if e.is_not_found() => return Ok(None),
@@ -36,14 +37,12 @@ pub(crate) async fn load(store: &Store, tag: &str) -> Option<Previous> {
         let config = read::read_config(store, &read.digest, &config, &layers, &indexes).await?;
         Ok(Some(Previous { config, layers }))
     }
-    .await;
-    match result {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(
-                "previous backup at :{tag} is not usable for incremental reuse ({e}); doing a full backup"
-            );
-            None
-        }
-    }
+    .await
+}
+
+/// Any problem with the previous backup means a full backup, not a failure.
+pub(crate) fn unusable(tag: &str, error: &ReadError) {
+    tracing::warn!(
+        "previous backup at :{tag} is not usable for incremental reuse ({error}); doing a full backup"
+    );
 }

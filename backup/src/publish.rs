@@ -7,7 +7,7 @@
 
 use crate::walk::walk;
 use crate::{BackupError, BackupOptions, BackupReport, Format, Progress};
-use crate::{dwo, incremental, plan, previous, retention};
+use crate::{dwo, incremental, plan, retention};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -39,14 +39,16 @@ pub async fn run(
     // layout is opened (created) only after the walk succeeded, as nothing is to be written
     // for a source that cannot be read.
     let connecting = async {
-        let store = Store::open(&options.to.repository, &options.connect, Access::Push).await?;
-        let previous = match options.format {
-            Format::Native if !options.full => previous::load(&store, moving_tag).await,
-            _ => None,
+        let begin = async |store: &Store| {
+            Ok::<_, BackupError>(match options.format {
+                Format::Native => Some(incremental::begin(options, store, moving_tag).await),
+                Format::Dwo => None,
+            })
         };
-        Ok::<_, BackupError>((store, previous))
+        let repository = &options.to.repository;
+        Store::open_then(repository, &options.connect, Access::Push, begin).await
     };
-    let (tree, (store, previous)) = match options.to.repository {
+    let (tree, (store, begun)) = match options.to.repository {
         Repository::Layout { .. } => (walking.await?, connecting.await?),
         Repository::Registry { .. } => tokio::try_join!(walking, connecting)?,
     };
@@ -77,7 +79,7 @@ pub async fn run(
             incremental::backup(
                 options,
                 &store,
-                previous,
+                begun.expect("begun for the native format"),
                 tree,
                 totals,
                 &created_text,

@@ -239,9 +239,10 @@ async fn open(
     from: &Reference,
     connect: &ConnectOptions,
 ) -> Result<(Arc<Store>, Opened), RestoreError> {
-    let store = Arc::new(Store::open(&from.repository, connect, Access::Pull).await?);
-    let opened = open_artifact(&store, &from.target).await?;
-    Ok((store, opened))
+    let read_manifest = async |store: &Store| open_artifact(store, &from.target).await;
+    let (store, opened) =
+        Store::open_then(&from.repository, connect, Access::Pull, read_manifest).await?;
+    Ok((Arc::new(store), opened))
 }
 
 /// Downloads and verifies everything (blob digests, layer digests, every file against the

@@ -26,8 +26,9 @@ pub async fn inspect(
     reference: &wsr_format::reference::Reference,
     connect: &ConnectOptions,
 ) -> Result<Inspection, RestoreError> {
-    let store = Store::open(&reference.repository, connect, Access::Pull).await?;
-    let opened = open_artifact(&store, &reference.target).await?;
+    let read_manifest = async |store: &Store| open_artifact(store, &reference.target).await;
+    let (store, opened) =
+        Store::open_then(&reference.repository, connect, Access::Pull, read_manifest).await?;
     // The indexes are read (and checked) line by line, only to count them.
     let index_entries = match &opened.config {
         Some(_) => {
@@ -119,8 +120,8 @@ async fn describe(repo: &Repository, ns: &str, ws: &str, connect: &ConnectOption
         error: None,
     };
     let result: Result<(), RestoreError> = async {
-        let store = Store::open(repo, connect, Access::Pull).await?;
-        let mut tags = store.list_tags().await?;
+        let list_tags = async |store: &Store| store.list_tags().await;
+        let (store, mut tags) = Store::open_then(repo, connect, Access::Pull, list_tags).await?;
         tags.sort();
         let newest = if tags.iter().any(|t| t == media::LATEST_TAG) {
             Some(media::LATEST_TAG.to_owned())

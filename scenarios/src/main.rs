@@ -40,6 +40,9 @@ enum Command {
     Corpus(CorpusArgs),
     /// Benchmark wsr against upstream, tar|zstd, restic and the machine's floors.
     Bench(bench::BenchArgs),
+    /// Forward to a registry through a network profile's shaping (the benchmark's proxy, for
+    /// measuring by hand), until stopped.
+    Shape(bench::ShapeArgs),
     /// The operator's whole story on the local cluster: back up two workspaces, lose their
     /// claim, restore one with DWO's init container and one with `wsr-restore --in-cluster`.
     ClusterDemo(scenarios::cluster_demo::Args),
@@ -80,6 +83,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Bench(a) => bench::run(a),
+        Command::Shape(a) => bench::shape(a),
         Command::ClusterDemo(a) => scenarios::cluster_demo::main(a),
         Command::Cluster(c) => scenarios::cluster::run(c),
         Command::NodeAgent { kubeconfig, dir } => {

@@ -303,6 +303,44 @@ fn resets_mid_blob_are_retried_or_resumed() {
     figures("resets_mid_blob_are_retried_or_resumed", injected);
 }
 
+/// The config's upload is opened beside the layers and finished after them: a registry that
+/// dropped it meanwhile (its upload unknown at the PUT) gets the config sent again, and the
+/// backup completes.
+#[test]
+fn a_config_upload_the_registry_dropped_is_sent_again() {
+    let s = Setup::new();
+    s.direct_backup();
+    // Unchanged, so every layer is reused: the one blob upload is the config's.
+    let unknown = Fault::Answer {
+        code: 404,
+        body: r#"{"errors":[{"code":"BLOB_UPLOAD_UNKNOWN","message":"blob upload unknown to registry"}]}"#.into(),
+    };
+    let proxy = FaultProxy::start(
+        &s.registry.host(),
+        vec![Rule::new("PUT", "/blobs/uploads/", unknown)],
+    )
+    .unwrap();
+    let out = s.backup(&proxy.host());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let uploads: Vec<_> = proxy
+        .seen()
+        .into_iter()
+        .filter(|r| r.path.contains("/blobs/uploads/"))
+        .map(|r| r.method)
+        .collect();
+    assert_eq!(
+        uploads,
+        ["POST", "PUT", "POST", "PUT"],
+        "{:?}",
+        proxy.seen()
+    );
+    s.assert_latest_complete("config-upload-dropped");
+    figures(
+        "a_config_upload_the_registry_dropped_is_sent_again",
+        proxy.injected(),
+    );
+}
+
 /// A registry that ignores `Range` answers a version 3 layer's index request with the whole
 /// blob: the restore skips to the index and still verifies and restores everything.
 #[test]

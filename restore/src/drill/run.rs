@@ -279,8 +279,9 @@ async fn jobs_for(
     options: &DrillOptions,
 ) -> (Vec<Job>, Option<Ignored>) {
     let tags = async {
-        let store = Store::open(&repo, &options.connect, Access::Pull).await?;
-        Ok::<_, RestoreError>(store.list_tags().await?)
+        let list_tags = async |store: &Store| store.list_tags().await;
+        let (_, tags) = Store::open_then(&repo, &options.connect, Access::Pull, list_tags).await?;
+        Ok::<_, RestoreError>(tags)
     }
     .await;
     let mut tags = match tags {
@@ -356,11 +357,11 @@ async fn restore_and_check(
     result: &mut BackupResult,
     progress: &Arc<Progress>,
 ) -> Result<Option<Ignored>, RestoreError> {
-    let store = Store::open(repo, &options.connect, Access::Pull).await?;
     // Resolve the tag once; everything after is by digest.
-    let (digest, bytes) = store
-        .fetch_manifest(&Target::Tag(result.tag.clone()))
-        .await?;
+    let tag = Target::Tag(result.tag.clone());
+    let read_manifest = async |store: &Store| store.fetch_manifest(&tag).await;
+    let (store, (digest, bytes)) =
+        Store::open_then(repo, &options.connect, Access::Pull, read_manifest).await?;
     let manifest = Manifest::from_bytes(&bytes)
         .map_err(|e| RestoreError::Corrupt(format!("manifest {digest} is not valid: {e}")))?;
     if let Err(ArtifactError::Unrecognised(why)) = artifact::classify(&manifest) {

@@ -38,6 +38,32 @@ use wsr_transport::testing::TestRegistry;
 use crate::corpus::{self, CorpusStats, Mutation, Profile, Scale, TreeSummary};
 use measure::{Step, Usage, run_step};
 use network::{Network, ShapingProxy};
+
+/// `scenarios shape`: the benchmark's shaping proxy alone, in front of a registry the caller
+/// runs, for measuring one tool under a profile by hand.
+#[derive(Args, Debug)]
+pub struct ShapeArgs {
+    /// The registry to forward to, `HOST:PORT`.
+    #[arg(long)]
+    pub to: std::net::SocketAddr,
+    /// cluster | region | remote
+    #[arg(long)]
+    pub network: Network,
+}
+
+/// Runs the proxy until the process is stopped; prints the address tools should use.
+pub fn shape(args: ShapeArgs) -> Result<()> {
+    let proxy = ShapingProxy::start(args.to, args.network)?;
+    println!(
+        "{} -> {} ({})",
+        proxy.host(),
+        args.to,
+        args.network.describe()
+    );
+    loop {
+        std::thread::park();
+    }
+}
 use peers::{Peer, Plan, Slot, Tools};
 
 #[derive(Args)]

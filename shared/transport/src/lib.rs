@@ -256,14 +256,37 @@ impl Store {
         options: &ConnectOptions,
         access: Access,
     ) -> Result<Store> {
-        Ok(match repository {
+        let opened = Store::open_then(repository, options, access, async |_| Ok(())).await;
+        opened.map(|(store, ())| store)
+    }
+
+    /// [`Store::open`], with the caller's first requests (`first`) sent while the registry's
+    /// credential check (`GET /v2/`) is under way instead of after it: one round trip less
+    /// before any data moves, 80 ms on a registry 40 ms away. The check's error comes first:
+    /// wrong credentials are reported as such, not as whatever `first` made of them.
+    pub async fn open_then<T, E: From<TransportError>>(
+        repository: &Repository,
+        options: &ConnectOptions,
+        access: Access,
+        first: impl AsyncFnOnce(&Store) -> Result<T, E>,
+    ) -> Result<(Store, T), E> {
+        let store = match repository {
             Repository::Registry { host, path } => {
-                Store::Registry(RegistryStore::connect(host, path, options, access).await?)
+                Store::Registry(RegistryStore::connect(host, path, options, access)?)
             }
             Repository::Layout { dir } => {
                 Store::Layout(LayoutStore::open(dir, access == Access::Push).await?)
             }
-        })
+        };
+        let checked = async {
+            match &store {
+                Store::Registry(r) => r.check_access().await,
+                Store::Layout(_) => Ok(()),
+            }
+        };
+        let (checked, first) = tokio::join!(checked, first(&store));
+        checked?;
+        Ok((store, first?))
     }
 
     pub fn repository(&self) -> Repository {

@@ -132,7 +132,9 @@ fn http_client(
 }
 
 impl RegistryStore {
-    pub(super) async fn connect(
+    /// Sets up the client for the repository; nothing is sent until the first request
+    /// ([`RegistryStore::check_access`] checks the credentials).
+    pub(super) fn connect(
         host: &str,
         path: &str,
         options: &ConnectOptions,
@@ -141,11 +143,11 @@ impl RegistryStore {
         let scopes = repository_scope(path, access == Access::Push)
             .into_iter()
             .collect();
-        RegistryStore::connect_for(host, path, options, scopes).await
+        RegistryStore::connect_for(host, path, options, scopes)
     }
 
-    /// Connects asking for `scopes` when the registry wants a token.
-    async fn connect_for(
+    /// Sets up the client, asking for `scopes` when the registry wants a token.
+    fn connect_for(
         host: &str,
         path: &str,
         options: &ConnectOptions,
@@ -192,13 +194,12 @@ impl RegistryStore {
                 scopes,
             })),
         };
-        store.ping().await?;
         Ok(store)
     }
 
     /// `GET /v2/`, answering the registry's challenge: turns a wrong password into an error
     /// before any work.
-    async fn ping(&self) -> Result<()> {
+    pub(super) async fn check_access(&self) -> Result<()> {
         let url = format!("{}/v2/", self.base);
         let response = self.send(Method::GET, &url, "GET /v2/", |r| r).await?;
         match response.status() {
@@ -327,15 +328,12 @@ impl RegistryStore {
         format!("{}/v2/{}/{tail}", self.base, self.path)
     }
 
-    fn request(&self, method: Method, url: &str) -> RequestBuilder {
-        self.authorize(self.http.request(method, url))
+    fn authorize(&self, r: RequestBuilder) -> RequestBuilder {
+        with_auth(r, self.auth_header().as_deref())
     }
 
-    fn authorize(&self, mut r: RequestBuilder) -> RequestBuilder {
-        if let Some(value) = self.auth.lock().unwrap().header.as_ref() {
-            r = r.header(header::AUTHORIZATION, value);
-        }
-        r
+    fn auth_header(&self) -> Option<String> {
+        self.auth.lock().unwrap().header.clone()
     }
 
     /// Sends an idempotent request, answering one auth challenge and retrying transient
@@ -350,12 +348,19 @@ impl RegistryStore {
         let mut backoff = self.policy.backoff();
         let mut answered = false;
         loop {
-            let result = customize(self.request(method.clone(), url)).send().await;
+            let sent_auth = self.auth_header();
+            let request = with_auth(self.http.request(method.clone(), url), sent_auth.as_deref());
+            let result = customize(request).send().await;
             let error = match result {
                 Ok(response) if response.status() == StatusCode::UNAUTHORIZED => {
                     if !answered {
                         answered = true;
-                        if self.answer_challenge(&response).await? {
+                        // Requests sent at once (the credential check beside the first
+                        // request) meet the same challenge: one answers it, the others try
+                        // again with its answer.
+                        if self.auth_header() != sent_auth
+                            || self.answer_challenge(&response).await?
+                        {
                             continue;
                         }
                     } else if let Some(Challenge::Bearer {
@@ -1061,6 +1066,13 @@ async fn upload_watchdog(activity: &UploadActivity, idle: Duration) {
     }
 }
 
+fn with_auth(r: RequestBuilder, authorization: Option<&str>) -> RequestBuilder {
+    match authorization {
+        Some(value) => r.header(header::AUTHORIZATION, value),
+        None => r,
+    }
+}
+
 pub(super) async fn list_repositories(
     host: &str,
     prefix: &str,
@@ -1073,7 +1085,8 @@ pub(super) async fn list_repositories(
     }
     // The catalog is all a listing reads: the token asks for it alone.
     let catalog = vec!["registry:catalog:*".to_owned()];
-    let store = RegistryStore::connect_for(host, prefix, options, catalog).await?;
+    let store = RegistryStore::connect_for(host, prefix, options, catalog)?;
+    store.check_access().await?;
     let mut out = Vec::new();
     let mut last: Option<String> = None;
     loop {

@@ -204,6 +204,50 @@ async fn registry_round_trips_in_every_variant() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn first_requests_sent_beside_the_credential_check_share_its_answer() {
+    for kind in [RegistryKind::TlsAuth, RegistryKind::TlsToken] {
+        let registry = TestRegistry::start(kind).unwrap();
+        let options = connect(&registry);
+        let repo = Repository::Registry {
+            host: registry.host(),
+            path: "team/ns/ws".into(),
+        };
+        // Sent before any challenge is answered: each meets one, one answer serves them all.
+        let absent = [1u8, 2, 3].map(|n| Digest::of(&[n]));
+        let first = async |store: &Store| {
+            let (a, b, c) = tokio::join!(
+                store.blob_exists(&absent[0]),
+                store.blob_exists(&absent[1]),
+                store.blob_exists(&absent[2]),
+            );
+            Ok::<_, TransportError>([a?, b?, c?])
+        };
+        let (_, found) = Store::open_then(&repo, &options, Access::Pull, first)
+            .await
+            .unwrap();
+        assert_eq!(found, [false; 3], "{kind:?}");
+
+        // Wrong credentials: the check's error is the one reported.
+        let wrong = ConnectOptions {
+            credentials: Some(Credentials::Basic {
+                username: TEST_USER.into(),
+                password: "not-the-password".into(),
+            }),
+            ..options.clone()
+        };
+        let first = async |store: &Store| store.list_tags().await;
+        let err = Store::open_then(&repo, &wrong, Access::Pull, first)
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, TransportError::Unauthorized { .. }),
+            "{kind:?}: {err:?}"
+        );
+    }
+}
+
 /// The scopes `user` asked the issuer for, request by request (successful requests only).
 fn asked(requests: &[TokenRequest], user: &str) -> Vec<Vec<String>> {
     requests
