@@ -58,6 +58,9 @@ pub struct RegistryStore {
     path: String,
     credentials: Arc<Credentials>,
     auth: Arc<Mutex<AuthState>>,
+    /// Held while a challenge is answered: requests that met the same challenge wait, then
+    /// use its answer instead of asking for another token.
+    answering: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// What the store sends as `Authorization`, and the token scopes asked for so far.
@@ -193,6 +196,7 @@ impl RegistryStore {
                 header: None,
                 scopes,
             })),
+            answering: Arc::default(),
         };
         Ok(store)
     }
@@ -356,8 +360,9 @@ impl RegistryStore {
                     if !answered {
                         answered = true;
                         // Requests sent at once (the credential check beside the first
-                        // request) meet the same challenge: one answers it, the others try
-                        // again with its answer.
+                        // requests) meet the same challenge: the first answers it, the others
+                        // wait for that answer and try again with it.
+                        let _answering = self.answering.lock().await;
                         if self.auth_header() != sent_auth
                             || self.answer_challenge(&response).await?
                         {

@@ -227,6 +227,10 @@ async fn first_requests_sent_beside_the_credential_check_share_its_answer() {
             .await
             .unwrap();
         assert_eq!(found, [false; 3], "{kind:?}");
+        if let Some(issuer) = registry.token_issuer() {
+            // One token for the four requests, not one each.
+            assert_eq!(asked(&issuer.requests(), TEST_USER).len(), 1);
+        }
 
         // Wrong credentials: the check's error is the one reported.
         let wrong = ConnectOptions {
