@@ -38,6 +38,7 @@ use wsr_transport::testing::TestRegistry;
 use crate::corpus::{self, CorpusStats, Mutation, Profile, Scale, TreeSummary};
 use measure::{Step, Usage, run_step};
 use network::{Network, ShapingProxy};
+use peers::{Peer, Plan, Slot, Tools};
 
 /// `scenarios shape`: the benchmark's shaping proxy alone, in front of a registry the caller
 /// runs, for measuring one tool under a profile by hand.
@@ -64,7 +65,6 @@ pub fn shape(args: ShapeArgs) -> Result<()> {
         std::thread::park();
     }
 }
-use peers::{Peer, Plan, Slot, Tools};
 
 #[derive(Args)]
 pub struct BenchArgs {
