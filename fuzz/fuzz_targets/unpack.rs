@@ -19,6 +19,7 @@ fn options() -> UnpackOptions {
         select: None,
         aliases: Default::default(),
         reserved_prefix: Some(b".wsr-restore-".to_vec()),
+        content_digests: true,
     }
 }
 

@@ -303,6 +303,9 @@ async fn run_unpack(
         select: selection,
         aliases: plan.aliases,
         reserved_prefix: Some(target::STAGING_PREFIX.as_bytes().to_vec()),
+        // Every layer blob is checked against its digest, which fixes every byte a restore
+        // writes; a check that writes nothing has only the index to measure content by.
+        content_digests: destination.is_none(),
     };
     // Native layers are checked against their file indexes as they stream.
     let verified_index = opened.config.is_some();

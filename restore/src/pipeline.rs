@@ -4,10 +4,13 @@
 //! entries; a layer is read only up to its end-of-archive (plus bounded padding).
 //!
 //! Each byte is hashed once on its way in: the compressed blob against its descriptor, which
-//! fixes every byte decompressed from it, and each file's content against its index line. The
-//! uncompressed stream is counted against `tar_size` but not hashed against `diff_id` (FORMAT.md
-//! §6 rule 5): that would hash the whole layer a second time and could only catch a writer whose
-//! config disagrees with a layer whose entries all matched their index.
+//! fixes every byte decompressed from it. Entries are checked against their index lines (type,
+//! mode, size, mtime, link), but a restore does not hash each file's content against its line,
+//! nor the uncompressed stream against `diff_id` (FORMAT.md §6 rule 5): either would hash the
+//! data a second time, and could only catch a writer whose index or config contradicts the
+//! layer it wrote, never a byte that differs from what was backed up. A check that writes
+//! nothing (`--verify`) does hash content against the index, its only measure of a writer's
+//! consistency; the drill also re-reads every restored file against it.
 //!
 //! Up to `parallel` more layers, and at least [`MIN_AHEAD`], are requested ahead of the ones
 //! unpacking (their blob and index requests at once), so each layer's round trips overlap the

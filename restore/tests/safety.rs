@@ -923,6 +923,39 @@ fn native_documents_are_bounded(run: Runner) {
     assert!(names(&target).is_empty());
 }
 
+/// A file whose index line carries another content digest (same size; every blob honest).
+/// `--verify`, which writes nothing, measures content by the index and refuses it; a restore
+/// writes the layer's bytes, which the verified blob digest vouches for (FORMAT.md §6 rule 5),
+/// so the index does not make it hash every file a second time.
+fn content_digest_is_checked_where_nothing_else_vouches(run: Runner) {
+    let jail = Jail::new();
+    let tar = Tar::default().dir("d/", 0o755).file("d/f", b"data").end();
+    let mut lying: serde_json::Value =
+        serde_json::from_str(&index_line("file", "d/f", 0o644, b"data", None)).unwrap();
+    lying["sha256"] = wsr_format::digest::Digest::of(b"DATA").to_string().into();
+    let lines = [index_line("dir", "d", 0o755, b"", None), lying.to_string()];
+    for (name, native) in [
+        ("v1", Native::new(tar.clone(), &lines, 1, 1, 4)),
+        ("v3", Native::new(tar.clone(), &lines, 1, 1, 4).v3()),
+    ] {
+        let reference = readable(native.publish(&jail.layout(name)));
+        let verify = run.verify(&reference);
+        assert_eq!(verify.status.code(), Some(6), "{name}: {}", stderr(&verify));
+        assert!(
+            stderr(&verify).contains("content digest"),
+            "{name}: {}",
+            stderr(&verify)
+        );
+        let target = jail.path().join(format!("t-{name}"));
+        report(&run.restore(&reference, &target, &[]));
+        assert_eq!(
+            std::fs::read(target.join("d/f")).unwrap(),
+            b"data",
+            "{name}"
+        );
+    }
+}
+
 /// A file index blob as a backup writes it: JSON lines, zstd-compressed.
 fn index_blob(lines: &[String]) -> Vec<u8> {
     zstd(format!("{}\n", lines.join("\n")).as_bytes())
@@ -1261,6 +1294,11 @@ fn end_of_archive_stops_reading() {
 #[test]
 fn native_documents_are_bounded_while_reading() {
     each_runner(native_documents_are_bounded);
+}
+
+#[test]
+fn content_digests_are_checked_by_verify() {
+    each_runner(content_digest_is_checked_where_nothing_else_vouches);
 }
 
 #[test]

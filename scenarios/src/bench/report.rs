@@ -751,8 +751,8 @@ fn targets_section(md: &mut String, t: &Table, run: &CorpusRun) -> Vec<String> {
     );
     let why = match (r("wsr"), r("zstd")) {
         (Some(w), Some(z)) => format!(
-            "{}wsr does what `tar -x` does plus a SHA-256 of every file's bytes against the index and of \
-             every blob against its digest, fetching {} blobs over HTTP (and each one's file index by a \
+            "{}wsr does what `tar -x` does plus a SHA-256 of every blob against its digest and a check of \
+             every entry against the index, fetching {} blobs over HTTP (and each one's file index by a \
              second, ranged request), and a staging \
              directory whose entries are renamed into place: {} CPU-s ({} in the kernel) against {} ({})",
             download_first(run, r("floor-blob"), z),

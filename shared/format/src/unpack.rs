@@ -144,6 +144,11 @@ pub struct UnpackOptions {
     /// Top-level names starting with this are never created (reported as skipped): the caller's
     /// own bookkeeping lives under such names.
     pub reserved_prefix: Option<Vec<u8>>,
+    /// Hash each regular file's content and compare it with its index line's digest (native
+    /// layers). A caller that writes the tree and verifies each layer blob against its digest
+    /// may leave it off: that digest already fixes every byte written (FORMAT.md §6 rule 5). A
+    /// check that writes nothing needs it, as the index is then its only measure.
+    pub content_digests: bool,
 }
 
 /// What was restored.
@@ -691,7 +696,9 @@ impl Unpacker {
         if kind != EntryKind::File {
             return Ok(false);
         }
-        let want = expected.and_then(|e| e.sha256);
+        let want = expected
+            .and_then(|e| e.sha256)
+            .filter(|_| self.options.content_digests);
         if self.root.is_none() && want.is_none() {
             // Nothing to write and nothing to compare the content with.
             return Ok(false);
@@ -1452,6 +1459,7 @@ mod tests {
             select: None,
             aliases: HashMap::new(),
             reserved_prefix: None,
+            content_digests: true,
         }
     }
 
