@@ -403,11 +403,11 @@ impl Unpacker {
     }
 
     /// Unpacks one native data layer as [`Unpacker::unpack_tar`] does, checking each entry
-    /// (type, mode, size, mtime, link, content digest) against the next line of the layer's file
-    /// index, which lists the layer's entries in the same order (FORMAT.md §4.4): one line is
-    /// held at a time, whatever the number of entries. An entry that is not the index's next
-    /// line, and lines left over at the end of the layer, fail the layer. The caller checks the
-    /// line count with [`IndexReader::finish`].
+    /// (type, mode, size, mtime, link, and with [`UnpackOptions::content_digests`] the content
+    /// digest) against the next line of the layer's file index, which lists the layer's entries
+    /// in the same order (FORMAT.md §4.4): one line is held at a time, whatever the number of
+    /// entries. An entry that is not the index's next line, and lines left over at the end of
+    /// the layer, fail the layer. The caller checks the line count with [`IndexReader::finish`].
     pub fn unpack_layer<R: Read>(
         &self,
         reader: &mut R,
