@@ -71,7 +71,7 @@ echo "cargo target dir: $CARGO_TARGET_DIR"
 section "Kubernetes control plane and the oras CLI (scenarios/cluster/build.sh)"
 # The cluster tests run a real etcd, kube-apiserver, controller manager and scheduler, and the
 # interop tests the Go oras CLI. build.sh builds them from the Go modules pinned in
-# scenarios/cluster/ on a machine's first run (10 to 35 minutes on 2 cores) and reuses
+# scenarios/cluster/ on a machine's first run (7 to 35 minutes on 2 cores) and reuses
 # $WSR_CACHE_DIR/cluster-bin/<versions> afterwards. It needs the Go toolchain (not Debian's
 # golang-go, which is too old for Kubernetes 1.36).
 if ! have go && [[ -x /usr/local/go/bin/go ]]; then
