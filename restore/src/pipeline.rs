@@ -9,8 +9,8 @@
 //! nor the uncompressed stream against `diff_id` (FORMAT.md §6 rule 5): either would hash the
 //! data a second time, and could only catch a writer whose index or config contradicts the
 //! layer it wrote, never a byte that differs from what was backed up. A check that writes
-//! nothing (`--verify`) does hash content against the index, its only measure of a writer's
-//! consistency; the drill also re-reads every restored file against it.
+//! nothing (`wsr-restore verify`) does hash content against the index, its only measure of a
+//! writer's consistency; the drill also re-reads every restored file against it.
 //!
 //! Up to `parallel` more layers, and at least [`MIN_AHEAD`], are requested ahead of the ones
 //! unpacking (their blob and index requests at once), so each layer's round trips overlap the

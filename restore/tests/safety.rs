@@ -924,9 +924,9 @@ fn native_documents_are_bounded(run: Runner) {
 }
 
 /// A file whose index line carries another content digest (same size; every blob honest).
-/// `--verify`, which writes nothing, measures content by the index and refuses it; a restore
-/// writes the layer's bytes, which the verified blob digest vouches for (FORMAT.md §6 rule 5),
-/// so the index does not make it hash every file a second time.
+/// `wsr-restore verify`, which writes nothing, measures content by the index and refuses it; a
+/// restore writes the layer's bytes, which the verified blob digest vouches for (FORMAT.md §6
+/// rule 5), so the index does not make it hash every file a second time.
 fn content_digest_is_checked_where_nothing_else_vouches(run: Runner) {
     let jail = Jail::new();
     let tar = Tar::default().dir("d/", 0o755).file("d/f", b"data").end();

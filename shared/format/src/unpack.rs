@@ -339,7 +339,8 @@ impl Unpacker {
         Unpacker::with_root(Some(root.to_owned()), options)
     }
 
-    /// Checks and hashes every entry as [`Unpacker::new`] does, but creates nothing (verify).
+    /// Checks every entry as [`Unpacker::new`] does (content digests as the options ask), but
+    /// creates nothing (verify).
     pub fn verify_only(options: UnpackOptions) -> Unpacker {
         Unpacker::with_root(None, options)
     }
