@@ -246,11 +246,7 @@ fn every_manifest_the_kind_scripts_apply_is_accepted_by_the_api_server() -> Resu
     for file in ["namespace.yaml", "crd.yaml"] {
         apply_file(&root.join("operator/deploy").join(file))?;
     }
-    cluster.kubectl([
-        "wait",
-        "--for=condition=Established",
-        "crd/backuppolicies.wsr.dev",
-    ])?;
+    cluster.wait_crd_established("backuppolicies.wsr.dev")?;
     let overlay = cluster_demo::operator::kustomization_over(
         cluster.dir(),
         &root.join("operator/deploy"),
@@ -303,11 +299,7 @@ fn every_manifest_the_kind_scripts_apply_is_accepted_by_the_api_server() -> Resu
             .kubectl_stdin(["apply", "-f", "-"], &rendered)
             .with_context(|| format!("applying {file}"))?;
         if file == "devworkspace-crd.yaml" {
-            cluster.kubectl([
-                "wait",
-                "--for=condition=Established",
-                "crd/devworkspaces.workspace.devfile.io",
-            ])?;
+            cluster.wait_crd_established("devworkspaces.workspace.devfile.io")?;
         }
     }
     // The objects are there as the script expects them.

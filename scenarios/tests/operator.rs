@@ -49,11 +49,7 @@ fn install() -> &'static Path {
             .kubectl_stdin(["apply", "-f", "-"], &repo_file("operator/deploy/crd.yaml"))
             .expect("CRD");
         cluster
-            .kubectl([
-                "wait",
-                "--for=condition=Established",
-                "crd/backuppolicies.wsr.dev",
-            ])
+            .wait_crd_established("backuppolicies.wsr.dev")
             .expect("CRD established");
         cluster
             .kubectl_stdin(

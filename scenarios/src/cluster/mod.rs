@@ -343,6 +343,23 @@ impl Cluster {
         self.kubectl_as(&self.kubeconfig(), args, None)
     }
 
+    /// Waits up to 30 s until the CRD `name` is Established. Not `kubectl wait
+    /// --for=condition=Established`: on a CRD applied a moment ago, whose status has no
+    /// conditions yet, that fails at once (".status.conditions accessor error") instead of
+    /// waiting.
+    pub fn wait_crd_established(&self, name: &str) -> Result<()> {
+        let crd = format!("crd/{name}");
+        let established = r#"-o=jsonpath={.status.conditions[?(@.type=="Established")].status}"#;
+        self.wait(
+            &format!("the CRD {name} to be Established"),
+            Duration::from_secs(30),
+            || {
+                self.kubectl(["get", &crd, established])
+                    .is_ok_and(|s| s.trim() == "True")
+            },
+        )
+    }
+
     /// Runs kubectl as admin with `stdin` as its input (e.g. `apply -f -`).
     pub fn kubectl_stdin<I, S>(&self, args: I, stdin: &str) -> Result<String>
     where

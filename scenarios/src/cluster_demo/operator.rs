@@ -166,11 +166,7 @@ pub fn install<'a>(cluster: &'a Cluster, image: &str) -> Result<Operator<'a>> {
         .context("kubectl apply -k scenarios/deploy/operator-local")?;
     let operator = Operator { cluster };
     // The demo applies a BackupPolicy next; the CRD came in the same apply.
-    cluster.kubectl([
-        "wait",
-        "--for=condition=Established",
-        "crd/backuppolicies.wsr.dev",
-    ])?;
+    cluster.wait_crd_established("backuppolicies.wsr.dev")?;
     let deployment = format!("deployment/{DEPLOYMENT}");
     let rollout = cluster
         .kubectl([
