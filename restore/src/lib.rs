@@ -46,10 +46,11 @@ pub struct RestoreOptions {
     /// Layers unpacked at once ([`default_parallel`] unless told); as many more, and at least
     /// 8, are requested ahead.
     pub parallel: usize,
-    /// Flush the restored tree's filesystem to disk before marking the restore complete. The
-    /// marker is durable, so without the flush a power loss soon after could leave files with
-    /// their names but not their contents, behind a marker that says the restore succeeded.
-    /// Off only for restores that are thrown away (drills).
+    /// Flush the restored tree's filesystem to disk while the tree is written and once more
+    /// before marking the restore complete ([`target::TreeFlush`]). The marker is durable, so
+    /// without the flush a power loss soon after could leave files with their names but not
+    /// their contents, behind a marker that says the restore succeeded. Off only for restores
+    /// that are thrown away (drills).
     pub sync: bool,
     pub connect: ConnectOptions,
 }
@@ -187,6 +188,9 @@ pub async fn restore(
     let plan = select::plan(&store, &opened, selection.as_deref()).await?;
     let staging = target::create_staging(target)?;
     let tree = staging.tree();
+    let flush = (options.sync)
+        .then(|| target::TreeFlush::start(&tree))
+        .transpose()?;
     let destination = Destination {
         target,
         tree: &tree,
@@ -204,8 +208,8 @@ pub async fn restore(
     )
     .await;
     let unpacked = unpacked.and_then(|done| {
-        if options.sync {
-            target::flush_filesystem(&tree)?;
+        if let Some(flush) = flush {
+            flush.finish(&tree)?;
         }
         Ok(done)
     });

@@ -1242,6 +1242,37 @@ fn a_completed_restore_is_on_disk() {
     }
 }
 
+#[test]
+fn the_tree_is_flushed_while_a_restore_writes_it() {
+    let jail = Jail::new();
+    if on_tmpfs(jail.path()) {
+        eprintln!("the temporary directory is on tmpfs: not checked");
+        return;
+    }
+    let tree = jail.target();
+    std::fs::create_dir(&tree).unwrap();
+    let flush = wsr_restore::target::TreeFlush::start(&tree).unwrap();
+    let written = tree.join("written");
+    std::fs::write(&written, vec![7u8; 4 << 20]).unwrap();
+    // Left to itself, the kernel writes a dirty page back after 30 s (`dirty_expire_centisecs`);
+    // the flushes along the way write it within a period, long before `finish`.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match unwritten_pages(&written) {
+            None => {
+                eprintln!("this kernel has no cachestat: not checked");
+                break;
+            }
+            Some(0) => break,
+            Some(pages) if std::time::Instant::now() > deadline => {
+                panic!("{pages} pages still unwritten 10 s after they were written")
+            }
+            Some(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
+    flush.finish(&tree).unwrap();
+}
+
 fn each_runner(case: fn(Runner)) {
     for run in Runner::all() {
         eprintln!("as {run:?}");
