@@ -101,6 +101,13 @@ wait_for() {
     die "$what: not reached within $limit s (last: '$got')"
 }
 
+# `kubectl wait --for=condition=Established` on a CRD applied a moment ago fails at once
+# ("status.conditions accessor error") while the CRD has no conditions yet, instead of waiting.
+wait_crd() {
+    wait_for "CRD $1 to be Established" '^True$' 30 get "crd/$1" \
+        -o 'jsonpath={.status.conditions[?(@.type=="Established")].status}'
+}
+
 cleanup() {
     if ! $KEEP && ! $DRY_RUN; then
         kind delete cluster --name "$NAME" >/dev/null 2>&1 || true
@@ -156,7 +163,7 @@ build_binaries() {
 install_operator() {
     step "Installing the DevWorkspace CRD and wsr-operator"
     apply_manifest devworkspace-crd.yaml
-    kc wait --for=condition=Established crd/devworkspaces.workspace.devfile.io
+    wait_crd devworkspaces.workspace.devfile.io
     # The base operator/deploy as it is (two replicas: kind pods have their own network), with
     # the image loaded above, through a kustomization in $WORK (kustomize takes only relative
     # paths to other kustomizations).
@@ -167,7 +174,7 @@ install_operator() {
     printf 'resources: [%s]\nimages: [{name: localhost/wsr-recovery, newName: %s, newTag: "%s"}]\n' \
         "$up${ROOT#/}/operator/deploy" "${IMAGE%:*}" "${IMAGE##*:}" >"$overlay/kustomization.yaml"
     kc apply -k "$overlay"
-    kc wait --for=condition=Established crd/backuppolicies.wsr.dev
+    wait_crd backuppolicies.wsr.dev
     kc rollout status -n "$OPERATOR_NS" deployment/wsr-operator --timeout=180s
     kc wait --for=condition=Available -n "$OPERATOR_NS" deployment/wsr-operator --timeout=60s
     # Anonymous push: the registry container has no auth, but the policy's Secret is what DWO's
