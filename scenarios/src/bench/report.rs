@@ -651,6 +651,10 @@ fn verdict(pass: Option<bool>) -> &'static str {
     }
 }
 
+/// Why a MISS has no floor beside it: a run of some peers only (`--peers`).
+const FLOOR_NOT_MEASURED: &str =
+    "the floor it is measured against was not run (its peers were not selected with --peers)";
+
 /// Writes the targets table (issue #17's targets) and returns, for each MISS, why: what the
 /// target requires against what the measured floors and costs allow. The reasons go into the
 /// "what limits these numbers" section.
@@ -690,6 +694,11 @@ fn targets_section(md: &mut String, t: &Table, run: &CorpusRun) -> Vec<String> {
             secs(w.cpu),
             secs(w.server_cpu.unwrap_or(0.0)),
             std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
+        ),
+        (Some(w), Some(u), None) => format!(
+            "{want}× needs a backup in {} s (wsr: {} s); {FLOOR_NOT_MEASURED}",
+            secs(u.wall / want),
+            secs(w.wall)
         ),
         _ => String::new(),
     };
@@ -735,6 +744,11 @@ fn targets_section(md: &mut String, t: &Table, run: &CorpusRun) -> Vec<String> {
             secs(z.wall),
             secs(z.cpu),
             secs(z.sys)
+        ),
+        (Some(w), Some(u), None) => format!(
+            "3× needs a restore in {} s (wsr: {} s); {FLOOR_NOT_MEASURED}",
+            secs(u.wall / 3.0),
+            secs(w.wall)
         ),
         _ => String::new(),
     };
