@@ -1103,9 +1103,13 @@ fn names_before(jail: &Jail) -> Vec<String> {
 
 /// Read-only, write-only and mode-0 directories (common in `.git` and vendored code) restore
 /// for a non-root user too, with exactly their archived modes, and can be moved aside later.
+/// `a/none/` holds enough directories that their modes are applied by several threads before
+/// its own (the unpacker shares out the subtrees of the first level with 64 directories; a
+/// top-level directory keeps owner rwx until it is moved into place, so it would not show an
+/// order broken).
 fn restrictive_directory_modes(run: Runner) {
     let jail = Jail::new();
-    let tar = Tar::default()
+    let mut tar = Tar::default()
         .dir("ro/", 0o555)
         .dir("ro/sub/", 0o555)
         .file_mode("ro/sub/f", b"ro", 0o444)
@@ -1116,8 +1120,14 @@ fn restrictive_directory_modes(run: Runner) {
         .dir("a/", 0o755)
         .dir("a/ro/", 0o500)
         .file("a/ro/f", b"a")
-        .end();
-    let reference = publish_tar(&jail, "a", tar);
+        .dir("a/none/", 0o000);
+    let many: Vec<String> = (0..70).map(|i| format!("a/none/d{i:02}")).collect();
+    for d in &many {
+        tar = tar
+            .dir(&format!("{d}/"), 0o500)
+            .dir(&format!("{d}/x/"), 0o000);
+    }
+    let reference = publish_tar(&jail, "a", tar.end());
     report(&run.restore(&reference, &jail.target(), &[]));
     let mode = |p: &str| std::fs::metadata(jail.target().join(p)).unwrap().mode() & 0o7777;
     for (p, want) in [
@@ -1126,8 +1136,16 @@ fn restrictive_directory_modes(run: Runner) {
         ("wo", 0o333),
         ("none", 0o000),
         ("a/ro", 0o500),
+        ("a/none", 0o000),
     ] {
         assert_eq!(mode(p), want, "{p}");
+    }
+    // Below a mode-0 directory only root may look.
+    if std::fs::read_dir(jail.target().join("a/none")).is_ok() {
+        for d in &many {
+            assert_eq!(mode(d), 0o500, "{d}");
+            assert_eq!(mode(&format!("{d}/x")), 0o000, "{d}/x");
+        }
     }
     assert_eq!(
         std::fs::read(jail.target().join("ro/sub/f")).unwrap(),

@@ -34,6 +34,17 @@ use std::time::{Duration, SystemTime};
 /// caps each such record at 1 MiB; a longer name would be refused anyway (4095 bytes at most).
 pub const MAX_ENTRY_METADATA: u64 = 1 << 20;
 
+/// Subtrees the directory modes are shared out by ([`Unpacker::finish`]): the walk goes down
+/// until a level holds this many directories, or [`DIR_MODE_SPLIT_DEPTH`] levels.
+const DIR_MODE_SUBTREES: usize = 64;
+
+/// Deepest level the subtrees are looked for at: the levels above are listed whole, so their
+/// paths are held at once.
+const DIR_MODE_SPLIT_DEPTH: usize = 8;
+
+/// Most threads applying directory modes.
+const MAX_DIR_MODE_THREADS: usize = 4;
+
 /// Entries listed one by one in [`UnpackReport::skipped`]; further ones are only counted.
 pub const MAX_SKIPPED_LISTED: usize = 1000;
 
@@ -970,7 +981,7 @@ impl Unpacker {
             }
         }
         if let Some(root) = &self.root {
-            self.apply_dir_modes(root, &mut Vec::new(), &mut st)?;
+            self.apply_dir_modes(root, &mut st)?;
         }
         if let Some(selection) = &self.options.select {
             st.report.unmatched = selection
@@ -1009,18 +1020,124 @@ impl Unpacker {
     }
 
     /// Applies the directories' own modes and times, children before their parent (a
-    /// read-only directory is filled first), by walking what this unpacker created below `dir`
-    /// (`rel` is its path relative to the root). Top-level directories without owner rwx are
-    /// left writable and reported in `deferred_dirs`.
-    fn apply_dir_modes(
+    /// read-only directory is filled first), by walking what this unpacker created. Top-level
+    /// directories without owner rwx are left writable and reported in `deferred_dirs`.
+    ///
+    /// It is a `chmod` and a `utimes` in the kernel for every directory, about 10 µs each on one
+    /// core (0.35 s of a 1 GB restore, 2.5 s at 10 GB), after the last layer: so the walk goes
+    /// down level by level until one holds [`DIR_MODE_SUBTREES`] directories, threads take
+    /// those subtrees one at a time, and the levels above are done last, deepest first.
+    fn apply_dir_modes(&self, root: &Path, st: &mut State) -> Result<(), UnpackError> {
+        let split = self.split_into_subtrees(root)?;
+        let nodes = &st.nodes;
+        let mut deferred = self.apply_subtrees(root, &split.subtrees, nodes)?;
+        for rel in split.above.iter().rev() {
+            deferred.extend(self.apply_own(root, rel, nodes)?);
+        }
+        deferred.sort_by(|a, b| a.name.0.cmp(&b.name.0));
+        st.report.deferred_dirs = deferred;
+        Ok(())
+    }
+
+    fn split_into_subtrees(&self, root: &Path) -> Result<Split, UnpackError> {
+        let mut above = Vec::new();
+        let mut level = self.subdirs(root, &[])?;
+        for _ in 1..DIR_MODE_SPLIT_DEPTH {
+            if level.len() >= DIR_MODE_SUBTREES {
+                break;
+            }
+            let mut next = Vec::new();
+            for rel in &level {
+                next.extend(self.subdirs(root, rel)?);
+            }
+            if next.is_empty() {
+                break;
+            }
+            above.append(&mut level);
+            level = next;
+        }
+        Ok(Split {
+            above,
+            subtrees: level,
+        })
+    }
+
+    /// Applies the modes of every subtree (its root last), the subtrees taken one at a time by
+    /// up to [`MAX_DIR_MODE_THREADS`] threads; returns the top-level directories deferred.
+    fn apply_subtrees(
         &self,
-        dir: &Path,
-        rel: &mut Vec<u8>,
-        st: &mut State,
-    ) -> Result<(), UnpackError> {
-        // Names first, then recursion: one open directory at a time, whatever the depth.
-        let mut subdirs = Vec::new();
+        root: &Path,
+        subtrees: &[Vec<u8>],
+        nodes: &HashMap<PathKey, Slot>,
+    ) -> Result<Vec<DeferredDir>, UnpackError> {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+        let (next, failed) = (AtomicUsize::new(0), AtomicBool::new(false));
+        let take_subtrees = || -> Result<Vec<DeferredDir>, UnpackError> {
+            let mut deferred = Vec::new();
+            while let Some(rel) = subtrees.get(next.fetch_add(1, Relaxed)) {
+                if failed.load(Relaxed) {
+                    break;
+                }
+                let done = self
+                    .apply_below(root, &mut rel.clone(), nodes)
+                    .and_then(|()| self.apply_own(root, rel, nodes));
+                match done {
+                    Ok(own) => deferred.extend(own),
+                    Err(e) => {
+                        failed.store(true, Relaxed);
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(deferred)
+        };
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_DIR_MODE_THREADS)
+            .min(subtrees.len());
+        if threads <= 1 {
+            return take_subtrees();
+        }
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads).map(|_| s.spawn(take_subtrees)).collect();
+            let mut deferred = Vec::new();
+            for worker in workers {
+                deferred.extend(worker.join().expect("directory-mode thread")?);
+            }
+            Ok(deferred)
+        })
+    }
+
+    /// The subdirectories of `rel` (a directory this unpacker created), as paths relative to
+    /// the root.
+    fn subdirs(&self, root: &Path, rel: &[u8]) -> Result<Vec<Vec<u8>>, UnpackError> {
+        let dir = root.join(std::ffi::OsStr::from_bytes(rel));
+        let mut found = Vec::new();
         for e in fs::read_dir(dir).map_err(self.io_err(rel))? {
+            let e = e.map_err(self.io_err(rel))?;
+            if e.file_type().map_err(self.io_err(rel))?.is_dir() {
+                let mut path = rel.to_vec();
+                if !path.is_empty() {
+                    path.push(b'/');
+                }
+                path.extend_from_slice(e.file_name().as_bytes());
+                found.push(path);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Applies the modes and times of every directory below `rel`, children before their
+    /// parent. Names first, then recursion: one open directory at a time, whatever the depth.
+    fn apply_below(
+        &self,
+        root: &Path,
+        rel: &mut Vec<u8>,
+        nodes: &HashMap<PathKey, Slot>,
+    ) -> Result<(), UnpackError> {
+        let mut subdirs = Vec::new();
+        let dir = root.join(std::ffi::OsStr::from_bytes(rel));
+        for e in fs::read_dir(&dir).map_err(self.io_err(rel))? {
             let e = e.map_err(self.io_err(rel))?;
             if e.file_type().map_err(self.io_err(rel))?.is_dir() {
                 subdirs.push(e.file_name());
@@ -1028,35 +1145,57 @@ impl Unpacker {
         }
         for name in subdirs {
             let len = rel.len();
-            if len > 0 {
-                rel.push(b'/');
-            }
+            rel.push(b'/');
             rel.extend_from_slice(name.as_bytes());
-            let full = dir.join(&name);
-            self.apply_dir_modes(&full, rel, st)?;
-            if let Some((mode, mtime)) = st.nodes.get(&self.key(rel)).and_then(|s| s.meta()) {
-                // Moving a directory to another parent needs write permission on it: a
-                // top-level directory keeps owner rwx until the caller has moved it.
-                let mut applied = mode;
-                if len == 0 && mode & 0o700 != 0o700 {
-                    applied |= 0o700;
-                    st.report.deferred_dirs.push(DeferredDir {
-                        name: crate::native::RawPath(rel.clone()),
-                        mode,
-                        mtime,
-                    });
-                }
-                let t = system_time(mtime);
-                let opened = fs::File::open(&full).map_err(self.io_err(rel))?;
-                opened
-                    .set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
-                    .and_then(|()| opened.set_permissions(fs::Permissions::from_mode(applied)))
-                    .map_err(self.io_err(rel))?;
-            }
+            self.apply_below(root, rel, nodes)?;
+            // Only top-level directories are deferred, and this one is below one.
+            self.apply_own(root, rel, nodes)?;
             rel.truncate(len);
         }
         Ok(())
     }
+
+    /// Applies one directory's own mode and mtime, if it had an entry of its own. Moving a
+    /// directory to another parent needs write permission on it: a top-level directory keeps
+    /// owner rwx until the caller has moved it, and is returned for the caller to finish.
+    fn apply_own(
+        &self,
+        root: &Path,
+        rel: &[u8],
+        nodes: &HashMap<PathKey, Slot>,
+    ) -> Result<Option<DeferredDir>, UnpackError> {
+        let Some((mode, mtime)) = nodes.get(&self.key(rel)).and_then(|s| s.meta()) else {
+            return Ok(None);
+        };
+        let top_level = !rel.contains(&b'/');
+        let deferred = (top_level && mode & 0o700 != 0o700).then(|| DeferredDir {
+            name: crate::native::RawPath(rel.to_vec()),
+            mode,
+            mtime,
+        });
+        let applied = if deferred.is_some() {
+            mode | 0o700
+        } else {
+            mode
+        };
+        let t = system_time(mtime);
+        let opened = fs::File::open(root.join(std::ffi::OsStr::from_bytes(rel)))
+            .map_err(self.io_err(rel))?;
+        opened
+            .set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
+            .and_then(|()| opened.set_permissions(fs::Permissions::from_mode(applied)))
+            .map_err(self.io_err(rel))?;
+        Ok(deferred)
+    }
+}
+
+/// The staged tree's directories as [`Unpacker::apply_dir_modes`] shares them out.
+struct Split {
+    /// The levels above the split, parents first, each under [`DIR_MODE_SUBTREES`] directories.
+    above: Vec<Vec<u8>>,
+    /// The roots of the subtrees below it: the first level with [`DIR_MODE_SUBTREES`]
+    /// directories, [`DIR_MODE_SPLIT_DEPTH`] levels down, or the last level.
+    subtrees: Vec<Vec<u8>>,
 }
 
 /// Checks an entry's header against the next line of its layer's file index (native layers;
