@@ -1039,6 +1039,8 @@ impl Unpacker {
         Ok(())
     }
 
+    /// Lists the staged tree level by level, down to the first level with
+    /// [`DIR_MODE_SUBTREES`] directories (see [`Split`]).
     fn split_into_subtrees(&self, root: &Path) -> Result<Split, UnpackError> {
         let mut above = Vec::new();
         let mut level = self.subdirs(root, &[])?;
