@@ -20,6 +20,7 @@ use crate::digest::{Digest, Hasher};
 use crate::native::{IndexEntry, IndexReader};
 use std::cell::Cell;
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -394,8 +395,7 @@ impl Unpacker {
 
     /// Where `path` is written; `None` when verifying only.
     fn full(&self, path: &[u8]) -> Option<PathBuf> {
-        let root = self.root.as_ref()?;
-        Some(root.join(std::ffi::OsStr::from_bytes(path)))
+        Some(at(self.root.as_ref()?, path))
     }
 
     /// The error for an I/O failure at `path`; the name is rendered only if one happens
@@ -950,10 +950,11 @@ impl Unpacker {
                 Some(Node::File) if !link_paths.contains(target) => {
                     if let Some(root) = &self.root {
                         self.check_link_target(root, target)?;
-                        let at = |p: &[u8]| root.join(std::ffi::OsStr::from_bytes(p));
-                        fs::hard_link(at(target), at(path)).map_err(|source| UnpackError::Io {
-                            path: show(path),
-                            source,
+                        fs::hard_link(at(root, target), at(root, path)).map_err(|source| {
+                            UnpackError::Io {
+                                path: show(path),
+                                source,
+                            }
                         })?;
                     }
                     st.report.hardlinks += 1;
@@ -1003,16 +1004,15 @@ impl Unpacker {
     /// A hard link's target, checked on disk: every parent a real directory (never a symlink),
     /// the target itself a regular file. Only what this unpacker created is below the root.
     fn check_link_target(&self, root: &Path, target: &[u8]) -> Result<(), UnpackError> {
-        let at = |p: &[u8]| root.join(std::ffi::OsStr::from_bytes(p));
         let refuse =
             |why: &str| UnpackError::unsafe_entry(target, format!("hard-link target {why}"));
         for parent in parents(target) {
-            let meta = fs::symlink_metadata(at(parent)).map_err(self.io_err(parent))?;
+            let meta = fs::symlink_metadata(at(root, parent)).map_err(self.io_err(parent))?;
             if !meta.is_dir() {
                 return Err(refuse("is below something that is not a directory"));
             }
         }
-        let meta = fs::symlink_metadata(at(target)).map_err(self.io_err(target))?;
+        let meta = fs::symlink_metadata(at(root, target)).map_err(self.io_err(target))?;
         if !meta.is_file() {
             return Err(refuse("is not a regular file"));
         }
@@ -1110,23 +1110,22 @@ impl Unpacker {
         })
     }
 
-    /// The subdirectories of `rel` (a directory this unpacker created), as paths relative to
-    /// the root.
-    fn subdirs(&self, root: &Path, rel: &[u8]) -> Result<Vec<Vec<u8>>, UnpackError> {
-        let dir = root.join(std::ffi::OsStr::from_bytes(rel));
-        let mut found = Vec::new();
-        for e in fs::read_dir(dir).map_err(self.io_err(rel))? {
+    /// The names of the subdirectories of `rel` (a directory this unpacker created).
+    fn subdir_names(&self, root: &Path, rel: &[u8]) -> Result<Vec<OsString>, UnpackError> {
+        let mut names = Vec::new();
+        for e in fs::read_dir(at(root, rel)).map_err(self.io_err(rel))? {
             let e = e.map_err(self.io_err(rel))?;
             if e.file_type().map_err(self.io_err(rel))?.is_dir() {
-                let mut path = rel.to_vec();
-                if !path.is_empty() {
-                    path.push(b'/');
-                }
-                path.extend_from_slice(e.file_name().as_bytes());
-                found.push(path);
+                names.push(e.file_name());
             }
         }
-        Ok(found)
+        Ok(names)
+    }
+
+    /// The subdirectories of `rel`, as paths relative to the root.
+    fn subdirs(&self, root: &Path, rel: &[u8]) -> Result<Vec<Vec<u8>>, UnpackError> {
+        let names = self.subdir_names(root, rel)?;
+        Ok(names.iter().map(|name| child(rel, name)).collect())
     }
 
     /// Applies the modes and times of every directory below `rel`, children before their
@@ -1137,15 +1136,7 @@ impl Unpacker {
         rel: &mut Vec<u8>,
         nodes: &HashMap<PathKey, Slot>,
     ) -> Result<(), UnpackError> {
-        let mut subdirs = Vec::new();
-        let dir = root.join(std::ffi::OsStr::from_bytes(rel));
-        for e in fs::read_dir(&dir).map_err(self.io_err(rel))? {
-            let e = e.map_err(self.io_err(rel))?;
-            if e.file_type().map_err(self.io_err(rel))?.is_dir() {
-                subdirs.push(e.file_name());
-            }
-        }
-        for name in subdirs {
+        for name in self.subdir_names(root, rel)? {
             let len = rel.len();
             rel.push(b'/');
             rel.extend_from_slice(name.as_bytes());
@@ -1181,14 +1172,28 @@ impl Unpacker {
             mode
         };
         let t = system_time(mtime);
-        let opened = fs::File::open(root.join(std::ffi::OsStr::from_bytes(rel)))
-            .map_err(self.io_err(rel))?;
+        let opened = fs::File::open(at(root, rel)).map_err(self.io_err(rel))?;
         opened
             .set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
             .and_then(|()| opened.set_permissions(fs::Permissions::from_mode(applied)))
             .map_err(self.io_err(rel))?;
         Ok(deferred)
     }
+}
+
+/// Where an archive path (relative, normalised) is below `root`.
+fn at(root: &Path, path: &[u8]) -> PathBuf {
+    root.join(std::ffi::OsStr::from_bytes(path))
+}
+
+/// The path of `name` inside the directory `rel` (the root when `rel` is empty).
+fn child(rel: &[u8], name: &std::ffi::OsStr) -> Vec<u8> {
+    let mut path = rel.to_vec();
+    if !path.is_empty() {
+        path.push(b'/');
+    }
+    path.extend_from_slice(name.as_bytes());
+    path
 }
 
 /// The staged tree's directories as [`Unpacker::apply_dir_modes`] shares them out.
