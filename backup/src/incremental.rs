@@ -4,7 +4,7 @@
 //! what was backed up.
 
 use crate::archive::Codec;
-use crate::plan::{fingerprint, plan_layers, weight};
+use crate::plan::{fingerprints, plan_layers, weight};
 use crate::previous::{self, Previous};
 use crate::publish::Prepared;
 use crate::upload::{Uploaded, upload_layer};
@@ -129,6 +129,8 @@ pub(crate) async fn backup(
         previous.as_ref().map(|p| p.config.layer_target),
     );
     let ranges = plan_layers(&tree, target);
+    let workers = options.workers.max(1) as usize;
+    let fingerprints = fingerprints(&tree, &ranges, workers);
     let skipped = std::mem::take(&mut tree.skipped);
     // Moved, not copied: the entry list is the largest thing a backup holds.
     let tree = Arc::new(tree);
@@ -152,33 +154,35 @@ pub(crate) async fn backup(
     // `workers` at a time, which uses the cores; more are in flight, so the registry's round
     // trips at the start and end of each upload overlap other layers' compression. Layers
     // finish in any order and are put back in order.
-    let workers = options.workers.max(1) as usize;
     let compressing = &Arc::new(tokio::sync::Semaphore::new(workers));
     let in_flight = layers_in_flight(workers, target);
-    let jobs = ranges.iter().enumerate().map(|(i, range)| {
-        let fp = fingerprint(&tree, range.clone());
-        let reuse = previous
-            .as_ref()
-            .and_then(|prev| reusable_layer(prev, reusable.get(&fp).copied()?, range.len()));
-        let (tree, range) = (tree.clone(), range.clone());
-        async move {
-            let result = match reuse {
-                Some(stored) => {
-                    let bytes = range.clone().map(|i| tree.meta(i).size).sum();
-                    progress
-                        .entries
-                        .fetch_add(range.len() as u64, Ordering::Relaxed);
-                    progress.bytes.fetch_add(bytes, Ordering::Relaxed);
-                    Ok(stored)
-                }
-                None => {
-                    let layer = (range, i as u32, fp);
-                    new_layer(options, store, compressing, &tree, layer, progress).await
-                }
-            };
-            (i, result)
-        }
-    });
+    let jobs = ranges
+        .iter()
+        .zip(fingerprints)
+        .enumerate()
+        .map(|(i, (range, fp))| {
+            let reuse = previous
+                .as_ref()
+                .and_then(|prev| reusable_layer(prev, reusable.get(&fp).copied()?, range.len()));
+            let (tree, range) = (tree.clone(), range.clone());
+            async move {
+                let result = match reuse {
+                    Some(stored) => {
+                        let bytes = range.clone().map(|i| tree.meta(i).size).sum();
+                        progress
+                            .entries
+                            .fetch_add(range.len() as u64, Ordering::Relaxed);
+                        progress.bytes.fetch_add(bytes, Ordering::Relaxed);
+                        Ok(stored)
+                    }
+                    None => {
+                        let layer = (range, i as u32, fp);
+                        new_layer(options, store, compressing, &tree, layer, progress).await
+                    }
+                };
+                (i, result)
+            }
+        });
     let mut layers = futures_util::stream::iter(jobs).buffer_unordered(in_flight);
     let mut stored: Vec<Option<StoredLayer>> = ranges.iter().map(|_| None).collect();
     while let Some((i, result)) = layers.next().await {

@@ -49,6 +49,29 @@ pub(crate) fn plan_layers(tree: &Tree, target: u64) -> Vec<Range<usize>> {
     ranges
 }
 
+/// The [`fingerprint`]s of `layers` (consecutive, from the first entry), by up to `threads`
+/// threads, each taking consecutive layers of about as many entries: once the tree is walked,
+/// hashing its metadata is most of what a re-backup of an unchanged tree does.
+pub(crate) fn fingerprints(tree: &Tree, layers: &[Range<usize>], threads: usize) -> Vec<Digest> {
+    let share = tree.len().div_ceil(threads.max(1)).max(1);
+    let mut groups = Vec::new();
+    let mut first = 0;
+    for (i, layer) in layers.iter().enumerate() {
+        if layer.end >= (groups.len() + 1) * share || i + 1 == layers.len() {
+            groups.push(&layers[first..=i]);
+            first = i + 1;
+        }
+    }
+    std::thread::scope(|s| {
+        let hashing: Vec<_> = (groups.iter())
+            .map(|group| s.spawn(|| group.iter().map(|l| fingerprint(tree, l.clone())).collect()))
+            .collect();
+        (hashing.into_iter())
+            .flat_map(|h| -> Vec<Digest> { h.join().expect("hashing does not panic") })
+            .collect()
+    })
+}
+
 /// Digest over everything that determines a layer's bytes, plus the nanosecond mtime, read
 /// from metadata only. Equal fingerprints mean the layer can be reused without reading files.
 /// Previous backups' configs hold these digests: the bytes hashed must not change.
@@ -109,6 +132,32 @@ mod tests {
         assert_eq!(
             plan_layers(&tree(&[]), native::MIN_LAYER_TARGET),
             vec![0..0]
+        );
+    }
+
+    #[test]
+    fn fingerprints_on_several_threads_are_each_layers_own_in_order() {
+        let names: Vec<String> = (0..50).map(|i| format!("f{i:02}")).collect();
+        let entries: Vec<_> = (names.iter().enumerate())
+            .map(|(i, n)| (n.as_str(), file(i as u64)))
+            .collect();
+        let tree = tree(&entries);
+        let layers = [0..1, 1..7, 7..8, 8..30, 30..31, 31..50];
+        let each: Vec<Digest> = (layers.iter())
+            .map(|l| fingerprint(&tree, l.clone()))
+            .collect();
+        assert!(each.windows(2).all(|w| w[0] != w[1]));
+        for threads in 0..=8 {
+            assert_eq!(
+                fingerprints(&tree, &layers, threads),
+                each,
+                "{threads} threads"
+            );
+        }
+        let (empty, nothing) = (Tree::default(), 0..0);
+        assert_eq!(
+            fingerprints(&empty, std::slice::from_ref(&nothing), 2),
+            vec![fingerprint(&empty, nothing)]
         );
     }
 

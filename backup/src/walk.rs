@@ -11,6 +11,7 @@ use rustix::fd::OwnedFd;
 use rustix::fs::{Access, AtFlags, FileType, OFlags, RawDir};
 use rustix::io::Errno;
 use std::cmp::Reverse;
+use std::collections::binary_heap::PeekMut;
 use std::collections::{BinaryHeap, HashMap};
 use std::ffi::CStr;
 use std::ffi::OsStr;
@@ -279,9 +280,9 @@ pub fn walk(root: &Path, skip_unreadable: bool) -> Result<Tree, BackupError> {
 }
 
 /// Hands the memory the walk's listings used back to the system. glibc keeps freed memory in
-/// its arenas, and the listings (whole paths, made and dropped by several threads) leave it
-/// scattered between live blocks, where the layers archived next did not reuse it: 1.32 M
-/// entries left 11 MiB resident and free.
+/// its arenas, and the listings (made by the walkers, dropped by the assembly) leave it
+/// scattered between live blocks, where the layers archived next did not reuse it: when
+/// listings held a whole path per entry, 1.32 M entries left 11 MiB resident and free.
 fn return_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free pages of the allocator's arenas.
@@ -345,20 +346,69 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
-/// An entry as a walker lists it, with its whole path: only the listings ahead of the
-/// assembly exist in this form.
+/// An entry as a walker lists it; its name and link are in its directory's [`DirListing`].
 #[derive(Debug)]
 struct Listed {
-    rel: Vec<u8>,
     meta: Meta,
-    link: Option<Vec<u8>>,
+    /// Where the name starts in the listing's bytes; the link (a symlink's target) follows it.
+    name_at: u32,
+    link_at: u32,
+    link_end: u32,
+    /// The (device, inode) of a regular file of more than one link.
+    inode: Option<(u64, u64)>,
 }
 
 /// What listing a directory found, in name order.
 enum Found {
-    /// With the (device, inode) of a regular file of more than one link.
-    Entry(Listed, Option<(u64, u64)>),
+    Entry(Listed),
+    /// With its whole path and the reason.
     Skipped(Vec<u8>, String),
+}
+
+/// One directory's listing, in two allocations whatever its size: the entries, and their names
+/// and links back to back. A path allocated per entry by a walker and freed by the assembly,
+/// on another thread, took about a tenth of an unchanged re-backup's walk (glibc frees such
+/// a block under a lock of the allocating thread's arena).
+struct DirListing {
+    found: Vec<Found>,
+    bytes: Vec<u8>,
+}
+
+impl DirListing {
+    fn name(&self, entry: &Listed) -> &[u8] {
+        &self.bytes[entry.name_at as usize..entry.link_at as usize]
+    }
+
+    fn link(&self, entry: &Listed) -> Option<&[u8]> {
+        (entry.meta.kind == EntryKind::Symlink)
+            .then(|| &self.bytes[entry.link_at as usize..entry.link_end as usize])
+    }
+
+    /// The subdirectories, in walk order, as keys of [`Todo`].
+    fn subdirs(&self, rel_dir: &[u8]) -> Vec<InWalkOrder> {
+        let dir = InWalkOrder::of(rel_dir);
+        let subdirs = self.found.iter().filter_map(|f| match f {
+            Found::Entry(e) if e.meta.kind == EntryKind::Dir => Some(dir.child(self.name(e))),
+            _ => None,
+        });
+        subdirs.collect()
+    }
+
+    fn entries(&self) -> u64 {
+        self.found
+            .iter()
+            .filter(|f| matches!(f, Found::Entry(..)))
+            .count() as u64
+    }
+}
+
+/// `rel_dir`'s child `name`, as a path relative to the root.
+fn child_path(rel_dir: &[u8], name: &[u8]) -> Vec<u8> {
+    if rel_dir.is_empty() {
+        name.to_vec()
+    } else {
+        [rel_dir, b"/", name].concat()
+    }
 }
 
 enum ListError {
@@ -367,7 +417,7 @@ enum ListError {
     Failed(BackupError),
 }
 
-type Listing = Result<Vec<Found>, ListError>;
+type Listing = Result<DirListing, ListError>;
 
 /// Directories are listed by several threads: a re-backup's walk is little but `fstatat` and
 /// `getdents` in the kernel, one directory after another on one core otherwise.
@@ -388,6 +438,17 @@ impl InWalkOrder {
         InWalkOrder(rel.iter().map(|&c| if c == b'/' { 0 } else { c }).collect())
     }
 
+    /// This directory's child `name`.
+    fn child(&self, name: &[u8]) -> InWalkOrder {
+        let mut key = Vec::with_capacity(self.0.len() + 1 + name.len());
+        key.extend_from_slice(&self.0);
+        if !key.is_empty() {
+            key.push(0);
+        }
+        key.extend_from_slice(name);
+        InWalkOrder(key)
+    }
+
     fn is(&self, rel: &[u8]) -> bool {
         self.0.len() == rel.len()
             && self
@@ -401,6 +462,72 @@ impl InWalkOrder {
         let mut rel = self.0;
         rel.iter_mut().filter(|c| **c == 0).for_each(|c| *c = b'/');
         rel
+    }
+}
+
+/// Directories still to list, the first in walk order on top. A listing's subdirectories go in
+/// as one run (in name order, so in walk order among themselves), and the heap orders the runs
+/// by their first directory: it holds a run per directory with subdirectories left to list,
+/// not every directory left, and a directory is taken with one sift of it.
+#[derive(Default)]
+struct Todo {
+    runs: BinaryHeap<Reverse<Run>>,
+}
+
+/// Sibling directories in reverse walk order (the first is last); never empty.
+struct Run(Vec<InWalkOrder>);
+
+impl Run {
+    fn first(&self) -> &InWalkOrder {
+        self.0.last().expect("runs are not empty")
+    }
+}
+
+impl Ord for Run {
+    fn cmp(&self, other: &Run) -> std::cmp::Ordering {
+        self.first().cmp(other.first())
+    }
+}
+
+impl PartialOrd for Run {
+    fn partial_cmp(&self, other: &Run) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Run {
+    fn eq(&self, other: &Run) -> bool {
+        self.first() == other.first()
+    }
+}
+
+impl Eq for Run {}
+
+impl Todo {
+    /// Adds sibling directories, given in walk order.
+    fn push(&mut self, mut siblings: Vec<InWalkOrder>) {
+        if !siblings.is_empty() {
+            siblings.reverse();
+            self.runs.push(Reverse(Run(siblings)));
+        }
+    }
+
+    fn peek(&self) -> Option<&InWalkOrder> {
+        self.runs.peek().map(|run| run.0.first())
+    }
+
+    fn pop(&mut self) -> Option<InWalkOrder> {
+        let mut top = self.runs.peek_mut()?;
+        let first = top.0.0.pop().expect("runs are not empty");
+        if top.0.0.is_empty() {
+            PeekMut::pop(top);
+        }
+        // Otherwise dropping `top` sifts its run down to its new first directory's place.
+        Some(first)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.runs.is_empty()
     }
 }
 
@@ -418,9 +545,11 @@ struct Prefetch {
 }
 
 struct Ahead {
-    todo: BinaryHeap<Reverse<InWalkOrder>>,
+    todo: Todo,
     /// Directories taken from `todo` and not yet listed.
     busy: usize,
+    /// Walkers waiting for `work`.
+    idle: usize,
     /// Listings not yet taken by the assembly, with their number of entries.
     ready: HashMap<Vec<u8>, (Listing, u64)>,
     ready_entries: u64,
@@ -434,11 +563,12 @@ struct Ahead {
 
 impl Prefetch {
     fn new(max: u64, lookahead: u64) -> Prefetch {
-        let mut todo = BinaryHeap::new();
-        todo.push(Reverse(InWalkOrder::of(b"")));
+        let mut todo = Todo::default();
+        todo.push(vec![InWalkOrder::of(b"")]);
         let state = Mutex::new(Ahead {
             todo,
             busy: 0,
+            idle: 0,
             ready: HashMap::new(),
             ready_entries: 0,
             wanted: None,
@@ -470,37 +600,31 @@ impl Prefetch {
             }
             let next_is_wanted = matches!(
                 (q.todo.peek(), &q.wanted),
-                (Some(Reverse(next)), Some(wanted)) if next.is(wanted)
+                (Some(next), Some(wanted)) if next.is(wanted)
             );
             if q.todo.is_empty() || (q.ready_entries >= self.lookahead && !next_is_wanted) {
+                q.idle += 1;
                 q = self.work.wait(q).expect("no walker panics");
+                q.idle -= 1;
                 continue;
             }
-            let rel = q.todo.pop().expect("not empty").0.into_rel();
+            let rel = q.todo.pop().expect("not empty").into_rel();
             q.busy += 1;
             drop(q);
             let listing = lister.list(root, root_dir, &rel, skip_unreadable);
+            // Done before locking: the lock is what the walkers and the assembly wait for.
+            let (entries, subdirs) = match &listing {
+                Ok(listed) => (listed.entries(), listed.subdirs(&rel)),
+                Err(_) => (0, Vec::new()),
+            };
             q = self.lock();
             q.busy -= 1;
-            let mut entries = 0;
-            if let Ok(found) = &listing {
-                entries = found
-                    .iter()
-                    .filter(|f| matches!(f, Found::Entry(..)))
-                    .count() as u64;
-                q.found += entries;
-                if q.found <= self.max {
-                    let before = q.todo.len();
-                    let dirs = found.iter().filter_map(|f| match f {
-                        Found::Entry(e, _) if e.meta.kind == EntryKind::Dir => {
-                            Some(Reverse(InWalkOrder::of(&e.rel)))
-                        }
-                        _ => None,
-                    });
-                    q.todo.extend(dirs);
-                    if q.todo.len() > before {
-                        self.work.notify_all();
-                    }
+            q.found += entries;
+            if q.found <= self.max && !subdirs.is_empty() {
+                q.todo.push(subdirs);
+                // Waking no one still costs a system call, once per directory.
+                if q.idle > 0 {
+                    self.work.notify_all();
                 }
             }
             q.ready_entries += entries;
@@ -582,8 +706,8 @@ impl Assembly<'_> {
         position: u32,
         listing: Option<Listing>,
     ) -> Result<(), BackupError> {
-        let found = match listing {
-            Some(Ok(found)) => found,
+        let listed = match listing {
+            Some(Ok(listed)) => listed,
             Some(Err(ListError::Failed(e))) => return Err(e),
             Some(Err(ListError::Unreadable)) => {
                 return Err(BackupError::Unreadable {
@@ -593,53 +717,57 @@ impl Assembly<'_> {
             // Only directories past the entry limit are left unlisted.
             None => return Err(self.too_many()),
         };
-        // Names follow the directory's path and its `/`, except at the top.
-        let name_at = if rel_dir.is_empty() {
-            0
-        } else {
-            rel_dir.len() + 1
-        };
-        for f in found {
-            let (mut entry, inode) = match f {
+        for f in &listed.found {
+            let entry = match f {
                 Found::Skipped(rel, why) => {
-                    self.tree.skipped.push((rel, why));
+                    self.tree.skipped.push((rel.clone(), why.clone()));
                     continue;
                 }
-                Found::Entry(entry, inode) => (entry, inode),
+                Found::Entry(entry) => entry,
             };
             if self.tree.len() as u64 >= self.max {
                 return Err(self.too_many());
             }
+            let name = listed.name(entry);
             if entry.meta.kind == EntryKind::Dir {
-                self.subdir(position, name_at, entry)?;
+                self.subdir(position, rel_dir, name, entry.meta)?;
                 continue;
             }
-            if let Some(inode) = inode {
+            if let Some(inode) = entry.inode {
                 if let Some(first) = self.links.get(&inode) {
-                    entry.meta.kind = EntryKind::Hardlink;
-                    entry.link = Some(first.clone());
-                    entry.meta.size = 0;
-                    entry.meta.sparse = false;
-                } else {
-                    self.links.insert(inode, entry.rel.clone());
+                    let meta = Meta {
+                        kind: EntryKind::Hardlink,
+                        size: 0,
+                        sparse: false,
+                        ..entry.meta
+                    };
+                    (self.tree).push(position, name, meta, Some(first));
+                    continue;
                 }
+                self.links.insert(inode, child_path(rel_dir, name));
             }
-            let name = &entry.rel[name_at..];
-            (self.tree).push(position, name, entry.meta, entry.link.as_deref());
+            (self.tree).push(position, name, entry.meta, listed.link(entry));
         }
         Ok(())
     }
 
     /// A directory that cannot be listed is left out (`--skip-unreadable`) or fails the walk;
     /// any other is kept, followed by what is in it.
-    fn subdir(&mut self, parent: u32, name_at: usize, entry: Listed) -> Result<(), BackupError> {
-        let listing = self.prefetch.take(&entry.rel);
+    fn subdir(
+        &mut self,
+        parent: u32,
+        rel_dir: &[u8],
+        name: &[u8],
+        meta: Meta,
+    ) -> Result<(), BackupError> {
+        let rel = child_path(rel_dir, name);
+        let listing = self.prefetch.take(&rel);
         if self.skip_unreadable && matches!(listing, Some(Err(ListError::Unreadable))) {
-            (self.tree.skipped).push((entry.rel, "unreadable directory".into()));
+            (self.tree.skipped).push((rel, "unreadable directory".into()));
             return Ok(());
         }
-        let position = (self.tree).push(parent, &entry.rel[name_at..], entry.meta, None);
-        self.add(&entry.rel, position, listing)
+        let position = (self.tree).push(parent, name, meta, None);
+        self.add(&rel, position, listing)
     }
 }
 
@@ -676,11 +804,12 @@ impl Lister {
         rel_dir: &[u8],
         skip_unreadable: bool,
     ) -> Listing {
-        let dir_path = full_path(root, rel_dir);
+        // Paths for errors only: most directories list without one.
+        let dir_path = || full_path(root, rel_dir);
         let failed = |errno: Errno| match errno {
             Errno::ACCESS | Errno::PERM => ListError::Unreadable,
             _ => ListError::Failed(BackupError::Source {
-                path: dir_path.clone(),
+                path: dir_path(),
                 source: errno.into(),
             }),
         };
@@ -688,13 +817,16 @@ impl Lister {
         // parent was listed is not listed through it (`beneath.rs`).
         let dir = root_dir.open_beneath(rel_dir, OFlags::RDONLY | OFlags::DIRECTORY);
         let dir = dir.map_err(|errno| match errno {
-            _ if beneath::is_swapped(errno) => ListError::Failed(BackupError::Changed {
-                path: dir_path.clone(),
-            }),
+            _ if beneath::is_swapped(errno) => {
+                ListError::Failed(BackupError::Changed { path: dir_path() })
+            }
             _ => failed(errno),
         })?;
         self.read_names(&dir).map_err(failed)?;
-        let mut found = Vec::with_capacity(self.starts.len());
+        let mut listed = DirListing {
+            found: Vec::with_capacity(self.starts.len()),
+            bytes: Vec::with_capacity(self.names.len()),
+        };
         for &at in &self.starts {
             let name = CStr::from_bytes_until_nul(&self.names[at..]).expect("NUL-terminated");
             let name_bytes = name.to_bytes();
@@ -702,7 +834,7 @@ impl Lister {
             // restore would never restore them either (FORMAT.md §8.2).
             if rel_dir.is_empty() && name_bytes.starts_with(media::STAGING_PREFIX.as_bytes()) {
                 let why = "a restore's staging directory, not backed up";
-                found.push(Found::Skipped(name_bytes.to_vec(), why.into()));
+                (listed.found).push(Found::Skipped(name_bytes.to_vec(), why.into()));
                 continue;
             }
             let stat = match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
@@ -713,22 +845,43 @@ impl Lister {
                 // child.
                 Err(errno) => return Err(failed(errno)),
             };
-            let rel = if rel_dir.is_empty() {
-                name_bytes.to_vec()
-            } else {
-                [rel_dir, b"/", name_bytes].concat()
-            };
-            let child = child(&dir, name, rel, &LookedUp::from(&stat), skip_unreadable);
-            if let Some(f) = child.map_err(|errno| {
+            let child = child(&dir, name, &LookedUp::from(&stat), skip_unreadable);
+            let child = child.map_err(|errno| {
                 ListError::Failed(BackupError::Source {
-                    path: full_path(&dir_path, name_bytes),
+                    path: full_path(&dir_path(), name_bytes),
                     source: errno.into(),
                 })
-            })? {
-                found.push(f);
+            })?;
+            match child {
+                None => {}
+                Some(Child::Unreadable) => {
+                    let rel = child_path(rel_dir, name_bytes);
+                    (listed.found).push(Found::Skipped(rel, "unreadable file".into()));
+                }
+                Some(Child::Special(what)) => {
+                    let rel = child_path(rel_dir, name_bytes);
+                    tracing::warn!(path = %String::from_utf8_lossy(&rel), "skipping {what}");
+                    let why = format!("{what} not backed up");
+                    (listed.found).push(Found::Skipped(rel, why));
+                }
+                Some(Child::Entry { meta, link, inode }) => {
+                    let at = |bytes: &Vec<u8>| u32::try_from(bytes.len()).expect("under 4 GiB");
+                    let name_at = at(&listed.bytes);
+                    listed.bytes.extend_from_slice(name_bytes);
+                    let link_at = at(&listed.bytes);
+                    listed.bytes.extend_from_slice(&link.unwrap_or_default());
+                    let link_end = at(&listed.bytes);
+                    (listed.found).push(Found::Entry(Listed {
+                        meta,
+                        name_at,
+                        link_at,
+                        link_end,
+                        inode,
+                    }));
+                }
             }
         }
-        Ok(found)
+        Ok(listed)
     }
 
     /// Reads the names of `dir`'s children (without `.` and `..`) and sorts them by their
@@ -785,40 +938,47 @@ impl From<&rustix::fs::Stat> for LookedUp {
     }
 }
 
+/// What a looked-up child is.
+enum Child {
+    Entry {
+        meta: Meta,
+        /// A symlink's target.
+        link: Option<Vec<u8>>,
+        /// The (device, inode) of a regular file of more than one link.
+        inode: Option<(u64, u64)>,
+    },
+    /// A regular file this process cannot read, with `--skip-unreadable`.
+    Unreadable,
+    /// A socket, FIFO or device node: what it is.
+    Special(&'static str),
+}
+
 /// What one looked-up child of `dir` is; `None` if it vanished.
 fn child(
     dir: &OwnedFd,
     name: &CStr,
-    rel: Vec<u8>,
     looked_up: &LookedUp,
     skip_unreadable: bool,
-) -> Result<Option<Found>, Errno> {
-    let mut entry = Listed {
-        rel,
-        meta: Meta {
-            kind: EntryKind::File,
-            mode: looked_up.mode & 0o7777,
-            mtime: looked_up.mtime,
-            mtime_nsec: looked_up.mtime_nsec,
-            size: 0,
-            sparse: false,
-        },
-        link: None,
+) -> Result<Option<Child>, Errno> {
+    let mut meta = Meta {
+        kind: EntryKind::File,
+        mode: looked_up.mode & 0o7777,
+        mtime: looked_up.mtime,
+        mtime_nsec: looked_up.mtime_nsec,
+        size: 0,
+        sparse: false,
     };
-    let what = match FileType::from_raw_mode(looked_up.mode) {
-        FileType::Directory => {
-            entry.meta.kind = EntryKind::Dir;
-            return Ok(Some(Found::Entry(entry, None)));
-        }
+    let (mut link, mut inode) = (None, None);
+    match FileType::from_raw_mode(looked_up.mode) {
+        FileType::Directory => meta.kind = EntryKind::Dir,
         FileType::Symlink => {
             let target = match rustix::fs::readlinkat(dir, name, Vec::new()) {
                 Ok(target) => target,
                 Err(Errno::NOENT) => return Ok(None),
                 Err(errno) => return Err(errno),
             };
-            entry.meta.kind = EntryKind::Symlink;
-            entry.link = Some(target.into_bytes());
-            return Ok(Some(Found::Entry(entry, None)));
+            meta.kind = EntryKind::Symlink;
+            link = Some(target.into_bytes());
         }
         FileType::RegularFile => {
             // Without --skip-unreadable, opening the file while archiving reports it by name;
@@ -826,23 +986,18 @@ fn child(
             if skip_unreadable
                 && rustix::fs::accessat(dir, name, Access::READ_OK, AtFlags::EACCESS).is_err()
             {
-                return Ok(Some(Found::Skipped(entry.rel, "unreadable file".into())));
+                return Ok(Some(Child::Unreadable));
             }
-            entry.meta.size = looked_up.size;
-            entry.meta.sparse =
+            meta.size = looked_up.size;
+            meta.sparse =
                 (looked_up.blocks.saturating_mul(512)).saturating_add(MIN_HOLES) <= looked_up.size;
-            let inode = (looked_up.nlink > 1).then_some((looked_up.dev, looked_up.ino));
-            return Ok(Some(Found::Entry(entry, inode)));
+            inode = (looked_up.nlink > 1).then_some((looked_up.dev, looked_up.ino));
         }
-        FileType::Socket => "socket",
-        FileType::Fifo => "FIFO",
-        _ => "device node",
-    };
-    tracing::warn!(path = %String::from_utf8_lossy(&entry.rel), "skipping {what}");
-    Ok(Some(Found::Skipped(
-        entry.rel,
-        format!("{what} not backed up"),
-    )))
+        FileType::Socket => return Ok(Some(Child::Special("socket"))),
+        FileType::Fifo => return Ok(Some(Child::Special("FIFO"))),
+        _ => return Ok(Some(Child::Special("device node"))),
+    }
+    Ok(Some(Child::Entry { meta, link, inode }))
 }
 
 #[cfg(test)]
@@ -861,6 +1016,24 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn directories_to_list_are_taken_in_walk_order_as_peeked() {
+        let mut todo = Todo::default();
+        let keys = |rels: &[&str]| rels.iter().map(|r| InWalkOrder::of(r.as_bytes())).collect();
+        todo.push(keys(&["a", "a-c", "b"]));
+        todo.push(keys(&["a/x", "a/y"]));
+        todo.push(keys(&["a-c/z"]));
+        todo.push(keys(&["a/x/1"]));
+        let mut taken = Vec::new();
+        while let Some(next) = todo.peek().map(|key| key.0.clone()) {
+            let key = todo.pop().unwrap();
+            assert_eq!(key.0, next);
+            taken.push(String::from_utf8(key.into_rel()).unwrap());
+        }
+        assert_eq!(taken, ["a", "a/x", "a/x/1", "a/y", "a-c", "a-c/z", "b"]);
+        assert!(todo.is_empty());
     }
 
     #[test]
@@ -1040,7 +1213,7 @@ mod tests {
                 }
                 Err(ListError::Failed(e)) => panic!("{e}"),
                 Err(ListError::Unreadable) => panic!("unreadable"),
-                Ok(listed) => panic!("listed {} entries through the link", listed.len()),
+                Ok(listed) => panic!("listed {} entries through the link", listed.found.len()),
             }
         }
     }
