@@ -351,9 +351,11 @@ impl Drop for StopOnDrop<'_> {
 struct Listed {
     meta: Meta,
     /// Where the name starts in the listing's bytes; the link (a symlink's target) follows it.
-    name_at: u32,
-    link_at: u32,
-    link_end: u32,
+    /// (A directory's names and links are not bounded the way a `Tree` chunk's are: a million
+    /// long symlinks make gigabytes.)
+    name_at: usize,
+    link_at: usize,
+    link_end: usize,
     /// The (device, inode) of a regular file of more than one link.
     inode: Option<(u64, u64)>,
 }
@@ -376,12 +378,11 @@ struct DirListing {
 
 impl DirListing {
     fn name(&self, entry: &Listed) -> &[u8] {
-        &self.bytes[entry.name_at as usize..entry.link_at as usize]
+        &self.bytes[entry.name_at..entry.link_at]
     }
 
     fn link(&self, entry: &Listed) -> Option<&[u8]> {
-        (entry.meta.kind == EntryKind::Symlink)
-            .then(|| &self.bytes[entry.link_at as usize..entry.link_end as usize])
+        (entry.meta.kind == EntryKind::Symlink).then(|| &self.bytes[entry.link_at..entry.link_end])
     }
 
     /// The subdirectories, in walk order, as keys of [`Todo`].
@@ -865,12 +866,11 @@ impl Lister {
                     (listed.found).push(Found::Skipped(rel, why));
                 }
                 Some(Child::Entry { meta, link, inode }) => {
-                    let at = |bytes: &Vec<u8>| u32::try_from(bytes.len()).expect("under 4 GiB");
-                    let name_at = at(&listed.bytes);
+                    let name_at = listed.bytes.len();
                     listed.bytes.extend_from_slice(name_bytes);
-                    let link_at = at(&listed.bytes);
+                    let link_at = listed.bytes.len();
                     listed.bytes.extend_from_slice(&link.unwrap_or_default());
-                    let link_end = at(&listed.bytes);
+                    let link_end = listed.bytes.len();
                     (listed.found).push(Found::Entry(Listed {
                         meta,
                         name_at,
